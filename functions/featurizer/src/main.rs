@@ -1,0 +1,30 @@
+//! Featurizer Lambda: wiring only. Consumes the shard queue with partial batch failures.
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use shared::aws::{s3_client, sdk_config, sqs_client, S3Store, SqsQueue};
+use shared::aws_lambda_events::event::sqs::SqsEvent;
+use shared::config::Config;
+use shared::featurizer::ShardFeaturizer;
+use shared::lambda::{deadline_instant, handle_shard_batch};
+use shared::model::{Model, ModelSpec};
+use shared::telemetry::{init_tracing, LogFormat};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing(LogFormat::from_env());
+    let config = Config::from_env()?;
+    let aws = sdk_config().await;
+    let store = S3Store::new(s3_client(&aws), &config.bucket);
+    let reduce_queue = SqsQueue::new(sqs_client(&aws), config.reduce_queue_url()?);
+    // Loaded once per container; every invocation reuses the optimized plan.
+    let spec = ModelSpec::for_model(&config.model_path, Some(&config.model_spec_path).filter(|p| p.is_file()).map(|p| p.as_path()))?;
+    let model = Model::load(&config.model_path, spec)?;
+    tracing::info!(load_ms = model.load_time().as_millis() as u64, feature_dim = model.feature_dim(), "model loaded");
+    let featurizer = ShardFeaturizer::new(store.clone(), store, reduce_queue, model, config.featurizer.clone());
+    let featurizer = &featurizer;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let deadline = deadline_instant(event.context.deadline);
+        Ok::<_, Error>(handle_shard_batch(featurizer, event.payload, &event.context.request_id, deadline).await)
+    }))
+    .await
+}

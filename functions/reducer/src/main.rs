@@ -1,0 +1,22 @@
+//! Reducer Lambda: wiring only. Consumes the reduce queue with partial batch failures.
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use shared::aws::{s3_client, sdk_config, S3Store};
+use shared::aws_lambda_events::event::sqs::SqsEvent;
+use shared::config::Config;
+use shared::lambda::handle_reduce_batch;
+use shared::reducer::Reducer;
+use shared::telemetry::{init_tracing, LogFormat};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing(LogFormat::from_env());
+    let config = Config::from_env()?;
+    let aws = sdk_config().await;
+    let reducer = Reducer::new(S3Store::new(s3_client(&aws), &config.bucket), config.reducer.clone());
+    let reducer = &reducer;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<_, Error>(handle_reduce_batch(reducer, event.payload, &event.context.request_id).await)
+    }))
+    .await
+}

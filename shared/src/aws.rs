@@ -1,0 +1,214 @@
+//! AWS adapters of the two ports: S3 as the object store, SQS as the queue. They also talk to
+//! local emulators (moto) through `AWS_ENDPOINT_URL` and path-style addressing.
+
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use bytes::Bytes;
+
+pub use aws_config::SdkConfig;
+
+use crate::queue::{Queue, QueueError};
+use crate::store::{ObjectInfo, ObjectStore, StoreError};
+
+/// Loads the SDK configuration (region, credentials, `AWS_ENDPOINT_URL`) from the environment.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// An S3 client; path-style addressing when `AWS_S3_FORCE_PATH_STYLE=true` or an endpoint
+/// URL is set (emulators do not serve virtual-hosted buckets).
+pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let path_style = std::env::var("AWS_S3_FORCE_PATH_STYLE").map(|v| v == "true").unwrap_or(false)
+        || config.endpoint_url().is_some();
+    let s3 = aws_sdk_s3::config::Builder::from(config).force_path_style(path_style).build();
+    aws_sdk_s3::Client::from_conf(s3)
+}
+
+/// An SQS client.
+pub fn sqs_client(config: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(config)
+}
+
+fn remote<E: std::error::Error + Send + Sync + 'static>(op: &'static str, key: &str, e: E) -> StoreError {
+    StoreError::Remote { op, key: key.to_string(), source: Box::new(e) }
+}
+
+/// HTTP status of a failed SDK call, if it got a response.
+fn status_of<E, R: HttpStatus>(e: &aws_sdk_s3::error::SdkError<E, R>) -> Option<u16> {
+    e.raw_response().map(|r| r.status_code())
+}
+
+trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// The data bucket as an [`ObjectStore`].
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Store {
+    /// A store on `bucket`.
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
+        Self { client, bucket: bucket.into() }
+    }
+
+    /// The bucket name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+impl ObjectStore for S3Store {
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let response = self.client.get_object().bucket(&self.bucket).key(key).send().await;
+        match response {
+            Ok(output) => {
+                let data = output.body.collect().await.map_err(|e| remote("GetObject body", key, e))?;
+                Ok(data.into_bytes())
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) || status_of(&e) == Some(404) => {
+                Err(StoreError::NotFound(key.to_string()))
+            }
+            Err(e) => Err(remote("GetObject", key, e)),
+        }
+    }
+
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| remote("PutObject", key, e))?;
+        Ok(())
+    }
+
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, StoreError> {
+        let response = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_none_match("*")
+            .body(ByteStream::from(body))
+            .send()
+            .await;
+        match response {
+            Ok(_) => Ok(true),
+            // 412: the object exists. 409: a concurrent conditional write won the race.
+            Err(e) if matches!(status_of(&e), Some(412 | 409)) => Ok(false),
+            Err(e) => Err(remote("PutObject If-None-Match", key, e)),
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(remote("HeadObject", key, e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| remote("DeleteObject", key, e))?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        let mut objects = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| remote("ListObjectsV2", prefix, e))?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    objects.push(ObjectInfo { key: key.to_string(), size: object.size().unwrap_or(0).max(0) as u64 });
+                }
+            }
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
+    }
+
+    fn describe(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, key)
+    }
+}
+
+/// An SQS queue as a [`Queue`].
+#[derive(Debug, Clone)]
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl SqsQueue {
+    /// The queue at `url`.
+    pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
+        Self { client, url: url.into() }
+    }
+}
+
+/// Attempts per batch entry before giving up.
+const SEND_ATTEMPTS: u32 = 5;
+
+impl Queue for SqsQueue {
+    async fn send_all(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+        let total = bodies.len();
+        // SendMessageBatch takes 10 entries; retry only the entries that failed.
+        for chunk in bodies.chunks(10) {
+            let mut pending: Vec<(String, &String)> =
+                chunk.iter().enumerate().map(|(i, body)| (i.to_string(), body)).collect();
+            let mut last_reason = String::new();
+            for attempt in 0..SEND_ATTEMPTS {
+                if pending.is_empty() {
+                    break;
+                }
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                let entries = pending
+                    .iter()
+                    .map(|(id, body)| {
+                        SendMessageBatchRequestEntry::builder().id(id.clone()).message_body(body.as_str()).build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| QueueError::Remote { op: "SendMessageBatch", queue: self.url.clone(), source: Box::new(e) })?;
+                match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
+                    Ok(output) => {
+                        let failed: std::collections::HashSet<&str> = output.failed().iter().map(|f| f.id()).collect();
+                        if let Some(f) = output.failed().first() {
+                            last_reason = format!("{}: {}", f.code(), f.message().unwrap_or(""));
+                        }
+                        pending.retain(|(id, _)| failed.contains(id.as_str()));
+                    }
+                    Err(e) => {
+                        last_reason = aws_sdk_sqs::error::DisplayErrorContext(&e).to_string();
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                return Err(QueueError::Partial { queue: self.url.clone(), failed: pending.len(), total, reason: last_reason });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,423 @@
+//! The featurizer: one shard at a time — fetch its images (bounded concurrency), decode,
+//! resize, normalize and infer on all cores (one model session per thread), write the
+//! shard's Parquet part, statistics, errors and done marker under deterministic keys, then
+//! take part in the completion barrier (the last shard claims the reduce, exactly once).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::layout::{shard_of_done_marker, RunLayout};
+use crate::manifest::{
+    DoneMarker, ImageError, ImageErrorKind, ImageRef, InvocationCost, Manifest, ReduceMessage,
+    ShardMessage, StageTimings,
+};
+use crate::model::{Layout, Model};
+use crate::parquet_io::{self, Dataset, VectorRow};
+use crate::preprocess;
+use crate::queue::Queue;
+use crate::stats::ShardStats;
+use crate::store::{ObjectStore, StoreError};
+
+/// Called with the number of images just finished (drives progress bars).
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Tuning of the featurizer.
+#[derive(Debug, Clone)]
+pub struct FeaturizerSettings {
+    /// Concurrent object reads per shard.
+    pub fetch_concurrency: usize,
+    /// Inference threads (0: all available cores).
+    pub worker_threads: usize,
+    /// Stop a shard when less than this is left before the deadline (room for the writes).
+    pub deadline_margin: std::time::Duration,
+}
+
+impl Default for FeaturizerSettings {
+    fn default() -> Self {
+        Self {
+            fetch_concurrency: 16,
+            worker_threads: 0,
+            deadline_margin: std::time::Duration::from_secs(20),
+        }
+    }
+}
+
+impl FeaturizerSettings {
+    /// The number of inference threads to use.
+    pub fn threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            self.worker_threads
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}
+
+/// What became of one image.
+#[derive(Debug, Clone)]
+pub enum ImageOutcome {
+    /// Its feature vector.
+    Features(Vec<f32>),
+    /// Why it failed.
+    Failed(ImageErrorKind, String),
+}
+
+/// The featurized images of a batch, in input order, with the time spent per stage.
+#[derive(Debug)]
+pub struct FeaturizedBatch {
+    /// One outcome per input, same order.
+    pub outcomes: Vec<ImageOutcome>,
+    /// Summed stage times.
+    pub timings: StageTimings,
+}
+
+/// Preprocesses and runs the model over `images` (encoded bytes) on `threads` threads, one
+/// model session each. Stops early (returning `Error::Deadline`) when `deadline` is near.
+pub fn featurize_images(
+    model: &Model,
+    images: &[Result<Bytes, String>],
+    threads: usize,
+    max_pixels: u64,
+    deadline: Option<Instant>,
+    progress: Option<&Progress>,
+) -> Result<FeaturizedBatch> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<ImageOutcome>>> = Mutex::new(vec![None; images.len()]);
+    let totals: Mutex<StageTimings> = Mutex::new(StageTimings::default());
+    let spec = model.spec();
+    let threads = threads.clamp(1, images.len().max(1));
+    std::thread::scope(|scope| -> Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..threads {
+            handles.push(scope.spawn(|| -> Result<()> {
+                let mut session = model.session()?;
+                let mut resizer = fast_image_resize::Resizer::new();
+                let mut input = vec![0f32; spec.input_len()];
+                let mut timings = StageTimings::default();
+                loop {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(encoded) = images.get(i) else { break };
+                    let outcome = match encoded {
+                        Err(reason) => ImageOutcome::Failed(ImageErrorKind::Fetch, reason.clone()),
+                        Ok(bytes) => featurize_one(
+                            &mut session, &mut resizer, &mut input, bytes, spec, max_pixels, &mut timings,
+                        ),
+                    };
+                    results.lock().expect("results lock")[i] = Some(outcome);
+                    if let Some(progress) = progress {
+                        progress(1);
+                    }
+                }
+                totals.lock().expect("timings lock").add(&timings);
+                Ok(())
+            }));
+        }
+        for handle in handles {
+            handle.join().map_err(|_| Error::RunState("an inference thread panicked".into()))??;
+        }
+        Ok(())
+    })?;
+    let results = results.into_inner().expect("results lock");
+    if results.iter().any(Option::is_none) {
+        let remaining_ms = deadline
+            .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64)
+            .unwrap_or(0);
+        return Err(Error::Deadline { remaining_ms, stage: "finishing the shard's images" });
+    }
+    let outcomes = results
+        .into_iter()
+        .map(|o| o.expect("every image was processed"))
+        .collect();
+    Ok(FeaturizedBatch { outcomes, timings: totals.into_inner().expect("timings lock") })
+}
+
+fn featurize_one(
+    session: &mut crate::model::ModelSession,
+    resizer: &mut fast_image_resize::Resizer,
+    input: &mut [f32],
+    bytes: &[u8],
+    spec: &crate::model::ModelSpec,
+    max_pixels: u64,
+    timings: &mut StageTimings,
+) -> ImageOutcome {
+    let t0 = Instant::now();
+    let decoded = match preprocess::decode_rgb8(bytes, max_pixels) {
+        Ok(d) => d,
+        Err(e) => return ImageOutcome::Failed(e.kind, e.reason),
+    };
+    let t1 = Instant::now();
+    let resized = match preprocess::resize_bicubic(resizer, &decoded, spec.width, spec.height) {
+        Ok(r) => r,
+        Err(e) => return ImageOutcome::Failed(e.kind, e.reason),
+    };
+    match spec.layout {
+        Layout::NHWC => preprocess::normalize_into(&resized, spec.scale, spec.offset, input),
+        Layout::NCHW => {
+            let plane = (spec.width * spec.height) as usize;
+            for (p, rgb) in resized.pixels.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    input[c * plane + p] = f32::from(rgb[c]) * spec.scale + spec.offset;
+                }
+            }
+        }
+    }
+    let t2 = Instant::now();
+    let outcome = match session.infer(input) {
+        Ok(features) if features.iter().all(|v| v.is_finite()) => ImageOutcome::Features(features),
+        Ok(_) => ImageOutcome::Failed(ImageErrorKind::Inference, "model output is not finite".into()),
+        Err(e) => ImageOutcome::Failed(ImageErrorKind::Inference, e.to_string()),
+    };
+    let t3 = Instant::now();
+    timings.decode_s += (t1 - t0).as_secs_f64();
+    timings.resize_s += (t2 - t1).as_secs_f64();
+    timings.infer_s += (t3 - t2).as_secs_f64();
+    outcome
+}
+
+/// What happened to a shard message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardOutcome {
+    /// The shard.
+    pub shard: usize,
+    /// Rows written (0 when skipped).
+    pub rows: usize,
+    /// Images in the error list.
+    pub errors: usize,
+    /// The shard was already done (a redelivery): nothing was rewritten.
+    pub already_done: bool,
+    /// This invocation claimed the reduce and sent the reduce message.
+    pub sent_reduce: bool,
+}
+
+/// The barrier claim's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReduceClaim {
+    /// Shard whose featurizer won.
+    pub claimed_by_shard: usize,
+    /// When (RFC 3339).
+    pub claimed_at: String,
+}
+
+/// A failed attempt at a shard, kept for `status` (a shard that keeps failing ends in the DLQ).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardFailure {
+    /// The shard.
+    pub shard: usize,
+    /// Delivery attempt (SQS ApproximateReceiveCount), when known.
+    pub attempt: Option<u32>,
+    /// The error.
+    pub error: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// Key of a shard's last failure record.
+pub fn failure_key(layout: &RunLayout, shard: usize) -> String {
+    format!("{}failures/shard-{shard:05}.json", layout.run_prefix())
+}
+
+/// The featurizer handler, generic over the store and the reduce queue.
+pub struct ShardFeaturizer<S, Q> {
+    input: S,
+    output: S,
+    reduce_queue: Q,
+    model: Model,
+    settings: FeaturizerSettings,
+    progress: Option<Progress>,
+    manifests: Mutex<Vec<Arc<Manifest>>>,
+}
+
+impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
+    /// A featurizer reading images from `input` and writing the run to `output`.
+    pub fn new(input: S, output: S, reduce_queue: Q, model: Model, settings: FeaturizerSettings) -> Self {
+        Self { input, output, reduce_queue, model, settings, progress: None, manifests: Mutex::new(Vec::new()) }
+    }
+
+    /// Reports finished images to `progress`.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// The model in use.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Reads a run's manifest (cached: it never changes once written).
+    pub async fn manifest(&self, run_id: &str) -> Result<Arc<Manifest>> {
+        if let Some(m) = self.manifests.lock().expect("cache").iter().find(|m| m.run_id == run_id) {
+            return Ok(m.clone());
+        }
+        let layout = RunLayout::new(run_id);
+        let bytes = self.output.get(&layout.manifest()).await.map_err(|e| match e {
+            StoreError::NotFound(_) => Error::RunState(format!("run {run_id} has no manifest")),
+            other => other.into(),
+        })?;
+        let manifest: Arc<Manifest> = Arc::new(serde_json::from_slice(&bytes)?);
+        self.manifests.lock().expect("cache").push(manifest.clone());
+        Ok(manifest)
+    }
+
+    /// Processes one shard message. `deadline` is the invocation's end (Lambda), `attempt`
+    /// the delivery count; on error a failure record is written for `status`.
+    pub async fn process(
+        &self,
+        message: &ShardMessage,
+        deadline: Option<Instant>,
+        attempt: Option<u32>,
+    ) -> Result<ShardOutcome> {
+        let result = self.process_inner(message, deadline).await;
+        if let Err(error) = &result {
+            let layout = RunLayout::new(&message.run_id);
+            let record = ShardFailure {
+                shard: message.shard,
+                attempt,
+                error: error.to_string(),
+                at: crate::manifest::now_rfc3339(),
+            };
+            if let Ok(body) = serde_json::to_vec(&record) {
+                if let Err(e) = self.output.put(&failure_key(&layout, message.shard), body.into()).await {
+                    warn!(error = %e, "could not record the shard failure");
+                }
+            }
+        }
+        result
+    }
+
+    async fn process_inner(&self, message: &ShardMessage, deadline: Option<Instant>) -> Result<ShardOutcome> {
+        let started = Instant::now();
+        let manifest = self.manifest(&message.run_id).await?;
+        let layout = RunLayout::new(&manifest.run_id);
+        let shard = manifest.shards.get(message.shard).ok_or_else(|| {
+            Error::RunState(format!(
+                "run {} has {} shards, there is no shard {}",
+                manifest.run_id,
+                manifest.shards.len(),
+                message.shard
+            ))
+        })?;
+        if self.output.exists(&layout.done_marker(shard.id)).await? {
+            info!(shard = shard.id, "shard already done (redelivery): skipping to the barrier");
+            let sent_reduce = self.barrier(&manifest, shard.id).await?;
+            return Ok(ShardOutcome { shard: shard.id, rows: 0, errors: 0, already_done: true, sent_reduce });
+        }
+
+        let fetch_start = Instant::now();
+        let encoded = self.fetch_all(&manifest, &shard.images).await;
+        let fetch_s = fetch_start.elapsed().as_secs_f64();
+
+        let compute_deadline = deadline.map(|d| d - self.settings.deadline_margin.min(d.saturating_duration_since(Instant::now())));
+        let model = self.model.clone();
+        let threads = self.settings.threads();
+        let max_pixels = manifest.options.max_pixels;
+        let progress = self.progress.clone();
+        let batch = tokio::task::spawn_blocking(move || {
+            featurize_images(&model, &encoded, threads, max_pixels, compute_deadline, progress.as_ref())
+        })
+        .await??;
+
+        let write_start = Instant::now();
+        let dim = self.model.feature_dim();
+        let mut rows = Vec::new();
+        let mut errors = Vec::new();
+        for (image, outcome) in shard.images.iter().zip(batch.outcomes) {
+            match outcome {
+                ImageOutcome::Features(values) => {
+                    rows.push(VectorRow { path: image.path.clone(), label: image.label.clone(), values })
+                }
+                ImageOutcome::Failed(kind, reason) => errors.push(ImageError {
+                    path: image.path.clone(),
+                    label: image.label.clone(),
+                    kind,
+                    reason,
+                }),
+            }
+        }
+        let part = parquet_io::write_rows(Dataset::Features, &rows)?;
+        let stats = {
+            let refs: Vec<&[f32]> = rows.iter().map(|r| r.values.as_slice()).collect();
+            ShardStats::from_rows(&refs, dim)
+        };
+        // Deterministic keys: a redelivered message rewrites the same objects. The done
+        // marker goes last, so "done" implies everything else is in place.
+        self.output.put(&layout.results_part(shard.id), part).await?;
+        self.output.put(&layout.stats(shard.id), stats.to_bytes().into()).await?;
+        self.output.put(&layout.shard_errors(shard.id), serde_json::to_vec(&errors)?.into()).await?;
+        let mut timings = batch.timings;
+        timings.fetch_s = fetch_s;
+        timings.write_s = write_start.elapsed().as_secs_f64();
+        timings.wall_s = started.elapsed().as_secs_f64();
+        let marker = DoneMarker {
+            shard: shard.id,
+            images: shard.images.len(),
+            rows: rows.len(),
+            errors: errors.len(),
+            timings,
+            cost: InvocationCost::since(started),
+        };
+        self.output.put(&layout.done_marker(shard.id), serde_json::to_vec(&marker)?.into()).await?;
+        info!(
+            run_id = %manifest.run_id, shard = shard.id, rows = rows.len(), errors = errors.len(),
+            wall_s = timings.wall_s, "shard done"
+        );
+        let sent_reduce = self.barrier(&manifest, shard.id).await?;
+        Ok(ShardOutcome { shard: shard.id, rows: rows.len(), errors: errors.len(), already_done: false, sent_reduce })
+    }
+
+    async fn fetch_all(&self, manifest: &Manifest, images: &[ImageRef]) -> Vec<Result<Bytes, String>> {
+        stream::iter(images.iter().map(|image| {
+            let key = manifest.input.key_of(image);
+            async move { self.input.get(&key).await.map_err(|e| e.to_string()) }
+        }))
+        .buffered(self.settings.fetch_concurrency.max(1))
+        .collect()
+        .await
+    }
+
+    /// The completion barrier. S3 listings are strongly consistent, so after writing its own
+    /// done marker, a featurizer that sees every shard done knows the features are complete;
+    /// of all that see it, the conditional create of the claim lets exactly one send the reduce.
+    async fn barrier(&self, manifest: &Manifest, shard: usize) -> Result<bool> {
+        let layout = RunLayout::new(&manifest.run_id);
+        let done: BTreeSet<usize> = self
+            .output
+            .list(&layout.done_prefix())
+            .await?
+            .iter()
+            .filter_map(|o| shard_of_done_marker(&o.key))
+            .collect();
+        let all_done = manifest.shards.iter().all(|s| done.contains(&s.id));
+        if !all_done {
+            return Ok(false);
+        }
+        self.output.put(&layout.results_success(), Bytes::new()).await?;
+        let claim = ReduceClaim { claimed_by_shard: shard, claimed_at: crate::manifest::now_rfc3339() };
+        let won = self.output.put_if_absent(&layout.reduce_claim(), serde_json::to_vec(&claim)?.into()).await?;
+        let send = if won {
+            true
+        } else {
+            // The winner may have died between its claim and its message: its own retry
+            // (same shard) sends again; the reducer's lock makes a duplicate harmless.
+            let existing: ReduceClaim = serde_json::from_slice(&self.output.get(&layout.reduce_claim()).await?)?;
+            existing.claimed_by_shard == shard && !self.output.exists(&layout.pca_success()).await?
+        };
+        if send {
+            let message = ReduceMessage { run_id: manifest.run_id.clone(), claimed_by_shard: shard };
+            self.reduce_queue.send_all(vec![serde_json::to_string(&message)?]).await?;
+            info!(run_id = %manifest.run_id, shard, "all shards done: reduce claimed and requested");
+        }
+        Ok(send)
+    }
+}

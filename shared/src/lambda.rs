@@ -1,0 +1,217 @@
+//! Lambda glue shared by the three functions: event parsing and per-record SQS handling with
+//! partial batch failures (`ReportBatchItemFailures`), and the splitter's S3-event dispatch.
+
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::event::s3::S3Event;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::error::{Error, Result};
+use crate::featurizer::ShardFeaturizer;
+use crate::layout::REQUESTS_PREFIX;
+use crate::manifest::{ReduceMessage, RunRequest, ShardMessage};
+use crate::queue::Queue;
+use crate::reducer::Reducer;
+use crate::splitter::{SplitOutcome, Splitter};
+use crate::store::ObjectStore;
+
+/// The invocation deadline as an `Instant` (Lambda gives epoch milliseconds).
+pub fn deadline_instant(deadline_epoch_ms: u64) -> Option<Instant> {
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64;
+    if deadline_epoch_ms == 0 {
+        return None;
+    }
+    Some(Instant::now() + Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms)))
+}
+
+fn parse_body<T: DeserializeOwned>(message: &SqsMessage) -> Result<T> {
+    let body = message.body.as_deref().ok_or_else(|| Error::InvalidRequest("SQS message without a body".into()))?;
+    Ok(serde_json::from_str(body)?)
+}
+
+fn failure(id: &str) -> BatchItemFailure {
+    let mut f = BatchItemFailure::default();
+    f.item_identifier = id.to_string();
+    f
+}
+
+/// Featurizer: processes each shard message on its own; failed ones are reported so only
+/// they are retried (and, after maxReceiveCount, dead-lettered).
+pub async fn handle_shard_batch<S: ObjectStore, Q: Queue>(
+    featurizer: &ShardFeaturizer<S, Q>,
+    event: SqsEvent,
+    request_id: &str,
+    deadline: Option<Instant>,
+) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for message in &event.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        let attempt = message.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok());
+        let result = async {
+            let shard: ShardMessage = parse_body(message)?;
+            let span = info_span!("shard", run_id = %shard.run_id, shard = shard.shard, request_id, message_id = %id);
+            featurizer.process(&shard, deadline, attempt).instrument(span).await
+        }
+        .await;
+        match result {
+            Ok(outcome) => info!(message_id = %id, request_id, ?outcome, "shard message processed"),
+            Err(e) => {
+                error!(message_id = %id, request_id, error = %e, "shard message failed; it will be retried");
+                response.batch_item_failures.push(failure(&id));
+            }
+        }
+    }
+    response
+}
+
+/// Reducer: same pattern; the lock owner is the message id, so a retry of the same message
+/// can take over its own lock.
+pub async fn handle_reduce_batch<S: ObjectStore>(
+    reducer: &Reducer<S>,
+    event: SqsEvent,
+    request_id: &str,
+) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for message in &event.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        let result = async {
+            let reduce: ReduceMessage = parse_body(message)?;
+            let span = info_span!("reduce", run_id = %reduce.run_id, request_id, message_id = %id);
+            reducer.process(&reduce, &id).instrument(span).await
+        }
+        .await;
+        match result {
+            Ok(outcome) => info!(message_id = %id, request_id, outcome = ?outcome_name(&outcome), "reduce message processed"),
+            Err(e) => {
+                error!(message_id = %id, request_id, error = %e, "reduce failed; it will be retried");
+                response.batch_item_failures.push(failure(&id));
+            }
+        }
+    }
+    response
+}
+
+fn outcome_name(outcome: &crate::reducer::ReduceOutcome) -> &'static str {
+    match outcome {
+        crate::reducer::ReduceOutcome::Reduced(_) => "reduced",
+        crate::reducer::ReduceOutcome::AlreadyReduced => "already reduced",
+        crate::reducer::ReduceOutcome::Failed(_) => "failed (too many image errors)",
+    }
+}
+
+/// What the splitter was invoked with.
+#[derive(Debug)]
+pub enum SplitterEvent {
+    /// S3 notifications (run request objects created).
+    S3(S3Event),
+    /// The `s3:TestEvent` S3 sends when a notification is configured.
+    S3Test,
+    /// A direct invoke with the run request itself.
+    Direct(RunRequest),
+}
+
+/// Tells the splitter's events apart.
+pub fn parse_splitter_event(value: serde_json::Value) -> Result<SplitterEvent> {
+    if value.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
+        return Ok(SplitterEvent::S3Test);
+    }
+    if value.get("Records").is_some() {
+        return Ok(SplitterEvent::S3(serde_json::from_value(value)?));
+    }
+    Ok(SplitterEvent::Direct(serde_json::from_value(value)?))
+}
+
+/// Decodes an S3 event key: percent-encoding, with `+` for spaces.
+pub fn decode_s3_key(key: &str) -> String {
+    let spaced = key.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
+}
+
+/// Where the splitter records what became of a request (outside the requests prefix, so it
+/// does not trigger the splitter again): `runs/request-results/<name>.json`.
+pub fn request_result_key(request_key: &str) -> String {
+    let name = request_key.strip_prefix(REQUESTS_PREFIX).unwrap_or(request_key);
+    format!("runs/request-results/{name}")
+}
+
+/// Splitter: runs every request the event carries. Requests are validated before anything is
+/// written; a bad request object is logged and recorded (retrying it would not help), while
+/// an infrastructure error fails the invocation so it is retried.
+pub async fn handle_splitter_event<S: ObjectStore, Q: Queue, R: Queue>(
+    splitter: &Splitter<S, Q, R>,
+    store: &S,
+    event: SplitterEvent,
+) -> Result<Vec<SplitOutcome>> {
+    match event {
+        SplitterEvent::S3Test => {
+            info!("s3:TestEvent ignored");
+            Ok(Vec::new())
+        }
+        SplitterEvent::Direct(request) => Ok(vec![splitter.handle(&request).await?]),
+        SplitterEvent::S3(event) => {
+            let mut outcomes = Vec::new();
+            for record in event.records {
+                let created = record.event_name.as_deref().is_some_and(|n| n.starts_with("ObjectCreated"));
+                let Some(raw_key) = record.s3.object.key.as_deref() else { continue };
+                let key = decode_s3_key(raw_key);
+                if !created || !key.starts_with(REQUESTS_PREFIX) || !key.ends_with(".json") {
+                    info!(key, event = ?record.event_name, "not a run request: ignored");
+                    continue;
+                }
+                let body = store.get(&key).await?;
+                let result = match serde_json::from_slice::<RunRequest>(&body) {
+                    Ok(request) => splitter.handle(&request).await,
+                    Err(e) => Err(Error::InvalidRequest(format!("{key} is not a valid run request: {e}"))),
+                };
+                let record_body = match &result {
+                    Ok(outcome) => serde_json::json!({ "request": key, "ok": true, "outcome": outcome }),
+                    Err(e) => serde_json::json!({ "request": key, "ok": false, "error": e.to_string() }),
+                };
+                store.put(&request_result_key(&key), Bytes::from(serde_json::to_vec_pretty(&record_body)?)).await?;
+                match result {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(e @ (Error::InvalidRequest(_) | Error::Json(_))) => {
+                        error!(key, error = %e, "run request rejected; no run was started");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if outcomes.is_empty() {
+                warn!("no run started by this event");
+            }
+            Ok(outcomes)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_keys_are_decoded() {
+        assert_eq!(decode_s3_key("runs/requests/demo+run.json"), "runs/requests/demo run.json");
+        assert_eq!(decode_s3_key("images/Pomme%C3%A9+1/a%2Bb.jpg"), "images/Pommeé 1/a+b.jpg");
+        assert_eq!(request_result_key("runs/requests/a.json"), "runs/request-results/a.json");
+    }
+
+    #[test]
+    fn sample_events_parse() {
+        let s3: serde_json::Value = serde_json::from_str(include_str!("../../tests/events/s3-run-request.json")).unwrap();
+        assert!(matches!(parse_splitter_event(s3).unwrap(), SplitterEvent::S3(_)));
+        let test: serde_json::Value = serde_json::from_str(include_str!("../../tests/events/s3-test-event.json")).unwrap();
+        assert!(matches!(parse_splitter_event(test).unwrap(), SplitterEvent::S3Test));
+        let direct: serde_json::Value = serde_json::from_str(include_str!("../../tests/events/run-request.json")).unwrap();
+        assert!(matches!(parse_splitter_event(direct).unwrap(), SplitterEvent::Direct(_)));
+        let bad = serde_json::json!({"input_prefx": "x"});
+        assert!(parse_splitter_event(bad).is_err());
+        let sqs: SqsEvent = serde_json::from_str(include_str!("../../tests/events/sqs-shard-batch.json")).unwrap();
+        let shard: ShardMessage = parse_body(&sqs.records[1]).unwrap();
+        assert_eq!(shard.shard, 1);
+        let sqs: SqsEvent = serde_json::from_str(include_str!("../../tests/events/sqs-reduce.json")).unwrap();
+        let _: ReduceMessage = parse_body(&sqs.records[0]).unwrap();
+    }
+}

@@ -1,0 +1,92 @@
+//! Embedded mode: the whole job on a local folder with no AWS — the same splitter, featurizer
+//! and reducer, over a local-filesystem store and in-process queues.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::featurizer::{FeaturizerSettings, Progress, ShardFeaturizer};
+use crate::layout::RunLayout;
+use crate::manifest::{ReduceMessage, RunOptions, RunRequest, ShardMessage};
+use crate::model::Model;
+use crate::queue::InProcessQueue;
+use crate::reducer::{ReduceOutcome, Reducer, ReducerSettings, Summary};
+use crate::splitter::{SplitOutcome, Splitter};
+use crate::store::FsStore;
+
+/// A local run's inputs.
+pub struct LocalRun {
+    /// Folder of images (walked recursively).
+    pub input: PathBuf,
+    /// Output folder: `Results/`, `Results_PCA/`, `runs/`.
+    pub output: PathBuf,
+    /// The request (its `input_prefix` is ignored: the whole input folder is listed).
+    pub request: RunRequest,
+    /// Featurizer tuning (threads).
+    pub featurizer: FeaturizerSettings,
+    /// Progress callback: called once with the run's image count, then per finished image.
+    pub on_start: Option<Box<dyn Fn(&SplitOutcome) + Send + Sync>>,
+    /// Per-image progress.
+    pub progress: Option<Progress>,
+}
+
+/// What a local run produced.
+#[derive(Debug)]
+pub struct LocalReport {
+    /// The splitter's outcome (run id, shards, resumed or not).
+    pub split: SplitOutcome,
+    /// The summary written by the reducer (also for a run that was already complete).
+    pub summary: Summary,
+}
+
+/// Runs splitter → featurizers → reducer over a local folder.
+pub async fn run_local(run: LocalRun, model: Model) -> Result<LocalReport> {
+    check_input_folder(&run.input)?;
+    let input = FsStore::new(&run.input);
+    let output = FsStore::new(&run.output);
+    let shard_queue = InProcessQueue::new();
+    let reduce_queue = InProcessQueue::new();
+    let mut request = run.request.clone();
+    request.input_prefix = String::new();
+    let splitter = Splitter::new(
+        input.clone(),
+        output.clone(),
+        &shard_queue,
+        &reduce_queue,
+        RunOptions::default(),
+        model.feature_dim(),
+    );
+    let split = splitter.handle(&request).await?;
+    if let Some(on_start) = &run.on_start {
+        on_start(&split);
+    }
+    let mut featurizer = ShardFeaturizer::new(input, output.clone(), &reduce_queue, model, run.featurizer);
+    if let Some(progress) = run.progress.clone() {
+        featurizer = featurizer.with_progress(progress);
+    }
+    while let Some(body) = shard_queue.pop() {
+        let message: ShardMessage = serde_json::from_str(&body)?;
+        featurizer.process(&message, None, None).await?;
+    }
+    let reducer = Reducer::new(output.clone(), ReducerSettings::default());
+    while let Some(body) = reduce_queue.pop() {
+        let message: ReduceMessage = serde_json::from_str(&body)?;
+        if let ReduceOutcome::Failed(summary) = reducer.process(&message, "local").await? {
+            return Ok(LocalReport { split, summary: *summary });
+        }
+    }
+    let layout = RunLayout::new(&split.run_id);
+    let summary_bytes = crate::store::ObjectStore::get(&output, &layout.summary()).await.map_err(|e| {
+        Error::RunState(format!("run {} finished without a summary: {e}", split.run_id))
+    })?;
+    Ok(LocalReport { split, summary: serde_json::from_slice(&summary_bytes)? })
+}
+
+fn check_input_folder(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("input folder {}", path.display()), e))?;
+    if !meta.is_dir() {
+        return Err(Error::InvalidRequest(format!("input {} is not a folder", path.display())));
+    }
+    std::fs::read_dir(path).map_err(|e| Error::io(format!("reading input folder {}", path.display()), e))?;
+    Ok(())
+}

@@ -1,0 +1,481 @@
+//! The run's documents: the request that starts it, the options, the manifest the splitter
+//! writes, the queue messages, per-image errors and per-shard done markers.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Default number of images per shard: about a minute of work for a 3-vCPU featurizer.
+pub const DEFAULT_SHARD_SIZE: usize = 256;
+/// Default number of principal components (the original notebook's k).
+pub const DEFAULT_K: usize = 50;
+/// Default image filter (case-insensitive).
+pub const DEFAULT_IMAGE_GLOB: &str = "*.{jpg,jpeg,png}";
+/// Default decompression-bomb guard: 50 megapixels.
+pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
+/// Default share of images allowed to fail before the run is declared failed.
+pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.05;
+
+/// How projections are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PcaConvention {
+    /// `(x - mean) @ components.T`, as scikit-learn.
+    #[default]
+    Centered,
+    /// `components @ x`, as Spark ML's `PCAModel.transform`.
+    Uncentered,
+}
+
+impl PcaConvention {
+    /// Parses `centered` / `uncentered` (also `sklearn` / `spark`).
+    pub fn parse(text: &str) -> Result<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "centered" | "centred" | "sklearn" => Ok(Self::Centered),
+            "uncentered" | "uncentred" | "spark" => Ok(Self::Uncentered),
+            other => Err(Error::InvalidRequest(format!(
+                "PCA convention {other:?} is neither 'centered' nor 'uncentered'"
+            ))),
+        }
+    }
+}
+
+/// How many components to keep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PcaOptions {
+    /// Number of components (ignored when `variance` is set).
+    pub k: usize,
+    /// Keep the smallest k whose cumulative explained-variance ratio reaches this share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variance: Option<f64>,
+    /// Projection convention.
+    #[serde(default)]
+    pub convention: PcaConvention,
+}
+
+impl Default for PcaOptions {
+    fn default() -> Self {
+        Self { k: DEFAULT_K, variance: None, convention: PcaConvention::Centered }
+    }
+}
+
+/// Everything that shapes a run's outputs; part of the run id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOptions {
+    /// Which files are images (glob on the file name, case-insensitive).
+    pub image_glob: String,
+    /// Images per shard (used unless `shard_count` is set).
+    pub shard_size: usize,
+    /// Exact number of shards instead of a size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_count: Option<usize>,
+    /// PCA options.
+    pub pca: PcaOptions,
+    /// Images with more pixels than this are rejected before decoding.
+    pub max_pixels: u64,
+    /// Share of failed images above which the run fails (no PCA is written).
+    pub max_error_rate: f64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            image_glob: DEFAULT_IMAGE_GLOB.to_string(),
+            shard_size: DEFAULT_SHARD_SIZE,
+            shard_count: None,
+            pca: PcaOptions::default(),
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_error_rate: DEFAULT_MAX_ERROR_RATE,
+        }
+    }
+}
+
+impl RunOptions {
+    /// Checks the options against the data: `feature_dim` from the model, `images` listed.
+    pub fn validate(&self, feature_dim: usize, images: usize) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidRequest(m));
+        if self.shard_size == 0 {
+            return bad("shard_size must be at least 1".into());
+        }
+        if self.shard_count == Some(0) {
+            return bad("shard_count must be at least 1".into());
+        }
+        if let Some(v) = self.pca.variance {
+            if !(v > 0.0 && v <= 1.0) {
+                return bad(format!("variance must be in (0, 1], got {v}"));
+            }
+        } else {
+            if self.pca.k == 0 {
+                return bad("k must be at least 1".into());
+            }
+            if self.pca.k > feature_dim {
+                return bad(format!(
+                    "k = {} is larger than the feature dimension {feature_dim}",
+                    self.pca.k
+                ));
+            }
+            if images > 0 && self.pca.k > images {
+                return bad(format!(
+                    "k = {} is larger than the number of images ({images})",
+                    self.pca.k
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.max_error_rate) {
+            return bad(format!("max_error_rate must be in [0, 1], got {}", self.max_error_rate));
+        }
+        if self.max_pixels == 0 {
+            return bad("max_pixels must be at least 1".into());
+        }
+        crate::listing::ImageFilter::new(&self.image_glob)?;
+        Ok(())
+    }
+}
+
+/// A request to run the job, as dropped in `runs/requests/<name>.json`, sent to the splitter
+/// directly, or built by the CLI. Unknown fields are rejected so typos fail loudly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Where the images are: a key prefix in the bucket (or a folder, locally).
+    pub input_prefix: String,
+    /// An explicit run id (otherwise derived from the input and options).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Number of PCA components.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
+    /// Explained-variance target instead of k.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variance: Option<f64>,
+    /// `centered` (default) or `uncentered`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convention: Option<PcaConvention>,
+    /// Images per shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_size: Option<usize>,
+    /// Number of shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_count: Option<usize>,
+    /// Image filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_glob: Option<String>,
+    /// Decompression-bomb guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pixels: Option<u64>,
+    /// Failure threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+}
+
+impl RunRequest {
+    /// The options this request asks for, on top of `defaults`.
+    pub fn options(&self, defaults: &RunOptions) -> RunOptions {
+        let mut o = defaults.clone();
+        if let Some(v) = &self.image_glob {
+            o.image_glob = v.clone();
+        }
+        if let Some(v) = self.shard_size {
+            o.shard_size = v;
+        }
+        if self.shard_count.is_some() {
+            o.shard_count = self.shard_count;
+        }
+        if let Some(v) = self.k {
+            o.pca.k = v;
+            o.pca.variance = None;
+        }
+        if self.variance.is_some() {
+            o.pca.variance = self.variance;
+        }
+        if let Some(v) = self.convention {
+            o.pca.convention = v;
+        }
+        if let Some(v) = self.max_pixels {
+            o.max_pixels = v;
+        }
+        if let Some(v) = self.max_error_rate {
+            o.max_error_rate = v;
+        }
+        o
+    }
+}
+
+/// One input image: its key relative to the input root, and its label (parent folder name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// Path relative to the input root, `/`-separated (the `path` column).
+    pub path: String,
+    /// The parent folder's name (the `label` column).
+    pub label: String,
+}
+
+/// One shard of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    /// Shard number, from 0.
+    pub id: usize,
+    /// Its images, in order.
+    pub images: Vec<ImageRef>,
+}
+
+/// Where a run's images come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputLocation {
+    /// Human-readable root: a folder path or `s3://bucket/prefix`.
+    pub uri: String,
+    /// Bucket, for S3 inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// Key prefix in the input store that image paths are relative to.
+    pub prefix: String,
+}
+
+impl InputLocation {
+    /// The store key of an image.
+    pub fn key_of(&self, image: &ImageRef) -> String {
+        format!("{}{}", self.prefix, image.path)
+    }
+}
+
+/// The run manifest, `runs/<run>/manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The run id.
+    pub run_id: String,
+    /// When the splitter created it (RFC 3339).
+    pub created_at: String,
+    /// Input location.
+    pub input: InputLocation,
+    /// Options in force.
+    pub options: RunOptions,
+    /// Number of images listed.
+    pub total_images: usize,
+    /// The shards.
+    pub shards: Vec<Shard>,
+    /// How long the splitter took, and on how much memory (for the cost estimate).
+    #[serde(default)]
+    pub splitter: Option<InvocationCost>,
+}
+
+/// Billed time of one invocation, for the run's cost estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct InvocationCost {
+    /// Wall time in milliseconds.
+    pub duration_ms: f64,
+    /// Memory configured for the function, MB (None when not on Lambda).
+    pub memory_mb: Option<u64>,
+}
+
+impl InvocationCost {
+    /// Measures from `start`, reading the Lambda memory size from the environment.
+    pub fn since(start: std::time::Instant) -> Self {
+        Self {
+            duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+            memory_mb: std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+                .ok()
+                .and_then(|m| m.parse().ok()),
+        }
+    }
+}
+
+/// The shard-queue message: small, it references the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardMessage {
+    /// The run.
+    pub run_id: String,
+    /// The shard number.
+    pub shard: usize,
+}
+
+/// The reduce-queue message, sent once by the barrier's winner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReduceMessage {
+    /// The run.
+    pub run_id: String,
+    /// The shard whose featurizer won the claim.
+    pub claimed_by_shard: usize,
+}
+
+/// Why an image is not in `Results`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageErrorKind {
+    /// The object could not be read.
+    Fetch,
+    /// Zero bytes.
+    Empty,
+    /// Not a supported image format (or not an image at all).
+    Unsupported,
+    /// A supported format that failed to decode (corrupt, truncated).
+    Decode,
+    /// More pixels than `max_pixels` (decompression-bomb guard).
+    TooLarge,
+    /// The model failed on it.
+    Inference,
+}
+
+/// One image that failed, with the reason: a row of the run's error list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageError {
+    /// The image path (as in `Results.path`).
+    pub path: String,
+    /// Its label.
+    pub label: String,
+    /// The kind of failure.
+    pub kind: ImageErrorKind,
+    /// A specific message.
+    pub reason: String,
+}
+
+/// Seconds spent per stage, summed over images (threads overlap, so these add up to more
+/// than wall time on several cores).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageTimings {
+    /// Reading objects.
+    pub fetch_s: f64,
+    /// Decoding images.
+    pub decode_s: f64,
+    /// Resizing and normalizing.
+    pub resize_s: f64,
+    /// Running the model.
+    pub infer_s: f64,
+    /// Writing the Parquet part, statistics and markers.
+    pub write_s: f64,
+    /// Wall time of the shard.
+    pub wall_s: f64,
+}
+
+impl StageTimings {
+    /// Adds another shard's timings.
+    pub fn add(&mut self, other: &StageTimings) {
+        self.fetch_s += other.fetch_s;
+        self.decode_s += other.decode_s;
+        self.resize_s += other.resize_s;
+        self.infer_s += other.infer_s;
+        self.write_s += other.write_s;
+        self.wall_s += other.wall_s;
+    }
+}
+
+/// A shard's done marker: written last, after its part, statistics and errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoneMarker {
+    /// The shard number.
+    pub shard: usize,
+    /// Images in the shard.
+    pub images: usize,
+    /// Rows written to `Results`.
+    pub rows: usize,
+    /// Images in the error list.
+    pub errors: usize,
+    /// Per-stage time.
+    pub timings: StageTimings,
+    /// The invocation's cost inputs.
+    pub cost: InvocationCost,
+}
+
+/// Derives a stable run id from the input, the options and the listed images, so the same
+/// request twice is the same run (idempotent), and a changed input is a new one.
+pub fn derive_run_id(input_uri: &str, options: &RunOptions, images: &[ImageRef]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(input_uri.as_bytes());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(options).expect("options serialize"));
+    for image in images {
+        hasher.update([0]);
+        hasher.update(image.path.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("run-{hex}")
+}
+
+/// Checks an explicit run id: it becomes part of keys, so keep it to a safe alphabet.
+pub fn validate_run_id(run_id: &str) -> Result<()> {
+    let ok = !run_id.is_empty()
+        && run_id.len() <= 128
+        && run_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !run_id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!(
+            "run id {run_id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+/// Cuts the sorted images into shards.
+pub fn make_shards(images: Vec<ImageRef>, options: &RunOptions) -> Vec<Shard> {
+    if images.is_empty() {
+        return Vec::new();
+    }
+    let size = match options.shard_count {
+        Some(count) => images.len().div_ceil(count.max(1)),
+        None => options.shard_size.max(1),
+    };
+    images
+        .chunks(size)
+        .enumerate()
+        .map(|(id, chunk)| Shard { id, images: chunk.to_vec() })
+        .collect()
+}
+
+/// The current time, RFC 3339.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn images(n: usize) -> Vec<ImageRef> {
+        (0..n).map(|i| ImageRef { path: format!("c/{i:03}.jpg"), label: "c".into() }).collect()
+    }
+
+    #[test]
+    fn shards_by_size_and_by_count() {
+        let mut o = RunOptions { shard_size: 4, ..Default::default() };
+        let s = make_shards(images(10), &o);
+        assert_eq!(s.iter().map(|s| s.images.len()).collect::<Vec<_>>(), vec![4, 4, 2]);
+        assert_eq!(s[2].id, 2);
+        o.shard_count = Some(3);
+        let s = make_shards(images(10), &o);
+        assert_eq!(s.iter().map(|s| s.images.len()).collect::<Vec<_>>(), vec![4, 4, 2]);
+        o.shard_count = Some(20);
+        assert_eq!(make_shards(images(10), &o).len(), 10);
+        assert!(make_shards(Vec::new(), &o).is_empty());
+    }
+
+    #[test]
+    fn run_id_is_stable_and_sensitive() {
+        let o = RunOptions::default();
+        let a = derive_run_id("/in", &o, &images(3));
+        assert_eq!(a, derive_run_id("/in", &o, &images(3)));
+        assert_ne!(a, derive_run_id("/in", &o, &images(4)));
+        let o2 = RunOptions { pca: PcaOptions { k: 10, ..Default::default() }, ..o.clone() };
+        assert_ne!(a, derive_run_id("/in", &o2, &images(3)));
+        assert!(validate_run_id(&a).is_ok());
+        assert!(validate_run_id("../x").is_err());
+    }
+
+    #[test]
+    fn request_rejects_unknown_fields_and_validates() {
+        let err = serde_json::from_str::<RunRequest>(r#"{"input_prefix":"a/","kk":3}"#);
+        assert!(err.is_err());
+        let req: RunRequest = serde_json::from_str(r#"{"input_prefix":"a/","k":2000}"#).unwrap();
+        let o = req.options(&RunOptions::default());
+        let msg = o.validate(1280, 5000).unwrap_err().to_string();
+        assert!(msg.contains("larger than the feature dimension 1280"), "{msg}");
+        let req: RunRequest =
+            serde_json::from_str(r#"{"input_prefix":"a/","variance":0.95}"#).unwrap();
+        assert!(req.options(&RunOptions::default()).validate(1280, 3).is_ok());
+    }
+}

@@ -1,0 +1,249 @@
+//! The model: a machine-readable spec (input name, layout, size, normalization, output name)
+//! and a tract-onnx plan, loaded and optimized once per process, run with one state per thread.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tract_onnx::prelude::*;
+
+/// Failures of the model.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// The model file is missing.
+    #[error("model file {0} not found (set --model or MODEL_PATH; see models/README.md)")]
+    Missing(String),
+    /// The spec file is missing or invalid.
+    #[error("model spec {path}: {reason}")]
+    Spec {
+        /// Spec path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// tract could not load, optimize or run the model.
+    #[error("{context}: {source}")]
+    Tract {
+        /// What was being done.
+        context: String,
+        /// tract's error chain.
+        #[source]
+        source: anyhow_tract::Error,
+    },
+    /// The model does not fit the spec (names, shapes).
+    #[error("model does not match its spec: {0}")]
+    Mismatch(String),
+}
+
+/// tract reports errors as `anyhow::Error`; re-exported under a distinct name so the
+/// library itself does not depend on anyhow.
+mod anyhow_tract {
+    pub type Error = tract_onnx::prelude::TractError;
+}
+
+/// Tensor layout of the model input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    /// Batch, height, width, channels.
+    NHWC,
+    /// Batch, channels, height, width.
+    NCHW,
+}
+
+/// How to feed a model: read from `model_spec.json` beside the model, so another ONNX image
+/// model can be swapped in without code changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Human-readable name.
+    pub name: String,
+    /// ONNX input name.
+    pub input_name: String,
+    /// ONNX output name (the features).
+    pub output_name: String,
+    /// Input layout.
+    pub layout: Layout,
+    /// Input height.
+    pub height: u32,
+    /// Input width.
+    pub width: u32,
+    /// Channels (3: RGB).
+    pub channels: u32,
+    /// Resize filter; only `bicubic` (Pillow's) is implemented.
+    pub resize: String,
+    /// Pixel scale: input = pixel * scale + offset.
+    pub scale: f32,
+    /// Pixel offset.
+    pub offset: f32,
+}
+
+/// The spec of the bundled MobileNetV2 (`models/model_spec.json`).
+pub const DEFAULT_SPEC_JSON: &str = include_str!("../../models/model_spec.json");
+
+impl ModelSpec {
+    /// The bundled MobileNetV2 spec.
+    pub fn mobilenet_v2() -> Self {
+        serde_json::from_str(DEFAULT_SPEC_JSON).expect("models/model_spec.json is valid")
+    }
+
+    /// Reads and checks a spec file.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let err = |reason: String| ModelError::Spec { path: path.display().to_string(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let spec: Self = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        spec.check().map_err(err)?;
+        Ok(spec)
+    }
+
+    /// The spec beside a model (`<dir>/model_spec.json`), else the bundled one.
+    pub fn for_model(model_path: &Path, explicit: Option<&Path>) -> Result<Self, ModelError> {
+        if let Some(path) = explicit {
+            return Self::load(path);
+        }
+        let beside = model_path.with_file_name("model_spec.json");
+        if beside.is_file() {
+            Self::load(&beside)
+        } else {
+            Ok(Self::mobilenet_v2())
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.resize != "bicubic" {
+            return Err(format!("resize {:?} is not supported (only \"bicubic\")", self.resize));
+        }
+        if self.channels != 3 {
+            return Err(format!("{} channels: only RGB (3) inputs are supported", self.channels));
+        }
+        if self.width == 0 || self.height == 0 {
+            return Err("width and height must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Number of floats of one input image.
+    pub fn input_len(&self) -> usize {
+        (self.width * self.height * self.channels) as usize
+    }
+
+    fn input_shape(&self) -> [usize; 4] {
+        let (h, w, c) = (self.height as usize, self.width as usize, self.channels as usize);
+        match self.layout {
+            Layout::NHWC => [1, h, w, c],
+            Layout::NCHW => [1, c, h, w],
+        }
+    }
+}
+
+type Plan = TypedRunnableModel;
+
+/// A loaded, optimized model. Cheap to share between threads; each thread runs its own
+/// [`ModelSession`] because one tract plan runs single-threaded.
+#[derive(Clone)]
+pub struct Model {
+    plan: Arc<Plan>,
+    spec: Arc<ModelSpec>,
+    feature_dim: usize,
+    load_time: Duration,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("spec", &self.spec.name)
+            .field("feature_dim", &self.feature_dim)
+            .finish()
+    }
+}
+
+fn tract<T>(context: &str, r: TractResult<T>) -> Result<T, ModelError> {
+    r.map_err(|source| ModelError::Tract { context: context.to_string(), source })
+}
+
+impl Model {
+    /// Loads the ONNX file, fixes the input to one image of the spec's shape, selects the
+    /// spec's output, and optimizes. The feature dimension is read from the model.
+    pub fn load(path: &Path, spec: ModelSpec) -> Result<Self, ModelError> {
+        let start = Instant::now();
+        if !path.is_file() {
+            return Err(ModelError::Missing(path.display().to_string()));
+        }
+        let mut model = tract("loading ONNX", tract_onnx::onnx().model_for_path(path))?;
+        let input_names: Vec<String> = model
+            .input_outlets()
+            .map_err(|source| ModelError::Tract { context: "inputs".into(), source })?
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        if !input_names.contains(&spec.input_name) {
+            return Err(ModelError::Mismatch(format!(
+                "no input named {:?} (inputs: {input_names:?})",
+                spec.input_name
+            )));
+        }
+        tract("selecting input", model.set_input_names([spec.input_name.as_str()]))?;
+        tract("selecting output", model.select_outputs_by_name([spec.output_name.as_str()]))
+            .map_err(|e| ModelError::Mismatch(format!("output {:?}: {e}", spec.output_name)))?;
+        let fact = f32::fact(spec.input_shape());
+        let model = tract("setting input shape", model.with_input_fact(0, fact.into()))?;
+        let typed = tract("typing", model.into_typed())?;
+        let typed = tract("optimizing", typed.into_optimized())?;
+        let output = tract("output fact", typed.output_fact(0).cloned())?;
+        let dims = output.shape.as_concrete().ok_or_else(|| {
+            ModelError::Mismatch(format!("output shape {:?} is not concrete", output.shape))
+        })?;
+        let feature_dim: usize = dims.iter().skip(1).product();
+        if dims.first() != Some(&1) || feature_dim == 0 {
+            return Err(ModelError::Mismatch(format!("unexpected output shape {dims:?}")));
+        }
+        let plan = tract("planning", typed.into_runnable())?;
+        Ok(Self { plan, spec: Arc::new(spec), feature_dim, load_time: start.elapsed() })
+    }
+
+    /// Length of one feature vector (1280 for MobileNetV2), read from the model.
+    pub fn feature_dim(&self) -> usize {
+        self.feature_dim
+    }
+
+    /// The spec the model was loaded with.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// How long loading and optimizing took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// A per-thread runner.
+    pub fn session(&self) -> Result<ModelSession, ModelError> {
+        let state = tract("spawning state", self.plan.spawn())?;
+        Ok(ModelSession { state, shape: self.spec.input_shape(), feature_dim: self.feature_dim })
+    }
+}
+
+/// One thread's runner: keeps tract's state (scratch buffers) between images.
+pub struct ModelSession {
+    state: TypedSimpleState,
+    shape: [usize; 4],
+    feature_dim: usize,
+}
+
+impl ModelSession {
+    /// Runs the model on one preprocessed image (`input` in the spec's layout).
+    pub fn infer(&mut self, input: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let tensor = tract("input tensor", Tensor::from_shape(&self.shape, input))?;
+        let outputs = tract("running the model", self.state.run(tvec!(tensor.into())))?;
+        let view = tract("reading output", outputs[0].try_as_plain_ram())?;
+        let features = tract("output as f32", view.as_slice::<f32>())?;
+        if features.len() != self.feature_dim {
+            return Err(ModelError::Mismatch(format!(
+                "output has {} values, expected {}",
+                features.len(),
+                self.feature_dim
+            )));
+        }
+        Ok(features.to_vec())
+    }
+}

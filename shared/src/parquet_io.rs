@@ -1,0 +1,135 @@
+//! The two Parquet datasets (`Results` and `Results_PCA`): one schema definition, writer
+//! and reader. Vectors are non-null `list<float32>` with the standard `element` item name, so
+//! Spark, pyarrow and DuckDB read the folders as one dataset.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{Float32Builder, ListBuilder, StringBuilder};
+use arrow_array::{Array, ArrayRef, Float32Array, ListArray, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::error::{Error, Result};
+
+/// Which dataset: the vector column's name differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dataset {
+    /// `Results`: `path`, `label`, `features`.
+    Features,
+    /// `Results_PCA`: `path`, `label`, `pca_features`.
+    Pca,
+}
+
+impl Dataset {
+    /// The vector column's name.
+    pub fn vector_column(self) -> &'static str {
+        match self {
+            Dataset::Features => "features",
+            Dataset::Pca => "pca_features",
+        }
+    }
+
+    /// The Arrow schema of the dataset.
+    pub fn schema(self) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("path", DataType::Utf8, false),
+            Field::new("label", DataType::Utf8, false),
+            Field::new(self.vector_column(), DataType::List(item_field()), false),
+        ]))
+    }
+}
+
+fn item_field() -> Arc<Field> {
+    Arc::new(Field::new("element", DataType::Float32, false))
+}
+
+/// One row of either dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorRow {
+    /// Image path relative to the input root.
+    pub path: String,
+    /// Label (parent folder name).
+    pub label: String,
+    /// Features or projections.
+    pub values: Vec<f32>,
+}
+
+/// Encodes rows as one Parquet file (snappy), closing the writer.
+pub fn write_rows(dataset: Dataset, rows: &[VectorRow]) -> Result<Bytes> {
+    let schema = dataset.schema();
+    let mut paths = StringBuilder::new();
+    let mut labels = StringBuilder::new();
+    let mut vectors = ListBuilder::new(Float32Builder::new()).with_field(item_field());
+    for row in rows {
+        paths.append_value(&row.path);
+        labels.append_value(&row.label);
+        vectors.values().append_slice(&row.values);
+        vectors.append(true);
+    }
+    let columns: Vec<ArrayRef> =
+        vec![Arc::new(paths.finish()), Arc::new(labels.finish()), Arc::new(vectors.finish())];
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props))?;
+    writer.write(&batch)?;
+    writer.close()?;
+    Ok(Bytes::from(out))
+}
+
+/// Decodes a Parquet file of either dataset.
+pub fn read_rows(dataset: Dataset, bytes: Bytes) -> Result<Vec<VectorRow>> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let column = |name: &str| {
+            batch.column_by_name(name).cloned().ok_or_else(|| {
+                Error::Arrow(arrow_schema::ArrowError::SchemaError(format!("no column {name:?}")))
+            })
+        };
+        let cast_err = |name: &str| {
+            Error::Arrow(arrow_schema::ArrowError::SchemaError(format!("column {name:?} has the wrong type")))
+        };
+        let paths = column("path")?;
+        let paths = paths.as_any().downcast_ref::<StringArray>().ok_or_else(|| cast_err("path"))?;
+        let labels = column("label")?;
+        let labels = labels.as_any().downcast_ref::<StringArray>().ok_or_else(|| cast_err("label"))?;
+        let name = dataset.vector_column();
+        let vectors = column(name)?;
+        let vectors = vectors.as_any().downcast_ref::<ListArray>().ok_or_else(|| cast_err(name))?;
+        for i in 0..batch.num_rows() {
+            let list = vectors.value(i);
+            let values = list.as_any().downcast_ref::<Float32Array>().ok_or_else(|| cast_err(name))?;
+            rows.push(VectorRow {
+                path: paths.value(i).to_string(),
+                label: labels.value(i).to_string(),
+                values: values.values().to_vec(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_keeps_rows_and_schema() {
+        let rows = vec![
+            VectorRow { path: "a/1.jpg".into(), label: "a".into(), values: vec![1.0, -2.5, 3.25] },
+            VectorRow { path: "b/é 2.png".into(), label: "b".into(), values: vec![0.0, 0.5, 1e-8] },
+        ];
+        let bytes = write_rows(Dataset::Pca, &rows).unwrap();
+        assert_eq!(read_rows(Dataset::Pca, bytes.clone()).unwrap(), rows);
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        assert_eq!(builder.schema().as_ref(), Dataset::Pca.schema().as_ref());
+        assert!(read_rows(Dataset::Features, write_rows(Dataset::Pca, &rows).unwrap()).is_err());
+        assert!(read_rows(Dataset::Features, write_rows(Dataset::Features, &[]).unwrap()).unwrap().is_empty());
+    }
+}

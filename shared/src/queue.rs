@@ -1,0 +1,84 @@
+//! The queue port: how the splitter fans out shards and the barrier winner asks for the reduce.
+//! In AWS it is SQS ([`crate::aws::SqsQueue`]); embedded, an in-process FIFO.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Mutex;
+
+use thiserror::Error;
+
+/// Failures of a queue.
+#[derive(Debug, Error)]
+pub enum QueueError {
+    /// Some entries of a batch could not be sent even after retries.
+    #[error("{failed} of {total} messages could not be sent to {queue}: {reason}")]
+    Partial {
+        /// The queue.
+        queue: String,
+        /// How many failed.
+        failed: usize,
+        /// How many were sent in all.
+        total: usize,
+        /// The last failure's reason.
+        reason: String,
+    },
+    /// The queue call failed.
+    #[error("sqs {op} {queue}: {source}")]
+    Remote {
+        /// The API call.
+        op: &'static str,
+        /// The queue URL.
+        queue: String,
+        /// The SDK error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A message queue that the pipeline sends to. Receiving is the runtime's business
+/// (the Lambda event-source mapping, or the local driver).
+pub trait Queue: Send + Sync {
+    /// Sends every body; retries what failed; errors only if some could not be sent at all.
+    fn send_all(&self, bodies: Vec<String>) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// An in-process FIFO queue (embedded mode, tests).
+#[derive(Debug, Default)]
+pub struct InProcessQueue {
+    messages: Mutex<VecDeque<String>>,
+}
+
+impl InProcessQueue {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the oldest message.
+    pub fn pop(&self) -> Option<String> {
+        self.messages.lock().expect("queue lock").pop_front()
+    }
+
+    /// How many messages wait.
+    pub fn len(&self) -> usize {
+        self.messages.lock().expect("queue lock").len()
+    }
+
+    /// Whether no message waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Queue for InProcessQueue {
+    async fn send_all(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+        self.messages.lock().expect("queue lock").extend(bodies);
+        Ok(())
+    }
+}
+
+impl<T: Queue> Queue for &T {
+    async fn send_all(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+        (**self).send_all(bodies).await
+    }
+}

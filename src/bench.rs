@@ -1,0 +1,121 @@
+//! `featurize bench`: where the time goes per image (read, decode, resize, inference, write),
+//! model load, cold start (process start to first feature vector) and peak memory.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use shared::store::Bytes;
+use clap::Args;
+use shared::featurizer::{featurize_images, ImageOutcome};
+use shared::listing::{label_for, ImageFilter};
+use shared::parquet_io::{write_rows, Dataset, VectorRow};
+
+/// Arguments of `bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Folder of images (walked recursively; the first --images in path order are used).
+    #[arg(long)]
+    input: PathBuf,
+    /// How many images.
+    #[arg(long, default_value_t = 200)]
+    images: usize,
+    /// Inference threads (1 measures the single-thread cost per image).
+    #[arg(long, short = 'j', default_value_t = 1)]
+    jobs: usize,
+    #[command(flatten)]
+    model: crate::ModelArgs,
+}
+
+/// Runs the benchmark and prints its numbers.
+pub fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
+    let filter = ImageFilter::new("*.{jpg,jpeg,png}")?;
+    let mut paths: Vec<PathBuf> = walk(&args.input)?.into_iter().filter(|p| filter.matches(&p.to_string_lossy())).collect();
+    paths.sort();
+    paths.truncate(args.images);
+    if paths.is_empty() {
+        bail!("no images under {}", args.input.display());
+    }
+
+    let load_start = Instant::now();
+    let model = args.model.load()?;
+    let load_ms = load_start.elapsed().as_secs_f64() * 1000.0;
+
+    let read_start = Instant::now();
+    let encoded: Vec<Result<Bytes, String>> =
+        paths.iter().map(|p| std::fs::read(p).map(Bytes::from).map_err(|e| e.to_string())).collect();
+    let read_s = read_start.elapsed().as_secs_f64();
+
+    // Cold start: the first image through the whole path, right after the model load.
+    let first = featurize_images(&model, &encoded[..1], 1, 50_000_000, None, None)?;
+    let cold_start_ms = process_start.elapsed().as_secs_f64() * 1000.0;
+    if !matches!(first.outcomes[0], ImageOutcome::Features(_)) {
+        bail!("the first image failed: {:?}", first.outcomes[0]);
+    }
+
+    let run_start = Instant::now();
+    let batch = featurize_images(&model, &encoded, args.jobs, 50_000_000, None, None)?;
+    let wall_s = run_start.elapsed().as_secs_f64();
+    let rows: Vec<VectorRow> = batch
+        .outcomes
+        .iter()
+        .zip(&paths)
+        .filter_map(|(o, p)| match o {
+            ImageOutcome::Features(values) => Some(VectorRow {
+                path: p.to_string_lossy().into_owned(),
+                label: label_for(&p.to_string_lossy(), ""),
+                values: values.clone(),
+            }),
+            ImageOutcome::Failed(..) => None,
+        })
+        .collect();
+    let write_start = Instant::now();
+    let part = write_rows(Dataset::Features, &rows)?;
+    let write_s = write_start.elapsed().as_secs_f64();
+
+    let n = paths.len() as f64;
+    let per = |s: f64| s * 1000.0 / n;
+    let t = &batch.timings;
+    println!("featurize bench: {} images from {}, {} thread(s), model {} ({}-d)", paths.len(), args.input.display(), args.jobs, model.spec().name, model.feature_dim());
+    println!("  model load + optimize   {load_ms:8.1} ms");
+    println!("  cold start              {cold_start_ms:8.1} ms  (process start -> first feature vector)");
+    println!("  per image (mean, ms, summed over threads):");
+    println!("    read                  {:8.3}", per(read_s));
+    println!("    decode                {:8.3}", per(t.decode_s));
+    println!("    resize + normalize    {:8.3}", per(t.resize_s));
+    println!("    inference             {:8.3}", per(t.infer_s));
+    println!("    write (parquet)       {:8.3}  ({} bytes for {} rows)", per(write_s), part.len(), rows.len());
+    println!("  throughput              {:8.1} images/s  (wall {:.2} s)", n / wall_s, wall_s);
+    if let Some(rss) = peak_rss_mb() {
+        println!("  peak RSS                {rss:8.1} MB");
+    }
+    let failed = batch.outcomes.iter().filter(|o| matches!(o, ImageOutcome::Failed(..))).count();
+    if failed > 0 {
+        println!("  failed images           {failed}");
+    }
+    Ok(())
+}
+
+fn walk(root: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Peak resident memory (VmHWM) on Linux.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

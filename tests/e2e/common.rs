@@ -1,0 +1,137 @@
+//! Shared test helpers: where `../shared` is, the model (loaded once), Python, and fixtures.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use shared::model::{Model, ModelSpec};
+
+/// `../shared` beside the repository (models, data, golden outputs).
+pub fn shared_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    assert!(dir.is_dir(), "{} is missing: the tests need ../shared (models, data, golden)", dir.display());
+    dir
+}
+
+/// The Fruits-360 test images.
+pub fn fruits() -> PathBuf {
+    shared_dir().join("data/fruits-360/Test")
+}
+
+/// The MobileNetV2 features model, loaded and optimized once for all tests.
+pub fn model() -> Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = shared_dir().join("models/mobilenet_v2_features.onnx");
+            Model::load(&path, ModelSpec::mobilenet_v2()).expect("load the model")
+        })
+        .clone()
+}
+
+/// The Python with pyarrow (set up by `infra/test.sh`): `FEATURIZE_PYTHON`, else `.venv`.
+pub fn python() -> PathBuf {
+    let candidate = std::env::var_os("FEATURIZE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(
+        candidate.exists(),
+        "no Python with pyarrow at {} — run ./infra/test.sh (it creates .venv) or set FEATURIZE_PYTHON",
+        candidate.display()
+    );
+    candidate
+}
+
+/// Runs a Python snippet with arguments; panics with its output if it fails.
+pub fn run_python(code: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(python()).arg("-c").arg(code).args(args).output().expect("run python");
+    assert!(
+        output.status.success(),
+        "python failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// The first `per_class` images of each of the first `classes` Fruits-360 classes, as
+/// (path relative to the Test folder, bytes).
+pub fn fruit_images(classes: usize, per_class: usize) -> Vec<(String, Vec<u8>)> {
+    let mut class_dirs: Vec<PathBuf> = std::fs::read_dir(fruits()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    class_dirs.sort();
+    let mut out = Vec::new();
+    for dir in class_dirs.into_iter().take(classes) {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for file in files.into_iter().take(per_class) {
+            let relative = format!(
+                "{}/{}",
+                dir.file_name().unwrap().to_string_lossy(),
+                file.file_name().unwrap().to_string_lossy()
+            );
+            out.push((relative, std::fs::read(&file).unwrap()));
+        }
+    }
+    out
+}
+
+/// Synthetic bad files: (name, bytes, expected error kind).
+pub fn bad_files(real_jpeg: &[u8]) -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let mut corrupt = real_jpeg.to_vec();
+    for b in corrupt.iter_mut().skip(20).take(400) {
+        *b = 0x55;
+    }
+    vec![
+        ("bad/empty.jpg", Vec::new(), "empty"),
+        ("bad/not-an-image.png", b"this is a text file, not a PNG".to_vec(), "unsupported"),
+        ("bad/truncated.jpg", real_jpeg[..real_jpeg.len() / 2].to_vec(), "decode"),
+        ("bad/corrupt.jpg", corrupt, "decode"),
+        ("bad/too-large.png", png_rgb(300, 200), "too_large"),
+    ]
+}
+
+/// A valid RGB PNG of the given size (a gradient).
+pub fn png_rgb(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    encode(image::DynamicImage::ImageRgb8(image), image::ImageFormat::Png)
+}
+
+/// Encodes an image.
+pub fn encode(image: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+/// Valid images in unusual encodings: grayscale, RGBA, 16-bit.
+pub fn unusual_valid_images() -> Vec<(&'static str, Vec<u8>)> {
+    let gray = image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(64, 48, |x, y| image::Luma([((x + y) % 256) as u8])));
+    let rgba = image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(50, 70, |x, y| image::Rgba([x as u8, y as u8, 90, 128])));
+    let deep = image::DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(40, 40, |x, y| image::Rgb([(x * 1600) as u16, (y * 1600) as u16, 30000])));
+    vec![
+        ("odd formats/gray.png", encode(gray, image::ImageFormat::Png)),
+        ("odd formats/rgba.PNG", encode(rgba, image::ImageFormat::Png)),
+        ("odd formats/deep 16-bit.png", encode(deep, image::ImageFormat::Png)),
+    ]
+}
+
+/// Writes files under a folder.
+pub fn write_tree(root: &Path, files: &[(String, Vec<u8>)]) {
+    for (relative, bytes) in files {
+        let path = root.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// A multi-threaded runtime for async tests.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}

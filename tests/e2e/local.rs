@@ -1,0 +1,275 @@
+//! The embedded pipeline: fidelity against the independent Python reference, PCA against the
+//! golden fit, bad inputs and their accounting, and the output read back by pyarrow.
+
+use std::collections::BTreeMap;
+
+use shared::featurizer::{featurize_images, FeaturizerSettings, ImageOutcome};
+use shared::local::{run_local, LocalRun};
+use shared::manifest::{ImageError, PcaOptions, RunRequest};
+use shared::parquet_io::{read_rows, Dataset};
+use shared::pca::{fit, PcaModel};
+use shared::stats::ShardStats;
+use shared::store::Bytes;
+
+use crate::common::*;
+
+fn golden_dir() -> std::path::PathBuf {
+    shared_dir().join("golden/seed72")
+}
+
+fn golden_features() -> Vec<shared::parquet_io::VectorRow> {
+    let bytes = std::fs::read(golden_dir().join("features.parquet")).unwrap();
+    read_rows(Dataset::Features, Bytes::from(bytes)).unwrap()
+}
+
+#[test]
+fn features_match_the_golden_reference() {
+    let golden = golden_features();
+    assert_eq!(golden.len(), 72);
+    let data = shared_dir().join("data/fruits-360");
+    let encoded: Vec<Result<Bytes, String>> =
+        golden.iter().map(|row| Ok(Bytes::from(std::fs::read(data.join(&row.path)).unwrap()))).collect();
+    let model = model();
+    let batch = featurize_images(&model, &encoded, 2, 50_000_000, None, None).unwrap();
+    let (mut min_cos, mut sum_cos, mut max_delta) = (f64::MAX, 0.0, 0f32);
+    for (row, outcome) in golden.iter().zip(&batch.outcomes) {
+        let ImageOutcome::Features(ours) = outcome else { panic!("{} failed: {outcome:?}", row.path) };
+        assert_eq!(ours.len(), row.values.len());
+        let cos = cosine(ours, &row.values);
+        min_cos = min_cos.min(cos);
+        sum_cos += cos;
+        for (a, b) in ours.iter().zip(&row.values) {
+            max_delta = max_delta.max((a - b).abs());
+        }
+    }
+    let mean_cos = sum_cos / golden.len() as f64;
+    println!("golden fidelity: cosine min {min_cos:.7} mean {mean_cos:.7}, max |delta| {max_delta:.2e}");
+    assert!(min_cos >= 0.9999, "min cosine {min_cos}");
+    assert!(max_delta <= 1e-2, "max |delta| {max_delta}");
+}
+
+#[test]
+fn pca_matches_the_golden_fit() {
+    let golden = golden_features();
+    let dim = golden[0].values.len();
+    // Fit from statistics merged over uneven shards, as the reducer does.
+    let mut merged = ShardStats::empty(dim);
+    for chunk in golden.chunks(17) {
+        let rows: Vec<&[f32]> = chunk.iter().map(|r| r.values.as_slice()).collect();
+        merged.merge(&ShardStats::from_rows(&rows, dim)).unwrap();
+    }
+    let ours = fit(&merged, &PcaOptions { k: 50, ..Default::default() }).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(golden_dir().join("pca_model.json")).unwrap()).unwrap();
+    let ratio: Vec<f64> = serde_json::from_value(reference["explained_variance_ratio"].clone()).unwrap();
+    let components: Vec<Vec<f64>> = serde_json::from_value(reference["components"].clone()).unwrap();
+    assert_eq!(ours.k, ratio.len());
+    let max_ratio_delta = ours.explained_variance_ratio.iter().zip(&ratio).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let min_abs_cos = (0..10)
+        .map(|i| ours.components[i].iter().zip(&components[i]).map(|(a, b)| a * b).sum::<f64>().abs())
+        .fold(f64::MAX, f64::min);
+    println!(
+        "golden PCA: max |ratio delta| {max_ratio_delta:.2e}, top-10 min |cos| {min_abs_cos:.9}, cumulative {:.4}",
+        ours.cumulative_explained_variance
+    );
+    assert!(max_ratio_delta <= 1e-6, "explained_variance_ratio differs by {max_ratio_delta}");
+    assert!(min_abs_cos >= 0.9999, "top-10 components: min |cos| {min_abs_cos}");
+
+    // Projections of the top 10 components agree up to each component's sign.
+    let projected = read_rows(Dataset::Pca, Bytes::from(std::fs::read(golden_dir().join("pca.parquet")).unwrap())).unwrap();
+    for (row, reference_row) in golden.iter().zip(&projected) {
+        assert_eq!(row.path, reference_row.path);
+        let mine = ours.project(&row.values);
+        for c in 0..10 {
+            let sign = ours.components[c].iter().zip(&components[c]).map(|(a, b)| a * b).sum::<f64>().signum() as f32;
+            let delta = (mine[c] - sign * reference_row.values[c]).abs();
+            assert!(delta <= 1e-3 * (1.0 + reference_row.values[c].abs()), "{} component {c}: {delta}", row.path);
+        }
+    }
+}
+
+fn bad_input_folder() -> (tempfile::TempDir, usize, BTreeMap<String, String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<(String, Vec<u8>)> = fruit_images(3, 6);
+    let real = files[0].1.clone();
+    let mut expected_errors = BTreeMap::new();
+    for (name, bytes, kind) in bad_files(&real) {
+        files.push((name.to_string(), bytes));
+        expected_errors.insert(name.to_string(), kind.to_string());
+    }
+    for (name, bytes) in unusual_valid_images() {
+        files.push((name.to_string(), bytes));
+    }
+    files.push(("Pommé rouge/a b ü.JPG".to_string(), real));
+    files.push(("notes/readme.txt".to_string(), b"not selected by the glob".to_vec()));
+    write_tree(dir.path(), &files);
+    let images = files.len() - 1;
+    (dir, images, expected_errors)
+}
+
+fn request(k: usize, shard_size: usize, max_error_rate: f64) -> RunRequest {
+    RunRequest {
+        k: Some(k),
+        shard_size: Some(shard_size),
+        max_pixels: Some(50_000),
+        max_error_rate: Some(max_error_rate),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn bad_inputs_are_listed_and_nothing_is_lost() {
+    let (input, images, expected_errors) = bad_input_folder();
+    let output = tempfile::tempdir().unwrap();
+    let report = runtime()
+        .block_on(run_local(
+            LocalRun {
+                input: input.path().to_path_buf(),
+                output: output.path().to_path_buf(),
+                request: request(5, 8, 0.5),
+                featurizer: FeaturizerSettings { worker_threads: 2, ..Default::default() },
+                on_start: None,
+                progress: None,
+            },
+            model(),
+        ))
+        .unwrap();
+    let summary = &report.summary;
+    assert_eq!(summary.status, "succeeded");
+    assert_eq!(summary.images, images, "every selected file is an input image");
+    assert_eq!(summary.errors, expected_errors.len());
+    assert_eq!(summary.rows + summary.errors, summary.images, "images in = rows + errors");
+    assert_eq!(summary.shards, images.div_ceil(8));
+    assert_eq!(summary.k, 5);
+
+    let run = &summary.run_id;
+    let errors: Vec<ImageError> =
+        serde_json::from_slice(&std::fs::read(output.path().join(format!("runs/{run}/errors.json"))).unwrap()).unwrap();
+    let got: BTreeMap<String, String> = errors
+        .iter()
+        .map(|e| (e.path.clone(), serde_json::to_value(e.kind).unwrap().as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(got, expected_errors, "error kinds: {errors:#?}");
+    assert!(errors.iter().all(|e| !e.reason.is_empty() && e.label == "bad"));
+
+    // Rows: every non-failed image exactly once, with its label; PCA rows the same paths.
+    let mut rows = Vec::new();
+    let mut pca_rows = Vec::new();
+    for shard in 0..summary.shards {
+        let part = std::fs::read(output.path().join(format!("Results/{run}/part-{shard:05}.parquet"))).unwrap();
+        rows.extend(read_rows(Dataset::Features, Bytes::from(part)).unwrap());
+        let part = std::fs::read(output.path().join(format!("Results_PCA/{run}/part-{shard:05}.parquet"))).unwrap();
+        pca_rows.extend(read_rows(Dataset::Pca, Bytes::from(part)).unwrap());
+    }
+    assert_eq!(rows.len(), summary.rows);
+    assert!(rows.iter().any(|r| r.path == "Pommé rouge/a b ü.JPG" && r.label == "Pommé rouge"));
+    assert!(rows.iter().any(|r| r.path == "odd formats/deep 16-bit.png" && r.label == "odd formats"));
+    assert!(rows.iter().all(|r| r.values.len() == 1280 && !expected_errors.contains_key(&r.path)));
+    assert_eq!(pca_rows.iter().map(|r| &r.path).collect::<Vec<_>>(), rows.iter().map(|r| &r.path).collect::<Vec<_>>());
+    assert!(pca_rows.iter().all(|r| r.values.len() == 5));
+    for marker in ["Results", "Results_PCA"] {
+        assert!(output.path().join(format!("{marker}/{run}/_SUCCESS")).is_file());
+    }
+    let model: PcaModel =
+        serde_json::from_slice(&std::fs::read(output.path().join(format!("runs/{run}/pca_model.json"))).unwrap()).unwrap();
+    let first_projection = model.project(&rows[0].values);
+    assert_eq!(first_projection, pca_rows[0].values);
+
+    // pyarrow reads each folder as one dataset, with the schema we promise.
+    let check = r#"
+import sys, json, pyarrow.dataset as ds
+out = {}
+for name, column in (("Results", "features"), ("Results_PCA", "pca_features")):
+    d = ds.dataset(sys.argv[1] + "/" + name + "/" + sys.argv[2], format="parquet")
+    t = d.to_table().sort_by("path")
+    f = t.schema.field(column)
+    out[name] = {
+        "rows": t.num_rows,
+        "schema": [str(x.type) + ("" if x.nullable else " not null") for x in t.schema],
+        "item_nullable": f.type.value_field.nullable,
+        "first_path": t["path"][0].as_py(),
+        "first": t[column][0].as_py(),
+    }
+print(json.dumps(out))
+"#;
+    let out = run_python(check, &[output.path().to_str().unwrap(), run]);
+    let read: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let results = &read["Results"];
+    assert_eq!(results["rows"], summary.rows);
+    assert_eq!(results["schema"][0], "string not null");
+    assert_eq!(results["schema"][1], "string not null");
+    assert!(results["schema"][2].as_str().unwrap().starts_with("list<element: float not null>"), "{}", results["schema"]);
+    assert_eq!(results["item_nullable"], false);
+    let mut sorted = rows.clone();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(results["first_path"].as_str().unwrap(), sorted[0].path);
+    let first: Vec<f32> = serde_json::from_value(results["first"].clone()).unwrap();
+    assert_eq!(first, sorted[0].values, "pyarrow reads the same vector");
+    assert_eq!(read["Results_PCA"]["rows"], summary.rows);
+    assert_eq!(read["Results_PCA"]["first"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn too_many_errors_fail_the_run_without_pca_and_rerun_is_idempotent() {
+    let (input, _, _) = bad_input_folder();
+    let output = tempfile::tempdir().unwrap();
+    let run = |max_error_rate| {
+        runtime()
+            .block_on(run_local(
+                LocalRun {
+                    input: input.path().to_path_buf(),
+                    output: output.path().to_path_buf(),
+                    request: request(3, 16, max_error_rate),
+                    featurizer: FeaturizerSettings { worker_threads: 2, ..Default::default() },
+                    on_start: None,
+                    progress: None,
+                },
+                model(),
+            ))
+            .unwrap()
+    };
+    let failed = run(0.1);
+    assert_eq!(failed.summary.status, "failed");
+    assert!(failed.summary.failure.as_deref().unwrap().contains("above max_error_rate"));
+    let id = &failed.summary.run_id;
+    assert!(!output.path().join(format!("Results_PCA/{id}/_SUCCESS")).exists());
+
+    let first = run(0.5);
+    assert_eq!(first.summary.status, "succeeded");
+    assert!(first.split.created);
+    let again = run(0.5);
+    assert_eq!(again.split.run_id, first.split.run_id, "same input + options = same run");
+    assert!(!again.split.created && again.split.already_complete);
+    assert_eq!(again.summary, first.summary);
+}
+
+#[test]
+fn cli_reports_clear_errors_and_exit_codes() {
+    let exe = env!("CARGO_BIN_EXE_featurize");
+    let model_path = shared_dir().join("models/mobilenet_v2_features.onnx");
+    let cli = |args: &[&str]| std::process::Command::new(exe).args(args).env("CI", "true").output().unwrap();
+    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+
+    let out = cli(&["run", "--input", "/nonexistent/folder", "--output", "/tmp/x", "-q"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("input folder /nonexistent/folder does not exist"), "{}", text(&out));
+
+    let empty = tempfile::tempdir().unwrap();
+    let output = tempfile::tempdir().unwrap();
+    let model_arg = model_path.to_str().unwrap();
+    let out = cli(&["run", "--input", empty.path().to_str().unwrap(), "--output", output.path().to_str().unwrap(), "--model", model_arg, "-q"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("no images under"), "{}", text(&out));
+
+    let out = cli(&["run", "--input", empty.path().to_str().unwrap(), "--output", output.path().to_str().unwrap(), "--model", "/no/model.onnx", "-q"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("model file /no/model.onnx not found"), "{}", text(&out));
+
+    let (input, images, _) = bad_input_folder();
+    let out = cli(&[
+        "run", "--input", input.path().to_str().unwrap(), "--output", output.path().to_str().unwrap(), "--model", model_arg,
+        "--k", "4", "--max-pixels", "50000", "--max-error-rate", "0.5", "-q",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "some images failed: exit 2\n{}", text(&out));
+    assert!(text(&out).contains(&format!("images {images}  rows {}  errors 5", images - 5)), "{}", text(&out));
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: fidelity against the golden reference, the embedded pipeline with bad
+//! inputs, the three Lambdas against a real S3/SQS emulator (moto), and the SAM template.
+//!
+//! Run through `./infra/test.sh`, which installs the Python side (pyarrow, moto) and starts
+//! moto; the tests fail with a clear message when something they need is missing.
+
+mod aws;
+mod common;
+mod local;
+mod template;

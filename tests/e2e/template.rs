@@ -1,0 +1,505 @@
+//! The SAM template (`template.yaml`) against the code's contract: environment variables,
+//! queues, IAM, event sources, the model layer and the runtime. No AWS needed.
+//!
+//! The template is read as plain YAML. CloudFormation's short forms (`!Ref X`, `!GetAtt X.Arn`,
+//! `!Sub '...'`, `!If [...]`) arrive as `Value::Tagged`; the long forms (`Ref: X`,
+//! `Fn::GetAtt: [X, Arn]`) are understood too. Beware that serde_yaml's accessors (`as_str`,
+//! `get`, indexing) look through tags: `!Ref Foo` answers `as_str()` with `"Foo"`, so every
+//! check that cares whether a value is literal goes through [`intrinsic`] first.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use serde_yaml::Value;
+use shared::config::{env_vars, Role};
+
+const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml");
+const LAYER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/build-layer.sh");
+const ROLES: [Role; 3] = [Role::Splitter, Role::Featurizer, Role::Reducer];
+
+/// Variables a function may set beyond `env_vars(role)`: optional by design.
+const OPTIONAL_VARS: &[(Role, &str)] = &[(Role::Splitter, "PCA_VARIANCE")];
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: one per concept.
+// ---------------------------------------------------------------------------------------------
+
+/// The parsed template (parsed once).
+fn template() -> &'static Value {
+    static PARSED: OnceLock<Value> = OnceLock::new();
+    PARSED.get_or_init(|| {
+        let text = std::fs::read_to_string(TEMPLATE).unwrap_or_else(|e| panic!("read {TEMPLATE}: {e}"));
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parse {TEMPLATE}: {e}"))
+    })
+}
+
+/// The argument of intrinsic function `name` ("Ref", "GetAtt", "If", ...) when `v` is a call of
+/// it, in short (`!GetAtt x`) or long (`Fn::GetAtt: x`) form.
+fn intrinsic<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    match v {
+        Value::Tagged(tagged) if tagged.tag == name => Some(&tagged.value),
+        Value::Mapping(m) if m.len() == 1 => {
+            let long = if name == "Ref" { name.to_string() } else { format!("Fn::{name}") };
+            m.get(long.as_str())
+        }
+        _ => None,
+    }
+}
+
+/// `X` of `!Ref X`.
+fn ref_name(v: &Value) -> Option<&str> {
+    intrinsic(v, "Ref")?.as_str()
+}
+
+/// `(X, Attr)` of `!GetAtt X.Attr` or `!GetAtt [X, Attr]`.
+fn getatt(v: &Value) -> Option<(&str, &str)> {
+    match intrinsic(v, "GetAtt")? {
+        Value::Sequence(s) if s.len() == 2 => Some((s[0].as_str()?, s[1].as_str()?)),
+        other => other.as_str()?.split_once('.'),
+    }
+}
+
+/// A number: a literal, a numeric string, or `!Ref` to a parameter with a numeric `Default`.
+fn number(t: &Value, v: &Value) -> f64 {
+    if let Some(param) = ref_name(v) {
+        let default = &t["Parameters"][param]["Default"];
+        assert!(!default.is_null(), "!Ref {param}: there is no parameter {param} with a Default");
+        return number(t, default);
+    }
+    if let Some(x) = v.as_f64() {
+        return x;
+    }
+    v.as_str()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("expected a number (or !Ref to a parameter with a numeric Default), got {v:?}"))
+}
+
+/// The string items of a string-or-list field (`Action`, `Resource`, ...). Tagged items are
+/// read through their tag (`!Sub 'arn:...'` gives its template), which is what the
+/// wildcard check wants.
+fn items(v: &Value) -> Vec<&str> {
+    match v.as_sequence() {
+        Some(list) => list.iter().filter_map(Value::as_str).collect(),
+        None => v.as_str().into_iter().collect(),
+    }
+}
+
+/// Whether an environment variable's value is set in every case: not `!Ref AWS::NoValue`,
+/// and not an `!If` with such a branch.
+fn always_set(v: &Value) -> bool {
+    if v.is_null() || ref_name(v) == Some("AWS::NoValue") {
+        return false;
+    }
+    match intrinsic(v, "If").and_then(Value::as_sequence) {
+        Some(args) => args.iter().skip(1).all(always_set),
+        None => true,
+    }
+}
+
+/// The template's resources, by logical id.
+fn resources(t: &Value) -> impl Iterator<Item = (&str, &Value)> {
+    t["Resources"]
+        .as_mapping()
+        .expect("template.yaml has no Resources")
+        .iter()
+        .filter_map(|(id, r)| Some((id.as_str()?, r)))
+}
+
+/// The resources of one type.
+fn of_type<'a>(t: &'a Value, ty: &'a str) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+    resources(t).filter(move |(_, r)| r["Type"].as_str() == Some(ty))
+}
+
+/// Which of the three functions a `AWS::Serverless::Function` is: its
+/// `Metadata.BuildProperties.Binary`, else the last component of its `CodeUri`.
+fn role_of(function: &Value) -> Option<Role> {
+    let binary = function["Metadata"]["BuildProperties"]["Binary"]
+        .as_str()
+        .or_else(|| function["Properties"]["CodeUri"].as_str()?.trim_end_matches('/').rsplit('/').next())?;
+    match binary {
+        "splitter" => Some(Role::Splitter),
+        "featurizer" => Some(Role::Featurizer),
+        "reducer" => Some(Role::Reducer),
+        _ => None,
+    }
+}
+
+/// The three functions: (role, logical id, resource). Asserts that each is there exactly once.
+fn functions(t: &Value) -> Vec<(Role, &str, &Value)> {
+    let found: Vec<(Role, &str, &Value)> =
+        of_type(t, "AWS::Serverless::Function").filter_map(|(id, f)| Some((role_of(f)?, id, f))).collect();
+    for role in ROLES {
+        let count = found.iter().filter(|(r, _, _)| *r == role).count();
+        assert_eq!(
+            count,
+            1,
+            "expected exactly one {role:?} function (found by Metadata.BuildProperties.Binary or CodeUri); found {:?}",
+            found.iter().map(|(r, id, _)| (*r, *id)).collect::<Vec<_>>()
+        );
+    }
+    found
+}
+
+/// One function: (logical id, resource).
+fn function(t: &Value, role: Role) -> (&str, &Value) {
+    functions(t).into_iter().find(|(r, _, _)| *r == role).map(|(_, id, f)| (id, f)).expect("checked by functions()")
+}
+
+/// A function property, falling back to `Globals.Function` (as SAM does).
+fn prop<'a>(t: &'a Value, f: &'a Value, key: &str) -> &'a Value {
+    match &f["Properties"][key] {
+        Value::Null => &t["Globals"]["Function"][key],
+        v => v,
+    }
+}
+
+/// The environment variables set on `x` (a function's `Properties` or `Globals.Function`).
+fn env_of(x: &Value) -> BTreeMap<&str, &Value> {
+    x["Environment"]["Variables"]
+        .as_mapping()
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.as_str()?, v))).collect::<BTreeMap<_, _>>())
+        .unwrap_or_default()
+}
+
+/// A function's environment: `Globals.Function` overridden by its own variables.
+fn environment<'a>(t: &'a Value, f: &'a Value) -> BTreeMap<&'a str, &'a Value> {
+    let mut vars = env_of(&t["Globals"]["Function"]);
+    vars.extend(env_of(&f["Properties"]));
+    vars
+}
+
+/// The `Properties` of a function's SQS event sources.
+fn sqs_events(f: &Value) -> Vec<&Value> {
+    f["Properties"]["Events"]
+        .as_mapping()
+        .map(|events| {
+            events.values().filter(|e| e["Type"].as_str() == Some("SQS")).map(|e| &e["Properties"]).collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+}
+
+/// Every IAM statement under `v`: the items of any `Statement` key, at any depth.
+fn statements<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Mapping(m) => {
+            for (key, child) in m {
+                match (key.as_str(), child) {
+                    (Some("Statement"), Value::Sequence(list)) => out.extend(list.iter()),
+                    (Some("Statement"), single) => out.push(single),
+                    _ => statements(child, out),
+                }
+            }
+        }
+        Value::Sequence(list) => {
+            for child in list {
+                statements(child, out);
+            }
+        }
+        Value::Tagged(tagged) => statements(&tagged.value, out),
+        _ => {}
+    }
+}
+
+/// `infra/build-layer.sh` without comment lines, with its simple top-level assignments
+/// (`name=value` where the value has no `$` or `(`) substituted for `$name` and `${name}`.
+fn expanded_layer_script() -> String {
+    let text = std::fs::read_to_string(LAYER_SCRIPT).unwrap_or_else(|e| panic!("read {LAYER_SCRIPT}: {e}"));
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+    let assignments: Vec<(&str, &str)> = lines
+        .iter()
+        .filter_map(|l| {
+            let (name, value) = l.split_once('=')?;
+            let value = value.trim_matches('"');
+            let simple_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            (simple_name && !value.contains('$') && !value.contains('(')).then_some((name, value))
+        })
+        .collect();
+    let mut script = lines.join("\n");
+    for (name, value) in assignments {
+        script = script.replace(&format!("${{{name}}}"), value);
+        script = replace_shell_var(&script, name, value);
+    }
+    script
+}
+
+/// Replaces `$name` (not `$name_more`) with `value`.
+fn replace_shell_var(text: &str, name: &str, value: &str) -> String {
+    let pattern = format!("${name}");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(&pattern) {
+        let after = &rest[at + pattern.len()..];
+        let whole_name = !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+        out.push_str(&rest[..at]);
+        out.push_str(if whole_name { value } else { pattern.as_str() });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn every_env_var_the_code_reads_is_set() {
+    let t = template();
+    for (role, id, f) in functions(t) {
+        let vars = environment(t, f);
+        let missing: Vec<String> = env_vars(role)
+            .iter()
+            .filter_map(|var| match vars.get(var) {
+                Some(v) if always_set(v) => None,
+                Some(_) => Some(format!("{var} (only conditionally)")),
+                None => Some(var.to_string()),
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{id} ({role:?}) does not set {missing:?}; shared::config::env_vars({role:?}) says the code \
+             reads them: set them in its Environment.Variables or in Globals.Function.Environment.Variables"
+        );
+    }
+}
+
+#[test]
+fn no_env_var_the_code_does_not_read() {
+    let t = template();
+    for (var, _) in env_of(&t["Globals"]["Function"]) {
+        let unread: Vec<Role> = ROLES.into_iter().filter(|role| !env_vars(*role).contains(&var)).collect();
+        assert!(
+            unread.is_empty(),
+            "Globals sets {var} for every function, but {unread:?} do not read it (shared::config::env_vars)"
+        );
+    }
+    for (role, id, f) in functions(t) {
+        for (var, _) in env_of(&f["Properties"]) {
+            let known = env_vars(role).contains(&var) || OPTIONAL_VARS.contains(&(role, var));
+            assert!(
+                known,
+                "{id} ({role:?}) sets {var}, which the code does not read (not in shared::config::env_vars({role:?})): \
+                 remove it from the template, or add it to env_vars if the code now reads it"
+            );
+        }
+    }
+}
+
+#[test]
+fn consumed_queues_have_a_dead_letter_queue_and_a_long_enough_visibility_timeout() {
+    let t = template();
+    let queues: Vec<&str> = of_type(t, "AWS::SQS::Queue").map(|(id, _)| id).collect();
+    let mut consumed = Vec::new();
+    for (role, fid, f) in functions(t) {
+        for event in sqs_events(f) {
+            let (queue, _) = getatt(&event["Queue"]).unwrap_or_else(|| {
+                panic!("{fid}: SQS event Queue should be !GetAtt <queue>.Arn, got {:?}", event["Queue"])
+            });
+            assert!(queues.contains(&queue), "{fid} consumes {queue}, which is not an AWS::SQS::Queue of the template");
+            consumed.push(queue);
+            let q = &t["Resources"][queue]["Properties"];
+
+            let redrive = &q["RedrivePolicy"];
+            let dlq = getatt(&redrive["deadLetterTargetArn"]);
+            assert!(
+                matches!(dlq, Some((d, "Arn")) if d != queue && queues.contains(&d)),
+                "{queue} (consumed by {fid}) needs RedrivePolicy.deadLetterTargetArn: !GetAtt <another queue of \
+                 the template>.Arn, got {dlq:?}"
+            );
+            assert!(
+                number(t, &redrive["maxReceiveCount"]) >= 1.0,
+                "{queue}: RedrivePolicy.maxReceiveCount must be >= 1"
+            );
+
+            // SQS defaults to 30 s, Lambda to 3 s. AWS asks for visibility >= 6 x function timeout.
+            let visibility = match &q["VisibilityTimeout"] {
+                Value::Null => 30.0,
+                v => number(t, v),
+            };
+            let timeout = match prop(t, f, "Timeout") {
+                Value::Null => 3.0,
+                v => number(t, v),
+            };
+            assert!(
+                visibility >= 6.0 * timeout,
+                "{queue}: VisibilityTimeout {visibility} s < 6 x {fid} ({role:?}) Timeout {timeout} s = {} s; \
+                 a message would reappear while its first delivery is still being processed",
+                6.0 * timeout
+            );
+        }
+    }
+    assert!(
+        consumed.len() >= 2,
+        "expected the shard and reduce queues to be consumed by functions, found {consumed:?}"
+    );
+}
+
+/// The IAM rule enforced here:
+/// - `Action`/`NotAction`: a bare `"*"` (every action of every service) is refused everywhere.
+/// - `Resource`/`NotResource` `"*"`, and service-wide actions such as `"s3:*"`, are refused in
+///   every statement except the `Deny` statements of an `AWS::S3::BucketPolicy`: a Deny only
+///   takes permissions away, and a bucket policy is scoped to its bucket (the TLS-only Deny
+///   rightly covers `s3:*`).
+/// - `NotAction`/`NotResource` are refused in `Allow` statements (they grant everything else).
+/// - Function `Policies` must be inline statements, so that this test sees every grant (a
+///   managed policy name or SAM policy template would hide what it allows).
+#[test]
+fn iam_statements_have_no_wildcards() {
+    let t = template();
+    for (_, id, f) in functions(t) {
+        let policies = f["Properties"]["Policies"].as_sequence().map(Vec::as_slice).unwrap_or_default();
+        assert!(!policies.is_empty(), "{id} has no Policies: it needs its S3/SQS permissions");
+        for policy in policies {
+            assert!(
+                policy.get("Statement").is_some(),
+                "{id}: every entry of Policies must be an inline {{Statement: [...]}} (so that it can be checked), got {policy:?}"
+            );
+        }
+    }
+
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for (id, resource) in resources(t) {
+        let bucket_policy = resource["Type"].as_str() == Some("AWS::S3::BucketPolicy");
+        let mut found = Vec::new();
+        statements(resource, &mut found);
+        for s in found {
+            checked += 1;
+            let at = format!("{id}/{}", s["Sid"].as_str().unwrap_or("<no Sid>"));
+            let deny = s["Effect"].as_str() == Some("Deny");
+            let actions = [items(&s["Action"]), items(&s["NotAction"])].concat();
+            let targets = [items(&s["Resource"]), items(&s["NotResource"])].concat();
+            if actions.contains(&"*") {
+                problems.push(format!("{at}: Action \"*\""));
+            }
+            if !(deny && bucket_policy) {
+                if targets.contains(&"*") {
+                    problems.push(format!("{at}: Resource \"*\""));
+                }
+                for action in actions.iter().filter(|a| a.ends_with(":*")) {
+                    problems.push(format!("{at}: service-wide action {action:?}"));
+                }
+            }
+            let uses_not = !s["NotAction"].is_null() || !s["NotResource"].is_null();
+            if uses_not && !deny {
+                problems.push(format!("{at}: NotAction/NotResource in an Allow statement"));
+            }
+        }
+    }
+    assert!(checked > 0, "found no IAM statements at all in template.yaml");
+    assert!(problems.is_empty(), "IAM statements too broad:\n  {}", problems.join("\n  "));
+}
+
+#[test]
+fn sqs_event_sources_report_batch_item_failures() {
+    let t = template();
+    for (role, id, f) in functions(t) {
+        let events = sqs_events(f);
+        let expected = if role == Role::Splitter { 0 } else { 1 };
+        assert_eq!(events.len(), expected, "{id} ({role:?}) should have {expected} SQS event source(s)");
+        for event in &events {
+            assert!(
+                items(&event["FunctionResponseTypes"]).contains(&"ReportBatchItemFailures"),
+                "{id}: its SQS event needs FunctionResponseTypes: [ReportBatchItemFailures], or one failed \
+                 message makes the whole batch retry"
+            );
+        }
+        if role == Role::Featurizer {
+            let max = &events[0]["ScalingConfig"]["MaximumConcurrency"];
+            assert!(!max.is_null(), "{id}: its SQS event needs ScalingConfig.MaximumConcurrency (bounds the fan-out)");
+            let n = number(t, max);
+            assert!((2.0..=1000.0).contains(&n), "{id}: MaximumConcurrency {n} is outside SQS's 2..=1000");
+        }
+    }
+}
+
+#[test]
+fn model_layer_puts_the_model_where_the_featurizer_looks() {
+    let t = template();
+    let (id, f) = function(t, Role::Featurizer);
+
+    let layers = prop(t, f, "Layers").as_sequence().map(Vec::as_slice).unwrap_or_default();
+    let layer = layers
+        .iter()
+        .filter_map(ref_name)
+        .map(|name| &t["Resources"][name])
+        .find(|r| r["Type"].as_str() == Some("AWS::Serverless::LayerVersion"))
+        .unwrap_or_else(|| panic!("{id} has no !Ref to an AWS::Serverless::LayerVersion in Layers: {layers:?}"));
+    let content_uri = layer["Properties"]["ContentUri"]
+        .as_str()
+        .expect("the model layer's ContentUri should be a local folder (what infra/build-layer.sh fills)")
+        .trim_end_matches('/');
+
+    let script = expanded_layer_script();
+    let vars = environment(t, f);
+    for var in ["MODEL_PATH", "MODEL_SPEC_PATH"] {
+        let path = match vars.get(var) {
+            Some(Value::String(path)) => path.as_str(),
+            other => panic!("{id}: {var} should be a literal path, got {other:?}"),
+        };
+        let in_layer = path
+            .strip_prefix("/opt/")
+            .unwrap_or_else(|| panic!("{id}: {var}={path:?} should be under /opt/, where Lambda mounts layers"));
+        assert!(
+            in_layer.starts_with("model/") && !in_layer["model/".len()..].contains('/'),
+            "{id}: {var}={path:?} should be /opt/model/<file> (infra/build-layer.sh stages the layer's model/ folder)"
+        );
+        let staged = format!("\"{content_uri}/{in_layer}\"");
+        let copies: Vec<&str> =
+            script.lines().map(str::trim_start).filter(|l| l.starts_with("stage ") || l.starts_with("cp ")).collect();
+        assert!(
+            copies.iter().any(|l| l.contains(&staged)),
+            "infra/build-layer.sh should copy a file to {staged} (ContentUri {content_uri}/ + {in_layer}) so that \
+             {var}={path} exists in Lambda; its copies (variables expanded) are:\n  {}",
+            copies.join("\n  ")
+        );
+    }
+}
+
+#[test]
+fn functions_are_rust_on_provided_al2023_for_the_architecture_parameter() {
+    let t = template();
+    let arch = &t["Parameters"]["Architecture"];
+    assert_eq!(arch["Default"].as_str(), Some("arm64"), "parameter Architecture should default to arm64 (Graviton)");
+    for allowed in ["arm64", "x86_64"] {
+        assert!(items(&arch["AllowedValues"]).contains(&allowed), "parameter Architecture should allow {allowed}");
+    }
+    for (role, id, f) in functions(t) {
+        let runtime = prop(t, f, "Runtime");
+        assert!(
+            intrinsic(runtime, "Ref").is_none() && runtime.as_str() == Some("provided.al2023"),
+            "{id} ({role:?}): Runtime should be provided.al2023, got {runtime:?}"
+        );
+        assert_eq!(prop(t, f, "Handler").as_str(), Some("bootstrap"), "{id}: Handler should be bootstrap");
+        assert_eq!(
+            f["Metadata"]["BuildMethod"].as_str(),
+            Some("rust-cargolambda"),
+            "{id}: Metadata.BuildMethod should be rust-cargolambda"
+        );
+        let archs = prop(t, f, "Architectures").as_sequence().map(Vec::as_slice).unwrap_or_default();
+        assert!(
+            archs.len() == 1 && ref_name(&archs[0]) == Some("Architecture"),
+            "{id}: Architectures should be [!Ref Architecture], got {archs:?}"
+        );
+    }
+}
+
+#[test]
+fn timeouts_and_margins_are_consistent() {
+    let t = template();
+    let (fid, featurizer) = function(t, Role::Featurizer);
+    let margin = number(t, environment(t, featurizer)["DEADLINE_MARGIN_SECS"]);
+    let timeout = number(t, prop(t, featurizer, "Timeout"));
+    assert!(
+        margin < timeout / 2.0,
+        "{fid}: DEADLINE_MARGIN_SECS {margin} s leaves too little of its {timeout} s timeout for work"
+    );
+
+    let (rid, reducer) = function(t, Role::Reducer);
+    let stale = number(t, environment(t, reducer)["REDUCE_LOCK_STALE_SECS"]);
+    let timeout = number(t, prop(t, reducer, "Timeout"));
+    assert!(
+        stale >= timeout,
+        "{rid}: REDUCE_LOCK_STALE_SECS {stale} s < its timeout {timeout} s: a live reducer's lock could be taken over"
+    );
+}
