@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::error::{Error, Result};
@@ -102,11 +102,46 @@ fn outcome_name(outcome: &crate::reducer::ReduceOutcome) -> &'static str {
     }
 }
 
+/// The fields of an S3 notification the splitter uses. Parsed leniently on purpose: the
+/// full `aws_lambda_events` S3 event also requires fields (user identity, a time zone on
+/// `eventTime`) that S3-compatible emulators and re-driven events may omit.
+#[derive(Debug, Clone, Deserialize)]
+pub struct S3Notification {
+    /// The records.
+    #[serde(rename = "Records")]
+    pub records: Vec<S3NotificationRecord>,
+}
+
+/// One record of an S3 notification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct S3NotificationRecord {
+    /// For example `ObjectCreated:Put`.
+    #[serde(default)]
+    pub event_name: Option<String>,
+    /// Bucket and object.
+    pub s3: S3NotificationEntity,
+}
+
+/// The bucket and object of a record.
+#[derive(Debug, Clone, Deserialize)]
+pub struct S3NotificationEntity {
+    /// The object.
+    pub object: S3NotificationObject,
+}
+
+/// The object of a record.
+#[derive(Debug, Clone, Deserialize)]
+pub struct S3NotificationObject {
+    /// The key, percent-encoded with `+` for spaces.
+    pub key: String,
+}
+
 /// What the splitter was invoked with.
 #[derive(Debug)]
 pub enum SplitterEvent {
     /// S3 notifications (run request objects created).
-    S3(S3Event),
+    S3(S3Notification),
     /// The `s3:TestEvent` S3 sends when a notification is configured.
     S3Test,
     /// A direct invoke with the run request itself.
@@ -155,8 +190,7 @@ pub async fn handle_splitter_event<S: ObjectStore, Q: Queue, R: Queue>(
             let mut outcomes = Vec::new();
             for record in event.records {
                 let created = record.event_name.as_deref().is_some_and(|n| n.starts_with("ObjectCreated"));
-                let Some(raw_key) = record.s3.object.key.as_deref() else { continue };
-                let key = decode_s3_key(raw_key);
+                let key = decode_s3_key(&record.s3.object.key);
                 if !created || !key.starts_with(REQUESTS_PREFIX) || !key.ends_with(".json") {
                     info!(key, event = ?record.event_name, "not a run request: ignored");
                     continue;
@@ -196,6 +230,15 @@ mod tests {
         assert_eq!(decode_s3_key("runs/requests/demo+run.json"), "runs/requests/demo run.json");
         assert_eq!(decode_s3_key("images/Pomme%C3%A9+1/a%2Bb.jpg"), "images/Pommeé 1/a+b.jpg");
         assert_eq!(request_result_key("runs/requests/a.json"), "runs/request-results/a.json");
+    }
+
+    #[test]
+    fn emulator_style_s3_events_parse() {
+        let moto = serde_json::json!({"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3",
+            "eventTime": "2026-11-25T01:26:48.685636", "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": "b"}, "object": {"key": "runs%2Frequests%2Fa+b.json", "size": 2}}}]});
+        let SplitterEvent::S3(event) = parse_splitter_event(moto).unwrap() else { panic!("not S3") };
+        assert_eq!(decode_s3_key(&event.records[0].s3.object.key), "runs/requests/a b.json");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Featurizer Lambda: wiring only. Consumes the shard queue with partial batch failures.
 
+// The handler future (SDK clients + tract plan) is deeply nested; the default limit is too low.
+#![recursion_limit = "256"]
+
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use shared::aws::{s3_client, sdk_config, sqs_client, S3Store, SqsQueue};
 use shared::aws_lambda_events::event::sqs::SqsEvent;

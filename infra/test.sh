@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The test command (README "Quick start"): sets up the Python side of the tests in .venv
+# (pyarrow to read our Parquet back, moto as the S3 + SQS emulator, cfn-lint), lints the SAM
+# template, starts moto on a free loopback port, runs every Rust test, and stops moto.
+# Extra arguments go to `cargo test` (e.g. `infra/test.sh -- aws::`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+venv=.venv
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+# Reinstall only when the requirements changed.
+stamp="$venv/.requirements-test.sha256"
+want=$(sha256sum infra/requirements-test.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r infra/requirements-test.txt
+  echo "$want" > "$stamp"
+fi
+
+echo "== cfn-lint template.yaml"
+"$venv/bin/cfn-lint" template.yaml
+
+port=$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log=$(mktemp -t moto.XXXXXX.log)
+"$venv/bin/python" -m moto.server -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+moto_pid=$!
+stop_moto() {
+  kill "$moto_pid" 2>/dev/null || true
+  wait "$moto_pid" 2>/dev/null || true
+}
+trap stop_moto EXIT
+for _ in $(seq 1 100); do
+  if "$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/')" 2>/dev/null; then
+    break
+  fi
+  if ! kill -0 "$moto_pid" 2>/dev/null; then
+    echo "moto failed to start:"; cat "$log"; exit 1
+  fi
+  sleep 0.2
+done
+echo "== moto (S3 + SQS emulator) on 127.0.0.1:$port"
+
+export MOTO_ENDPOINT="http://127.0.0.1:$port"
+export FEATURIZE_PYTHON="$PWD/$venv/bin/python"
+cargo test --workspace "$@"
