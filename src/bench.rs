@@ -23,6 +23,9 @@ pub struct BenchArgs {
     /// Inference threads (1 measures the single-thread cost per image).
     #[arg(long, short = 'j', default_value_t = 1)]
     jobs: usize,
+    /// Keep tract's default NCHW convolutions (to measure the channels-last rewrite).
+    #[arg(long)]
+    no_channels_last: bool,
     #[command(flatten)]
     model: crate::ModelArgs,
 }
@@ -38,7 +41,8 @@ pub fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
     }
 
     let load_start = Instant::now();
-    let model = args.model.load()?;
+    let options = shared::model::LoadOptions { channels_last: !args.no_channels_last };
+    let model = args.model.load_with(options)?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1000.0;
 
     let read_start = Instant::now();
@@ -76,7 +80,19 @@ pub fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
     let n = paths.len() as f64;
     let per = |s: f64| s * 1000.0 / n;
     let t = &batch.timings;
-    println!("featurize bench: {} images from {}, {} thread(s), model {} ({}-d)", paths.len(), args.input.display(), args.jobs, model.spec().name, model.feature_dim());
+    println!(
+        "featurize bench: {} images from {}, {} thread(s), model {} ({}-d), convolutions {}",
+        paths.len(),
+        args.input.display(),
+        args.jobs,
+        model.spec().name,
+        model.feature_dim(),
+        if options.channels_last {
+            format!("channels-last (NHWC, {} rewritten)", model.channels_last_convs())
+        } else {
+            "tract default (NCHW)".to_string()
+        }
+    );
     println!("  model load + optimize   {load_ms:8.1} ms");
     println!("  cold start              {cold_start_ms:8.1} ms  (process start -> first feature vector)");
     println!("  per image (mean, ms, summed over threads):");

@@ -72,9 +72,14 @@ impl ModelArgs {
 
     /// Loads and optimizes the model.
     pub fn load(&self) -> Result<Model> {
+        self.load_with(shared::model::LoadOptions::default())
+    }
+
+    /// Loads and optimizes the model with explicit graph options.
+    pub fn load_with(&self, options: shared::model::LoadOptions) -> Result<Model> {
         let path = self.model_path()?;
         let spec = ModelSpec::for_model(&path, self.model_spec.as_deref())?;
-        Ok(Model::load(&path, spec).with_context(|| format!("loading model {}", path.display()))?)
+        Ok(Model::load_with(&path, spec, options).with_context(|| format!("loading model {}", path.display()))?)
     }
 }
 
