@@ -32,9 +32,11 @@ case "$which_arch" in
     ;;
 esac
 
+# The tools infra/setup-deploy-tools.sh installs, if present.
+[ -d .venv-deploy/bin ] && export PATH="$PWD/.venv-deploy/bin:$PATH"
 if ! cargo lambda --version >/dev/null 2>&1; then
   cat >&2 <<'EOF'
-error: `cargo lambda` not found. Install it (this script installs nothing):
+error: `cargo lambda` not found. Run infra/setup-deploy-tools.sh, or install it yourself:
   pip install cargo-lambda      # provides the cargo-lambda binary
   pip install ziglang           # zig, needed to cross-link (e.g. arm64 from x86_64)
   rustup target add aarch64-unknown-linux-gnu x86_64-unknown-linux-gnu

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use shared::store::Bytes;
 use clap::Args;
 use shared::featurizer::{featurize_images, ImageOutcome};
 use shared::listing::{label_for, ImageFilter};
 use shared::parquet_io::{write_rows, Dataset, VectorRow};
+use shared::store::Bytes;
 
 /// Arguments of `bench`.
 #[derive(Args)]
@@ -33,7 +33,10 @@ pub struct BenchArgs {
 /// Runs the benchmark and prints its numbers.
 pub fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
     let filter = ImageFilter::new("*.{jpg,jpeg,png}")?;
-    let mut paths: Vec<PathBuf> = walk(&args.input)?.into_iter().filter(|p| filter.matches(&p.to_string_lossy())).collect();
+    let mut paths: Vec<PathBuf> = walk(&args.input)?
+        .into_iter()
+        .filter(|p| filter.matches(&p.to_string_lossy()))
+        .collect();
     paths.sort();
     paths.truncate(args.images);
     if paths.is_empty() {
@@ -41,13 +44,17 @@ pub fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
     }
 
     let load_start = Instant::now();
-    let options = shared::model::LoadOptions { channels_last: !args.no_channels_last };
+    let options = shared::model::LoadOptions {
+        channels_last: !args.no_channels_last,
+    };
     let model = args.model.load_with(options)?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1000.0;
 
     let read_start = Instant::now();
-    let encoded: Vec<Result<Bytes, String>> =
-        paths.iter().map(|p| std::fs::read(p).map(Bytes::from).map_err(|e| e.to_string())).collect();
+    let encoded: Vec<Result<Bytes, String>> = paths
+        .iter()
+        .map(|p| std::fs::read(p).map(Bytes::from).map_err(|e| e.to_string()))
+        .collect();
     let read_s = read_start.elapsed().as_secs_f64();
 
     // Cold start: the first image through the whole path, right after the model load.
@@ -88,24 +95,42 @@ pub fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
         model.spec().name,
         model.feature_dim(),
         if options.channels_last {
-            format!("channels-last (NHWC, {} rewritten)", model.channels_last_convs())
+            format!(
+                "channels-last (NHWC, {} rewritten)",
+                model.channels_last_convs()
+            )
         } else {
             "tract default (NCHW)".to_string()
         }
     );
     println!("  model load + optimize   {load_ms:8.1} ms");
-    println!("  cold start              {cold_start_ms:8.1} ms  (process start -> first feature vector)");
+    println!(
+        "  cold start              {cold_start_ms:8.1} ms  (process start -> first feature vector)"
+    );
     println!("  per image (mean, ms, summed over threads):");
     println!("    read                  {:8.3}", per(read_s));
     println!("    decode                {:8.3}", per(t.decode_s));
     println!("    resize + normalize    {:8.3}", per(t.resize_s));
     println!("    inference             {:8.3}", per(t.infer_s));
-    println!("    write (parquet)       {:8.3}  ({} bytes for {} rows)", per(write_s), part.len(), rows.len());
-    println!("  throughput              {:8.1} images/s  (wall {:.2} s)", n / wall_s, wall_s);
+    println!(
+        "    write (parquet)       {:8.3}  ({} bytes for {} rows)",
+        per(write_s),
+        part.len(),
+        rows.len()
+    );
+    println!(
+        "  throughput              {:8.1} images/s  (wall {:.2} s)",
+        n / wall_s,
+        wall_s
+    );
     if let Some(rss) = peak_rss_mb() {
         println!("  peak RSS                {rss:8.1} MB");
     }
-    let failed = batch.outcomes.iter().filter(|o| matches!(o, ImageOutcome::Failed(..))).count();
+    let failed = batch
+        .outcomes
+        .iter()
+        .filter(|o| matches!(o, ImageOutcome::Failed(..)))
+        .count();
     if failed > 0 {
         println!("  failed images           {failed}");
     }

@@ -61,13 +61,20 @@ impl ModelArgs {
         if let Some(path) = &self.model {
             return Ok(path.clone());
         }
-        let candidates = ["models/mobilenet_v2_features.onnx", "../shared/models/mobilenet_v2_features.onnx"];
-        candidates.iter().map(PathBuf::from).find(|p| p.is_file()).with_context(|| {
-            format!(
-                "no model found at {} — run models/get-model.sh or pass --model PATH",
-                candidates.join(" or ")
-            )
-        })
+        let candidates = [
+            "models/mobilenet_v2_features.onnx",
+            "../shared/models/mobilenet_v2_features.onnx",
+        ];
+        candidates
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .with_context(|| {
+                format!(
+                    "no model found at {} — run models/get-model.sh or pass --model PATH",
+                    candidates.join(" or ")
+                )
+            })
     }
 
     /// Loads and optimizes the model.
@@ -79,7 +86,8 @@ impl ModelArgs {
     pub fn load_with(&self, options: shared::model::LoadOptions) -> Result<Model> {
         let path = self.model_path()?;
         let spec = ModelSpec::for_model(&path, self.model_spec.as_deref())?;
-        Ok(Model::load_with(&path, spec, options).with_context(|| format!("loading model {}", path.display()))?)
+        Model::load_with(&path, spec, options)
+            .with_context(|| format!("loading model {}", path.display()))
     }
 }
 
@@ -176,7 +184,6 @@ impl AwsArgs {
     }
 }
 
-
 #[derive(Args)]
 struct SubmitArgs {
     #[command(flatten)]
@@ -219,8 +226,11 @@ struct StatusArgs {
 fn main() -> ExitCode {
     let process_start = Instant::now();
     let cli = Cli::parse();
-    init_tracing(LogFormat::from_env());
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    init_tracing(LogFormat::from_env(), "warn");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
@@ -240,15 +250,24 @@ fn main() -> ExitCode {
 
 async fn run(args: RunArgs) -> Result<ExitCode> {
     if !args.input.is_dir() {
-        bail!("input folder {} does not exist or is not a folder", args.input.display());
+        bail!(
+            "input folder {} does not exist or is not a folder",
+            args.input.display()
+        );
     }
     let started = Instant::now();
     let model = args.model.load()?;
-    let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()) };
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} images  {per_sec}  ETA {eta}")
-            .expect("template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} images  {per_sec}  ETA {eta}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
     );
     bar.set_message("featurizing");
     let start_bar = bar.clone();
@@ -258,8 +277,13 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
             input: args.input.clone(),
             output: args.output.clone(),
             request: args.options.request(String::new()),
-            featurizer: FeaturizerSettings { worker_threads: args.jobs, ..Default::default() },
-            on_start: Some(Box::new(move |split| start_bar.set_length(split.images as u64))),
+            featurizer: FeaturizerSettings {
+                worker_threads: args.jobs,
+                ..Default::default()
+            },
+            on_start: Some(Box::new(move |split| {
+                start_bar.set_length(split.images as u64)
+            })),
             progress: Some(Arc::new(move |n| step_bar.inc(n))),
         },
         model,
@@ -270,9 +294,15 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     let wall = started.elapsed().as_secs_f64();
     println!("run {}: {}", s.run_id, s.status);
     if report.split.already_complete {
-        println!("  (already complete: outputs were not recomputed; remove {} to redo)", args.output.join("runs").join(&s.run_id).display());
+        println!(
+            "  (already complete: outputs were not recomputed; remove {} to redo)",
+            args.output.join("runs").join(&s.run_id).display()
+        );
     }
-    println!("  images {}  rows {}  errors {}  shards {}", s.images, s.rows, s.errors, s.shards);
+    println!(
+        "  images {}  rows {}  errors {}  shards {}",
+        s.images, s.rows, s.errors, s.shards
+    );
     if s.status == "succeeded" {
         println!(
             "  PCA k = {}  cumulative explained variance {:.4}  ({})",
@@ -282,11 +312,17 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(reason) = &s.failure {
         println!("  failed: {reason}");
     }
-    println!("  wall {wall:.1} s  ({:.1} images/s)", s.images as f64 / wall);
+    println!(
+        "  wall {wall:.1} s  ({:.1} images/s)",
+        s.images as f64 / wall
+    );
     let out = args.output.display();
     println!("  features     {out}/Results/{}/", s.run_id);
     println!("  projections  {out}/Results_PCA/{}/", s.run_id);
-    println!("  summary      {out}/runs/{}/summary.json  errors: {out}/runs/{}/errors.json", s.run_id, s.run_id);
+    println!(
+        "  summary      {out}/runs/{}/summary.json  errors: {out}/runs/{}/errors.json",
+        s.run_id, s.run_id
+    );
     Ok(if s.status != "succeeded" {
         ExitCode::FAILURE
     } else if s.errors > 0 {
@@ -310,16 +346,23 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         args.feature_dim,
     )
     .with_input_bucket(&args.aws.bucket);
-    let outcome = splitter.handle(&args.options.request(args.input_prefix.clone())).await?;
+    let outcome = splitter
+        .handle(&args.options.request(args.input_prefix.clone()))
+        .await?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(ExitCode::SUCCESS)
 }
 
 async fn status(args: StatusArgs) -> Result<ExitCode> {
     let status = match (&args.output, &args.bucket) {
-        (Some(dir), _) => shared::status::run_status(&shared::store::FsStore::new(dir), &args.run).await?,
+        (Some(dir), _) => {
+            shared::status::run_status(&shared::store::FsStore::new(dir), &args.run).await?
+        }
         (None, Some(bucket)) => {
-            let aws = AwsArgs { bucket: bucket.clone(), endpoint_url: args.endpoint_url.clone() };
+            let aws = AwsArgs {
+                bucket: bucket.clone(),
+                endpoint_url: args.endpoint_url.clone(),
+            };
             let sdk = aws.sdk().await;
             let store = shared::aws::S3Store::new(shared::aws::s3_client(&sdk), bucket);
             shared::status::run_status(&store, &args.run).await?
@@ -340,12 +383,25 @@ async fn status(args: StatusArgs) -> Result<ExitCode> {
             status.image_errors
         );
         for f in &status.failed {
-            println!("  shard {} failed (attempt {:?}) at {}: {}", f.shard, f.attempt, f.at, f.error);
+            println!(
+                "  shard {} failed (attempt {:?}) at {}: {}",
+                f.shard, f.attempt, f.at, f.error
+            );
         }
-        println!("  reduce claimed: {}  reduced: {}", status.reduce_claimed, status.reduced);
+        println!(
+            "  reduce claimed: {}  reduced: {}",
+            status.reduce_claimed, status.reduced
+        );
         if let Some(s) = &status.summary {
-            println!("  summary: {} rows, {} errors, k = {}, cumulative explained variance {:.4}", s.rows, s.errors, s.k, s.cumulative_explained_variance);
+            println!(
+                "  summary: {} rows, {} errors, k = {}, cumulative explained variance {:.4}",
+                s.rows, s.errors, s.k, s.cumulative_explained_variance
+            );
         }
     }
-    Ok(if status.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if status.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

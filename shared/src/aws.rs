@@ -20,9 +20,13 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 /// An S3 client; path-style addressing when `AWS_S3_FORCE_PATH_STYLE=true` or an endpoint
 /// URL is set (emulators do not serve virtual-hosted buckets).
 pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
-    let path_style = std::env::var("AWS_S3_FORCE_PATH_STYLE").map(|v| v == "true").unwrap_or(false)
+    let path_style = std::env::var("AWS_S3_FORCE_PATH_STYLE")
+        .map(|v| v == "true")
+        .unwrap_or(false)
         || config.endpoint_url().is_some();
-    let s3 = aws_sdk_s3::config::Builder::from(config).force_path_style(path_style).build();
+    let s3 = aws_sdk_s3::config::Builder::from(config)
+        .force_path_style(path_style)
+        .build();
     aws_sdk_s3::Client::from_conf(s3)
 }
 
@@ -31,8 +35,16 @@ pub fn sqs_client(config: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(config)
 }
 
-fn remote<E: std::error::Error + Send + Sync + 'static>(op: &'static str, key: &str, e: E) -> StoreError {
-    StoreError::Remote { op, key: key.to_string(), source: Box::new(e) }
+fn remote<E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+    key: &str,
+    e: E,
+) -> StoreError {
+    StoreError::Remote {
+        op,
+        key: key.to_string(),
+        source: Box::new(e),
+    }
 }
 
 /// HTTP status of a failed SDK call, if it got a response.
@@ -60,7 +72,10 @@ pub struct S3Store {
 impl S3Store {
     /// A store on `bucket`.
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
-        Self { client, bucket: bucket.into() }
+        Self {
+            client,
+            bucket: bucket.into(),
+        }
     }
 
     /// The bucket name.
@@ -71,13 +86,26 @@ impl S3Store {
 
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let response = self.client.get_object().bucket(&self.bucket).key(key).send().await;
+        let response = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
         match response {
             Ok(output) => {
-                let data = output.body.collect().await.map_err(|e| remote("GetObject body", key, e))?;
+                let data = output
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| remote("GetObject body", key, e))?;
                 Ok(data.into_bytes())
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) || status_of(&e) == Some(404) => {
+            Err(e)
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key())
+                    || status_of(&e) == Some(404) =>
+            {
                 Err(StoreError::NotFound(key.to_string()))
             }
             Err(e) => Err(remote("GetObject", key, e)),
@@ -115,7 +143,14 @@ impl ObjectStore for S3Store {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if status_of(&e) == Some(404) => Ok(false),
             Err(e) => Err(remote("HeadObject", key, e)),
@@ -134,13 +169,22 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
         let mut objects = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| remote("ListObjectsV2", prefix, e))?;
             for object in page.contents() {
                 if let Some(key) = object.key() {
-                    objects.push(ObjectInfo { key: key.to_string(), size: object.size().unwrap_or(0).max(0) as u64 });
+                    objects.push(ObjectInfo {
+                        key: key.to_string(),
+                        size: object.size().unwrap_or(0).max(0) as u64,
+                    });
                 }
             }
         }
@@ -163,7 +207,10 @@ pub struct SqsQueue {
 impl SqsQueue {
     /// The queue at `url`.
     pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
-        Self { client, url: url.into() }
+        Self {
+            client,
+            url: url.into(),
+        }
     }
 }
 
@@ -175,8 +222,11 @@ impl Queue for SqsQueue {
         let total = bodies.len();
         // SendMessageBatch takes 10 entries; retry only the entries that failed.
         for chunk in bodies.chunks(10) {
-            let mut pending: Vec<(String, &String)> =
-                chunk.iter().enumerate().map(|(i, body)| (i.to_string(), body)).collect();
+            let mut pending: Vec<(String, &String)> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, body)| (i.to_string(), body))
+                .collect();
             let mut last_reason = String::new();
             for attempt in 0..SEND_ATTEMPTS {
                 if pending.is_empty() {
@@ -188,13 +238,28 @@ impl Queue for SqsQueue {
                 let entries = pending
                     .iter()
                     .map(|(id, body)| {
-                        SendMessageBatchRequestEntry::builder().id(id.clone()).message_body(body.as_str()).build()
+                        SendMessageBatchRequestEntry::builder()
+                            .id(id.clone())
+                            .message_body(body.as_str())
+                            .build()
                     })
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| QueueError::Remote { op: "SendMessageBatch", queue: self.url.clone(), source: Box::new(e) })?;
-                match self.client.send_message_batch().queue_url(&self.url).set_entries(Some(entries)).send().await {
+                    .map_err(|e| QueueError::Remote {
+                        op: "SendMessageBatch",
+                        queue: self.url.clone(),
+                        source: Box::new(e),
+                    })?;
+                match self
+                    .client
+                    .send_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                {
                     Ok(output) => {
-                        let failed: std::collections::HashSet<&str> = output.failed().iter().map(|f| f.id()).collect();
+                        let failed: std::collections::HashSet<&str> =
+                            output.failed().iter().map(|f| f.id()).collect();
                         if let Some(f) = output.failed().first() {
                             last_reason = format!("{}: {}", f.code(), f.message().unwrap_or(""));
                         }
@@ -206,7 +271,12 @@ impl Queue for SqsQueue {
                 }
             }
             if !pending.is_empty() {
-                return Err(QueueError::Partial { queue: self.url.clone(), failed: pending.len(), total, reason: last_reason });
+                return Err(QueueError::Partial {
+                    queue: self.url.clone(),
+                    failed: pending.len(),
+                    total,
+                    reason: last_reason,
+                });
             }
         }
         Ok(())

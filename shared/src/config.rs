@@ -35,7 +35,10 @@ pub struct Config {
 }
 
 fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 fn parsed<T: std::str::FromStr>(name: &str, default: T) -> Result<T>
@@ -44,15 +47,20 @@ where
 {
     match var(name) {
         None => Ok(default),
-        Some(text) => text.parse().map_err(|e| Error::Config(format!("{name}={text:?}: {e}"))),
+        Some(text) => text
+            .parse()
+            .map_err(|e| Error::Config(format!("{name}={text:?}: {e}"))),
     }
 }
 
 impl Config {
     /// Reads the environment. `BUCKET` is required; the rest has defaults.
     pub fn from_env() -> Result<Self> {
-        let bucket = var("BUCKET").ok_or_else(|| Error::Config("BUCKET is not set (the data bucket name)".into()))?;
-        let model_path = PathBuf::from(var("MODEL_PATH").unwrap_or_else(|| "/opt/model/mobilenet_v2_features.onnx".into()));
+        let bucket = var("BUCKET")
+            .ok_or_else(|| Error::Config("BUCKET is not set (the data bucket name)".into()))?;
+        let model_path = PathBuf::from(
+            var("MODEL_PATH").unwrap_or_else(|| "/opt/model/mobilenet_v2_features.onnx".into()),
+        );
         let model_spec_path = var("MODEL_SPEC_PATH")
             .map(PathBuf::from)
             .unwrap_or_else(|| model_path.with_file_name("model_spec.json"));
@@ -66,11 +74,14 @@ impl Config {
         };
         run_defaults.pca.k = parsed("PCA_K", run_defaults.pca.k)?;
         if let Some(v) = var("PCA_VARIANCE") {
-            run_defaults.pca.variance =
-                Some(v.parse().map_err(|e| Error::Config(format!("PCA_VARIANCE={v:?}: {e}")))?);
+            run_defaults.pca.variance = Some(
+                v.parse()
+                    .map_err(|e| Error::Config(format!("PCA_VARIANCE={v:?}: {e}")))?,
+            );
         }
         if let Some(c) = var("PCA_CONVENTION") {
-            run_defaults.pca.convention = PcaConvention::parse(&c).map_err(|e| Error::Config(e.to_string()))?;
+            run_defaults.pca.convention =
+                PcaConvention::parse(&c).map_err(|e| Error::Config(e.to_string()))?;
         }
         let featurizer = FeaturizerSettings {
             fetch_concurrency: parsed("FETCH_CONCURRENCY", 16usize)?,
@@ -101,12 +112,16 @@ impl Config {
 
     /// `SHARD_QUEUE_URL`, or a clear error.
     pub fn shard_queue_url(&self) -> Result<&str> {
-        self.shard_queue_url.as_deref().ok_or_else(|| Error::Config("SHARD_QUEUE_URL is not set".into()))
+        self.shard_queue_url
+            .as_deref()
+            .ok_or_else(|| Error::Config("SHARD_QUEUE_URL is not set".into()))
     }
 
     /// `REDUCE_QUEUE_URL`, or a clear error.
     pub fn reduce_queue_url(&self) -> Result<&str> {
-        self.reduce_queue_url.as_deref().ok_or_else(|| Error::Config("REDUCE_QUEUE_URL is not set".into()))
+        self.reduce_queue_url
+            .as_deref()
+            .ok_or_else(|| Error::Config("REDUCE_QUEUE_URL is not set".into()))
     }
 }
 
@@ -126,16 +141,38 @@ pub enum Role {
 pub fn env_vars(role: Role) -> &'static [&'static str] {
     match role {
         Role::Splitter => &[
-            "BUCKET", "SHARD_QUEUE_URL", "REDUCE_QUEUE_URL", "FEATURE_DIM", "SHARD_SIZE", "PCA_K",
-            "PCA_CONVENTION", "IMAGE_GLOB", "MAX_PIXELS", "MAX_ERROR_RATE", "LOG_FORMAT", "RUST_LOG",
+            "BUCKET",
+            "SHARD_QUEUE_URL",
+            "REDUCE_QUEUE_URL",
+            "FEATURE_DIM",
+            "SHARD_SIZE",
+            "PCA_K",
+            "PCA_CONVENTION",
+            "IMAGE_GLOB",
+            "MAX_PIXELS",
+            "MAX_ERROR_RATE",
+            "LOG_FORMAT",
+            "RUST_LOG",
         ],
         Role::Featurizer => &[
-            "BUCKET", "REDUCE_QUEUE_URL", "MODEL_PATH", "MODEL_SPEC_PATH", "FETCH_CONCURRENCY",
-            "WORKER_THREADS", "DEADLINE_MARGIN_SECS", "LOG_FORMAT", "RUST_LOG",
+            "BUCKET",
+            "REDUCE_QUEUE_URL",
+            "MODEL_PATH",
+            "MODEL_SPEC_PATH",
+            "FETCH_CONCURRENCY",
+            "WORKER_THREADS",
+            "DEADLINE_MARGIN_SECS",
+            "LOG_FORMAT",
+            "RUST_LOG",
         ],
         Role::Reducer => &[
-            "BUCKET", "REDUCE_CONCURRENCY", "REDUCE_LOCK_STALE_SECS", "PRICE_PER_GB_SECOND",
-            "PRICE_PER_REQUEST", "LOG_FORMAT", "RUST_LOG",
+            "BUCKET",
+            "REDUCE_CONCURRENCY",
+            "REDUCE_LOCK_STALE_SECS",
+            "PRICE_PER_GB_SECOND",
+            "PRICE_PER_REQUEST",
+            "LOG_FORMAT",
+            "RUST_LOG",
         ],
     }
 }

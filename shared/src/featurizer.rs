@@ -56,7 +56,9 @@ impl FeaturizerSettings {
         if self.worker_threads > 0 {
             self.worker_threads
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         }
     }
 }
@@ -111,7 +113,13 @@ pub fn featurize_images(
                     let outcome = match encoded {
                         Err(reason) => ImageOutcome::Failed(ImageErrorKind::Fetch, reason.clone()),
                         Ok(bytes) => featurize_one(
-                            &mut session, &mut resizer, &mut input, bytes, spec, max_pixels, &mut timings,
+                            &mut session,
+                            &mut resizer,
+                            &mut input,
+                            bytes,
+                            spec,
+                            max_pixels,
+                            &mut timings,
                         ),
                     };
                     results.lock().expect("results lock")[i] = Some(outcome);
@@ -124,7 +132,9 @@ pub fn featurize_images(
             }));
         }
         for handle in handles {
-            handle.join().map_err(|_| Error::RunState("an inference thread panicked".into()))??;
+            handle
+                .join()
+                .map_err(|_| Error::RunState("an inference thread panicked".into()))??;
         }
         Ok(())
     })?;
@@ -133,13 +143,19 @@ pub fn featurize_images(
         let remaining_ms = deadline
             .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64)
             .unwrap_or(0);
-        return Err(Error::Deadline { remaining_ms, stage: "finishing the shard's images" });
+        return Err(Error::Deadline {
+            remaining_ms,
+            stage: "finishing the shard's images",
+        });
     }
     let outcomes = results
         .into_iter()
         .map(|o| o.expect("every image was processed"))
         .collect();
-    Ok(FeaturizedBatch { outcomes, timings: totals.into_inner().expect("timings lock") })
+    Ok(FeaturizedBatch {
+        outcomes,
+        timings: totals.into_inner().expect("timings lock"),
+    })
 }
 
 fn featurize_one(
@@ -175,7 +191,10 @@ fn featurize_one(
     let t2 = Instant::now();
     let outcome = match session.infer(input) {
         Ok(features) if features.iter().all(|v| v.is_finite()) => ImageOutcome::Features(features),
-        Ok(_) => ImageOutcome::Failed(ImageErrorKind::Inference, "model output is not finite".into()),
+        Ok(_) => ImageOutcome::Failed(
+            ImageErrorKind::Inference,
+            "model output is not finite".into(),
+        ),
         Err(e) => ImageOutcome::Failed(ImageErrorKind::Inference, e.to_string()),
     };
     let t3 = Instant::now();
@@ -240,8 +259,22 @@ pub struct ShardFeaturizer<S, Q> {
 
 impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
     /// A featurizer reading images from `input` and writing the run to `output`.
-    pub fn new(input: S, output: S, reduce_queue: Q, model: Model, settings: FeaturizerSettings) -> Self {
-        Self { input, output, reduce_queue, model, settings, progress: None, manifests: Mutex::new(Vec::new()) }
+    pub fn new(
+        input: S,
+        output: S,
+        reduce_queue: Q,
+        model: Model,
+        settings: FeaturizerSettings,
+    ) -> Self {
+        Self {
+            input,
+            output,
+            reduce_queue,
+            model,
+            settings,
+            progress: None,
+            manifests: Mutex::new(Vec::new()),
+        }
     }
 
     /// Reports finished images to `progress`.
@@ -257,14 +290,24 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
 
     /// Reads a run's manifest (cached: it never changes once written).
     pub async fn manifest(&self, run_id: &str) -> Result<Arc<Manifest>> {
-        if let Some(m) = self.manifests.lock().expect("cache").iter().find(|m| m.run_id == run_id) {
+        if let Some(m) = self
+            .manifests
+            .lock()
+            .expect("cache")
+            .iter()
+            .find(|m| m.run_id == run_id)
+        {
             return Ok(m.clone());
         }
         let layout = RunLayout::new(run_id);
-        let bytes = self.output.get(&layout.manifest()).await.map_err(|e| match e {
-            StoreError::NotFound(_) => Error::RunState(format!("run {run_id} has no manifest")),
-            other => other.into(),
-        })?;
+        let bytes = self
+            .output
+            .get(&layout.manifest())
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => Error::RunState(format!("run {run_id} has no manifest")),
+                other => other.into(),
+            })?;
         let manifest: Arc<Manifest> = Arc::new(serde_json::from_slice(&bytes)?);
         self.manifests.lock().expect("cache").push(manifest.clone());
         Ok(manifest)
@@ -288,7 +331,11 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
                 at: crate::manifest::now_rfc3339(),
             };
             if let Ok(body) = serde_json::to_vec(&record) {
-                if let Err(e) = self.output.put(&failure_key(&layout, message.shard), body.into()).await {
+                if let Err(e) = self
+                    .output
+                    .put(&failure_key(&layout, message.shard), body.into())
+                    .await
+                {
                     warn!(error = %e, "could not record the shard failure");
                 }
             }
@@ -296,7 +343,11 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         result
     }
 
-    async fn process_inner(&self, message: &ShardMessage, deadline: Option<Instant>) -> Result<ShardOutcome> {
+    async fn process_inner(
+        &self,
+        message: &ShardMessage,
+        deadline: Option<Instant>,
+    ) -> Result<ShardOutcome> {
         let started = Instant::now();
         let manifest = self.manifest(&message.run_id).await?;
         let layout = RunLayout::new(&manifest.run_id);
@@ -309,22 +360,43 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             ))
         })?;
         if self.output.exists(&layout.done_marker(shard.id)).await? {
-            info!(shard = shard.id, "shard already done (redelivery): skipping to the barrier");
+            info!(
+                shard = shard.id,
+                "shard already done (redelivery): skipping to the barrier"
+            );
             let sent_reduce = self.barrier(&manifest, shard.id).await?;
-            return Ok(ShardOutcome { shard: shard.id, rows: 0, errors: 0, already_done: true, sent_reduce });
+            return Ok(ShardOutcome {
+                shard: shard.id,
+                rows: 0,
+                errors: 0,
+                already_done: true,
+                sent_reduce,
+            });
         }
 
         let fetch_start = Instant::now();
         let encoded = self.fetch_all(&manifest, &shard.images).await;
         let fetch_s = fetch_start.elapsed().as_secs_f64();
 
-        let compute_deadline = deadline.map(|d| d - self.settings.deadline_margin.min(d.saturating_duration_since(Instant::now())));
+        let compute_deadline = deadline.map(|d| {
+            d - self
+                .settings
+                .deadline_margin
+                .min(d.saturating_duration_since(Instant::now()))
+        });
         let model = self.model.clone();
         let threads = self.settings.threads();
         let max_pixels = manifest.options.max_pixels;
         let progress = self.progress.clone();
         let batch = tokio::task::spawn_blocking(move || {
-            featurize_images(&model, &encoded, threads, max_pixels, compute_deadline, progress.as_ref())
+            featurize_images(
+                &model,
+                &encoded,
+                threads,
+                max_pixels,
+                compute_deadline,
+                progress.as_ref(),
+            )
         })
         .await??;
 
@@ -334,9 +406,11 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         let mut errors = Vec::new();
         for (image, outcome) in shard.images.iter().zip(batch.outcomes) {
             match outcome {
-                ImageOutcome::Features(values) => {
-                    rows.push(VectorRow { path: image.path.clone(), label: image.label.clone(), values })
-                }
+                ImageOutcome::Features(values) => rows.push(VectorRow {
+                    path: image.path.clone(),
+                    label: image.label.clone(),
+                    values,
+                }),
                 ImageOutcome::Failed(kind, reason) => errors.push(ImageError {
                     path: image.path.clone(),
                     label: image.label.clone(),
@@ -352,9 +426,18 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         };
         // Deterministic keys: a redelivered message rewrites the same objects. The done
         // marker goes last, so "done" implies everything else is in place.
-        self.output.put(&layout.results_part(shard.id), part).await?;
-        self.output.put(&layout.stats(shard.id), stats.to_bytes().into()).await?;
-        self.output.put(&layout.shard_errors(shard.id), serde_json::to_vec(&errors)?.into()).await?;
+        self.output
+            .put(&layout.results_part(shard.id), part)
+            .await?;
+        self.output
+            .put(&layout.stats(shard.id), stats.to_bytes().into())
+            .await?;
+        self.output
+            .put(
+                &layout.shard_errors(shard.id),
+                serde_json::to_vec(&errors)?.into(),
+            )
+            .await?;
         let mut timings = batch.timings;
         timings.fetch_s = fetch_s;
         timings.write_s = write_start.elapsed().as_secs_f64();
@@ -367,16 +450,31 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             timings,
             cost: InvocationCost::since(started),
         };
-        self.output.put(&layout.done_marker(shard.id), serde_json::to_vec(&marker)?.into()).await?;
+        self.output
+            .put(
+                &layout.done_marker(shard.id),
+                serde_json::to_vec(&marker)?.into(),
+            )
+            .await?;
         info!(
             run_id = %manifest.run_id, shard = shard.id, rows = rows.len(), errors = errors.len(),
             wall_s = timings.wall_s, "shard done"
         );
         let sent_reduce = self.barrier(&manifest, shard.id).await?;
-        Ok(ShardOutcome { shard: shard.id, rows: rows.len(), errors: errors.len(), already_done: false, sent_reduce })
+        Ok(ShardOutcome {
+            shard: shard.id,
+            rows: rows.len(),
+            errors: errors.len(),
+            already_done: false,
+            sent_reduce,
+        })
     }
 
-    async fn fetch_all(&self, manifest: &Manifest, images: &[ImageRef]) -> Vec<Result<Bytes, String>> {
+    async fn fetch_all(
+        &self,
+        manifest: &Manifest,
+        images: &[ImageRef],
+    ) -> Vec<Result<Bytes, String>> {
         stream::iter(images.iter().map(|image| {
             let key = manifest.input.key_of(image);
             async move { self.input.get(&key).await.map_err(|e| e.to_string()) }
@@ -402,20 +500,34 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         if !all_done {
             return Ok(false);
         }
-        self.output.put(&layout.results_success(), Bytes::new()).await?;
-        let claim = ReduceClaim { claimed_by_shard: shard, claimed_at: crate::manifest::now_rfc3339() };
-        let won = self.output.put_if_absent(&layout.reduce_claim(), serde_json::to_vec(&claim)?.into()).await?;
+        self.output
+            .put(&layout.results_success(), Bytes::new())
+            .await?;
+        let claim = ReduceClaim {
+            claimed_by_shard: shard,
+            claimed_at: crate::manifest::now_rfc3339(),
+        };
+        let won = self
+            .output
+            .put_if_absent(&layout.reduce_claim(), serde_json::to_vec(&claim)?.into())
+            .await?;
         let send = if won {
             true
         } else {
             // The winner may have died between its claim and its message: its own retry
             // (same shard) sends again; the reducer's lock makes a duplicate harmless.
-            let existing: ReduceClaim = serde_json::from_slice(&self.output.get(&layout.reduce_claim()).await?)?;
+            let existing: ReduceClaim =
+                serde_json::from_slice(&self.output.get(&layout.reduce_claim()).await?)?;
             existing.claimed_by_shard == shard && !self.output.exists(&layout.pca_success()).await?
         };
         if send {
-            let message = ReduceMessage { run_id: manifest.run_id.clone(), claimed_by_shard: shard };
-            self.reduce_queue.send_all(vec![serde_json::to_string(&message)?]).await?;
+            let message = ReduceMessage {
+                run_id: manifest.run_id.clone(),
+                claimed_by_shard: shard,
+            };
+            self.reduce_queue
+                .send_all(vec![serde_json::to_string(&message)?])
+                .await?;
             info!(run_id = %manifest.run_id, shard, "all shards done: reduce claimed and requested");
         }
         Ok(send)

@@ -20,7 +20,10 @@ use crate::store::ObjectStore;
 
 /// The invocation deadline as an `Instant` (Lambda gives epoch milliseconds).
 pub fn deadline_instant(deadline_epoch_ms: u64) -> Option<Instant> {
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
     if deadline_epoch_ms == 0 {
         return None;
     }
@@ -28,7 +31,10 @@ pub fn deadline_instant(deadline_epoch_ms: u64) -> Option<Instant> {
 }
 
 fn parse_body<T: DeserializeOwned>(message: &SqsMessage) -> Result<T> {
-    let body = message.body.as_deref().ok_or_else(|| Error::InvalidRequest("SQS message without a body".into()))?;
+    let body = message
+        .body
+        .as_deref()
+        .ok_or_else(|| Error::InvalidRequest("SQS message without a body".into()))?;
     Ok(serde_json::from_str(body)?)
 }
 
@@ -49,7 +55,10 @@ pub async fn handle_shard_batch<S: ObjectStore, Q: Queue>(
     let mut response = SqsBatchResponse::default();
     for message in &event.records {
         let id = message.message_id.clone().unwrap_or_default();
-        let attempt = message.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok());
+        let attempt = message
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok());
         let result = async {
             let shard: ShardMessage = parse_body(message)?;
             let span = info_span!("shard", run_id = %shard.run_id, shard = shard.shard, request_id, message_id = %id);
@@ -84,7 +93,9 @@ pub async fn handle_reduce_batch<S: ObjectStore>(
         }
         .await;
         match result {
-            Ok(outcome) => info!(message_id = %id, request_id, outcome = ?outcome_name(&outcome), "reduce message processed"),
+            Ok(outcome) => {
+                info!(message_id = %id, request_id, outcome = ?outcome_name(&outcome), "reduce message processed")
+            }
             Err(e) => {
                 error!(message_id = %id, request_id, error = %e, "reduce failed; it will be retried");
                 response.batch_item_failures.push(failure(&id));
@@ -162,13 +173,17 @@ pub fn parse_splitter_event(value: serde_json::Value) -> Result<SplitterEvent> {
 /// Decodes an S3 event key: percent-encoding, with `+` for spaces.
 pub fn decode_s3_key(key: &str) -> String {
     let spaced = key.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Where the splitter records what became of a request (outside the requests prefix, so it
 /// does not trigger the splitter again): `runs/request-results/<name>.json`.
 pub fn request_result_key(request_key: &str) -> String {
-    let name = request_key.strip_prefix(REQUESTS_PREFIX).unwrap_or(request_key);
+    let name = request_key
+        .strip_prefix(REQUESTS_PREFIX)
+        .unwrap_or(request_key);
     format!("runs/request-results/{name}")
 }
 
@@ -189,7 +204,10 @@ pub async fn handle_splitter_event<S: ObjectStore, Q: Queue, R: Queue>(
         SplitterEvent::S3(event) => {
             let mut outcomes = Vec::new();
             for record in event.records {
-                let created = record.event_name.as_deref().is_some_and(|n| n.starts_with("ObjectCreated"));
+                let created = record
+                    .event_name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("ObjectCreated"));
                 let key = decode_s3_key(&record.s3.object.key);
                 if !created || !key.starts_with(REQUESTS_PREFIX) || !key.ends_with(".json") {
                     info!(key, event = ?record.event_name, "not a run request: ignored");
@@ -198,13 +216,24 @@ pub async fn handle_splitter_event<S: ObjectStore, Q: Queue, R: Queue>(
                 let body = store.get(&key).await?;
                 let result = match serde_json::from_slice::<RunRequest>(&body) {
                     Ok(request) => splitter.handle(&request).await,
-                    Err(e) => Err(Error::InvalidRequest(format!("{key} is not a valid run request: {e}"))),
+                    Err(e) => Err(Error::InvalidRequest(format!(
+                        "{key} is not a valid run request: {e}"
+                    ))),
                 };
                 let record_body = match &result {
-                    Ok(outcome) => serde_json::json!({ "request": key, "ok": true, "outcome": outcome }),
-                    Err(e) => serde_json::json!({ "request": key, "ok": false, "error": e.to_string() }),
+                    Ok(outcome) => {
+                        serde_json::json!({ "request": key, "ok": true, "outcome": outcome })
+                    }
+                    Err(e) => {
+                        serde_json::json!({ "request": key, "ok": false, "error": e.to_string() })
+                    }
                 };
-                store.put(&request_result_key(&key), Bytes::from(serde_json::to_vec_pretty(&record_body)?)).await?;
+                store
+                    .put(
+                        &request_result_key(&key),
+                        Bytes::from(serde_json::to_vec_pretty(&record_body)?),
+                    )
+                    .await?;
                 match result {
                     Ok(outcome) => outcomes.push(outcome),
                     Err(e @ (Error::InvalidRequest(_) | Error::Json(_))) => {
@@ -227,9 +256,18 @@ mod tests {
 
     #[test]
     fn s3_keys_are_decoded() {
-        assert_eq!(decode_s3_key("runs/requests/demo+run.json"), "runs/requests/demo run.json");
-        assert_eq!(decode_s3_key("images/Pomme%C3%A9+1/a%2Bb.jpg"), "images/Pommeé 1/a+b.jpg");
-        assert_eq!(request_result_key("runs/requests/a.json"), "runs/request-results/a.json");
+        assert_eq!(
+            decode_s3_key("runs/requests/demo+run.json"),
+            "runs/requests/demo run.json"
+        );
+        assert_eq!(
+            decode_s3_key("images/Pomme%C3%A9+1/a%2Bb.jpg"),
+            "images/Pommeé 1/a+b.jpg"
+        );
+        assert_eq!(
+            request_result_key("runs/requests/a.json"),
+            "runs/request-results/a.json"
+        );
     }
 
     #[test]
@@ -237,24 +275,43 @@ mod tests {
         let moto = serde_json::json!({"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3",
             "eventTime": "2026-11-25T01:26:48.685636", "eventName": "ObjectCreated:Put",
             "s3": {"bucket": {"name": "b"}, "object": {"key": "runs%2Frequests%2Fa+b.json", "size": 2}}}]});
-        let SplitterEvent::S3(event) = parse_splitter_event(moto).unwrap() else { panic!("not S3") };
-        assert_eq!(decode_s3_key(&event.records[0].s3.object.key), "runs/requests/a b.json");
+        let SplitterEvent::S3(event) = parse_splitter_event(moto).unwrap() else {
+            panic!("not S3")
+        };
+        assert_eq!(
+            decode_s3_key(&event.records[0].s3.object.key),
+            "runs/requests/a b.json"
+        );
     }
 
     #[test]
     fn sample_events_parse() {
-        let s3: serde_json::Value = serde_json::from_str(include_str!("../../tests/events/s3-run-request.json")).unwrap();
-        assert!(matches!(parse_splitter_event(s3).unwrap(), SplitterEvent::S3(_)));
-        let test: serde_json::Value = serde_json::from_str(include_str!("../../tests/events/s3-test-event.json")).unwrap();
-        assert!(matches!(parse_splitter_event(test).unwrap(), SplitterEvent::S3Test));
-        let direct: serde_json::Value = serde_json::from_str(include_str!("../../tests/events/run-request.json")).unwrap();
-        assert!(matches!(parse_splitter_event(direct).unwrap(), SplitterEvent::Direct(_)));
+        let s3: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/events/s3-run-request.json")).unwrap();
+        assert!(matches!(
+            parse_splitter_event(s3).unwrap(),
+            SplitterEvent::S3(_)
+        ));
+        let test: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/events/s3-test-event.json")).unwrap();
+        assert!(matches!(
+            parse_splitter_event(test).unwrap(),
+            SplitterEvent::S3Test
+        ));
+        let direct: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/events/run-request.json")).unwrap();
+        assert!(matches!(
+            parse_splitter_event(direct).unwrap(),
+            SplitterEvent::Direct(_)
+        ));
         let bad = serde_json::json!({"input_prefx": "x"});
         assert!(parse_splitter_event(bad).is_err());
-        let sqs: SqsEvent = serde_json::from_str(include_str!("../../tests/events/sqs-shard-batch.json")).unwrap();
+        let sqs: SqsEvent =
+            serde_json::from_str(include_str!("../../tests/events/sqs-shard-batch.json")).unwrap();
         let shard: ShardMessage = parse_body(&sqs.records[1]).unwrap();
         assert_eq!(shard.shard, 1);
-        let sqs: SqsEvent = serde_json::from_str(include_str!("../../tests/events/sqs-reduce.json")).unwrap();
+        let sqs: SqsEvent =
+            serde_json::from_str(include_str!("../../tests/events/sqs-reduce.json")).unwrap();
         let _: ReduceMessage = parse_body(&sqs.records[0]).unwrap();
     }
 }

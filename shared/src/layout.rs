@@ -17,7 +17,9 @@ pub struct RunLayout {
 impl RunLayout {
     /// The layout of `run_id`.
     pub fn new(run_id: impl Into<String>) -> Self {
-        Self { run_id: run_id.into() }
+        Self {
+            run_id: run_id.into(),
+        }
     }
 
     /// The run id.
@@ -98,7 +100,10 @@ impl RunLayout {
 /// The shard number of a done marker key, if it is one.
 pub fn shard_of_done_marker(key: &str) -> Option<usize> {
     let name = key.rsplit('/').next()?;
-    name.strip_prefix("shard-")?.strip_suffix(".json")?.parse().ok()
+    name.strip_prefix("shard-")?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

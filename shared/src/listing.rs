@@ -41,7 +41,11 @@ pub fn label_for(relative_path: &str, root_name: &str) -> String {
 
 /// The last component of a folder path or key prefix (`"a/b/"` -> `"b"`).
 pub fn root_name(root: &str) -> String {
-    root.trim_end_matches(['/', '\\']).rsplit(['/', '\\']).next().unwrap_or("").to_string()
+    root.trim_end_matches(['/', '\\'])
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Lists the images under `prefix` in `store`: selected by `filter`, paths relative to the
@@ -58,8 +62,15 @@ pub async fn list_images<S: ObjectStore>(
         .into_iter()
         .filter(|o| filter.matches(&o.key))
         .filter_map(|o| {
-            let path = o.key.strip_prefix(prefix)?.trim_start_matches('/').to_string();
-            (!path.is_empty()).then(|| ImageRef { label: label_for(&path, root_label), path })
+            let path = o
+                .key
+                .strip_prefix(prefix)?
+                .trim_start_matches('/')
+                .to_string();
+            (!path.is_empty()).then(|| ImageRef {
+                label: label_for(&path, root_label),
+                path,
+            })
         })
         .collect();
     images.sort_by(|a, b| a.path.cmp(&b.path));
@@ -83,7 +94,10 @@ mod tests {
 
     #[test]
     fn labels_are_parent_folder_names() {
-        assert_eq!(label_for("Apple Braeburn/321_100.jpg", "Test"), "Apple Braeburn");
+        assert_eq!(
+            label_for("Apple Braeburn/321_100.jpg", "Test"),
+            "Apple Braeburn"
+        );
         assert_eq!(label_for("a/b/c.jpg", "Test"), "b");
         assert_eq!(label_for("c.jpg", "Test"), "Test");
         assert_eq!(root_name("/data/fruits-360/Test/"), "Test");

@@ -13,6 +13,9 @@ use crate::reducer::{ReduceOutcome, Reducer, ReducerSettings, Summary};
 use crate::splitter::{SplitOutcome, Splitter};
 use crate::store::FsStore;
 
+/// Called once the splitter has listed the run (the CLI sizes its progress bar with it).
+pub type OnStart = Box<dyn Fn(&SplitOutcome) + Send + Sync>;
+
 /// A local run's inputs.
 pub struct LocalRun {
     /// Folder of images (walked recursively).
@@ -24,7 +27,7 @@ pub struct LocalRun {
     /// Featurizer tuning (threads).
     pub featurizer: FeaturizerSettings,
     /// Progress callback: called once with the run's image count, then per finished image.
-    pub on_start: Option<Box<dyn Fn(&SplitOutcome) + Send + Sync>>,
+    pub on_start: Option<OnStart>,
     /// Per-image progress.
     pub progress: Option<Progress>,
 }
@@ -41,7 +44,10 @@ pub struct LocalReport {
 /// Runs splitter → featurizers → reducer over a local folder.
 pub async fn run_local(run: LocalRun, model: Model) -> Result<LocalReport> {
     check_input_folder(&run.input)?;
-    let input = FsStore::new(&run.input);
+    // The absolute path, so that the same folder is the same run from any working directory.
+    let input_root = std::fs::canonicalize(&run.input)
+        .map_err(|e| Error::io(format!("input folder {}", run.input.display()), e))?;
+    let input = FsStore::new(&input_root);
     let output = FsStore::new(&run.output);
     let shard_queue = InProcessQueue::new();
     let reduce_queue = InProcessQueue::new();
@@ -59,7 +65,8 @@ pub async fn run_local(run: LocalRun, model: Model) -> Result<LocalReport> {
     if let Some(on_start) = &run.on_start {
         on_start(&split);
     }
-    let mut featurizer = ShardFeaturizer::new(input, output.clone(), &reduce_queue, model, run.featurizer);
+    let mut featurizer =
+        ShardFeaturizer::new(input, output.clone(), &reduce_queue, model, run.featurizer);
     if let Some(progress) = run.progress.clone() {
         featurizer = featurizer.with_progress(progress);
     }
@@ -71,22 +78,37 @@ pub async fn run_local(run: LocalRun, model: Model) -> Result<LocalReport> {
     while let Some(body) = reduce_queue.pop() {
         let message: ReduceMessage = serde_json::from_str(&body)?;
         if let ReduceOutcome::Failed(summary) = reducer.process(&message, "local").await? {
-            return Ok(LocalReport { split, summary: *summary });
+            return Ok(LocalReport {
+                split,
+                summary: *summary,
+            });
         }
     }
     let layout = RunLayout::new(&split.run_id);
-    let summary_bytes = crate::store::ObjectStore::get(&output, &layout.summary()).await.map_err(|e| {
-        Error::RunState(format!("run {} finished without a summary: {e}", split.run_id))
-    })?;
-    Ok(LocalReport { split, summary: serde_json::from_slice(&summary_bytes)? })
+    let summary_bytes = crate::store::ObjectStore::get(&output, &layout.summary())
+        .await
+        .map_err(|e| {
+            Error::RunState(format!(
+                "run {} finished without a summary: {e}",
+                split.run_id
+            ))
+        })?;
+    Ok(LocalReport {
+        split,
+        summary: serde_json::from_slice(&summary_bytes)?,
+    })
 }
 
 fn check_input_folder(path: &Path) -> Result<()> {
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::io(format!("input folder {}", path.display()), e))?;
     if !meta.is_dir() {
-        return Err(Error::InvalidRequest(format!("input {} is not a folder", path.display())));
+        return Err(Error::InvalidRequest(format!(
+            "input {} is not a folder",
+            path.display()
+        )));
     }
-    std::fs::read_dir(path).map_err(|e| Error::io(format!("reading input folder {}", path.display()), e))?;
+    std::fs::read_dir(path)
+        .map_err(|e| Error::io(format!("reading input folder {}", path.display()), e))?;
     Ok(())
 }

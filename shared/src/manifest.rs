@@ -56,7 +56,11 @@ pub struct PcaOptions {
 
 impl Default for PcaOptions {
     fn default() -> Self {
-        Self { k: DEFAULT_K, variance: None, convention: PcaConvention::Centered }
+        Self {
+            k: DEFAULT_K,
+            variance: None,
+            convention: PcaConvention::Centered,
+        }
     }
 }
 
@@ -123,7 +127,10 @@ impl RunOptions {
             }
         }
         if !(0.0..=1.0).contains(&self.max_error_rate) {
-            return bad(format!("max_error_rate must be in [0, 1], got {}", self.max_error_rate));
+            return bad(format!(
+                "max_error_rate must be in [0, 1], got {}",
+                self.max_error_rate
+            ));
         }
         if self.max_pixels == 0 {
             return bad("max_pixels must be at least 1".into());
@@ -398,7 +405,9 @@ pub fn derive_run_id(input_uri: &str, options: &RunOptions, images: &[ImageRef])
 pub fn validate_run_id(run_id: &str) -> Result<()> {
     let ok = !run_id.is_empty()
         && run_id.len() <= 128
-        && run_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && run_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !run_id.starts_with('.');
     if ok {
         Ok(())
@@ -421,7 +430,10 @@ pub fn make_shards(images: Vec<ImageRef>, options: &RunOptions) -> Vec<Shard> {
     images
         .chunks(size)
         .enumerate()
-        .map(|(id, chunk)| Shard { id, images: chunk.to_vec() })
+        .map(|(id, chunk)| Shard {
+            id,
+            images: chunk.to_vec(),
+        })
         .collect()
 }
 
@@ -437,18 +449,32 @@ mod tests {
     use super::*;
 
     fn images(n: usize) -> Vec<ImageRef> {
-        (0..n).map(|i| ImageRef { path: format!("c/{i:03}.jpg"), label: "c".into() }).collect()
+        (0..n)
+            .map(|i| ImageRef {
+                path: format!("c/{i:03}.jpg"),
+                label: "c".into(),
+            })
+            .collect()
     }
 
     #[test]
     fn shards_by_size_and_by_count() {
-        let mut o = RunOptions { shard_size: 4, ..Default::default() };
+        let mut o = RunOptions {
+            shard_size: 4,
+            ..Default::default()
+        };
         let s = make_shards(images(10), &o);
-        assert_eq!(s.iter().map(|s| s.images.len()).collect::<Vec<_>>(), vec![4, 4, 2]);
+        assert_eq!(
+            s.iter().map(|s| s.images.len()).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
         assert_eq!(s[2].id, 2);
         o.shard_count = Some(3);
         let s = make_shards(images(10), &o);
-        assert_eq!(s.iter().map(|s| s.images.len()).collect::<Vec<_>>(), vec![4, 4, 2]);
+        assert_eq!(
+            s.iter().map(|s| s.images.len()).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
         o.shard_count = Some(20);
         assert_eq!(make_shards(images(10), &o).len(), 10);
         assert!(make_shards(Vec::new(), &o).is_empty());
@@ -460,7 +486,13 @@ mod tests {
         let a = derive_run_id("/in", &o, &images(3));
         assert_eq!(a, derive_run_id("/in", &o, &images(3)));
         assert_ne!(a, derive_run_id("/in", &o, &images(4)));
-        let o2 = RunOptions { pca: PcaOptions { k: 10, ..Default::default() }, ..o.clone() };
+        let o2 = RunOptions {
+            pca: PcaOptions {
+                k: 10,
+                ..Default::default()
+            },
+            ..o.clone()
+        };
         assert_ne!(a, derive_run_id("/in", &o2, &images(3)));
         assert!(validate_run_id(&a).is_ok());
         assert!(validate_run_id("../x").is_err());
@@ -473,9 +505,15 @@ mod tests {
         let req: RunRequest = serde_json::from_str(r#"{"input_prefix":"a/","k":2000}"#).unwrap();
         let o = req.options(&RunOptions::default());
         let msg = o.validate(1280, 5000).unwrap_err().to_string();
-        assert!(msg.contains("larger than the feature dimension 1280"), "{msg}");
+        assert!(
+            msg.contains("larger than the feature dimension 1280"),
+            "{msg}"
+        );
         let req: RunRequest =
             serde_json::from_str(r#"{"input_prefix":"a/","variance":0.95}"#).unwrap();
-        assert!(req.options(&RunOptions::default()).validate(1280, 3).is_ok());
+        assert!(req
+            .options(&RunOptions::default())
+            .validate(1280, 3)
+            .is_ok());
     }
 }

@@ -89,7 +89,10 @@ impl ModelSpec {
 
     /// Reads and checks a spec file.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        let err = |reason: String| ModelError::Spec { path: path.display().to_string(), reason };
+        let err = |reason: String| ModelError::Spec {
+            path: path.display().to_string(),
+            reason,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let spec: Self = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
         spec.check().map_err(err)?;
@@ -111,10 +114,16 @@ impl ModelSpec {
 
     fn check(&self) -> Result<(), String> {
         if self.resize != "bicubic" {
-            return Err(format!("resize {:?} is not supported (only \"bicubic\")", self.resize));
+            return Err(format!(
+                "resize {:?} is not supported (only \"bicubic\")",
+                self.resize
+            ));
         }
         if self.channels != 3 {
-            return Err(format!("{} channels: only RGB (3) inputs are supported", self.channels));
+            return Err(format!(
+                "{} channels: only RGB (3) inputs are supported",
+                self.channels
+            ));
         }
         if self.width == 0 || self.height == 0 {
             return Err("width and height must be positive".into());
@@ -128,7 +137,11 @@ impl ModelSpec {
     }
 
     fn input_shape(&self) -> [usize; 4] {
-        let (h, w, c) = (self.height as usize, self.width as usize, self.channels as usize);
+        let (h, w, c) = (
+            self.height as usize,
+            self.width as usize,
+            self.channels as usize,
+        );
         match self.layout {
             Layout::NHWC => [1, h, w, c],
             Layout::NCHW => [1, c, h, w],
@@ -147,7 +160,9 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { channels_last: true }
+        Self {
+            channels_last: true,
+        }
     }
 }
 
@@ -171,18 +186,29 @@ pub fn channels_last(model: &mut TypedModel) -> TractResult<usize> {
         interfaces.extend(model.input_outlets()?.iter());
         let candidate = model.eval_order()?.into_iter().find(|&id| {
             !tried.contains(&id)
-                && model
-                    .node(id)
-                    .op_as::<Conv>()
-                    .is_some_and(|c| matches!(c.pool_spec.data_format, DataFormat::NCHW | DataFormat::CHW))
+                && model.node(id).op_as::<Conv>().is_some_and(|c| {
+                    matches!(c.pool_spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+                })
         });
         let Some(id) = candidate else { break };
         tried.insert(id);
         let node = model.node(id);
         let rank = model.outlet_fact(node.inputs[0])?.rank();
-        let c_axis = if node.op_as::<Conv>().is_some_and(|c| c.pool_spec.data_format == DataFormat::NCHW) { 1 } else { 0 };
-        let change = AxisChange { outlet: node.inputs[0], op: AxisOp::Move(c_axis, rank - 1) };
-        if let Some((patch, _)) = change_axes(model, &change, &interfaces, &[], &mut HashSet::new())? {
+        let c_axis = if node
+            .op_as::<Conv>()
+            .is_some_and(|c| c.pool_spec.data_format == DataFormat::NCHW)
+        {
+            1
+        } else {
+            0
+        };
+        let change = AxisChange {
+            outlet: node.inputs[0],
+            op: AxisOp::Move(c_axis, rank - 1),
+        };
+        if let Some((patch, _)) =
+            change_axes(model, &change, &interfaces, &[], &mut HashSet::new())?
+        {
             patch.apply(model)?;
             rewrites += 1;
             // Node ids are stable under patches only for untouched nodes: start over.
@@ -214,7 +240,10 @@ impl std::fmt::Debug for Model {
 }
 
 fn tract<T>(context: &str, r: TractResult<T>) -> Result<T, ModelError> {
-    r.map_err(|source| ModelError::Tract { context: context.to_string(), source })
+    r.map_err(|source| ModelError::Tract {
+        context: context.to_string(),
+        source,
+    })
 }
 
 impl Model {
@@ -225,7 +254,11 @@ impl Model {
     }
 
     /// [`Model::load`] with explicit graph options (the benchmark compares them).
-    pub fn load_with(path: &Path, spec: ModelSpec, options: LoadOptions) -> Result<Self, ModelError> {
+    pub fn load_with(
+        path: &Path,
+        spec: ModelSpec,
+        options: LoadOptions,
+    ) -> Result<Self, ModelError> {
         let start = Instant::now();
         if !path.is_file() {
             return Err(ModelError::Missing(path.display().to_string()));
@@ -233,7 +266,10 @@ impl Model {
         let mut model = tract("loading ONNX", tract_onnx::onnx().model_for_path(path))?;
         let input_names: Vec<String> = model
             .input_outlets()
-            .map_err(|source| ModelError::Tract { context: "inputs".into(), source })?
+            .map_err(|source| ModelError::Tract {
+                context: "inputs".into(),
+                source,
+            })?
             .iter()
             .map(|o| model.node(o.node).name.clone())
             .collect();
@@ -243,14 +279,24 @@ impl Model {
                 spec.input_name
             )));
         }
-        tract("selecting input", model.set_input_names([spec.input_name.as_str()]))?;
-        tract("selecting output", model.select_outputs_by_name([spec.output_name.as_str()]))
-            .map_err(|e| ModelError::Mismatch(format!("output {:?}: {e}", spec.output_name)))?;
+        tract(
+            "selecting input",
+            model.set_input_names([spec.input_name.as_str()]),
+        )?;
+        tract(
+            "selecting output",
+            model.select_outputs_by_name([spec.output_name.as_str()]),
+        )
+        .map_err(|e| ModelError::Mismatch(format!("output {:?}: {e}", spec.output_name)))?;
         let fact = f32::fact(spec.input_shape());
         let model = tract("setting input shape", model.with_input_fact(0, fact.into()))?;
         let typed = tract("typing", model.into_typed())?;
         let mut typed = tract("decluttering", typed.into_decluttered())?;
-        let rewrites = if options.channels_last { tract("channels-last pass", channels_last(&mut typed))? } else { 0 };
+        let rewrites = if options.channels_last {
+            tract("channels-last pass", channels_last(&mut typed))?
+        } else {
+            0
+        };
         tracing::debug!(rewrites, "channels-last convolutions");
         let typed = tract("optimizing", typed.into_optimized())?;
         let output = tract("output fact", typed.output_fact(0).cloned())?;
@@ -259,10 +305,18 @@ impl Model {
         })?;
         let feature_dim: usize = dims.iter().skip(1).product();
         if dims.first() != Some(&1) || feature_dim == 0 {
-            return Err(ModelError::Mismatch(format!("unexpected output shape {dims:?}")));
+            return Err(ModelError::Mismatch(format!(
+                "unexpected output shape {dims:?}"
+            )));
         }
         let plan = tract("planning", typed.into_runnable())?;
-        Ok(Self { plan, spec: Arc::new(spec), feature_dim, load_time: start.elapsed(), channels_last_convs: rewrites })
+        Ok(Self {
+            plan,
+            spec: Arc::new(spec),
+            feature_dim,
+            load_time: start.elapsed(),
+            channels_last_convs: rewrites,
+        })
     }
 
     /// Length of one feature vector (1280 for MobileNetV2), read from the model.
@@ -288,7 +342,11 @@ impl Model {
     /// A per-thread runner.
     pub fn session(&self) -> Result<ModelSession, ModelError> {
         let state = tract("spawning state", self.plan.spawn())?;
-        Ok(ModelSession { state, shape: self.spec.input_shape(), feature_dim: self.feature_dim })
+        Ok(ModelSession {
+            state,
+            shape: self.spec.input_shape(),
+            feature_dim: self.feature_dim,
+        })
     }
 }
 

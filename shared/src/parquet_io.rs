@@ -70,10 +70,15 @@ pub fn write_rows(dataset: Dataset, rows: &[VectorRow]) -> Result<Bytes> {
         vectors.values().append_slice(&row.values);
         vectors.append(true);
     }
-    let columns: Vec<ArrayRef> =
-        vec![Arc::new(paths.finish()), Arc::new(labels.finish()), Arc::new(vectors.finish())];
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(paths.finish()),
+        Arc::new(labels.finish()),
+        Arc::new(vectors.finish()),
+    ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props))?;
     writer.write(&batch)?;
@@ -89,22 +94,38 @@ pub fn read_rows(dataset: Dataset, bytes: Bytes) -> Result<Vec<VectorRow>> {
         let batch = batch?;
         let column = |name: &str| {
             batch.column_by_name(name).cloned().ok_or_else(|| {
-                Error::Arrow(arrow_schema::ArrowError::SchemaError(format!("no column {name:?}")))
+                Error::Arrow(arrow_schema::ArrowError::SchemaError(format!(
+                    "no column {name:?}"
+                )))
             })
         };
         let cast_err = |name: &str| {
-            Error::Arrow(arrow_schema::ArrowError::SchemaError(format!("column {name:?} has the wrong type")))
+            Error::Arrow(arrow_schema::ArrowError::SchemaError(format!(
+                "column {name:?} has the wrong type"
+            )))
         };
         let paths = column("path")?;
-        let paths = paths.as_any().downcast_ref::<StringArray>().ok_or_else(|| cast_err("path"))?;
+        let paths = paths
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| cast_err("path"))?;
         let labels = column("label")?;
-        let labels = labels.as_any().downcast_ref::<StringArray>().ok_or_else(|| cast_err("label"))?;
+        let labels = labels
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| cast_err("label"))?;
         let name = dataset.vector_column();
         let vectors = column(name)?;
-        let vectors = vectors.as_any().downcast_ref::<ListArray>().ok_or_else(|| cast_err(name))?;
+        let vectors = vectors
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .ok_or_else(|| cast_err(name))?;
         for i in 0..batch.num_rows() {
             let list = vectors.value(i);
-            let values = list.as_any().downcast_ref::<Float32Array>().ok_or_else(|| cast_err(name))?;
+            let values = list
+                .as_any()
+                .downcast_ref::<Float32Array>()
+                .ok_or_else(|| cast_err(name))?;
             rows.push(VectorRow {
                 path: paths.value(i).to_string(),
                 label: labels.value(i).to_string(),
@@ -122,14 +143,27 @@ mod tests {
     #[test]
     fn round_trip_keeps_rows_and_schema() {
         let rows = vec![
-            VectorRow { path: "a/1.jpg".into(), label: "a".into(), values: vec![1.0, -2.5, 3.25] },
-            VectorRow { path: "b/é 2.png".into(), label: "b".into(), values: vec![0.0, 0.5, 1e-8] },
+            VectorRow {
+                path: "a/1.jpg".into(),
+                label: "a".into(),
+                values: vec![1.0, -2.5, 3.25],
+            },
+            VectorRow {
+                path: "b/é 2.png".into(),
+                label: "b".into(),
+                values: vec![0.0, 0.5, 1e-8],
+            },
         ];
         let bytes = write_rows(Dataset::Pca, &rows).unwrap();
         assert_eq!(read_rows(Dataset::Pca, bytes.clone()).unwrap(), rows);
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
         assert_eq!(builder.schema().as_ref(), Dataset::Pca.schema().as_ref());
         assert!(read_rows(Dataset::Features, write_rows(Dataset::Pca, &rows).unwrap()).is_err());
-        assert!(read_rows(Dataset::Features, write_rows(Dataset::Features, &[]).unwrap()).unwrap().is_empty());
+        assert!(read_rows(
+            Dataset::Features,
+            write_rows(Dataset::Features, &[]).unwrap()
+        )
+        .unwrap()
+        .is_empty());
     }
 }

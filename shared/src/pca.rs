@@ -41,10 +41,13 @@ pub fn fit(stats: &ShardStats, options: &PcaOptions) -> Result<PcaModel> {
     let dim = stats.dim();
     let n = stats.count;
     if n < 2 {
-        return Err(Error::Pca(format!("need at least 2 feature rows to fit a PCA, have {n}")));
+        return Err(Error::Pca(format!(
+            "need at least 2 feature rows to fit a PCA, have {n}"
+        )));
     }
     let denominator = (n - 1) as f64;
-    let covariance = Mat::<f64>::from_fn(dim, dim, |i, j| stats.comoment[i * dim + j] / denominator);
+    let covariance =
+        Mat::<f64>::from_fn(dim, dim, |i, j| stats.comoment[i * dim + j] / denominator);
     let eigen = covariance
         .self_adjoint_eigen(Side::Lower)
         .map_err(|e| Error::Pca(format!("eigendecomposition failed: {e:?}")))?;
@@ -55,7 +58,9 @@ pub fn fit(stats: &ShardStats, options: &PcaOptions) -> Result<PcaModel> {
     let eigenvalues: Vec<f64> = order.iter().map(|&i| values[i].max(0.0)).collect();
     let total: f64 = (0..dim).map(|i| covariance[(i, i)]).sum();
     if total <= 0.0 {
-        return Err(Error::Pca("all feature rows are identical (zero variance)".into()));
+        return Err(Error::Pca(
+            "all feature rows are identical (zero variance)".into(),
+        ));
     }
     let max_k = dim.min(n as usize);
     let k = match options.variance {
@@ -120,9 +125,11 @@ impl PcaModel {
     /// Projects one feature row onto the components, in the model's convention.
     pub fn project(&self, row: &[f32]) -> Vec<f32> {
         let centred: Vec<f64> = match self.convention {
-            PcaConvention::Centered => {
-                row.iter().zip(&self.mean).map(|(&x, m)| f64::from(x) - m).collect()
-            }
+            PcaConvention::Centered => row
+                .iter()
+                .zip(&self.mean)
+                .map(|(&x, m)| f64::from(x) - m)
+                .collect(),
             PcaConvention::Uncentered => row.iter().map(|&x| f64::from(x)).collect(),
         };
         self.components
@@ -151,19 +158,40 @@ mod tests {
                 vec![0.6 * t - 0.8 * s + 1.0, 0.8 * t + 0.6 * s - 2.0]
             })
             .collect();
-        let model = fit(&stats_of(&rows), &PcaOptions { k: 2, ..Default::default() }).unwrap();
-        assert!((model.components[0][0] - 0.6).abs() < 1e-3, "{:?}", model.components[0]);
+        let model = fit(
+            &stats_of(&rows),
+            &PcaOptions {
+                k: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            (model.components[0][0] - 0.6).abs() < 1e-3,
+            "{:?}",
+            model.components[0]
+        );
         assert!((model.components[0][1] - 0.8).abs() < 1e-3);
         assert!(model.explained_variance_ratio[0] > 0.999);
         assert!((model.cumulative_explained_variance - 1.0).abs() < 1e-12);
         // Centred projection of the mean is zero; uncentred is components @ mean.
         let mean: Vec<f32> = model.mean.iter().map(|&m| m as f32).collect();
         assert!(model.project(&mean).iter().all(|v| v.abs() < 1e-4));
-        let spark = PcaModel { convention: PcaConvention::Uncentered, ..model.clone() };
+        let spark = PcaModel {
+            convention: PcaConvention::Uncentered,
+            ..model.clone()
+        };
         let p = spark.project(&mean);
-        let expected: f64 = model.components[0].iter().zip(&model.mean).map(|(c, m)| c * m).sum();
+        let expected: f64 = model.components[0]
+            .iter()
+            .zip(&model.mean)
+            .map(|(c, m)| c * m)
+            .sum();
         assert!((f64::from(p[0]) - expected).abs() < 1e-5);
-        assert!((expected - (0.6 * 0.7 + 0.8 * -2.4)).abs() < 1e-2, "mean is (1 - 0.3, -2 - 0.4)");
+        assert!(
+            (expected - (0.6 * 0.7 + 0.8 * -2.4)).abs() < 1e-2,
+            "mean is (1 - 0.3, -2 - 0.4)"
+        );
     }
 
     #[test]
@@ -171,16 +199,44 @@ mod tests {
         let rows: Vec<Vec<f32>> = (0..30)
             .map(|i| {
                 let t = i as f32;
-                vec![10.0 * (t * 0.37).sin(), 3.0 * (t * 1.3).cos(), 0.1 * (t * 2.9).sin()]
+                vec![
+                    10.0 * (t * 0.37).sin(),
+                    3.0 * (t * 1.3).cos(),
+                    0.1 * (t * 2.9).sin(),
+                ]
             })
             .collect();
         let stats = stats_of(&rows);
-        let full = fit(&stats, &PcaOptions { k: 3, ..Default::default() }).unwrap();
+        let full = fit(
+            &stats,
+            &PcaOptions {
+                k: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let first = full.explained_variance_ratio[0];
-        let by_variance = |v| fit(&stats, &PcaOptions { variance: Some(v), ..Default::default() }).unwrap().k;
+        let by_variance = |v| {
+            fit(
+                &stats,
+                &PcaOptions {
+                    variance: Some(v),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .k
+        };
         assert_eq!(by_variance(first * 0.99), 1);
         assert_eq!(by_variance((first + 1e-6).min(1.0)), 2);
-        assert!(fit(&stats, &PcaOptions { k: 4, ..Default::default() }).is_err());
+        assert!(fit(
+            &stats,
+            &PcaOptions {
+                k: 4,
+                ..Default::default()
+            }
+        )
+        .is_err());
         assert!(fit(&stats_of(&rows[..1]), &PcaOptions::default()).is_err());
     }
 }

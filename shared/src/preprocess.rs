@@ -31,7 +31,10 @@ pub struct PreprocessError {
 
 impl PreprocessError {
     fn new(kind: ImageErrorKind, reason: impl Into<String>) -> Self {
-        Self { kind, reason: reason.into() }
+        Self {
+            kind,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -58,8 +61,12 @@ pub fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, PreprocessErro
             ))
         }
         None => {
-            let head: String =
-                bytes.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+            let head: String = bytes
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ");
             return Err(PreprocessError::new(
                 Unsupported,
                 format!("not a JPEG or PNG image (first bytes: {head})"),
@@ -78,7 +85,10 @@ pub fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, PreprocessErro
     }
     if format == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
         // Decoders fill a cut-off JPEG with gray without an error; Pillow refuses it, so do we.
-        return Err(PreprocessError::new(Decode, "truncated JPEG (no end-of-image marker)"));
+        return Err(PreprocessError::new(
+            Decode,
+            "truncated JPEG (no end-of-image marker)",
+        ));
     }
     if format == Some(ImageFormat::Jpeg) {
         if let Some(rgb) = decode_jpeg_libjpeg(bytes)? {
@@ -96,7 +106,11 @@ pub fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, PreprocessErro
         other => PreprocessError::new(Decode, other.to_string()),
     })?;
     let rgb = image.to_rgb8();
-    Ok(Rgb8 { width: rgb.width(), height: rgb.height(), pixels: rgb.into_raw() })
+    Ok(Rgb8 {
+        width: rgb.width(),
+        height: rgb.height(),
+        pixels: rgb.into_raw(),
+    })
 }
 
 /// Decodes a JPEG with libjpeg-turbo's decoder (islow IDCT, fancy upsampling: Pillow's
@@ -106,18 +120,28 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<Option<Rgb8>, PreprocessError> {
     use mozjpeg::ColorSpace;
     let decoded = std::panic::catch_unwind(|| -> std::io::Result<Option<Rgb8>> {
         let decompress = mozjpeg::Decompress::new_mem(bytes)?;
-        if matches!(decompress.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) {
+        if matches!(
+            decompress.color_space(),
+            ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK
+        ) {
             return Ok(None);
         }
         let mut started = decompress.rgb()?;
         let (width, height) = (started.width() as u32, started.height() as u32);
         let pixels: Vec<u8> = started.read_scanlines()?;
         started.finish()?;
-        Ok(Some(Rgb8 { width, height, pixels }))
+        Ok(Some(Rgb8 {
+            width,
+            height,
+            pixels,
+        }))
     });
     match decoded {
         Ok(Ok(image)) => Ok(image),
-        Ok(Err(e)) => Err(PreprocessError::new(ImageErrorKind::Decode, format!("corrupt JPEG: {e}"))),
+        Ok(Err(e)) => Err(PreprocessError::new(
+            ImageErrorKind::Decode,
+            format!("corrupt JPEG: {e}"),
+        )),
         // libjpeg's fatal errors unwind with their message as the payload.
         Err(payload) => {
             let message = payload
@@ -125,7 +149,10 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Result<Option<Rgb8>, PreprocessError> {
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "libjpeg failed".into());
-            Err(PreprocessError::new(ImageErrorKind::Decode, format!("corrupt JPEG: {message}")))
+            Err(PreprocessError::new(
+                ImageErrorKind::Decode,
+                format!("corrupt JPEG: {message}"),
+            ))
         }
     }
 }
@@ -144,8 +171,7 @@ pub fn resize_bicubic(
     height: u32,
 ) -> Result<Rgb8, PreprocessError> {
     let fail = |e: String| PreprocessError::new(ImageErrorKind::Decode, format!("resize: {e}"));
-    let options =
-        ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
     // Pillow resamples horizontally first, then vertically, rounding to 8 bits after each
     // pass (round half up, clamp); fast_image_resize does u8 images vertically first, with
     // 16-bit coefficients. Two one-axis passes in f32, each rounded as Pillow rounds,
@@ -156,9 +182,13 @@ pub fn resize_bicubic(
         let src = ResizeImage::from_vec_u8(w, h, f32s_to_bytes(&floats), PixelType::F32x3)
             .map_err(|e| fail(e.to_string()))?;
         let mut dst = ResizeImage::new(tw, th, PixelType::F32x3);
-        resizer.resize(&src, &mut dst, &options).map_err(|e| fail(e.to_string()))?;
+        resizer
+            .resize(&src, &mut dst, &options)
+            .map_err(|e| fail(e.to_string()))?;
         Ok::<Vec<u8>, PreprocessError>(
-            bytes_to_f32s(dst.buffer()).map(|v| (v + 0.5).floor().clamp(0.0, 255.0) as u8).collect(),
+            bytes_to_f32s(dst.buffer())
+                .map(|v| (v + 0.5).floor().clamp(0.0, 255.0) as u8)
+                .collect(),
         )
     };
     let horizontal = if src_w == width {
@@ -171,7 +201,11 @@ pub fn resize_bicubic(
     } else {
         pass(resizer, &horizontal, (width, src_h), (width, height))?
     };
-    Ok(Rgb8 { width, height, pixels })
+    Ok(Rgb8 {
+        width,
+        height,
+        pixels,
+    })
 }
 
 fn f32s_to_bytes(values: &[f32]) -> Vec<u8> {
@@ -179,7 +213,9 @@ fn f32s_to_bytes(values: &[f32]) -> Vec<u8> {
 }
 
 fn bytes_to_f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    bytes.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Writes `pixel * scale + offset` into `out` (NHWC for one image, RGB order).
@@ -203,7 +239,11 @@ mod tests {
                 pixels.push((((x + y) * 37) % 256) as u8);
             }
         }
-        Rgb8 { width, height, pixels }
+        Rgb8 {
+            width,
+            height,
+            pixels,
+        }
     }
 
     /// Expected values from Pillow 13 (`Image.frombytes("RGB", (w, h), data).resize(
@@ -211,16 +251,20 @@ mod tests {
     /// same synthetic images, committed in `tests/fixtures/pillow_resize.json`.
     #[test]
     fn resize_matches_pillow_bicubic() {
-        let fixtures: serde_json::Value = serde_json::from_str(include_str!(
-            "../../tests/fixtures/pillow_resize.json"
-        ))
-        .unwrap();
+        let fixtures: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/pillow_resize.json")).unwrap();
         let mut resizer = Resizer::new();
         let cases = fixtures.as_array().unwrap();
         assert!(cases.len() >= 3);
         for case in cases {
-            let (w, h) = (case["width"].as_u64().unwrap() as u32, case["height"].as_u64().unwrap() as u32);
-            let (tw, th) = (case["target_width"].as_u64().unwrap() as u32, case["target_height"].as_u64().unwrap() as u32);
+            let (w, h) = (
+                case["width"].as_u64().unwrap() as u32,
+                case["height"].as_u64().unwrap() as u32,
+            );
+            let (tw, th) = (
+                case["target_width"].as_u64().unwrap() as u32,
+                case["target_height"].as_u64().unwrap() as u32,
+            );
             let hex = case["pixels_hex"].as_str().unwrap().as_bytes();
             let expected: Vec<u8> = hex
                 .chunks(2)
@@ -228,14 +272,27 @@ mod tests {
                 .collect();
             let out = resize_bicubic(&mut resizer, &gradient(w, h), tw, th).unwrap();
             assert_eq!(out.pixels.len(), expected.len());
-            let max_diff = out.pixels.iter().zip(&expected).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
-            assert_eq!(max_diff, 0, "{w}x{h} -> {tw}x{th}: Pillow differs by up to {max_diff}");
+            let max_diff = out
+                .pixels
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            assert_eq!(
+                max_diff, 0,
+                "{w}x{h} -> {tw}x{th}: Pillow differs by up to {max_diff}"
+            );
         }
     }
 
     #[test]
     fn normalize_maps_to_minus_one_one() {
-        let image = Rgb8 { width: 1, height: 1, pixels: vec![0, 255, 128] };
+        let image = Rgb8 {
+            width: 1,
+            height: 1,
+            pixels: vec![0, 255, 128],
+        };
         let mut out = [0f32; 3];
         normalize_into(&image, 1.0 / 127.5, -1.0, &mut out);
         assert_eq!(out[0], -1.0);
@@ -251,24 +308,53 @@ mod tests {
 
     #[test]
     fn decodes_gray_rgba_and_16_bit_to_rgb() {
-        let gray = image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(4, 3, image::Luma([200])));
+        let gray =
+            image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(4, 3, image::Luma([200])));
         let rgb = decode_rgb8(&encode(gray, ImageFormat::Png), 1000).unwrap();
         assert_eq!((rgb.width, rgb.height), (4, 3));
         assert_eq!(&rgb.pixels[..3], &[200, 200, 200]);
-        let rgba = image::DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(2, 2, image::Rgba([10, 20, 30, 0])));
-        assert_eq!(&decode_rgb8(&encode(rgba, ImageFormat::Png), 1000).unwrap().pixels[..3], &[10, 20, 30]);
-        let deep = image::DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(2, 2, image::Rgb([65535u16, 0, 32896])));
-        assert_eq!(&decode_rgb8(&encode(deep, ImageFormat::Png), 1000).unwrap().pixels[..3], &[255, 0, 128]);
+        let rgba = image::DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+            2,
+            2,
+            image::Rgba([10, 20, 30, 0]),
+        ));
+        assert_eq!(
+            &decode_rgb8(&encode(rgba, ImageFormat::Png), 1000)
+                .unwrap()
+                .pixels[..3],
+            &[10, 20, 30]
+        );
+        let deep = image::DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
+            2,
+            2,
+            image::Rgb([65535u16, 0, 32896]),
+        ));
+        assert_eq!(
+            &decode_rgb8(&encode(deep, ImageFormat::Png), 1000)
+                .unwrap()
+                .pixels[..3],
+            &[255, 0, 128]
+        );
     }
 
     #[test]
     fn rejects_bad_inputs_with_specific_kinds() {
         use ImageErrorKind::*;
         assert_eq!(decode_rgb8(&[], 100).unwrap_err().kind, Empty);
-        assert_eq!(decode_rgb8(b"hello, not an image", 100).unwrap_err().kind, Unsupported);
+        assert_eq!(
+            decode_rgb8(b"hello, not an image", 100).unwrap_err().kind,
+            Unsupported
+        );
         let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
         assert_eq!(decode_rgb8(gif, 100).unwrap_err().kind, Unsupported);
-        let jpeg = encode(image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(64, 64, image::Rgb([1, 2, 3]))), ImageFormat::Jpeg);
+        let jpeg = encode(
+            image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+                64,
+                64,
+                image::Rgb([1, 2, 3]),
+            )),
+            ImageFormat::Jpeg,
+        );
         let truncated = &jpeg[..jpeg.len() / 2];
         assert_eq!(decode_rgb8(truncated, 100_000).unwrap_err().kind, Decode);
         let big = decode_rgb8(&jpeg, 64 * 64 - 1).unwrap_err();

@@ -12,7 +12,9 @@ use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::layout::RunLayout;
-use crate::manifest::{DoneMarker, ImageError, InvocationCost, Manifest, ReduceMessage, StageTimings};
+use crate::manifest::{
+    DoneMarker, ImageError, InvocationCost, Manifest, ReduceMessage, StageTimings,
+};
 use crate::parquet_io::{self, Dataset, VectorRow};
 use crate::pca::{self, PcaModel};
 use crate::stats::ShardStats;
@@ -30,7 +32,10 @@ pub struct Pricing {
 impl Default for Pricing {
     /// us-east-1 arm64 prices (x86_64 is 0.0000166667 per GB-second).
     fn default() -> Self {
-        Self { per_gb_second: 0.000_013_333_4, per_request: 0.000_000_2 }
+        Self {
+            per_gb_second: 0.000_013_333_4,
+            per_request: 0.000_000_2,
+        }
     }
 }
 
@@ -47,7 +52,11 @@ pub struct ReducerSettings {
 
 impl Default for ReducerSettings {
     fn default() -> Self {
-        Self { concurrency: 4, lock_stale_after: std::time::Duration::from_secs(900), pricing: Pricing::default() }
+        Self {
+            concurrency: 4,
+            lock_stale_after: std::time::Duration::from_secs(900),
+            pricing: Pricing::default(),
+        }
     }
 }
 
@@ -149,7 +158,10 @@ pub struct Reducer<S> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl<S: ObjectStore> Reducer<S> {
@@ -180,8 +192,15 @@ impl<S: ObjectStore> Reducer<S> {
     async fn lock(&self, layout: &RunLayout, owner: &str) -> Result<()> {
         let key = layout.reduce_lock();
         for _ in 0..2 {
-            let lock = ReduceLock { owner: owner.to_string(), acquired_at: unix_now() };
-            if self.store.put_if_absent(&key, serde_json::to_vec(&lock)?.into()).await? {
+            let lock = ReduceLock {
+                owner: owner.to_string(),
+                acquired_at: unix_now(),
+            };
+            if self
+                .store
+                .put_if_absent(&key, serde_json::to_vec(&lock)?.into())
+                .await?
+            {
                 return Ok(());
             }
             let held: ReduceLock = match self.store.get(&key).await {
@@ -203,12 +222,16 @@ impl<S: ObjectStore> Reducer<S> {
             warn!(run_id = layout.run_id(), holder = %held.owner, age, "taking over a stale reduce lock");
             self.store.delete(&key).await?;
         }
-        Err(Error::RunState(format!("could not take the reduce lock of run {}", layout.run_id())))
+        Err(Error::RunState(format!(
+            "could not take the reduce lock of run {}",
+            layout.run_id()
+        )))
     }
 
     async fn reduce(&self, layout: &RunLayout) -> Result<ReduceOutcome> {
         let started = Instant::now();
-        let manifest: Manifest = serde_json::from_slice(&self.store.get(&layout.manifest()).await?)?;
+        let manifest: Manifest =
+            serde_json::from_slice(&self.store.get(&layout.manifest()).await?)?;
         let shard_ids: Vec<usize> = manifest.shards.iter().map(|s| s.id).collect();
         let concurrency = self.settings.concurrency.max(1);
 
@@ -216,7 +239,9 @@ impl<S: ObjectStore> Reducer<S> {
             let key = layout.done_marker(id);
             async move {
                 let bytes = self.store.get(&key).await.map_err(|e| match e {
-                    StoreError::NotFound(_) => Error::RunState(format!("shard {id} is not done yet")),
+                    StoreError::NotFound(_) => {
+                        Error::RunState(format!("shard {id} is not done yet"))
+                    }
                     other => other.into(),
                 })?;
                 Ok::<_, Error>(serde_json::from_slice::<DoneMarker>(&bytes)?)
@@ -228,14 +253,21 @@ impl<S: ObjectStore> Reducer<S> {
 
         let mut errors: Vec<ImageError> = Vec::new();
         for &id in &shard_ids {
-            let shard_errors: Vec<ImageError> = serde_json::from_slice(&self.store.get(&layout.shard_errors(id)).await?)?;
+            let shard_errors: Vec<ImageError> =
+                serde_json::from_slice(&self.store.get(&layout.shard_errors(id)).await?)?;
             errors.extend(shard_errors);
         }
-        self.store.put(&layout.errors(), serde_json::to_vec_pretty(&errors)?.into()).await?;
+        self.store
+            .put(&layout.errors(), serde_json::to_vec_pretty(&errors)?.into())
+            .await?;
 
         let images = manifest.total_images;
         let rows: usize = markers.iter().map(|m| m.rows).sum();
-        let error_rate = if images == 0 { 0.0 } else { errors.len() as f64 / images as f64 };
+        let error_rate = if images == 0 {
+            0.0
+        } else {
+            errors.len() as f64 / images as f64
+        };
 
         let mut summary = Summary {
             run_id: manifest.run_id.clone(),
@@ -246,7 +278,13 @@ impl<S: ObjectStore> Reducer<S> {
             errors: errors.len(),
             error_rate,
             errors_by_kind: errors.iter().fold(Default::default(), |mut m, e| {
-                *m.entry(serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()).or_insert(0) += 1;
+                *m.entry(
+                    serde_json::to_value(e.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                )
+                .or_insert(0) += 1;
                 m
             }),
             shards: shard_ids.len(),
@@ -256,7 +294,10 @@ impl<S: ObjectStore> Reducer<S> {
             cumulative_explained_variance: 0.0,
             convention: String::new(),
             timings: SummaryTimings {
-                split_s: manifest.splitter.map(|s| s.duration_ms / 1000.0).unwrap_or(0.0),
+                split_s: manifest
+                    .splitter
+                    .map(|s| s.duration_ms / 1000.0)
+                    .unwrap_or(0.0),
                 featurize: markers.iter().fold(StageTimings::default(), |mut t, m| {
                     t.add(&m.timings);
                     t
@@ -269,7 +310,8 @@ impl<S: ObjectStore> Reducer<S> {
             failure: None,
         };
         if rows > 0 {
-            summary.timings.infer_ms_per_image = summary.timings.featurize.infer_s * 1000.0 / rows as f64;
+            summary.timings.infer_ms_per_image =
+                summary.timings.featurize.infer_s * 1000.0 / rows as f64;
         }
 
         let fail = |mut summary: Summary, reason: String| async move {
@@ -277,7 +319,12 @@ impl<S: ObjectStore> Reducer<S> {
             summary.status = "failed".into();
             summary.failure = Some(reason);
             summary.finished_at = crate::manifest::now_rfc3339();
-            self.store.put(&layout.summary(), serde_json::to_vec_pretty(&summary)?.into()).await?;
+            self.store
+                .put(
+                    &layout.summary(),
+                    serde_json::to_vec_pretty(&summary)?.into(),
+                )
+                .await?;
             Ok::<_, Error>(ReduceOutcome::Failed(Box::new(summary)))
         };
         if error_rate > manifest.options.max_error_rate {
@@ -334,8 +381,15 @@ impl<S: ObjectStore> Reducer<S> {
         summary.cost = self.cost(&manifest, &markers, InvocationCost::since(started), images);
         summary.finished_at = crate::manifest::now_rfc3339();
 
-        self.store.put(&layout.pca_model(), serde_json::to_vec(&model)?.into()).await?;
-        self.store.put(&layout.summary(), serde_json::to_vec_pretty(&summary)?.into()).await?;
+        self.store
+            .put(&layout.pca_model(), serde_json::to_vec(&model)?.into())
+            .await?;
+        self.store
+            .put(
+                &layout.summary(),
+                serde_json::to_vec_pretty(&summary)?.into(),
+            )
+            .await?;
         self.store.put(&layout.pca_success(), Bytes::new()).await?;
         info!(
             run_id = %manifest.run_id, rows, errors = summary.errors, k = model.k,
@@ -344,7 +398,13 @@ impl<S: ObjectStore> Reducer<S> {
         Ok(ReduceOutcome::Reduced(Box::new(summary)))
     }
 
-    fn cost(&self, manifest: &Manifest, markers: &[DoneMarker], reducer: InvocationCost, images: usize) -> Option<CostEstimate> {
+    fn cost(
+        &self,
+        manifest: &Manifest,
+        markers: &[DoneMarker],
+        reducer: InvocationCost,
+        images: usize,
+    ) -> Option<CostEstimate> {
         let invocations: Vec<InvocationCost> = manifest
             .splitter
             .into_iter()
@@ -357,7 +417,10 @@ impl<S: ObjectStore> Reducer<S> {
         // Lambda bills each invocation's duration rounded up to the millisecond.
         let gb_seconds: f64 = invocations
             .iter()
-            .filter_map(|i| i.memory_mb.map(|mb| i.duration_ms.ceil() / 1000.0 * mb as f64 / 1024.0))
+            .filter_map(|i| {
+                i.memory_mb
+                    .map(|mb| i.duration_ms.ceil() / 1000.0 * mb as f64 / 1024.0)
+            })
             .sum();
         let requests = invocations.len() as u64;
         let pricing = self.settings.pricing;
@@ -366,7 +429,11 @@ impl<S: ObjectStore> Reducer<S> {
             gb_seconds,
             requests,
             usd,
-            usd_per_1000_images: if images == 0 { 0.0 } else { usd * 1000.0 / images as f64 },
+            usd_per_1000_images: if images == 0 {
+                0.0
+            } else {
+                usd * 1000.0 / images as f64
+            },
             pricing,
         })
     }
@@ -377,7 +444,11 @@ pub fn project_part(model: &PcaModel, part: Bytes) -> Result<Bytes> {
     let rows = parquet_io::read_rows(Dataset::Features, part)?;
     let projected: Vec<VectorRow> = rows
         .into_iter()
-        .map(|r| VectorRow { values: model.project(&r.values), path: r.path, label: r.label })
+        .map(|r| VectorRow {
+            values: model.project(&r.values),
+            path: r.path,
+            label: r.label,
+        })
         .collect();
     parquet_io::write_rows(Dataset::Pca, &projected)
 }

@@ -51,8 +51,23 @@ pub struct Splitter<S, Q, R> {
 impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
     /// A splitter listing images in `input` and writing runs to `output`. `feature_dim` is
     /// the model's output size (requests asking for more components are rejected).
-    pub fn new(input: S, output: S, shard_queue: Q, reduce_queue: R, defaults: RunOptions, feature_dim: usize) -> Self {
-        Self { input, output, shard_queue, reduce_queue, defaults, feature_dim, input_bucket: None }
+    pub fn new(
+        input: S,
+        output: S,
+        shard_queue: Q,
+        reduce_queue: R,
+        defaults: RunOptions,
+        feature_dim: usize,
+    ) -> Self {
+        Self {
+            input,
+            output,
+            shard_queue,
+            reduce_queue,
+            defaults,
+            feature_dim,
+            input_bucket: None,
+        }
     }
 
     /// Records the bucket name in manifests (S3 inputs).
@@ -83,14 +98,21 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             )));
         }
         options.validate(self.feature_dim, images.len())?;
-        let run_id = request.run_id.clone().unwrap_or_else(|| derive_run_id(&uri, &options, &images));
+        let run_id = request
+            .run_id
+            .clone()
+            .unwrap_or_else(|| derive_run_id(&uri, &options, &images));
         let layout = RunLayout::new(&run_id);
         let total_images = images.len();
         let shards = make_shards(images, &options);
         let mut manifest = Manifest {
             run_id: run_id.clone(),
             created_at: now_rfc3339(),
-            input: InputLocation { uri, bucket: self.input_bucket.clone(), prefix },
+            input: InputLocation {
+                uri,
+                bucket: self.input_bucket.clone(),
+                prefix,
+            },
             options,
             total_images,
             shards,
@@ -99,7 +121,10 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
         manifest.splitter = Some(InvocationCost::since(started));
         let created = self
             .output
-            .put_if_absent(&layout.manifest(), serde_json::to_vec_pretty(&manifest)?.into())
+            .put_if_absent(
+                &layout.manifest(),
+                serde_json::to_vec_pretty(&manifest)?.into(),
+            )
             .await?;
         if !created {
             return self.resume(&layout).await;
@@ -107,7 +132,12 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
         let messages = manifest
             .shards
             .iter()
-            .map(|s| serde_json::to_string(&ShardMessage { run_id: run_id.clone(), shard: s.id }))
+            .map(|s| {
+                serde_json::to_string(&ShardMessage {
+                    run_id: run_id.clone(),
+                    shard: s.id,
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let sent = messages.len();
         self.shard_queue.send_all(messages).await?;
@@ -128,7 +158,10 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
         let manifest: Manifest = match self.output.get(&layout.manifest()).await {
             Ok(bytes) => serde_json::from_slice(&bytes)?,
             Err(StoreError::NotFound(_)) => {
-                return Err(Error::RunState(format!("run {} does not exist", layout.run_id())))
+                return Err(Error::RunState(format!(
+                    "run {} does not exist",
+                    layout.run_id()
+                )))
             }
             Err(e) => return Err(e.into()),
         };
@@ -157,11 +190,21 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             .shards
             .iter()
             .filter(|s| !done.contains(&s.id))
-            .map(|s| serde_json::to_string(&ShardMessage { run_id: manifest.run_id.clone(), shard: s.id }))
+            .map(|s| {
+                serde_json::to_string(&ShardMessage {
+                    run_id: manifest.run_id.clone(),
+                    shard: s.id,
+                })
+            })
             .collect::<Result<_, _>>()?;
         if missing.is_empty() {
-            let message = ReduceMessage { run_id: manifest.run_id.clone(), claimed_by_shard: usize::MAX };
-            self.reduce_queue.send_all(vec![serde_json::to_string(&message)?]).await?;
+            let message = ReduceMessage {
+                run_id: manifest.run_id.clone(),
+                claimed_by_shard: usize::MAX,
+            };
+            self.reduce_queue
+                .send_all(vec![serde_json::to_string(&message)?])
+                .await?;
             outcome.reduce_sent = true;
         } else {
             outcome.shards_sent = missing.len();
@@ -177,10 +220,16 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
 pub fn normalize_prefix(prefix: &str) -> Result<String> {
     let trimmed = prefix.trim().trim_start_matches('/');
     if trimmed.split('/').any(|p| p == "..") {
-        return Err(Error::InvalidRequest(format!("input_prefix {prefix:?} must not contain '..'")));
+        return Err(Error::InvalidRequest(format!(
+            "input_prefix {prefix:?} must not contain '..'"
+        )));
     }
     if trimmed.is_empty() {
         return Ok(String::new());
     }
-    Ok(if trimmed.ends_with('/') { trimmed.to_string() } else { format!("{trimmed}/") })
+    Ok(if trimmed.ends_with('/') {
+        trimmed.to_string()
+    } else {
+        format!("{trimmed}/")
+    })
 }

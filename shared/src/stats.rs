@@ -21,7 +21,11 @@ pub struct ShardStats {
 impl ShardStats {
     /// Statistics of nothing (the identity of [`ShardStats::merge`]).
     pub fn empty(dim: usize) -> Self {
-        Self { count: 0, mean: vec![0.0; dim], comoment: vec![0.0; dim * dim] }
+        Self {
+            count: 0,
+            mean: vec![0.0; dim],
+            comoment: vec![0.0; dim * dim],
+        }
     }
 
     /// Feature dimension.
@@ -52,7 +56,11 @@ impl ShardStats {
                 comoment[i * dim + j] = m[(i, j)];
             }
         }
-        Self { count: n as u64, mean, comoment }
+        Self {
+            count: n as u64,
+            mean,
+            comoment,
+        }
     }
 
     /// Merges `other` into `self` (Chan et al.): exact, order-independent up to rounding.
@@ -74,7 +82,12 @@ impl ShardStats {
         let (na, nb) = (self.count as f64, other.count as f64);
         let n = na + nb;
         let dim = self.dim();
-        let delta: Vec<f64> = other.mean.iter().zip(&self.mean).map(|(b, a)| b - a).collect();
+        let delta: Vec<f64> = other
+            .mean
+            .iter()
+            .zip(&self.mean)
+            .map(|(b, a)| b - a)
+            .collect();
         let weight = na * nb / n;
         for i in 0..dim {
             let di = delta[i] * weight;
@@ -111,7 +124,10 @@ impl ShardStats {
 
     /// Parses [`ShardStats::to_bytes`]; `key` names the object in errors.
     pub fn from_bytes(bytes: &[u8], key: &str) -> Result<Self> {
-        let bad = |reason: &str| Error::Stats { key: key.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| Error::Stats {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        };
         if bytes.len() < 24 || &bytes[..8] != MAGIC {
             return Err(bad("not a statistics file (bad magic)"));
         }
@@ -120,7 +136,10 @@ impl ShardStats {
         let dim = usize::try_from(word(16)).map_err(|_| bad("dimension overflows"))?;
         let expected = 24 + 8 * (dim + dim * (dim + 1) / 2);
         if bytes.len() != expected {
-            return Err(bad(&format!("{} bytes, expected {expected} for dimension {dim}", bytes.len())));
+            return Err(bad(&format!(
+                "{} bytes, expected {expected} for dimension {dim}",
+                bytes.len()
+            )));
         }
         let float = |i: usize| f64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
         let mean: Vec<f64> = (0..dim).map(|i| float(24 + 8 * i)).collect();
@@ -134,7 +153,11 @@ impl ShardStats {
                 at += 8;
             }
         }
-        Ok(Self { count, mean, comoment })
+        Ok(Self {
+            count,
+            mean,
+            comoment,
+        })
     }
 }
 
@@ -148,7 +171,9 @@ mod tests {
             .map(|_| {
                 (0..dim)
                     .map(|_| {
-                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        state = state
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
                         ((state >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 1.0
                     })
                     .collect()

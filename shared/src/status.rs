@@ -54,12 +54,19 @@ pub async fn run_status<S: ObjectStore>(store: &S, run_id: &str) -> Result<RunSt
     let manifest: Manifest = match store.get(&layout.manifest()).await {
         Ok(bytes) => serde_json::from_slice(&bytes)?,
         Err(StoreError::NotFound(_)) => {
-            return Err(Error::RunState(format!("no run {run_id} (no {})", store.describe(&layout.manifest()))))
+            return Err(Error::RunState(format!(
+                "no run {run_id} (no {})",
+                store.describe(&layout.manifest())
+            )))
         }
         Err(e) => return Err(e.into()),
     };
-    let done: std::collections::BTreeSet<usize> =
-        store.list(&layout.done_prefix()).await?.iter().filter_map(|o| shard_of_done_marker(&o.key)).collect();
+    let done: std::collections::BTreeSet<usize> = store
+        .list(&layout.done_prefix())
+        .await?
+        .iter()
+        .filter_map(|o| shard_of_done_marker(&o.key))
+        .collect();
     let mut failed = Vec::new();
     let mut pending = Vec::new();
     for shard in &manifest.shards {

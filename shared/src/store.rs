@@ -68,7 +68,10 @@ pub trait ObjectStore: Send + Sync {
     /// Deletes an object (no error if it is already gone).
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Lists every object under a prefix, all pages, sorted by key.
-    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<ObjectInfo>, StoreError>> + Send;
+    fn list(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<ObjectInfo>, StoreError>> + Send;
     /// A human-readable location for a key (a path or an `s3://` URI), for messages.
     fn describe(&self, key: &str) -> String;
 }
@@ -93,7 +96,9 @@ impl FsStore {
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         let valid = !key.is_empty()
             && !key.starts_with('/')
-            && key.split('/').all(|part| !part.is_empty() && part != ".." && part != ".");
+            && key
+                .split('/')
+                .all(|part| !part.is_empty() && part != ".." && part != ".");
         if !valid {
             return Err(StoreError::InvalidKey(key.to_string()));
         }
@@ -101,7 +106,11 @@ impl FsStore {
     }
 
     fn io(op: &'static str, path: &Path, source: std::io::Error) -> StoreError {
-        StoreError::Io { op, path: path.to_path_buf(), source }
+        StoreError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     fn ensure_parent(path: &Path) -> Result<(), StoreError> {
@@ -130,7 +139,9 @@ impl ObjectStore for FsStore {
         // Write to a temporary name and rename, so readers never see a half-written object.
         let tmp = path.with_file_name(format!(
             ".{}.tmp-{}-{:?}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("object"),
             std::process::id(),
             std::thread::current().id()
         ));
@@ -142,9 +153,14 @@ impl ObjectStore for FsStore {
         use std::io::Write;
         let path = self.path(key)?;
         Self::ensure_parent(&path)?;
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
             Ok(mut file) => {
-                file.write_all(&body).map_err(|e| Self::io("write", &path, e))?;
+                file.write_all(&body)
+                    .map_err(|e| Self::io("write", &path, e))?;
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
@@ -183,12 +199,19 @@ impl ObjectStore for FsStore {
             if !entry.file_type().is_file() {
                 continue;
             }
-            let Ok(relative) = entry.path().strip_prefix(&self.root) else { continue };
-            let Some(key) = relative.to_str().map(|k| k.replace(std::path::MAIN_SEPARATOR, "/"))
+            let Ok(relative) = entry.path().strip_prefix(&self.root) else {
+                continue;
+            };
+            let Some(key) = relative
+                .to_str()
+                .map(|k| k.replace(std::path::MAIN_SEPARATOR, "/"))
             else {
                 continue;
             };
-            let hidden_temp = key.rsplit('/').next().is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
+            let hidden_temp = key
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
             if key.starts_with(prefix) && !hidden_temp {
                 let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
                 objects.push(ObjectInfo { key, size });
@@ -208,7 +231,10 @@ mod tests {
     use super::*;
 
     fn block<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
@@ -217,21 +243,54 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let store = FsStore::new(&dir);
         block(async {
-            store.put("a/b/one.txt", Bytes::from_static(b"1")).await.unwrap();
-            store.put("a/two.txt", Bytes::from_static(b"22")).await.unwrap();
+            store
+                .put("a/b/one.txt", Bytes::from_static(b"1"))
+                .await
+                .unwrap();
+            store
+                .put("a/two.txt", Bytes::from_static(b"22"))
+                .await
+                .unwrap();
             store.put("ab.txt", Bytes::from_static(b"3")).await.unwrap();
-            assert_eq!(store.get("a/b/one.txt").await.unwrap(), Bytes::from_static(b"1"));
-            assert!(matches!(store.get("missing").await, Err(StoreError::NotFound(_))));
-            let keys: Vec<_> = store.list("a/").await.unwrap().into_iter().map(|o| o.key).collect();
+            assert_eq!(
+                store.get("a/b/one.txt").await.unwrap(),
+                Bytes::from_static(b"1")
+            );
+            assert!(matches!(
+                store.get("missing").await,
+                Err(StoreError::NotFound(_))
+            ));
+            let keys: Vec<_> = store
+                .list("a/")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| o.key)
+                .collect();
             assert_eq!(keys, vec!["a/b/one.txt", "a/two.txt"]);
-            let keys: Vec<_> = store.list("a").await.unwrap().into_iter().map(|o| o.key).collect();
+            let keys: Vec<_> = store
+                .list("a")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| o.key)
+                .collect();
             assert_eq!(keys, vec!["a/b/one.txt", "a/two.txt", "ab.txt"]);
-            assert!(store.put_if_absent("lock", Bytes::from_static(b"x")).await.unwrap());
-            assert!(!store.put_if_absent("lock", Bytes::from_static(b"y")).await.unwrap());
+            assert!(store
+                .put_if_absent("lock", Bytes::from_static(b"x"))
+                .await
+                .unwrap());
+            assert!(!store
+                .put_if_absent("lock", Bytes::from_static(b"y"))
+                .await
+                .unwrap());
             assert_eq!(store.get("lock").await.unwrap(), Bytes::from_static(b"x"));
             store.delete("lock").await.unwrap();
             assert!(!store.exists("lock").await.unwrap());
-            assert!(matches!(store.get("../etc/passwd").await, Err(StoreError::InvalidKey(_))));
+            assert!(matches!(
+                store.get("../etc/passwd").await,
+                Err(StoreError::InvalidKey(_))
+            ));
         });
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -24,10 +24,17 @@ impl LogFormat {
     }
 }
 
-/// Installs the global subscriber (`RUST_LOG` filters; default `info`). Safe to call twice.
-pub fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+/// Installs the global subscriber: `RUST_LOG` filters, else `default_level` (`info` in
+/// Lambda; the CLI uses `warn` so that its progress bar and report stay readable). Colours
+/// only on a terminal. Safe to call twice.
+pub fn init_tracing(format: LogFormat, default_level: &str) {
+    use std::io::IsTerminal;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Text => builder.compact().try_init(),

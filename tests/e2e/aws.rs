@@ -9,12 +9,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::types::{Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter};
+use aws_sdk_s3::types::{
+    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
+    QueueConfiguration, S3KeyFilter,
+};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use shared::aws::{s3_client, S3Store, SqsQueue};
 use shared::aws_lambda_events::event::sqs::SqsEvent;
 use shared::featurizer::{FeaturizerSettings, ShardFeaturizer};
-use shared::lambda::{handle_reduce_batch, handle_shard_batch, handle_splitter_event, parse_splitter_event};
+use shared::lambda::{
+    handle_reduce_batch, handle_shard_batch, handle_splitter_event, parse_splitter_event,
+};
 use shared::layout::RunLayout;
 use shared::local::{run_local, LocalRun};
 use shared::manifest::{ImageError, RunOptions, RunRequest, ShardMessage};
@@ -32,7 +37,8 @@ const MAX_RECEIVE_COUNT: u32 = 2;
 const VISIBILITY_S: i32 = 2;
 
 fn endpoint() -> String {
-    std::env::var("MOTO_ENDPOINT").expect("MOTO_ENDPOINT is not set: run the tests with ./infra/test.sh, which starts moto")
+    std::env::var("MOTO_ENDPOINT")
+        .expect("MOTO_ENDPOINT is not set: run the tests with ./infra/test.sh, which starts moto")
 }
 
 /// One isolated "stack" on the emulator: a bucket, the shard and reduce queues with their
@@ -54,14 +60,24 @@ impl Stack {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .endpoint_url(endpoint())
-            .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "moto"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test", "test", None, None, "moto",
+            ))
             .load()
             .await;
         let s3 = s3_client(&config);
         let sqs = aws_sdk_sqs::Client::new(&config);
-        let unique = format!("{name}-{}-{}", std::process::id(), STACKS.fetch_add(1, Ordering::Relaxed));
+        let unique = format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            STACKS.fetch_add(1, Ordering::Relaxed)
+        );
         let bucket = format!("it-{unique}");
-        s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+        s3.create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("create bucket");
         let mut stack = Stack {
             s3,
             sqs,
@@ -72,15 +88,29 @@ impl Stack {
             requests_queue: String::new(),
         };
         stack.shard_dlq = stack.queue(&format!("{unique}-shards-dlq"), None).await;
-        stack.shard_queue = stack.queue(&format!("{unique}-shards"), Some(&stack.shard_dlq.clone())).await;
+        stack.shard_queue = stack
+            .queue(&format!("{unique}-shards"), Some(&stack.shard_dlq.clone()))
+            .await;
         let reduce_dlq = stack.queue(&format!("{unique}-reduce-dlq"), None).await;
-        stack.reduce_queue = stack.queue(&format!("{unique}-reduce"), Some(&reduce_dlq)).await;
+        stack.reduce_queue = stack
+            .queue(&format!("{unique}-reduce"), Some(&reduce_dlq))
+            .await;
         stack.requests_queue = stack.queue(&format!("{unique}-requests"), None).await;
         let filter = NotificationConfigurationFilter::builder()
             .key(
                 S3KeyFilter::builder()
-                    .filter_rules(FilterRule::builder().name(FilterRuleName::Prefix).value("runs/requests/").build())
-                    .filter_rules(FilterRule::builder().name(FilterRuleName::Suffix).value(".json").build())
+                    .filter_rules(
+                        FilterRule::builder()
+                            .name(FilterRuleName::Prefix)
+                            .value("runs/requests/")
+                            .build(),
+                    )
+                    .filter_rules(
+                        FilterRule::builder()
+                            .name(FilterRuleName::Suffix)
+                            .value(".json")
+                            .build(),
+                    )
                     .build(),
             )
             .build();
@@ -94,7 +124,11 @@ impl Stack {
             .s3
             .put_bucket_notification_configuration()
             .bucket(&stack.bucket)
-            .notification_configuration(NotificationConfiguration::builder().queue_configurations(notification).build())
+            .notification_configuration(
+                NotificationConfiguration::builder()
+                    .queue_configurations(notification)
+                    .build(),
+            )
             .send()
             .await
             .expect("bucket notification");
@@ -102,16 +136,21 @@ impl Stack {
     }
 
     async fn queue(&self, name: &str, dlq: Option<&str>) -> String {
-        let mut request = self
-            .sqs
-            .create_queue()
-            .queue_name(name)
-            .attributes(QueueAttributeName::VisibilityTimeout, VISIBILITY_S.to_string());
+        let mut request = self.sqs.create_queue().queue_name(name).attributes(
+            QueueAttributeName::VisibilityTimeout,
+            VISIBILITY_S.to_string(),
+        );
         if let Some(dlq) = dlq {
             let policy = serde_json::json!({ "deadLetterTargetArn": self.arn(dlq).await, "maxReceiveCount": MAX_RECEIVE_COUNT });
             request = request.attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
         }
-        request.send().await.expect("create queue").queue_url().unwrap().to_string()
+        request
+            .send()
+            .await
+            .expect("create queue")
+            .queue_url()
+            .unwrap()
+            .to_string()
     }
 
     async fn arn(&self, url: &str) -> String {
@@ -136,7 +175,12 @@ impl Stack {
             .await
             .unwrap();
         let attributes = attributes.attributes().unwrap();
-        let count = |name| attributes.get(&name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let count = |name| {
+            attributes
+                .get(&name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
         (
             count(QueueAttributeName::ApproximateNumberOfMessages),
             count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
@@ -165,17 +209,30 @@ impl Stack {
             store,
             SqsQueue::new(self.sqs.clone(), &self.reduce_queue),
             model(),
-            FeaturizerSettings { worker_threads: 2, fetch_concurrency: 8, ..Default::default() },
+            FeaturizerSettings {
+                worker_threads: 2,
+                fetch_concurrency: 8,
+                ..Default::default()
+            },
         )
     }
 
     fn reducer<S: ObjectStore>(&self, store: S) -> Reducer<S> {
-        Reducer::new(store, ReducerSettings { lock_stale_after: Duration::from_secs(60), ..Default::default() })
+        Reducer::new(
+            store,
+            ReducerSettings {
+                lock_stale_after: Duration::from_secs(60),
+                ..Default::default()
+            },
+        )
     }
 
     async fn upload(&self, prefix: &str, files: &[(String, Vec<u8>)]) {
         for (path, bytes) in files {
-            self.store().put(&format!("{prefix}{path}"), Bytes::from(bytes.clone())).await.unwrap();
+            self.store()
+                .put(&format!("{prefix}{path}"), Bytes::from(bytes.clone()))
+                .await
+                .unwrap();
         }
     }
 
@@ -183,7 +240,10 @@ impl Stack {
     /// in the notification queue (the first may be an `s3:TestEvent`), as the Lambda would.
     async fn submit(&self, name: &str, body: &str) -> Vec<SplitOutcome> {
         let key = format!("runs/requests/{name}.json");
-        self.store().put(&key, Bytes::from(body.to_string())).await.unwrap();
+        self.store()
+            .put(&key, Bytes::from(body.to_string()))
+            .await
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         let splitter = self.splitter();
         let mut outcomes = Vec::new();
@@ -191,11 +251,19 @@ impl Stack {
         while !saw_request {
             assert!(Instant::now() < deadline, "no S3 notification for {key}");
             for message in self.receive(&self.requests_queue, 10).await {
-                let event: serde_json::Value = serde_json::from_str(message.body().unwrap()).unwrap();
-                saw_request |= event.to_string().contains(&format!("{name}.json").replace(' ', "+"));
+                let event: serde_json::Value =
+                    serde_json::from_str(message.body().unwrap()).unwrap();
+                saw_request |= event
+                    .to_string()
+                    .contains(&format!("{name}.json").replace(' ', "+"));
                 let parsed = parse_splitter_event(event).expect("an S3 event");
-                outcomes.extend(handle_splitter_event(&splitter, &self.store(), parsed).await.expect("splitter"));
-                self.delete(&self.requests_queue, message.receipt_handle().unwrap()).await;
+                outcomes.extend(
+                    handle_splitter_event(&splitter, &self.store(), parsed)
+                        .await
+                        .expect("splitter"),
+                );
+                self.delete(&self.requests_queue, message.receipt_handle().unwrap())
+                    .await;
             }
         }
         outcomes
@@ -216,7 +284,13 @@ impl Stack {
     }
 
     async fn delete(&self, url: &str, receipt: &str) {
-        self.sqs.delete_message().queue_url(url).receipt_handle(receipt).send().await.unwrap();
+        self.sqs
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .unwrap();
     }
 
     /// The Lambda event-source mapping: receive up to `batch` messages, hand them to the
@@ -242,7 +316,11 @@ impl Stack {
             delivered += messages.len();
             let event = sqs_event(&messages, &self.arn(url).await);
             let response = handler(event).await;
-            let failed: BTreeSet<String> = response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+            let failed: BTreeSet<String> = response
+                .batch_item_failures
+                .iter()
+                .map(|f| f.item_identifier.clone())
+                .collect();
             for message in &messages {
                 if !failed.contains(message.message_id().unwrap()) {
                     self.delete(url, message.receipt_handle().unwrap()).await;
@@ -277,7 +355,11 @@ fn sqs_event(messages: &[aws_sdk_sqs::types::Message], arn: &str) -> SqsEvent {
         .map(|m| {
             let attributes: HashMap<String, String> = m
                 .attributes()
-                .map(|a| a.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect())
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+                        .collect()
+                })
                 .unwrap_or_default();
             serde_json::json!({
                 "messageId": m.message_id(),
@@ -308,14 +390,28 @@ struct FaultyStore {
 
 impl FaultyStore {
     fn new(inner: S3Store) -> Self {
-        Self { inner, failures: Default::default(), puts: Default::default(), barrier: None }
+        Self {
+            inner,
+            failures: Default::default(),
+            puts: Default::default(),
+            barrier: None,
+        }
     }
     fn fail(self, key_suffix: &str, times: usize) -> Self {
-        self.failures.lock().unwrap().push((key_suffix.to_string(), times));
+        self.failures
+            .lock()
+            .unwrap()
+            .push((key_suffix.to_string(), times));
         self
     }
     fn puts_ending_with(&self, suffix: &str) -> usize {
-        self.puts.lock().unwrap().iter().filter(|(k, _)| k.ends_with(suffix)).map(|(_, n)| n).sum()
+        self.puts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.ends_with(suffix))
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -326,12 +422,25 @@ impl ObjectStore for FaultyStore {
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         let injected = {
             let mut failures = self.failures.lock().unwrap();
-            failures.iter_mut().find(|(suffix, left)| key.ends_with(suffix.as_str()) && *left > 0).map(|(_, left)| *left -= 1).is_some()
+            failures
+                .iter_mut()
+                .find(|(suffix, left)| key.ends_with(suffix.as_str()) && *left > 0)
+                .map(|(_, left)| *left -= 1)
+                .is_some()
         };
         if injected {
-            return Err(StoreError::Remote { op: "PutObject", key: key.to_string(), source: "injected failure".into() });
+            return Err(StoreError::Remote {
+                op: "PutObject",
+                key: key.to_string(),
+                source: "injected failure".into(),
+            });
         }
-        *self.puts.lock().unwrap().entry(key.to_string()).or_default() += 1;
+        *self
+            .puts
+            .lock()
+            .unwrap()
+            .entry(key.to_string())
+            .or_default() += 1;
         self.inner.put(key, body).await
     }
     async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, StoreError> {
@@ -360,14 +469,20 @@ impl ObjectStore for FaultyStore {
 async fn datasets<S: ObjectStore>(store: &S, run_id: &str) -> (Vec<VectorRow>, Vec<VectorRow>) {
     let layout = RunLayout::new(run_id);
     let mut out = Vec::new();
-    for (prefix, dataset) in [(layout.results_prefix(), Dataset::Features), (layout.pca_prefix(), Dataset::Pca)] {
+    for (prefix, dataset) in [
+        (layout.results_prefix(), Dataset::Features),
+        (layout.pca_prefix(), Dataset::Pca),
+    ] {
         let mut rows = Vec::new();
         for object in store.list(&prefix).await.unwrap() {
             if object.key.ends_with(".parquet") {
                 rows.extend(read_rows(dataset, store.get(&object.key).await.unwrap()).unwrap());
             }
         }
-        assert!(store.exists(&format!("{prefix}_SUCCESS")).await.unwrap(), "{prefix}_SUCCESS");
+        assert!(
+            store.exists(&format!("{prefix}_SUCCESS")).await.unwrap(),
+            "{prefix}_SUCCESS"
+        );
         rows.sort_by(|a, b| a.path.cmp(&b.path));
         out.push(rows);
     }
@@ -376,7 +491,10 @@ async fn datasets<S: ObjectStore>(store: &S, run_id: &str) -> (Vec<VectorRow>, V
 }
 
 /// The embedded (local) run of the same files: the reference outputs.
-fn local_reference(files: &[(String, Vec<u8>)], request: &RunRequest) -> (Vec<VectorRow>, Vec<VectorRow>, Summary) {
+fn local_reference(
+    files: &[(String, Vec<u8>)],
+    request: &RunRequest,
+) -> (Vec<VectorRow>, Vec<VectorRow>, Summary) {
     let input = tempfile::tempdir().unwrap();
     let output = tempfile::tempdir().unwrap();
     write_tree(input.path(), files);
@@ -387,7 +505,10 @@ fn local_reference(files: &[(String, Vec<u8>)], request: &RunRequest) -> (Vec<Ve
                 input: input.path().to_path_buf(),
                 output: output.path().to_path_buf(),
                 request: request.clone(),
-                featurizer: FeaturizerSettings { worker_threads: 2, ..Default::default() },
+                featurizer: FeaturizerSettings {
+                    worker_threads: 2,
+                    ..Default::default()
+                },
                 on_start: None,
                 progress: None,
             },
@@ -400,7 +521,10 @@ fn local_reference(files: &[(String, Vec<u8>)], request: &RunRequest) -> (Vec<Ve
 }
 
 /// Features bit-identical, projections within 1e-6 (relative to their scale).
-fn assert_same_outputs(got: &(Vec<VectorRow>, Vec<VectorRow>), want: &(Vec<VectorRow>, Vec<VectorRow>, Summary)) {
+fn assert_same_outputs(
+    got: &(Vec<VectorRow>, Vec<VectorRow>),
+    want: &(Vec<VectorRow>, Vec<VectorRow>, Summary),
+) {
     assert_eq!(got.0.len(), want.0.len(), "Results rows");
     for (a, b) in got.0.iter().zip(&want.0) {
         assert_eq!((&a.path, &a.label), (&b.path, &b.label));
@@ -410,13 +534,22 @@ fn assert_same_outputs(got: &(Vec<VectorRow>, Vec<VectorRow>), want: &(Vec<Vecto
     for (a, b) in got.1.iter().zip(&want.1) {
         assert_eq!((&a.path, &a.label), (&b.path, &b.label));
         for (x, y) in a.values.iter().zip(&b.values) {
-            assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{}: pca {x} vs {y}", a.path);
+            assert!(
+                (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
+                "{}: pca {x} vs {y}",
+                a.path
+            );
         }
     }
 }
 
 fn small_request(shard_size: usize, k: usize) -> RunRequest {
-    RunRequest { input_prefix: "images/".into(), shard_size: Some(shard_size), k: Some(k), ..Default::default() }
+    RunRequest {
+        input_prefix: "images/".into(),
+        shard_size: Some(shard_size),
+        k: Some(k),
+        ..Default::default()
+    }
 }
 
 fn request_json(request: &RunRequest) -> String {
@@ -443,17 +576,33 @@ fn lambda_pipeline_equals_the_local_mode_on_300_images() {
         assert_eq!(run.images, files.len());
         let delivered = stack.pump_shards(stack.store(), 3).await;
         assert_eq!(delivered, run.shards);
-        assert_eq!(stack.pump_reduce(stack.store()).await, 1, "exactly one reduce message");
+        assert_eq!(
+            stack.pump_reduce(stack.store()).await,
+            1,
+            "exactly one reduce message"
+        );
         let got = datasets(&stack.store(), &run.run_id).await;
         assert_same_outputs(&got, &reference);
         let summary = summary_of(&stack.store(), &run.run_id).await;
-        assert_eq!((summary.images, summary.rows, summary.errors), (files.len(), files.len(), 0));
+        assert_eq!(
+            (summary.images, summary.rows, summary.errors),
+            (files.len(), files.len(), 0)
+        );
         assert_eq!(summary.explained_variance_ratio.len(), 20);
-        for (a, b) in summary.explained_variance_ratio.iter().zip(&reference.2.explained_variance_ratio) {
+        for (a, b) in summary
+            .explained_variance_ratio
+            .iter()
+            .zip(&reference.2.explained_variance_ratio)
+        {
             assert!((a - b).abs() < 1e-9);
         }
-        let status = shared::status::run_status(&stack.store(), &run.run_id).await.unwrap();
-        assert_eq!((status.done.len(), status.pending.len(), status.failed.len()), (run.shards, 0, 0));
+        let status = shared::status::run_status(&stack.store(), &run.run_id)
+            .await
+            .unwrap();
+        assert_eq!(
+            (status.done.len(), status.pending.len(), status.failed.len()),
+            (run.shards, 0, 0)
+        );
         assert!(status.reduced && status.state() == "complete");
 
         // The same request again is the same run: nothing is recomputed.
@@ -475,16 +624,38 @@ fn every_shard_message_delivered_twice() {
     runtime().block_on(async {
         let stack = Stack::new("twice").await;
         stack.upload("images/", &files).await;
-        let run = stack.submit("twice", &request_json(&request)).await.remove(0);
+        let run = stack
+            .submit("twice", &request_json(&request))
+            .await
+            .remove(0);
         let duplicates: Vec<String> = (0..run.shards)
-            .map(|shard| serde_json::to_string(&ShardMessage { run_id: run.run_id.clone(), shard }).unwrap())
+            .map(|shard| {
+                serde_json::to_string(&ShardMessage {
+                    run_id: run.run_id.clone(),
+                    shard,
+                })
+                .unwrap()
+            })
             .collect();
-        shared::queue::Queue::send_all(&SqsQueue::new(stack.sqs.clone(), &stack.shard_queue), duplicates).await.unwrap();
+        shared::queue::Queue::send_all(
+            &SqsQueue::new(stack.sqs.clone(), &stack.shard_queue),
+            duplicates,
+        )
+        .await
+        .unwrap();
         let store = FaultyStore::new(stack.store());
         assert_eq!(stack.pump_shards(store.clone(), 1).await, 2 * run.shards);
-        assert_eq!(store.puts_ending_with(".parquet"), run.shards, "each part written once: redeliveries skip done shards");
+        assert_eq!(
+            store.puts_ending_with(".parquet"),
+            run.shards,
+            "each part written once: redeliveries skip done shards"
+        );
         stack.pump_reduce(store.clone()).await;
-        assert_eq!(store.puts_ending_with("pca_model.json"), 1, "one reduce wrote");
+        assert_eq!(
+            store.puts_ending_with("pca_model.json"),
+            1,
+            "one reduce wrote"
+        );
         assert_same_outputs(&datasets(&stack.store(), &run.run_id).await, &reference);
     });
 }
@@ -497,12 +668,19 @@ fn a_featurizer_failing_mid_shard_is_retried() {
     runtime().block_on(async {
         let stack = Stack::new("midshard").await;
         stack.upload("images/", &files).await;
-        let run = stack.submit("midshard", &request_json(&request)).await.remove(0);
+        let run = stack
+            .submit("midshard", &request_json(&request))
+            .await
+            .remove(0);
         // Shard 1's part is written, then writing its statistics fails once.
         let store = FaultyStore::new(stack.store()).fail("stats/shard-00001.bin", 1);
         let delivered = stack.pump_shards(store.clone(), 2).await;
         assert_eq!(delivered, run.shards + 1, "shard 1 was delivered again");
-        assert_eq!(store.puts_ending_with("part-00001.parquet"), 2, "the retry rewrote the same part");
+        assert_eq!(
+            store.puts_ending_with("part-00001.parquet"),
+            2,
+            "the retry rewrote the same part"
+        );
         stack.pump_reduce(stack.store()).await;
         let got = datasets(&stack.store(), &run.run_id).await;
         assert_same_outputs(&got, &reference);
@@ -518,29 +696,43 @@ fn a_poison_shard_reaches_the_dlq_then_the_run_resumes() {
     runtime().block_on(async {
         let stack = Stack::new("poison").await;
         stack.upload("images/", &files).await;
-        let run = stack.submit("poison", &request_json(&request)).await.remove(0);
+        let run = stack
+            .submit("poison", &request_json(&request))
+            .await
+            .remove(0);
         let store = FaultyStore::new(stack.store()).fail("part-00002.parquet", usize::MAX);
         stack.pump_shards(store, 1).await;
         let (dead, _) = stack.depth(&stack.shard_dlq).await;
         assert_eq!(dead, 1, "the poison shard is in the dead-letter queue");
-        let status = shared::status::run_status(&stack.store(), &run.run_id).await.unwrap();
+        let status = shared::status::run_status(&stack.store(), &run.run_id)
+            .await
+            .unwrap();
         assert_eq!(status.failed.len(), 1, "{status:?}");
         assert_eq!(status.failed[0].shard, 2);
         assert_eq!(status.failed[0].attempt, Some(MAX_RECEIVE_COUNT));
-        assert!(status.failed[0].error.contains("injected failure"), "{}", status.failed[0].error);
+        assert!(
+            status.failed[0].error.contains("injected failure"),
+            "{}",
+            status.failed[0].error
+        );
         assert_eq!(status.done.len(), run.shards - 1);
         assert!(!status.reduce_claimed && !status.reduced);
         assert_eq!(status.state(), "shards failing");
 
         // Fixed: re-submitting the same request resumes, sending only the missing shard.
-        let resumed = stack.submit("poison-retry", &request_json(&request)).await.remove(0);
+        let resumed = stack
+            .submit("poison-retry", &request_json(&request))
+            .await
+            .remove(0);
         assert_eq!(resumed.run_id, run.run_id);
         assert!(!resumed.created);
         assert_eq!(resumed.shards_sent, 1);
         assert_eq!(stack.pump_shards(stack.store(), 1).await, 1);
         assert_eq!(stack.pump_reduce(stack.store()).await, 1);
         assert_same_outputs(&datasets(&stack.store(), &run.run_id).await, &reference);
-        let status = shared::status::run_status(&stack.store(), &run.run_id).await.unwrap();
+        let status = shared::status::run_status(&stack.store(), &run.run_id)
+            .await
+            .unwrap();
         assert!(status.reduced && status.failed.is_empty());
     });
 }
@@ -553,22 +745,51 @@ fn the_barrier_raced_by_two_featurizers_claims_the_reduce_once() {
     runtime().block_on(async {
         let stack = Stack::new("race").await;
         stack.upload("images/", &files).await;
-        let run = stack.submit("race", &request_json(&request)).await.remove(0);
+        let run = stack
+            .submit("race", &request_json(&request))
+            .await
+            .remove(0);
         // Take the shard messages off the queue and run them by hand: all but the last two,
         // then the last two at once, meeting at the barrier's listing.
         while !stack.receive(&stack.shard_queue, 10).await.is_empty() {}
         let plain = stack.featurizer(stack.store());
         for shard in 0..run.shards - 2 {
-            plain.process(&ShardMessage { run_id: run.run_id.clone(), shard }, None, None).await.unwrap();
+            plain
+                .process(
+                    &ShardMessage {
+                        run_id: run.run_id.clone(),
+                        shard,
+                    },
+                    None,
+                    None,
+                )
+                .await
+                .unwrap();
         }
         let mut racing = FaultyStore::new(stack.store());
         racing.barrier = Some(Arc::new(tokio::sync::Barrier::new(2)));
-        let (a, b) = (stack.featurizer(racing.clone()), stack.featurizer(racing.clone()));
-        let last_two = [run.shards - 2, run.shards - 1].map(|shard| ShardMessage { run_id: run.run_id.clone(), shard });
-        let (first, second) = tokio::join!(a.process(&last_two[0], None, None), b.process(&last_two[1], None, None));
+        let (a, b) = (
+            stack.featurizer(racing.clone()),
+            stack.featurizer(racing.clone()),
+        );
+        let last_two = [run.shards - 2, run.shards - 1].map(|shard| ShardMessage {
+            run_id: run.run_id.clone(),
+            shard,
+        });
+        let (first, second) = tokio::join!(
+            a.process(&last_two[0], None, None),
+            b.process(&last_two[1], None, None)
+        );
         let (first, second) = (first.unwrap(), second.unwrap());
-        assert!(first.sent_reduce ^ second.sent_reduce, "exactly one of the two claimed: {first:?} {second:?}");
-        assert_eq!(stack.pump_reduce(stack.store()).await, 1, "one reduce message");
+        assert!(
+            first.sent_reduce ^ second.sent_reduce,
+            "exactly one of the two claimed: {first:?} {second:?}"
+        );
+        assert_eq!(
+            stack.pump_reduce(stack.store()).await,
+            1,
+            "one reduce message"
+        );
         assert_same_outputs(&datasets(&stack.store(), &run.run_id).await, &reference);
     });
 }
@@ -581,13 +802,20 @@ fn the_reduce_message_delivered_twice_reduces_once() {
     runtime().block_on(async {
         let stack = Stack::new("reduce2").await;
         stack.upload("images/", &files).await;
-        let run = stack.submit("reduce2", &request_json(&request)).await.remove(0);
+        let run = stack
+            .submit("reduce2", &request_json(&request))
+            .await
+            .remove(0);
         stack.pump_shards(stack.store(), 2).await;
         let body = stack.receive(&stack.reduce_queue, 1).await.remove(0);
-        stack.delete(&stack.reduce_queue, body.receipt_handle().unwrap()).await;
+        stack
+            .delete(&stack.reduce_queue, body.receipt_handle().unwrap())
+            .await;
         let reduce_queue = SqsQueue::new(stack.sqs.clone(), &stack.reduce_queue);
         let body = body.body().unwrap().to_string();
-        shared::queue::Queue::send_all(&reduce_queue, vec![body.clone(), body]).await.unwrap();
+        shared::queue::Queue::send_all(&reduce_queue, vec![body.clone(), body])
+            .await
+            .unwrap();
         // Both deliveries handled at once by two reducers, then whatever is left.
         let store = FaultyStore::new(stack.store());
         let messages = stack.receive(&stack.reduce_queue, 10).await;
@@ -604,8 +832,15 @@ fn the_reduce_message_delivered_twice_reduces_once() {
         let (_, _) = tokio::join!(handle_reduce_batch(&r1, e1, "a"), second);
         // Let visibility expire for any failed delivery, then drain.
         stack.pump_reduce(store.clone()).await;
-        assert_eq!(store.puts_ending_with("pca_model.json"), 1, "exactly one reduce wrote");
-        assert_eq!(store.puts_ending_with(&RunLayout::new(&run.run_id).pca_success()), 1);
+        assert_eq!(
+            store.puts_ending_with("pca_model.json"),
+            1,
+            "exactly one reduce wrote"
+        );
+        assert_eq!(
+            store.puts_ending_with(&RunLayout::new(&run.run_id).pca_success()),
+            1
+        );
         assert_same_outputs(&datasets(&stack.store(), &run.run_id).await, &reference);
     });
 }
@@ -624,20 +859,42 @@ fn bad_objects_in_the_bucket_end_in_the_error_list() {
     runtime().block_on(async {
         let stack = Stack::new("badinput").await;
         stack.upload("images/", &files).await;
-        let request = RunRequest { max_pixels: Some(50_000), max_error_rate: Some(0.6), ..small_request(4, 3) };
-        let run = stack.submit("bad input", &request_json(&request)).await.remove(0);
+        let request = RunRequest {
+            max_pixels: Some(50_000),
+            max_error_rate: Some(0.6),
+            ..small_request(4, 3)
+        };
+        let run = stack
+            .submit("bad input", &request_json(&request))
+            .await
+            .remove(0);
         assert_eq!(run.images, files.len());
         stack.pump_shards(stack.store(), 10).await;
         stack.pump_reduce(stack.store()).await;
         let summary = summary_of(&stack.store(), &run.run_id).await;
         assert_eq!(summary.status, "succeeded");
         assert_eq!(summary.rows + summary.errors, files.len());
-        let errors: Vec<ImageError> =
-            serde_json::from_slice(&stack.store().get(&RunLayout::new(&run.run_id).errors()).await.unwrap()).unwrap();
-        assert_eq!(errors.iter().map(|e| e.path.clone()).collect::<BTreeSet<_>>(), expected);
+        let errors: Vec<ImageError> = serde_json::from_slice(
+            &stack
+                .store()
+                .get(&RunLayout::new(&run.run_id).errors())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            errors
+                .iter()
+                .map(|e| e.path.clone())
+                .collect::<BTreeSet<_>>(),
+            expected
+        );
         let (features, _) = datasets(&stack.store(), &run.run_id).await;
         let paths: BTreeSet<&str> = features.iter().map(|r| r.path.as_str()).collect();
-        assert!(paths.contains("Pommé rouge/photo ü 1.jpg") && paths.contains("with space/a+b (1).jpg"), "{paths:?}");
+        assert!(
+            paths.contains("Pommé rouge/photo ü 1.jpg") && paths.contains("with space/a+b (1).jpg"),
+            "{paths:?}"
+        );
     });
 }
 
@@ -648,26 +905,62 @@ fn malformed_run_requests_are_rejected_without_a_partial_run() {
         let stack = Stack::new("malformed").await;
         stack.upload("images/", &files).await;
         let cases = [
-            ("bad-json", "{ this is not json".to_string(), "not a valid run request"),
-            ("unknown-prefix", r#"{"input_prefix": "nothing/here/"}"#.to_string(), "no images under s3://"),
-            ("k-too-large", r#"{"input_prefix": "images/", "k": 5000}"#.to_string(), "larger than the feature dimension 1280"),
-            ("typo", r#"{"input_prefix": "images/", "kk": 5}"#.to_string(), "unknown field `kk`"),
+            (
+                "bad-json",
+                "{ this is not json".to_string(),
+                "not a valid run request",
+            ),
+            (
+                "unknown-prefix",
+                r#"{"input_prefix": "nothing/here/"}"#.to_string(),
+                "no images under s3://",
+            ),
+            (
+                "k-too-large",
+                r#"{"input_prefix": "images/", "k": 5000}"#.to_string(),
+                "larger than the feature dimension 1280",
+            ),
+            (
+                "typo",
+                r#"{"input_prefix": "images/", "kk": 5}"#.to_string(),
+                "unknown field `kk`",
+            ),
         ];
         for (name, body, expected) in cases {
             let outcomes = stack.submit(name, &body).await;
             assert!(outcomes.is_empty(), "{name}: no run");
             let result: serde_json::Value = serde_json::from_slice(
-                &stack.store().get(&format!("runs/request-results/{name}.json")).await.unwrap(),
+                &stack
+                    .store()
+                    .get(&format!("runs/request-results/{name}.json"))
+                    .await
+                    .unwrap(),
             )
             .unwrap();
             assert_eq!(result["ok"], false);
-            assert!(result["error"].as_str().unwrap().contains(expected), "{name}: {result}");
+            assert!(
+                result["error"].as_str().unwrap().contains(expected),
+                "{name}: {result}"
+            );
         }
-        let written: Vec<String> = stack.store().list("").await.unwrap().into_iter().map(|o| o.key).collect();
+        let written: Vec<String> = stack
+            .store()
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
         assert!(
-            written.iter().all(|k| k.starts_with("images/") || k.starts_with("runs/requests/") || k.starts_with("runs/request-results/")),
+            written.iter().all(|k| k.starts_with("images/")
+                || k.starts_with("runs/requests/")
+                || k.starts_with("runs/request-results/")),
             "nothing of a run was written: {written:?}"
         );
-        assert_eq!(stack.depth(&stack.shard_queue).await, (0, 0), "no shard message sent");
+        assert_eq!(
+            stack.depth(&stack.shard_queue).await,
+            (0, 0),
+            "no shard message sent"
+        );
     });
 }

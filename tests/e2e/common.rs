@@ -8,7 +8,11 @@ use shared::model::{Model, ModelSpec};
 /// `../shared` beside the repository (models, data, golden outputs).
 pub fn shared_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    assert!(dir.is_dir(), "{} is missing: the tests need ../shared (models, data, golden)", dir.display());
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the tests need ../shared (models, data, golden)",
+        dir.display()
+    );
     dir
 }
 
@@ -43,7 +47,12 @@ pub fn python() -> PathBuf {
 
 /// Runs a Python snippet with arguments; panics with its output if it fails.
 pub fn run_python(code: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new(python()).arg("-c").arg(code).args(args).output().expect("run python");
+    let output = std::process::Command::new(python())
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .expect("run python");
     assert!(
         output.status.success(),
         "python failed:\n{}\n{}",
@@ -56,11 +65,18 @@ pub fn run_python(code: &str, args: &[&str]) -> String {
 /// The first `per_class` images of each of the first `classes` Fruits-360 classes, as
 /// (path relative to the Test folder, bytes).
 pub fn fruit_images(classes: usize, per_class: usize) -> Vec<(String, Vec<u8>)> {
-    let mut class_dirs: Vec<PathBuf> = std::fs::read_dir(fruits()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut class_dirs: Vec<PathBuf> = std::fs::read_dir(fruits())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     class_dirs.sort();
     let mut out = Vec::new();
     for dir in class_dirs.into_iter().take(classes) {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         for file in files.into_iter().take(per_class) {
             let relative = format!(
@@ -82,8 +98,16 @@ pub fn bad_files(real_jpeg: &[u8]) -> Vec<(&'static str, Vec<u8>, &'static str)>
     }
     vec![
         ("bad/empty.jpg", Vec::new(), "empty"),
-        ("bad/not-an-image.png", b"this is a text file, not a PNG".to_vec(), "unsupported"),
-        ("bad/truncated.jpg", real_jpeg[..real_jpeg.len() / 2].to_vec(), "decode"),
+        (
+            "bad/not-an-image.png",
+            b"this is a text file, not a PNG".to_vec(),
+            "unsupported",
+        ),
+        (
+            "bad/truncated.jpg",
+            real_jpeg[..real_jpeg.len() / 2].to_vec(),
+            "decode",
+        ),
         ("bad/corrupt.jpg", corrupt, "decode"),
         ("bad/too-large.png", png_rgb(300, 200), "too_large"),
     ]
@@ -91,8 +115,13 @@ pub fn bad_files(real_jpeg: &[u8]) -> Vec<(&'static str, Vec<u8>, &'static str)>
 
 /// A valid RGB PNG of the given size (a gradient).
 pub fn png_rgb(width: u32, height: u32) -> Vec<u8> {
-    let image = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
-    encode(image::DynamicImage::ImageRgb8(image), image::ImageFormat::Png)
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    encode(
+        image::DynamicImage::ImageRgb8(image),
+        image::ImageFormat::Png,
+    )
 }
 
 /// Encodes an image.
@@ -104,13 +133,28 @@ pub fn encode(image: image::DynamicImage, format: image::ImageFormat) -> Vec<u8>
 
 /// Valid images in unusual encodings: grayscale, RGBA, 16-bit.
 pub fn unusual_valid_images() -> Vec<(&'static str, Vec<u8>)> {
-    let gray = image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(64, 48, |x, y| image::Luma([((x + y) % 256) as u8])));
-    let rgba = image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(50, 70, |x, y| image::Rgba([x as u8, y as u8, 90, 128])));
-    let deep = image::DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(40, 40, |x, y| image::Rgb([(x * 1600) as u16, (y * 1600) as u16, 30000])));
+    let gray = image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(64, 48, |x, y| {
+        image::Luma([((x + y) % 256) as u8])
+    }));
+    let rgba = image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(50, 70, |x, y| {
+        image::Rgba([x as u8, y as u8, 90, 128])
+    }));
+    let deep = image::DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(40, 40, |x, y| {
+        image::Rgb([(x * 1600) as u16, (y * 1600) as u16, 30000])
+    }));
     vec![
-        ("odd formats/gray.png", encode(gray, image::ImageFormat::Png)),
-        ("odd formats/rgba.PNG", encode(rgba, image::ImageFormat::Png)),
-        ("odd formats/deep 16-bit.png", encode(deep, image::ImageFormat::Png)),
+        (
+            "odd formats/gray.png",
+            encode(gray, image::ImageFormat::Png),
+        ),
+        (
+            "odd formats/rgba.PNG",
+            encode(rgba, image::ImageFormat::Png),
+        ),
+        (
+            "odd formats/deep 16-bit.png",
+            encode(deep, image::ImageFormat::Png),
+        ),
     ]
 }
 
@@ -125,7 +169,11 @@ pub fn write_tree(root: &Path, files: &[(String, Vec<u8>)]) {
 
 /// Cosine similarity.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
@@ -133,5 +181,9 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// A multi-threaded runtime for async tests.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }

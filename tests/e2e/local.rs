@@ -27,13 +27,17 @@ fn features_match_the_golden_reference() {
     let golden = golden_features();
     assert_eq!(golden.len(), 72);
     let data = shared_dir().join("data/fruits-360");
-    let encoded: Vec<Result<Bytes, String>> =
-        golden.iter().map(|row| Ok(Bytes::from(std::fs::read(data.join(&row.path)).unwrap()))).collect();
+    let encoded: Vec<Result<Bytes, String>> = golden
+        .iter()
+        .map(|row| Ok(Bytes::from(std::fs::read(data.join(&row.path)).unwrap())))
+        .collect();
     let model = model();
     let batch = featurize_images(&model, &encoded, 2, 50_000_000, None, None).unwrap();
     let (mut min_cos, mut sum_cos, mut max_delta) = (f64::MAX, 0.0, 0f32);
     for (row, outcome) in golden.iter().zip(&batch.outcomes) {
-        let ImageOutcome::Features(ours) = outcome else { panic!("{} failed: {outcome:?}", row.path) };
+        let ImageOutcome::Features(ours) = outcome else {
+            panic!("{} failed: {outcome:?}", row.path)
+        };
         assert_eq!(ours.len(), row.values.len());
         let cos = cosine(ours, &row.values);
         min_cos = min_cos.min(cos);
@@ -43,7 +47,9 @@ fn features_match_the_golden_reference() {
         }
     }
     let mean_cos = sum_cos / golden.len() as f64;
-    println!("golden fidelity: cosine min {min_cos:.7} mean {mean_cos:.7}, max |delta| {max_delta:.2e}");
+    println!(
+        "golden fidelity: cosine min {min_cos:.7} mean {mean_cos:.7}, max |delta| {max_delta:.2e}"
+    );
     assert!(min_cos >= 0.9999, "min cosine {min_cos}");
     assert!(max_delta <= 1e-2, "max |delta| {max_delta}");
 }
@@ -58,32 +64,73 @@ fn pca_matches_the_golden_fit() {
         let rows: Vec<&[f32]> = chunk.iter().map(|r| r.values.as_slice()).collect();
         merged.merge(&ShardStats::from_rows(&rows, dim)).unwrap();
     }
-    let ours = fit(&merged, &PcaOptions { k: 50, ..Default::default() }).unwrap();
+    let ours = fit(
+        &merged,
+        &PcaOptions {
+            k: 50,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let reference: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(golden_dir().join("pca_model.json")).unwrap()).unwrap();
-    let ratio: Vec<f64> = serde_json::from_value(reference["explained_variance_ratio"].clone()).unwrap();
-    let components: Vec<Vec<f64>> = serde_json::from_value(reference["components"].clone()).unwrap();
+        serde_json::from_slice(&std::fs::read(golden_dir().join("pca_model.json")).unwrap())
+            .unwrap();
+    let ratio: Vec<f64> =
+        serde_json::from_value(reference["explained_variance_ratio"].clone()).unwrap();
+    let components: Vec<Vec<f64>> =
+        serde_json::from_value(reference["components"].clone()).unwrap();
     assert_eq!(ours.k, ratio.len());
-    let max_ratio_delta = ours.explained_variance_ratio.iter().zip(&ratio).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let max_ratio_delta = ours
+        .explained_variance_ratio
+        .iter()
+        .zip(&ratio)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     let min_abs_cos = (0..10)
-        .map(|i| ours.components[i].iter().zip(&components[i]).map(|(a, b)| a * b).sum::<f64>().abs())
+        .map(|i| {
+            ours.components[i]
+                .iter()
+                .zip(&components[i])
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+                .abs()
+        })
         .fold(f64::MAX, f64::min);
     println!(
         "golden PCA: max |ratio delta| {max_ratio_delta:.2e}, top-10 min |cos| {min_abs_cos:.9}, cumulative {:.4}",
         ours.cumulative_explained_variance
     );
-    assert!(max_ratio_delta <= 1e-6, "explained_variance_ratio differs by {max_ratio_delta}");
-    assert!(min_abs_cos >= 0.9999, "top-10 components: min |cos| {min_abs_cos}");
+    assert!(
+        max_ratio_delta <= 1e-6,
+        "explained_variance_ratio differs by {max_ratio_delta}"
+    );
+    assert!(
+        min_abs_cos >= 0.9999,
+        "top-10 components: min |cos| {min_abs_cos}"
+    );
 
     // Projections of the top 10 components agree up to each component's sign.
-    let projected = read_rows(Dataset::Pca, Bytes::from(std::fs::read(golden_dir().join("pca.parquet")).unwrap())).unwrap();
+    let projected = read_rows(
+        Dataset::Pca,
+        Bytes::from(std::fs::read(golden_dir().join("pca.parquet")).unwrap()),
+    )
+    .unwrap();
     for (row, reference_row) in golden.iter().zip(&projected) {
         assert_eq!(row.path, reference_row.path);
         let mine = ours.project(&row.values);
         for c in 0..10 {
-            let sign = ours.components[c].iter().zip(&components[c]).map(|(a, b)| a * b).sum::<f64>().signum() as f32;
+            let sign = ours.components[c]
+                .iter()
+                .zip(&components[c])
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+                .signum() as f32;
             let delta = (mine[c] - sign * reference_row.values[c]).abs();
-            assert!(delta <= 1e-3 * (1.0 + reference_row.values[c].abs()), "{} component {c}: {delta}", row.path);
+            assert!(
+                delta <= 1e-3 * (1.0 + reference_row.values[c].abs()),
+                "{} component {c}: {delta}",
+                row.path
+            );
         }
     }
 }
@@ -101,7 +148,10 @@ fn bad_input_folder() -> (tempfile::TempDir, usize, BTreeMap<String, String>) {
         files.push((name.to_string(), bytes));
     }
     files.push(("Pommé rouge/a b ü.JPG".to_string(), real));
-    files.push(("notes/readme.txt".to_string(), b"not selected by the glob".to_vec()));
+    files.push((
+        "notes/readme.txt".to_string(),
+        b"not selected by the glob".to_vec(),
+    ));
     write_tree(dir.path(), &files);
     let images = files.len() - 1;
     (dir, images, expected_errors)
@@ -127,7 +177,10 @@ fn bad_inputs_are_listed_and_nothing_is_lost() {
                 input: input.path().to_path_buf(),
                 output: output.path().to_path_buf(),
                 request: request(5, 8, 0.5),
-                featurizer: FeaturizerSettings { worker_threads: 2, ..Default::default() },
+                featurizer: FeaturizerSettings {
+                    worker_threads: 2,
+                    ..Default::default()
+                },
                 on_start: None,
                 progress: None,
             },
@@ -136,42 +189,86 @@ fn bad_inputs_are_listed_and_nothing_is_lost() {
         .unwrap();
     let summary = &report.summary;
     assert_eq!(summary.status, "succeeded");
-    assert_eq!(summary.images, images, "every selected file is an input image");
+    assert_eq!(
+        summary.images, images,
+        "every selected file is an input image"
+    );
     assert_eq!(summary.errors, expected_errors.len());
-    assert_eq!(summary.rows + summary.errors, summary.images, "images in = rows + errors");
+    assert_eq!(
+        summary.rows + summary.errors,
+        summary.images,
+        "images in = rows + errors"
+    );
     assert_eq!(summary.shards, images.div_ceil(8));
     assert_eq!(summary.k, 5);
 
     let run = &summary.run_id;
-    let errors: Vec<ImageError> =
-        serde_json::from_slice(&std::fs::read(output.path().join(format!("runs/{run}/errors.json"))).unwrap()).unwrap();
+    let errors: Vec<ImageError> = serde_json::from_slice(
+        &std::fs::read(output.path().join(format!("runs/{run}/errors.json"))).unwrap(),
+    )
+    .unwrap();
     let got: BTreeMap<String, String> = errors
         .iter()
-        .map(|e| (e.path.clone(), serde_json::to_value(e.kind).unwrap().as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e.path.clone(),
+                serde_json::to_value(e.kind)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
         .collect();
     assert_eq!(got, expected_errors, "error kinds: {errors:#?}");
-    assert!(errors.iter().all(|e| !e.reason.is_empty() && e.label == "bad"));
+    assert!(errors
+        .iter()
+        .all(|e| !e.reason.is_empty() && e.label == "bad"));
 
     // Rows: every non-failed image exactly once, with its label; PCA rows the same paths.
     let mut rows = Vec::new();
     let mut pca_rows = Vec::new();
     for shard in 0..summary.shards {
-        let part = std::fs::read(output.path().join(format!("Results/{run}/part-{shard:05}.parquet"))).unwrap();
+        let part = std::fs::read(
+            output
+                .path()
+                .join(format!("Results/{run}/part-{shard:05}.parquet")),
+        )
+        .unwrap();
         rows.extend(read_rows(Dataset::Features, Bytes::from(part)).unwrap());
-        let part = std::fs::read(output.path().join(format!("Results_PCA/{run}/part-{shard:05}.parquet"))).unwrap();
+        let part = std::fs::read(
+            output
+                .path()
+                .join(format!("Results_PCA/{run}/part-{shard:05}.parquet")),
+        )
+        .unwrap();
         pca_rows.extend(read_rows(Dataset::Pca, Bytes::from(part)).unwrap());
     }
     assert_eq!(rows.len(), summary.rows);
-    assert!(rows.iter().any(|r| r.path == "Pommé rouge/a b ü.JPG" && r.label == "Pommé rouge"));
-    assert!(rows.iter().any(|r| r.path == "odd formats/deep 16-bit.png" && r.label == "odd formats"));
-    assert!(rows.iter().all(|r| r.values.len() == 1280 && !expected_errors.contains_key(&r.path)));
-    assert_eq!(pca_rows.iter().map(|r| &r.path).collect::<Vec<_>>(), rows.iter().map(|r| &r.path).collect::<Vec<_>>());
+    assert!(rows
+        .iter()
+        .any(|r| r.path == "Pommé rouge/a b ü.JPG" && r.label == "Pommé rouge"));
+    assert!(rows
+        .iter()
+        .any(|r| r.path == "odd formats/deep 16-bit.png" && r.label == "odd formats"));
+    assert!(rows
+        .iter()
+        .all(|r| r.values.len() == 1280 && !expected_errors.contains_key(&r.path)));
+    assert_eq!(
+        pca_rows.iter().map(|r| &r.path).collect::<Vec<_>>(),
+        rows.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
     assert!(pca_rows.iter().all(|r| r.values.len() == 5));
     for marker in ["Results", "Results_PCA"] {
-        assert!(output.path().join(format!("{marker}/{run}/_SUCCESS")).is_file());
+        assert!(output
+            .path()
+            .join(format!("{marker}/{run}/_SUCCESS"))
+            .is_file());
     }
-    let model: PcaModel =
-        serde_json::from_slice(&std::fs::read(output.path().join(format!("runs/{run}/pca_model.json"))).unwrap()).unwrap();
+    let model: PcaModel = serde_json::from_slice(
+        &std::fs::read(output.path().join(format!("runs/{run}/pca_model.json"))).unwrap(),
+    )
+    .unwrap();
     let first_projection = model.project(&rows[0].values);
     assert_eq!(first_projection, pca_rows[0].values);
 
@@ -198,7 +295,14 @@ print(json.dumps(out))
     assert_eq!(results["rows"], summary.rows);
     assert_eq!(results["schema"][0], "string not null");
     assert_eq!(results["schema"][1], "string not null");
-    assert!(results["schema"][2].as_str().unwrap().starts_with("list<element: float not null>"), "{}", results["schema"]);
+    assert!(
+        results["schema"][2]
+            .as_str()
+            .unwrap()
+            .starts_with("list<element: float not null>"),
+        "{}",
+        results["schema"]
+    );
     assert_eq!(results["item_nullable"], false);
     let mut sorted = rows.clone();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
@@ -220,7 +324,10 @@ fn too_many_errors_fail_the_run_without_pca_and_rerun_is_idempotent() {
                     input: input.path().to_path_buf(),
                     output: output.path().to_path_buf(),
                     request: request(3, 16, max_error_rate),
-                    featurizer: FeaturizerSettings { worker_threads: 2, ..Default::default() },
+                    featurizer: FeaturizerSettings {
+                        worker_threads: 2,
+                        ..Default::default()
+                    },
                     on_start: None,
                     progress: None,
                 },
@@ -230,15 +337,26 @@ fn too_many_errors_fail_the_run_without_pca_and_rerun_is_idempotent() {
     };
     let failed = run(0.1);
     assert_eq!(failed.summary.status, "failed");
-    assert!(failed.summary.failure.as_deref().unwrap().contains("above max_error_rate"));
+    assert!(failed
+        .summary
+        .failure
+        .as_deref()
+        .unwrap()
+        .contains("above max_error_rate"));
     let id = &failed.summary.run_id;
-    assert!(!output.path().join(format!("Results_PCA/{id}/_SUCCESS")).exists());
+    assert!(!output
+        .path()
+        .join(format!("Results_PCA/{id}/_SUCCESS"))
+        .exists());
 
     let first = run(0.5);
     assert_eq!(first.summary.status, "succeeded");
     assert!(first.split.created);
     let again = run(0.5);
-    assert_eq!(again.split.run_id, first.split.run_id, "same input + options = same run");
+    assert_eq!(
+        again.split.run_id, first.split.run_id,
+        "same input + options = same run"
+    );
     assert!(!again.split.created && again.split.already_complete);
     assert_eq!(again.summary, first.summary);
 }
@@ -247,29 +365,95 @@ fn too_many_errors_fail_the_run_without_pca_and_rerun_is_idempotent() {
 fn cli_reports_clear_errors_and_exit_codes() {
     let exe = env!("CARGO_BIN_EXE_featurize");
     let model_path = shared_dir().join("models/mobilenet_v2_features.onnx");
-    let cli = |args: &[&str]| std::process::Command::new(exe).args(args).env("CI", "true").output().unwrap();
-    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let cli = |args: &[&str]| {
+        std::process::Command::new(exe)
+            .args(args)
+            .env("CI", "true")
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
 
-    let out = cli(&["run", "--input", "/nonexistent/folder", "--output", "/tmp/x", "-q"]);
+    let out = cli(&[
+        "run",
+        "--input",
+        "/nonexistent/folder",
+        "--output",
+        "/tmp/x",
+        "-q",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("input folder /nonexistent/folder does not exist"), "{}", text(&out));
+    assert!(
+        text(&out).contains("input folder /nonexistent/folder does not exist"),
+        "{}",
+        text(&out)
+    );
 
     let empty = tempfile::tempdir().unwrap();
     let output = tempfile::tempdir().unwrap();
     let model_arg = model_path.to_str().unwrap();
-    let out = cli(&["run", "--input", empty.path().to_str().unwrap(), "--output", output.path().to_str().unwrap(), "--model", model_arg, "-q"]);
+    let out = cli(&[
+        "run",
+        "--input",
+        empty.path().to_str().unwrap(),
+        "--output",
+        output.path().to_str().unwrap(),
+        "--model",
+        model_arg,
+        "-q",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("no images under"), "{}", text(&out));
 
-    let out = cli(&["run", "--input", empty.path().to_str().unwrap(), "--output", output.path().to_str().unwrap(), "--model", "/no/model.onnx", "-q"]);
+    let out = cli(&[
+        "run",
+        "--input",
+        empty.path().to_str().unwrap(),
+        "--output",
+        output.path().to_str().unwrap(),
+        "--model",
+        "/no/model.onnx",
+        "-q",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("model file /no/model.onnx not found"), "{}", text(&out));
+    assert!(
+        text(&out).contains("model file /no/model.onnx not found"),
+        "{}",
+        text(&out)
+    );
 
     let (input, images, _) = bad_input_folder();
     let out = cli(&[
-        "run", "--input", input.path().to_str().unwrap(), "--output", output.path().to_str().unwrap(), "--model", model_arg,
-        "--k", "4", "--max-pixels", "50000", "--max-error-rate", "0.5", "-q",
+        "run",
+        "--input",
+        input.path().to_str().unwrap(),
+        "--output",
+        output.path().to_str().unwrap(),
+        "--model",
+        model_arg,
+        "--k",
+        "4",
+        "--max-pixels",
+        "50000",
+        "--max-error-rate",
+        "0.5",
+        "-q",
     ]);
-    assert_eq!(out.status.code(), Some(2), "some images failed: exit 2\n{}", text(&out));
-    assert!(text(&out).contains(&format!("images {images}  rows {}  errors 5", images - 5)), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "some images failed: exit 2\n{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains(&format!("images {images}  rows {}  errors 5", images - 5)),
+        "{}",
+        text(&out)
+    );
 }

@@ -28,7 +28,8 @@ const OPTIONAL_VARS: &[(Role, &str)] = &[(Role::Splitter, "PCA_VARIANCE")];
 fn template() -> &'static Value {
     static PARSED: OnceLock<Value> = OnceLock::new();
     PARSED.get_or_init(|| {
-        let text = std::fs::read_to_string(TEMPLATE).unwrap_or_else(|e| panic!("read {TEMPLATE}: {e}"));
+        let text =
+            std::fs::read_to_string(TEMPLATE).unwrap_or_else(|e| panic!("read {TEMPLATE}: {e}"));
         serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parse {TEMPLATE}: {e}"))
     })
 }
@@ -39,7 +40,11 @@ fn intrinsic<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
     match v {
         Value::Tagged(tagged) if tagged.tag == name => Some(&tagged.value),
         Value::Mapping(m) if m.len() == 1 => {
-            let long = if name == "Ref" { name.to_string() } else { format!("Fn::{name}") };
+            let long = if name == "Ref" {
+                name.to_string()
+            } else {
+                format!("Fn::{name}")
+            };
             m.get(long.as_str())
         }
         _ => None,
@@ -63,7 +68,10 @@ fn getatt(v: &Value) -> Option<(&str, &str)> {
 fn number(t: &Value, v: &Value) -> f64 {
     if let Some(param) = ref_name(v) {
         let default = &t["Parameters"][param]["Default"];
-        assert!(!default.is_null(), "!Ref {param}: there is no parameter {param} with a Default");
+        assert!(
+            !default.is_null(),
+            "!Ref {param}: there is no parameter {param} with a Default"
+        );
         return number(t, default);
     }
     if let Some(x) = v.as_f64() {
@@ -71,7 +79,9 @@ fn number(t: &Value, v: &Value) -> f64 {
     }
     v.as_str()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("expected a number (or !Ref to a parameter with a numeric Default), got {v:?}"))
+        .unwrap_or_else(|| {
+            panic!("expected a number (or !Ref to a parameter with a numeric Default), got {v:?}")
+        })
 }
 
 /// The string items of a string-or-list field (`Action`, `Resource`, ...). Tagged items are
@@ -115,7 +125,13 @@ fn of_type<'a>(t: &'a Value, ty: &'a str) -> impl Iterator<Item = (&'a str, &'a 
 fn role_of(function: &Value) -> Option<Role> {
     let binary = function["Metadata"]["BuildProperties"]["Binary"]
         .as_str()
-        .or_else(|| function["Properties"]["CodeUri"].as_str()?.trim_end_matches('/').rsplit('/').next())?;
+        .or_else(|| {
+            function["Properties"]["CodeUri"]
+                .as_str()?
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+        })?;
     match binary {
         "splitter" => Some(Role::Splitter),
         "featurizer" => Some(Role::Featurizer),
@@ -126,8 +142,9 @@ fn role_of(function: &Value) -> Option<Role> {
 
 /// The three functions: (role, logical id, resource). Asserts that each is there exactly once.
 fn functions(t: &Value) -> Vec<(Role, &str, &Value)> {
-    let found: Vec<(Role, &str, &Value)> =
-        of_type(t, "AWS::Serverless::Function").filter_map(|(id, f)| Some((role_of(f)?, id, f))).collect();
+    let found: Vec<(Role, &str, &Value)> = of_type(t, "AWS::Serverless::Function")
+        .filter_map(|(id, f)| Some((role_of(f)?, id, f)))
+        .collect();
     for role in ROLES {
         let count = found.iter().filter(|(r, _, _)| *r == role).count();
         assert_eq!(
@@ -142,7 +159,11 @@ fn functions(t: &Value) -> Vec<(Role, &str, &Value)> {
 
 /// One function: (logical id, resource).
 fn function(t: &Value, role: Role) -> (&str, &Value) {
-    functions(t).into_iter().find(|(r, _, _)| *r == role).map(|(_, id, f)| (id, f)).expect("checked by functions()")
+    functions(t)
+        .into_iter()
+        .find(|(r, _, _)| *r == role)
+        .map(|(_, id, f)| (id, f))
+        .expect("checked by functions()")
 }
 
 /// A function property, falling back to `Globals.Function` (as SAM does).
@@ -157,7 +178,11 @@ fn prop<'a>(t: &'a Value, f: &'a Value, key: &str) -> &'a Value {
 fn env_of(x: &Value) -> BTreeMap<&str, &Value> {
     x["Environment"]["Variables"]
         .as_mapping()
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.as_str()?, v))).collect::<BTreeMap<_, _>>())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?, v)))
+                .collect::<BTreeMap<_, _>>()
+        })
         .unwrap_or_default()
 }
 
@@ -173,7 +198,11 @@ fn sqs_events(f: &Value) -> Vec<&Value> {
     f["Properties"]["Events"]
         .as_mapping()
         .map(|events| {
-            events.values().filter(|e| e["Type"].as_str() == Some("SQS")).map(|e| &e["Properties"]).collect::<Vec<_>>()
+            events
+                .values()
+                .filter(|e| e["Type"].as_str() == Some("SQS"))
+                .map(|e| &e["Properties"])
+                .collect::<Vec<_>>()
         })
         .unwrap_or_default()
 }
@@ -203,14 +232,19 @@ fn statements<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
 /// `infra/build-layer.sh` without comment lines, with its simple top-level assignments
 /// (`name=value` where the value has no `$` or `(`) substituted for `$name` and `${name}`.
 fn expanded_layer_script() -> String {
-    let text = std::fs::read_to_string(LAYER_SCRIPT).unwrap_or_else(|e| panic!("read {LAYER_SCRIPT}: {e}"));
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+    let text = std::fs::read_to_string(LAYER_SCRIPT)
+        .unwrap_or_else(|e| panic!("read {LAYER_SCRIPT}: {e}"));
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
     let assignments: Vec<(&str, &str)> = lines
         .iter()
         .filter_map(|l| {
             let (name, value) = l.split_once('=')?;
             let value = value.trim_matches('"');
-            let simple_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let simple_name =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             (simple_name && !value.contains('$') && !value.contains('(')).then_some((name, value))
         })
         .collect();
@@ -267,7 +301,10 @@ fn every_env_var_the_code_reads_is_set() {
 fn no_env_var_the_code_does_not_read() {
     let t = template();
     for (var, _) in env_of(&t["Globals"]["Function"]) {
-        let unread: Vec<Role> = ROLES.into_iter().filter(|role| !env_vars(*role).contains(&var)).collect();
+        let unread: Vec<Role> = ROLES
+            .into_iter()
+            .filter(|role| !env_vars(*role).contains(&var))
+            .collect();
         assert!(
             unread.is_empty(),
             "Globals sets {var} for every function, but {unread:?} do not read it (shared::config::env_vars)"
@@ -293,9 +330,15 @@ fn consumed_queues_have_a_dead_letter_queue_and_a_long_enough_visibility_timeout
     for (role, fid, f) in functions(t) {
         for event in sqs_events(f) {
             let (queue, _) = getatt(&event["Queue"]).unwrap_or_else(|| {
-                panic!("{fid}: SQS event Queue should be !GetAtt <queue>.Arn, got {:?}", event["Queue"])
+                panic!(
+                    "{fid}: SQS event Queue should be !GetAtt <queue>.Arn, got {:?}",
+                    event["Queue"]
+                )
             });
-            assert!(queues.contains(&queue), "{fid} consumes {queue}, which is not an AWS::SQS::Queue of the template");
+            assert!(
+                queues.contains(&queue),
+                "{fid} consumes {queue}, which is not an AWS::SQS::Queue of the template"
+            );
             consumed.push(queue);
             let q = &t["Resources"][queue]["Properties"];
 
@@ -347,8 +390,14 @@ fn consumed_queues_have_a_dead_letter_queue_and_a_long_enough_visibility_timeout
 fn iam_statements_have_no_wildcards() {
     let t = template();
     for (_, id, f) in functions(t) {
-        let policies = f["Properties"]["Policies"].as_sequence().map(Vec::as_slice).unwrap_or_default();
-        assert!(!policies.is_empty(), "{id} has no Policies: it needs its S3/SQS permissions");
+        let policies = f["Properties"]["Policies"]
+            .as_sequence()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert!(
+            !policies.is_empty(),
+            "{id} has no Policies: it needs its S3/SQS permissions"
+        );
         for policy in policies {
             assert!(
                 policy.get("Statement").is_some(),
@@ -386,8 +435,15 @@ fn iam_statements_have_no_wildcards() {
             }
         }
     }
-    assert!(checked > 0, "found no IAM statements at all in template.yaml");
-    assert!(problems.is_empty(), "IAM statements too broad:\n  {}", problems.join("\n  "));
+    assert!(
+        checked > 0,
+        "found no IAM statements at all in template.yaml"
+    );
+    assert!(
+        problems.is_empty(),
+        "IAM statements too broad:\n  {}",
+        problems.join("\n  ")
+    );
 }
 
 #[test]
@@ -396,7 +452,11 @@ fn sqs_event_sources_report_batch_item_failures() {
     for (role, id, f) in functions(t) {
         let events = sqs_events(f);
         let expected = if role == Role::Splitter { 0 } else { 1 };
-        assert_eq!(events.len(), expected, "{id} ({role:?}) should have {expected} SQS event source(s)");
+        assert_eq!(
+            events.len(),
+            expected,
+            "{id} ({role:?}) should have {expected} SQS event source(s)"
+        );
         for event in &events {
             assert!(
                 items(&event["FunctionResponseTypes"]).contains(&"ReportBatchItemFailures"),
@@ -406,9 +466,15 @@ fn sqs_event_sources_report_batch_item_failures() {
         }
         if role == Role::Featurizer {
             let max = &events[0]["ScalingConfig"]["MaximumConcurrency"];
-            assert!(!max.is_null(), "{id}: its SQS event needs ScalingConfig.MaximumConcurrency (bounds the fan-out)");
+            assert!(
+                !max.is_null(),
+                "{id}: its SQS event needs ScalingConfig.MaximumConcurrency (bounds the fan-out)"
+            );
             let n = number(t, max);
-            assert!((2.0..=1000.0).contains(&n), "{id}: MaximumConcurrency {n} is outside SQS's 2..=1000");
+            assert!(
+                (2.0..=1000.0).contains(&n),
+                "{id}: MaximumConcurrency {n} is outside SQS's 2..=1000"
+            );
         }
     }
 }
@@ -418,13 +484,18 @@ fn model_layer_puts_the_model_where_the_featurizer_looks() {
     let t = template();
     let (id, f) = function(t, Role::Featurizer);
 
-    let layers = prop(t, f, "Layers").as_sequence().map(Vec::as_slice).unwrap_or_default();
+    let layers = prop(t, f, "Layers")
+        .as_sequence()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let layer = layers
         .iter()
         .filter_map(ref_name)
         .map(|name| &t["Resources"][name])
         .find(|r| r["Type"].as_str() == Some("AWS::Serverless::LayerVersion"))
-        .unwrap_or_else(|| panic!("{id} has no !Ref to an AWS::Serverless::LayerVersion in Layers: {layers:?}"));
+        .unwrap_or_else(|| {
+            panic!("{id} has no !Ref to an AWS::Serverless::LayerVersion in Layers: {layers:?}")
+        });
     let content_uri = layer["Properties"]["ContentUri"]
         .as_str()
         .expect("the model layer's ContentUri should be a local folder (what infra/build-layer.sh fills)")
@@ -437,16 +508,19 @@ fn model_layer_puts_the_model_where_the_featurizer_looks() {
             Some(Value::String(path)) => path.as_str(),
             other => panic!("{id}: {var} should be a literal path, got {other:?}"),
         };
-        let in_layer = path
-            .strip_prefix("/opt/")
-            .unwrap_or_else(|| panic!("{id}: {var}={path:?} should be under /opt/, where Lambda mounts layers"));
+        let in_layer = path.strip_prefix("/opt/").unwrap_or_else(|| {
+            panic!("{id}: {var}={path:?} should be under /opt/, where Lambda mounts layers")
+        });
         assert!(
             in_layer.starts_with("model/") && !in_layer["model/".len()..].contains('/'),
             "{id}: {var}={path:?} should be /opt/model/<file> (infra/build-layer.sh stages the layer's model/ folder)"
         );
         let staged = format!("\"{content_uri}/{in_layer}\"");
-        let copies: Vec<&str> =
-            script.lines().map(str::trim_start).filter(|l| l.starts_with("stage ") || l.starts_with("cp ")).collect();
+        let copies: Vec<&str> = script
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| l.starts_with("stage ") || l.starts_with("cp "))
+            .collect();
         assert!(
             copies.iter().any(|l| l.contains(&staged)),
             "infra/build-layer.sh should copy a file to {staged} (ContentUri {content_uri}/ + {in_layer}) so that \
@@ -460,9 +534,16 @@ fn model_layer_puts_the_model_where_the_featurizer_looks() {
 fn functions_are_rust_on_provided_al2023_for_the_architecture_parameter() {
     let t = template();
     let arch = &t["Parameters"]["Architecture"];
-    assert_eq!(arch["Default"].as_str(), Some("arm64"), "parameter Architecture should default to arm64 (Graviton)");
+    assert_eq!(
+        arch["Default"].as_str(),
+        Some("arm64"),
+        "parameter Architecture should default to arm64 (Graviton)"
+    );
     for allowed in ["arm64", "x86_64"] {
-        assert!(items(&arch["AllowedValues"]).contains(&allowed), "parameter Architecture should allow {allowed}");
+        assert!(
+            items(&arch["AllowedValues"]).contains(&allowed),
+            "parameter Architecture should allow {allowed}"
+        );
     }
     for (role, id, f) in functions(t) {
         let runtime = prop(t, f, "Runtime");
@@ -470,13 +551,20 @@ fn functions_are_rust_on_provided_al2023_for_the_architecture_parameter() {
             intrinsic(runtime, "Ref").is_none() && runtime.as_str() == Some("provided.al2023"),
             "{id} ({role:?}): Runtime should be provided.al2023, got {runtime:?}"
         );
-        assert_eq!(prop(t, f, "Handler").as_str(), Some("bootstrap"), "{id}: Handler should be bootstrap");
+        assert_eq!(
+            prop(t, f, "Handler").as_str(),
+            Some("bootstrap"),
+            "{id}: Handler should be bootstrap"
+        );
         assert_eq!(
             f["Metadata"]["BuildMethod"].as_str(),
             Some("rust-cargolambda"),
             "{id}: Metadata.BuildMethod should be rust-cargolambda"
         );
-        let archs = prop(t, f, "Architectures").as_sequence().map(Vec::as_slice).unwrap_or_default();
+        let archs = prop(t, f, "Architectures")
+            .as_sequence()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         assert!(
             archs.len() == 1 && ref_name(&archs[0]) == Some("Architecture"),
             "{id}: Architectures should be [!Ref Architecture], got {archs:?}"

@@ -14,20 +14,43 @@ use shared::telemetry::{init_tracing, LogFormat};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    init_tracing(LogFormat::from_env());
+    init_tracing(LogFormat::from_env(), "info");
     let config = Config::from_env()?;
     let aws = sdk_config().await;
     let store = S3Store::new(s3_client(&aws), &config.bucket);
     let reduce_queue = SqsQueue::new(sqs_client(&aws), config.reduce_queue_url()?);
     // Loaded once per container; every invocation reuses the optimized plan.
-    let spec = ModelSpec::for_model(&config.model_path, Some(&config.model_spec_path).filter(|p| p.is_file()).map(|p| p.as_path()))?;
+    let spec = ModelSpec::for_model(
+        &config.model_path,
+        Some(&config.model_spec_path)
+            .filter(|p| p.is_file())
+            .map(|p| p.as_path()),
+    )?;
     let model = Model::load(&config.model_path, spec)?;
-    tracing::info!(load_ms = model.load_time().as_millis() as u64, feature_dim = model.feature_dim(), "model loaded");
-    let featurizer = ShardFeaturizer::new(store.clone(), store, reduce_queue, model, config.featurizer.clone());
+    tracing::info!(
+        load_ms = model.load_time().as_millis() as u64,
+        feature_dim = model.feature_dim(),
+        "model loaded"
+    );
+    let featurizer = ShardFeaturizer::new(
+        store.clone(),
+        store,
+        reduce_queue,
+        model,
+        config.featurizer.clone(),
+    );
     let featurizer = &featurizer;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         let deadline = deadline_instant(event.context.deadline);
-        Ok::<_, Error>(handle_shard_batch(featurizer, event.payload, &event.context.request_id, deadline).await)
+        Ok::<_, Error>(
+            handle_shard_batch(
+                featurizer,
+                event.payload,
+                &event.context.request_id,
+                deadline,
+            )
+            .await,
+        )
     }))
     .await
 }

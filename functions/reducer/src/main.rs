@@ -10,10 +10,13 @@ use shared::telemetry::{init_tracing, LogFormat};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    init_tracing(LogFormat::from_env());
+    init_tracing(LogFormat::from_env(), "info");
     let config = Config::from_env()?;
     let aws = sdk_config().await;
-    let reducer = Reducer::new(S3Store::new(s3_client(&aws), &config.bucket), config.reducer.clone());
+    let reducer = Reducer::new(
+        S3Store::new(s3_client(&aws), &config.bucket),
+        config.reducer.clone(),
+    );
     let reducer = &reducer;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<_, Error>(handle_reduce_batch(reducer, event.payload, &event.context.request_id).await)
