@@ -6,9 +6,27 @@
 #
 #   infra/local-emulator.sh            # leaves moto running (its pid is in infra/emulator.pid)
 #   infra/local-emulator.sh stop
+#   infra/local-emulator.sh sqs-event shards|reduce [N] > event.json
+#       receives up to N (default 1) messages from a queue and prints them as the SqsEvent
+#       Lambda would deliver, for `cargo lambda invoke featurizer|reducer --data-file`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=${MOTO_PORT:-5000}
+if [ "${1:-}" = sqs-event ]; then
+  exec .venv/bin/python - "http://127.0.0.1:$port" "featurize-${2:?shards or reduce}" "${3:-1}" <<'PY'
+import json, sys
+import boto3
+endpoint, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=count, AttributeNames=["All"]).get("Messages", [])
+print(json.dumps({"Records": [{
+    "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+    "attributes": m.get("Attributes", {}), "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+    "eventSource": "aws:sqs", "eventSourceARN": arn, "awsRegion": "us-east-1"} for m in messages]}, indent=1))
+PY
+fi
 if [ "${1:-}" = stop ]; then
   [ -f infra/emulator.pid ] && kill "$(cat infra/emulator.pid)" 2>/dev/null || true
   rm -f infra/emulator.pid

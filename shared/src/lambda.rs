@@ -18,16 +18,22 @@ use crate::reducer::Reducer;
 use crate::splitter::{SplitOutcome, Splitter};
 use crate::store::ObjectStore;
 
-/// The invocation deadline as an `Instant` (Lambda gives epoch milliseconds).
-pub fn deadline_instant(deadline_epoch_ms: u64) -> Option<Instant> {
+/// The invocation deadline as an `Instant`. Lambda gives epoch milliseconds; `cargo lambda
+/// watch` gives the timeout itself (e.g. `600000`), so a value before 2001 is read as a
+/// duration from now. `0` means no deadline.
+pub fn deadline_instant(deadline_ms: u64) -> Option<Instant> {
+    const YEAR_2001_MS: u64 = 978_307_200_000;
+    if deadline_ms == 0 {
+        return None;
+    }
+    if deadline_ms < YEAR_2001_MS {
+        return Some(Instant::now() + Duration::from_millis(deadline_ms));
+    }
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
         .as_millis() as u64;
-    if deadline_epoch_ms == 0 {
-        return None;
-    }
-    Some(Instant::now() + Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms)))
+    Some(Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms)))
 }
 
 fn parse_body<T: DeserializeOwned>(message: &SqsMessage) -> Result<T> {
@@ -53,6 +59,14 @@ pub async fn handle_shard_batch<S: ObjectStore, Q: Queue>(
     deadline: Option<Instant>,
 ) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
+    let remaining_ms =
+        deadline.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64);
+    info!(
+        request_id,
+        records = event.records.len(),
+        remaining_ms,
+        "shard batch received"
+    );
     for message in &event.records {
         let id = message.message_id.clone().unwrap_or_default();
         let attempt = message
@@ -253,6 +267,23 @@ pub async fn handle_splitter_event<S: ObjectStore, Q: Queue, R: Queue>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadlines_from_lambda_and_from_emulators() {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let remaining = |d: Option<Instant>| {
+            d.unwrap()
+                .saturating_duration_since(Instant::now())
+                .as_secs()
+        };
+        assert!((29..=30).contains(&remaining(deadline_instant(now_ms + 30_000))));
+        assert!((599..=600).contains(&remaining(deadline_instant(600_000))));
+        assert_eq!(remaining(deadline_instant(now_ms - 5_000)), 0);
+        assert!(deadline_instant(0).is_none());
+    }
 
     #[test]
     fn s3_keys_are_decoded() {

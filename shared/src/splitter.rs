@@ -37,7 +37,7 @@ pub struct SplitOutcome {
     pub already_complete: bool,
 }
 
-/// The splitter handler, generic over the store and the shard queue.
+/// The splitter handler, generic over the store and the two queues.
 pub struct Splitter<S, Q, R> {
     input: S,
     output: S,

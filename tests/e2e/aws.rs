@@ -21,7 +21,6 @@ use shared::lambda::{
     handle_reduce_batch, handle_shard_batch, handle_splitter_event, parse_splitter_event,
 };
 use shared::layout::RunLayout;
-use shared::local::{run_local, LocalRun};
 use shared::manifest::{ImageError, RunOptions, RunRequest, ShardMessage};
 use shared::parquet_io::{read_rows, Dataset, VectorRow};
 use shared::reducer::{Reducer, ReducerSettings, Summary};
@@ -498,23 +497,8 @@ fn local_reference(
     let input = tempfile::tempdir().unwrap();
     let output = tempfile::tempdir().unwrap();
     write_tree(input.path(), files);
+    let report = run_local_blocking(input.path(), output.path(), request.clone());
     let rt = runtime();
-    let report = rt
-        .block_on(run_local(
-            LocalRun {
-                input: input.path().to_path_buf(),
-                output: output.path().to_path_buf(),
-                request: request.clone(),
-                featurizer: FeaturizerSettings {
-                    worker_threads: 2,
-                    ..Default::default()
-                },
-                on_start: None,
-                progress: None,
-            },
-            model(),
-        ))
-        .unwrap();
     let store = shared::store::FsStore::new(output.path());
     let (features, pca) = rt.block_on(datasets(&store, &report.summary.run_id));
     (features, pca, report.summary)

@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use shared::featurizer::FeaturizerSettings;
+use shared::local::{run_local, LocalReport, LocalRun};
+use shared::manifest::RunRequest;
 use shared::model::{Model, ModelSpec};
 
 /// `../shared` beside the repository (models, data, golden outputs).
@@ -186,4 +189,24 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Runs the embedded pipeline (2 threads) on a folder, to completion.
+pub fn run_local_blocking(input: &Path, output: &Path, request: RunRequest) -> LocalReport {
+    runtime()
+        .block_on(run_local(
+            LocalRun {
+                input: input.to_path_buf(),
+                output: output.to_path_buf(),
+                request,
+                featurizer: FeaturizerSettings {
+                    worker_threads: 2,
+                    ..Default::default()
+                },
+                on_start: None,
+                progress: None,
+            },
+            model(),
+        ))
+        .expect("local run")
 }

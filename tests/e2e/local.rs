@@ -2,9 +2,9 @@
 //! golden fit, bad inputs and their accounting, and the output read back by pyarrow.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
-use shared::featurizer::{featurize_images, FeaturizerSettings, ImageOutcome};
-use shared::local::{run_local, LocalRun};
+use shared::featurizer::{featurize_images, ImageOutcome};
 use shared::manifest::{ImageError, PcaOptions, RunRequest};
 use shared::parquet_io::{read_rows, Dataset};
 use shared::pca::{fit, PcaModel};
@@ -171,22 +171,7 @@ fn request(k: usize, shard_size: usize, max_error_rate: f64) -> RunRequest {
 fn bad_inputs_are_listed_and_nothing_is_lost() {
     let (input, images, expected_errors) = bad_input_folder();
     let output = tempfile::tempdir().unwrap();
-    let report = runtime()
-        .block_on(run_local(
-            LocalRun {
-                input: input.path().to_path_buf(),
-                output: output.path().to_path_buf(),
-                request: request(5, 8, 0.5),
-                featurizer: FeaturizerSettings {
-                    worker_threads: 2,
-                    ..Default::default()
-                },
-                on_start: None,
-                progress: None,
-            },
-            model(),
-        ))
-        .unwrap();
+    let report = run_local_blocking(input.path(), output.path(), request(5, 8, 0.5));
     let summary = &report.summary;
     assert_eq!(summary.status, "succeeded");
     assert_eq!(
@@ -318,22 +303,7 @@ fn too_many_errors_fail_the_run_without_pca_and_rerun_is_idempotent() {
     let (input, _, _) = bad_input_folder();
     let output = tempfile::tempdir().unwrap();
     let run = |max_error_rate| {
-        runtime()
-            .block_on(run_local(
-                LocalRun {
-                    input: input.path().to_path_buf(),
-                    output: output.path().to_path_buf(),
-                    request: request(3, 16, max_error_rate),
-                    featurizer: FeaturizerSettings {
-                        worker_threads: 2,
-                        ..Default::default()
-                    },
-                    on_start: None,
-                    progress: None,
-                },
-                model(),
-            ))
-            .unwrap()
+        run_local_blocking(input.path(), output.path(), request(3, 16, max_error_rate))
     };
     let failed = run(0.1);
     assert_eq!(failed.summary.status, "failed");
@@ -363,97 +333,64 @@ fn too_many_errors_fail_the_run_without_pca_and_rerun_is_idempotent() {
 
 #[test]
 fn cli_reports_clear_errors_and_exit_codes() {
-    let exe = env!("CARGO_BIN_EXE_featurize");
     let model_path = shared_dir().join("models/mobilenet_v2_features.onnx");
-    let cli = |args: &[&str]| {
-        std::process::Command::new(exe)
-            .args(args)
+    let model = model_path.to_str().unwrap();
+    // `featurize run --input I --output O --model M -q EXTRA...`: (exit code, stdout + stderr).
+    let run = |input: &Path, output: &Path, model: &str, extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_featurize"))
+            .args([
+                "run",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                output.to_str().unwrap(),
+            ])
+            .args(["--model", model, "-q"])
+            .args(extra)
             .env("CI", "true")
             .output()
-            .unwrap()
-    };
-    let text = |o: &std::process::Output| {
-        format!(
+            .unwrap();
+        let text = format!(
             "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
     };
-
-    let out = cli(&[
-        "run",
-        "--input",
-        "/nonexistent/folder",
-        "--output",
-        "/tmp/x",
-        "-q",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).contains("input folder /nonexistent/folder does not exist"),
-        "{}",
-        text(&out)
-    );
-
     let empty = tempfile::tempdir().unwrap();
     let output = tempfile::tempdir().unwrap();
-    let model_arg = model_path.to_str().unwrap();
-    let out = cli(&[
-        "run",
-        "--input",
-        empty.path().to_str().unwrap(),
-        "--output",
-        output.path().to_str().unwrap(),
-        "--model",
-        model_arg,
-        "-q",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("no images under"), "{}", text(&out));
 
-    let out = cli(&[
-        "run",
-        "--input",
-        empty.path().to_str().unwrap(),
-        "--output",
-        output.path().to_str().unwrap(),
-        "--model",
-        "/no/model.onnx",
-        "-q",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let (code, text) = run(Path::new("/nonexistent/folder"), output.path(), model, &[]);
+    assert_eq!(code, Some(1));
     assert!(
-        text(&out).contains("model file /no/model.onnx not found"),
-        "{}",
-        text(&out)
+        text.contains("input folder /nonexistent/folder does not exist"),
+        "{text}"
+    );
+
+    let (code, text) = run(empty.path(), output.path(), model, &[]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("no images under"), "{text}");
+
+    let (code, text) = run(empty.path(), output.path(), "/no/model.onnx", &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        text.contains("model file /no/model.onnx not found"),
+        "{text}"
     );
 
     let (input, images, _) = bad_input_folder();
-    let out = cli(&[
-        "run",
-        "--input",
-        input.path().to_str().unwrap(),
-        "--output",
-        output.path().to_str().unwrap(),
-        "--model",
-        model_arg,
+    let extra = [
         "--k",
         "4",
         "--max-pixels",
         "50000",
         "--max-error-rate",
         "0.5",
-        "-q",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "some images failed: exit 2\n{}",
-        text(&out)
-    );
+    ];
+    let (code, text) = run(input.path(), output.path(), model, &extra);
+    assert_eq!(code, Some(2), "some images failed: exit 2\n{text}");
     assert!(
-        text(&out).contains(&format!("images {images}  rows {}  errors 5", images - 5)),
-        "{}",
-        text(&out)
+        text.contains(&format!("images {images}  rows {}  errors 5", images - 5)),
+        "{text}"
     );
 }

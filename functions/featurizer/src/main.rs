@@ -41,6 +41,7 @@ async fn main() -> Result<(), Error> {
     );
     let featurizer = &featurizer;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        tracing::debug!(deadline_ms = event.context.deadline, "invocation deadline");
         let deadline = deadline_instant(event.context.deadline);
         Ok::<_, Error>(
             handle_shard_batch(
