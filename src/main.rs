@@ -176,11 +176,7 @@ struct AwsArgs {
 
 impl AwsArgs {
     async fn sdk(&self) -> shared::aws::SdkConfig {
-        if let Some(url) = &self.endpoint_url {
-            // SAFETY: set before any other thread reads the environment (single-threaded start).
-            unsafe { std::env::set_var("AWS_ENDPOINT_URL", url) };
-        }
-        shared::aws::sdk_config().await
+        shared::aws::sdk_config_with_endpoint(self.endpoint_url.as_deref()).await
     }
 }
 

@@ -14,7 +14,16 @@ use crate::store::{ObjectInfo, ObjectStore, StoreError};
 
 /// Loads the SDK configuration (region, credentials, `AWS_ENDPOINT_URL`) from the environment.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    sdk_config_with_endpoint(None).await
+}
+
+/// [`sdk_config`], with an explicit endpoint URL (an emulator) taking precedence.
+pub async fn sdk_config_with_endpoint(endpoint_url: Option<&str>) -> aws_config::SdkConfig {
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    match endpoint_url {
+        Some(url) => loader.endpoint_url(url).load().await,
+        None => loader.load().await,
+    }
 }
 
 /// An S3 client; path-style addressing when `AWS_S3_FORCE_PATH_STYLE=true` or an endpoint

@@ -948,3 +948,57 @@ fn malformed_run_requests_are_rejected_without_a_partial_run() {
         );
     });
 }
+
+#[test]
+fn cli_submit_and_status_drive_a_stack() {
+    let files = fruit_images(2, 4);
+    runtime().block_on(async {
+        let stack = Stack::new("cli").await;
+        stack.upload("images/", &files).await;
+        let cli = |args: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_featurize"))
+                .args(args)
+                .args(["--bucket", &stack.bucket, "--endpoint-url", &endpoint()])
+                .envs([
+                    ("AWS_ACCESS_KEY_ID", "test"),
+                    ("AWS_SECRET_ACCESS_KEY", "test"),
+                    ("AWS_REGION", "us-east-1"),
+                ])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{args:?}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            text
+        };
+        let submitted: SplitOutcome = serde_json::from_str(&cli(&[
+            "submit",
+            "--input-prefix",
+            "images/",
+            "--shard-queue-url",
+            &stack.shard_queue,
+            "--reduce-queue-url",
+            &stack.reduce_queue,
+            "--k",
+            "3",
+            "--shard-size",
+            "4",
+        ]))
+        .unwrap();
+        assert!(submitted.created);
+        assert_eq!((submitted.images, submitted.shards), (8, 2));
+        let pending: serde_json::Value =
+            serde_json::from_str(&cli(&["status", "--run", &submitted.run_id, "--json"])).unwrap();
+        assert_eq!(pending["pending"].as_array().unwrap().len(), 2);
+        stack.pump_shards(stack.store(), 1).await;
+        stack.pump_reduce(stack.store()).await;
+        let done = cli(&["status", "--run", &submitted.run_id]);
+        assert!(
+            done.contains(": complete") && done.contains("shards 2 done / 0 pending / 0 failed"),
+            "{done}"
+        );
+    });
+}
