@@ -489,11 +489,11 @@ async fn datasets<S: ObjectStore>(store: &S, run_id: &str) -> (Vec<VectorRow>, V
     (out.pop().unwrap(), pca)
 }
 
+/// Both datasets and the summary of a clean run.
+type Reference = (Vec<VectorRow>, Vec<VectorRow>, Summary);
+
 /// The embedded (local) run of the same files: the reference outputs.
-fn local_reference(
-    files: &[(String, Vec<u8>)],
-    request: &RunRequest,
-) -> (Vec<VectorRow>, Vec<VectorRow>, Summary) {
+fn local_reference(files: &[(String, Vec<u8>)], request: &RunRequest) -> Reference {
     let input = tempfile::tempdir().unwrap();
     let output = tempfile::tempdir().unwrap();
     write_tree(input.path(), files);
@@ -505,10 +505,7 @@ fn local_reference(
 }
 
 /// Features bit-identical, projections within 1e-6 (relative to their scale).
-fn assert_same_outputs(
-    got: &(Vec<VectorRow>, Vec<VectorRow>),
-    want: &(Vec<VectorRow>, Vec<VectorRow>, Summary),
-) {
+fn assert_same_outputs(got: &(Vec<VectorRow>, Vec<VectorRow>), want: &Reference) {
     assert_eq!(got.0.len(), want.0.len(), "Results rows");
     for (a, b) in got.0.iter().zip(&want.0) {
         assert_eq!((&a.path, &a.label), (&b.path, &b.label));
@@ -596,22 +593,32 @@ fn lambda_pipeline_equals_the_local_mode_on_300_images() {
     });
 }
 
-fn fault_files() -> Vec<(String, Vec<u8>)> {
-    fruit_images(4, 4)
+/// The fault tests' images (16, in 4 shards of 4), request (k = 5), and the local run of
+/// the same images: the clean outputs every fault test must end with.
+fn fault_setup() -> (Vec<(String, Vec<u8>)>, RunRequest, Reference) {
+    let files = fruit_images(4, 4);
+    let request = small_request(4, 5);
+    let reference = local_reference(&files, &request);
+    (files, request, reference)
+}
+
+/// A fresh stack with `files` under `images/` and the run submitted through an S3 event.
+async fn start_run(
+    name: &str,
+    files: &[(String, Vec<u8>)],
+    request: &RunRequest,
+) -> (Stack, SplitOutcome) {
+    let stack = Stack::new(name).await;
+    stack.upload("images/", files).await;
+    let run = stack.submit(name, &request_json(request)).await.remove(0);
+    (stack, run)
 }
 
 #[test]
 fn every_shard_message_delivered_twice() {
-    let files = fault_files();
-    let request = small_request(4, 5);
-    let reference = local_reference(&files, &request);
+    let (files, request, reference) = fault_setup();
     runtime().block_on(async {
-        let stack = Stack::new("twice").await;
-        stack.upload("images/", &files).await;
-        let run = stack
-            .submit("twice", &request_json(&request))
-            .await
-            .remove(0);
+        let (stack, run) = start_run("twice", &files, &request).await;
         let duplicates: Vec<String> = (0..run.shards)
             .map(|shard| {
                 serde_json::to_string(&ShardMessage {
@@ -646,16 +653,9 @@ fn every_shard_message_delivered_twice() {
 
 #[test]
 fn a_featurizer_failing_mid_shard_is_retried() {
-    let files = fault_files();
-    let request = small_request(4, 5);
-    let reference = local_reference(&files, &request);
+    let (files, request, reference) = fault_setup();
     runtime().block_on(async {
-        let stack = Stack::new("midshard").await;
-        stack.upload("images/", &files).await;
-        let run = stack
-            .submit("midshard", &request_json(&request))
-            .await
-            .remove(0);
+        let (stack, run) = start_run("midshard", &files, &request).await;
         // Shard 1's part is written, then writing its statistics fails once.
         let store = FaultyStore::new(stack.store()).fail("stats/shard-00001.bin", 1);
         let delivered = stack.pump_shards(store.clone(), 2).await;
@@ -674,16 +674,9 @@ fn a_featurizer_failing_mid_shard_is_retried() {
 
 #[test]
 fn a_poison_shard_reaches_the_dlq_then_the_run_resumes() {
-    let files = fault_files();
-    let request = small_request(4, 5);
-    let reference = local_reference(&files, &request);
+    let (files, request, reference) = fault_setup();
     runtime().block_on(async {
-        let stack = Stack::new("poison").await;
-        stack.upload("images/", &files).await;
-        let run = stack
-            .submit("poison", &request_json(&request))
-            .await
-            .remove(0);
+        let (stack, run) = start_run("poison", &files, &request).await;
         let store = FaultyStore::new(stack.store()).fail("part-00002.parquet", usize::MAX);
         stack.pump_shards(store, 1).await;
         let (dead, _) = stack.depth(&stack.shard_dlq).await;
@@ -723,16 +716,9 @@ fn a_poison_shard_reaches_the_dlq_then_the_run_resumes() {
 
 #[test]
 fn the_barrier_raced_by_two_featurizers_claims_the_reduce_once() {
-    let files = fault_files();
-    let request = small_request(4, 5);
-    let reference = local_reference(&files, &request);
+    let (files, request, reference) = fault_setup();
     runtime().block_on(async {
-        let stack = Stack::new("race").await;
-        stack.upload("images/", &files).await;
-        let run = stack
-            .submit("race", &request_json(&request))
-            .await
-            .remove(0);
+        let (stack, run) = start_run("race", &files, &request).await;
         // Take the shard messages off the queue and run them by hand: all but the last two,
         // then the last two at once, meeting at the barrier's listing.
         while !stack.receive(&stack.shard_queue, 10).await.is_empty() {}
@@ -780,16 +766,9 @@ fn the_barrier_raced_by_two_featurizers_claims_the_reduce_once() {
 
 #[test]
 fn the_reduce_message_delivered_twice_reduces_once() {
-    let files = fault_files();
-    let request = small_request(4, 5);
-    let reference = local_reference(&files, &request);
+    let (files, request, reference) = fault_setup();
     runtime().block_on(async {
-        let stack = Stack::new("reduce2").await;
-        stack.upload("images/", &files).await;
-        let run = stack
-            .submit("reduce2", &request_json(&request))
-            .await
-            .remove(0);
+        let (stack, run) = start_run("reduce2", &files, &request).await;
         stack.pump_shards(stack.store(), 2).await;
         let body = stack.receive(&stack.reduce_queue, 1).await.remove(0);
         stack
