@@ -7,9 +7,11 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 use shared::featurizer::{featurize_images, ImageOutcome};
-use shared::listing::{label_for, ImageFilter};
+use shared::listing::{list_images, root_name, ImageFilter};
+use shared::manifest::DEFAULT_IMAGE_GLOB;
 use shared::parquet_io::{write_rows, Dataset, VectorRow};
 use shared::store::Bytes;
+use shared::store::{FsStore, ObjectStore};
 
 /// Arguments of `bench`.
 #[derive(Args)]
@@ -31,15 +33,14 @@ pub struct BenchArgs {
 }
 
 /// Runs the benchmark and prints its numbers.
-pub fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
-    let filter = ImageFilter::new("*.{jpg,jpeg,png}")?;
-    let mut paths: Vec<PathBuf> = walk(&args.input)?
-        .into_iter()
-        .filter(|p| filter.matches(&p.to_string_lossy()))
-        .collect();
-    paths.sort();
-    paths.truncate(args.images);
-    if paths.is_empty() {
+pub async fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
+    // The same listing (filter, labels, order) and reads as a run's.
+    let store = FsStore::new(&args.input);
+    let filter = ImageFilter::new(DEFAULT_IMAGE_GLOB)?;
+    let root_label = root_name(&args.input.to_string_lossy());
+    let mut images = list_images(&store, "", &filter, &root_label).await?;
+    images.truncate(args.images);
+    if images.is_empty() {
         bail!("no images under {}", args.input.display());
     }
 
@@ -51,10 +52,10 @@ pub fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
     let load_ms = load_start.elapsed().as_secs_f64() * 1000.0;
 
     let read_start = Instant::now();
-    let encoded: Vec<Result<Bytes, String>> = paths
-        .iter()
-        .map(|p| std::fs::read(p).map(Bytes::from).map_err(|e| e.to_string()))
-        .collect();
+    let mut encoded: Vec<Result<Bytes, String>> = Vec::with_capacity(images.len());
+    for image in &images {
+        encoded.push(store.get(&image.path).await.map_err(|e| e.to_string()));
+    }
     let read_s = read_start.elapsed().as_secs_f64();
 
     // Cold start: the first image through the whole path, right after the model load.
@@ -70,11 +71,11 @@ pub fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
     let rows: Vec<VectorRow> = batch
         .outcomes
         .iter()
-        .zip(&paths)
-        .filter_map(|(o, p)| match o {
+        .zip(&images)
+        .filter_map(|(o, image)| match o {
             ImageOutcome::Features(values) => Some(VectorRow {
-                path: p.to_string_lossy().into_owned(),
-                label: label_for(&p.to_string_lossy(), ""),
+                path: image.path.clone(),
+                label: image.label.clone(),
                 values: values.clone(),
             }),
             ImageOutcome::Failed(..) => None,
@@ -84,12 +85,12 @@ pub fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
     let part = write_rows(Dataset::Features, &rows)?;
     let write_s = write_start.elapsed().as_secs_f64();
 
-    let n = paths.len() as f64;
+    let n = images.len() as f64;
     let per = |s: f64| s * 1000.0 / n;
     let t = &batch.timings;
     println!(
         "featurize bench: {} images from {}, {} thread(s), model {} ({}-d), convolutions {}",
-        paths.len(),
+        images.len(),
         args.input.display(),
         args.jobs,
         model.spec().name,
@@ -135,22 +136,6 @@ pub fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
         println!("  failed images           {failed}");
     }
     Ok(())
-}
-
-fn walk(root: &std::path::Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Peak resident memory (VmHWM) on Linux.

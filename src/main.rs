@@ -230,7 +230,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
-            Command::Bench(args) => bench::bench(args, process_start).map(|()| ExitCode::SUCCESS),
+            Command::Bench(args) => bench::bench(args, process_start)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Submit(args) => submit(args).await,
             Command::Status(args) => status(args).await,
         }

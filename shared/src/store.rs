@@ -260,22 +260,13 @@ mod tests {
                 store.get("missing").await,
                 Err(StoreError::NotFound(_))
             ));
-            let keys: Vec<_> = store
-                .list("a/")
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|o| o.key)
-                .collect();
-            assert_eq!(keys, vec!["a/b/one.txt", "a/two.txt"]);
-            let keys: Vec<_> = store
-                .list("a")
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|o| o.key)
-                .collect();
-            assert_eq!(keys, vec!["a/b/one.txt", "a/two.txt", "ab.txt"]);
+            let store_ref = &store;
+            let keys = move |prefix: &'static str| async move {
+                let listed = store_ref.list(prefix).await.unwrap();
+                listed.into_iter().map(|o| o.key).collect::<Vec<_>>()
+            };
+            assert_eq!(keys("a/").await, vec!["a/b/one.txt", "a/two.txt"]);
+            assert_eq!(keys("a").await, vec!["a/b/one.txt", "a/two.txt", "ab.txt"]);
             assert!(store
                 .put_if_absent("lock", Bytes::from_static(b"x"))
                 .await
