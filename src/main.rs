@@ -13,6 +13,7 @@ use shared::featurizer::FeaturizerSettings;
 use shared::local::{run_local, LocalRun};
 use shared::manifest::{PcaConvention, RunRequest};
 use shared::model::{Model, ModelSpec};
+use shared::retry::{RetryPolicy, Retrying};
 use shared::telemetry::{init_tracing, LogFormat};
 
 mod bench;
@@ -40,8 +41,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Start a run on a deployed stack (or an emulator): list the bucket prefix, write the manifest, send the shards.
     Submit(SubmitArgs),
-    /// Show a run's progress: shards done / pending / failed, errors, reduce.
+    /// Show a run's progress: shards done / pending / failed, errors, reduce, and whether it is stuck.
     Status(StatusArgs),
+    /// Resume a run: featurize the shards that are not done, then reduce (also recovers a run
+    /// that `status` reports stuck: a lost reduce message, a dead reducer).
+    Resume(ResumeArgs),
 }
 
 /// Model location, shared by the subcommands that run it.
@@ -196,8 +200,41 @@ struct SubmitArgs {
     /// Feature dimension of the deployed model (to validate --k).
     #[arg(long, default_value_t = 1280)]
     feature_dim: usize,
+    /// sha256 of the deployed model (default: the local model's, as `--model` finds it).
+    #[arg(long, env = "MODEL_SHA256")]
+    model_sha256: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
     #[command(flatten)]
     options: RunOptionArgs,
+}
+
+#[derive(Args)]
+struct ResumeArgs {
+    /// The run id.
+    #[arg(long)]
+    run: String,
+    /// A local output folder (embedded runs): the run is finished here, reading the input
+    /// folder recorded in its manifest.
+    #[arg(long, conflicts_with = "bucket")]
+    output: Option<PathBuf>,
+    /// The data bucket (deployed runs): missing shards or the reduce are sent to the queues.
+    #[arg(long, env = "BUCKET")]
+    bucket: Option<String>,
+    /// S3/SQS endpoint (an emulator).
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    /// The shard queue URL (deployed runs).
+    #[arg(long, env = "SHARD_QUEUE_URL")]
+    shard_queue_url: Option<String>,
+    /// The reduce queue URL (deployed runs).
+    #[arg(long, env = "REDUCE_QUEUE_URL")]
+    reduce_queue_url: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Inference threads for a local run (default: all cores).
+    #[arg(long, short = 'j', default_value_t = 0)]
+    jobs: usize,
 }
 
 #[derive(Args)]
@@ -217,6 +254,12 @@ struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Call a claimed reduce that no reducer started after this many seconds lost.
+    #[arg(long, default_value_t = 300)]
+    stall_after: u64,
+    /// Call a reducer lock older than this many seconds stale (the reducer's timeout).
+    #[arg(long, default_value_t = 900)]
+    lock_stale_after: u64,
 }
 
 fn main() -> ExitCode {
@@ -235,6 +278,7 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             Command::Submit(args) => submit(args).await,
             Command::Status(args) => status(args).await,
+            Command::Resume(args) => resume(args).await,
         }
     });
     match result {
@@ -332,8 +376,20 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
 
 async fn submit(args: SubmitArgs) -> Result<ExitCode> {
     use shared::aws::{s3_client, sqs_client, S3Store, SqsQueue};
+    let model_sha256 = match &args.model_sha256 {
+        Some(sha) => sha.clone(),
+        None => {
+            let path = args.model.model_path().context(
+                "the run records the model's sha256: pass --model-sha256 (or MODEL_SHA256), or --model",
+            )?;
+            file_sha256(&path)?
+        }
+    };
     let sdk = args.aws.sdk().await;
-    let store = S3Store::new(s3_client(&sdk), &args.aws.bucket);
+    let store = Retrying::new(
+        S3Store::new(s3_client(&sdk), &args.aws.bucket),
+        RetryPolicy::default(),
+    );
     let sqs = sqs_client(&sdk);
     let splitter = shared::splitter::Splitter::new(
         store.clone(),
@@ -343,7 +399,8 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         shared::manifest::RunOptions::default(),
         args.feature_dim,
     )
-    .with_input_bucket(&args.aws.bucket);
+    .with_input_bucket(&args.aws.bucket)
+    .with_model_sha256(model_sha256);
     let outcome = splitter
         .handle(&args.options.request(args.input_prefix.clone()))
         .await?;
@@ -351,10 +408,95 @@ async fn submit(args: SubmitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn file_sha256(path: &std::path::Path) -> Result<String> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?;
+    Ok(shared::featurizer::sha256_hex(&bytes))
+}
+
+async fn resume(args: ResumeArgs) -> Result<ExitCode> {
+    use shared::aws::{s3_client, sqs_client, S3Store, SqsQueue};
+    match (&args.output, &args.bucket) {
+        (Some(output), _) => {
+            let model = args.model.load()?;
+            let report = shared::local::resume_local(
+                LocalRun {
+                    input: PathBuf::new(),
+                    output: output.clone(),
+                    request: RunRequest::default(),
+                    featurizer: FeaturizerSettings {
+                        worker_threads: args.jobs,
+                        ..Default::default()
+                    },
+                    on_start: None,
+                    progress: None,
+                },
+                &args.run,
+                model,
+            )
+            .await?;
+            let s = &report.summary;
+            println!(
+                "run {}: {} (resumed: {} shards featurized, reduce {})",
+                s.run_id,
+                s.status,
+                report.split.shards_sent,
+                if report.split.already_complete {
+                    "already done"
+                } else {
+                    "run"
+                }
+            );
+            println!(
+                "  images {}  rows {}  errors {}  shards {}",
+                s.images, s.rows, s.errors, s.shards
+            );
+            Ok(if s.status == "succeeded" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        (None, Some(bucket)) => {
+            let (Some(shard_url), Some(reduce_url)) = (&args.shard_queue_url, &args.reduce_queue_url)
+            else {
+                bail!("a deployed run needs --shard-queue-url and --reduce-queue-url (or SHARD_QUEUE_URL / REDUCE_QUEUE_URL)");
+            };
+            let aws = AwsArgs {
+                bucket: bucket.clone(),
+                endpoint_url: args.endpoint_url.clone(),
+            };
+            let sdk = aws.sdk().await;
+            let store = Retrying::new(S3Store::new(s3_client(&sdk), bucket), RetryPolicy::default());
+            let sqs = sqs_client(&sdk);
+            let splitter = shared::splitter::Splitter::new(
+                store.clone(),
+                store,
+                SqsQueue::new(sqs.clone(), shard_url),
+                SqsQueue::new(sqs, reduce_url),
+                shared::manifest::RunOptions::default(),
+                1280,
+            )
+            .with_input_bucket(bucket);
+            let outcome = splitter
+                .resume(&shared::layout::RunLayout::new(&args.run))
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&outcome)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        (None, None) => bail!("give --output DIR (local run) or --bucket B (deployed run)"),
+    }
+}
+
 async fn status(args: StatusArgs) -> Result<ExitCode> {
+    let policy = shared::status::StallPolicy {
+        claim_unanswered_after: std::time::Duration::from_secs(args.stall_after),
+        lock_stale_after: std::time::Duration::from_secs(args.lock_stale_after),
+    };
     let status = match (&args.output, &args.bucket) {
         (Some(dir), _) => {
-            shared::status::run_status(&shared::store::FsStore::new(dir), &args.run).await?
+            shared::status::run_status_with(&shared::store::FsStore::new(dir), &args.run, policy)
+                .await?
         }
         (None, Some(bucket)) => {
             let aws = AwsArgs {
@@ -363,7 +505,7 @@ async fn status(args: StatusArgs) -> Result<ExitCode> {
             };
             let sdk = aws.sdk().await;
             let store = shared::aws::S3Store::new(shared::aws::s3_client(&sdk), bucket);
-            shared::status::run_status(&store, &args.run).await?
+            shared::status::run_status_with(&store, &args.run, policy).await?
         }
         (None, None) => bail!("give --output DIR (local run) or --bucket B (deployed run)"),
     };
@@ -390,6 +532,9 @@ async fn status(args: StatusArgs) -> Result<ExitCode> {
             "  reduce claimed: {}  reduced: {}",
             status.reduce_claimed, status.reduced
         );
+        if let Some(stuck) = &status.stuck {
+            println!("  stuck since {}: {}", stuck.since, stuck.reason);
+        }
         if let Some(s) = &status.summary {
             println!(
                 "  summary: {} rows, {} errors, k = {}, cumulative explained variance {:.4}",
@@ -397,7 +542,7 @@ async fn status(args: StatusArgs) -> Result<ExitCode> {
             );
         }
     }
-    Ok(if status.failed.is_empty() {
+    Ok(if status.failed.is_empty() && status.stuck.is_none() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)

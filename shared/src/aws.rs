@@ -10,7 +10,7 @@ use bytes::Bytes;
 pub use aws_config::SdkConfig;
 
 use crate::queue::{Queue, QueueError};
-use crate::store::{ObjectInfo, ObjectStore, StoreError};
+use crate::store::{ObjectInfo, ObjectStore, StoreError, Versioned};
 
 /// Loads the SDK configuration (region, credentials, `AWS_ENDPOINT_URL`) from the environment.
 pub async fn sdk_config() -> aws_config::SdkConfig {
@@ -44,14 +44,59 @@ pub fn sqs_client(config: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(config)
 }
 
-fn remote<E: std::error::Error + Send + Sync + 'static>(
-    op: &'static str,
-    key: &str,
-    e: E,
-) -> StoreError {
+/// A failed SDK call as a store error, sorted by whether a retry can help.
+fn remote<E, R>(op: &'static str, key: &str, e: aws_sdk_s3::error::SdkError<E, R>) -> StoreError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: HttpStatus + std::fmt::Debug + Send + Sync + 'static,
+{
+    let transient = is_transient(&e);
     StoreError::Remote {
         op,
         key: key.to_string(),
+        transient,
+        source: Box::new(e),
+    }
+}
+
+/// Throttling, server errors, timeouts and connection failures can succeed on a retry;
+/// access denied, bad requests and other client errors cannot.
+fn is_transient<E, R>(e: &aws_sdk_s3::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata,
+    R: HttpStatus,
+{
+    use aws_sdk_s3::error::SdkError;
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status_code();
+            let code = service.err().code().unwrap_or("");
+            status >= 500
+                || status == 429
+                || matches!(
+                    code,
+                    "SlowDown"
+                        | "Throttling"
+                        | "ThrottlingException"
+                        | "RequestTimeout"
+                        | "RequestTimeoutException"
+                        | "InternalError"
+                        | "ServiceUnavailable"
+                )
+        }
+        _ => false,
+    }
+}
+
+/// An error while reading a response body (a dropped connection): worth a retry.
+fn body_error(op: &'static str, key: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Remote {
+        op,
+        key: key.to_string(),
+        transient: true,
         source: Box::new(e),
     }
 }
@@ -76,6 +121,7 @@ impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
+    page_size: Option<i32>,
 }
 
 impl S3Store {
@@ -84,7 +130,15 @@ impl S3Store {
         Self {
             client,
             bucket: bucket.into(),
+            page_size: None,
         }
+    }
+
+    /// Lists with pages of at most `keys` keys (S3's default is 1,000): tests force many
+    /// pages with it.
+    pub fn with_page_size(mut self, keys: i32) -> Self {
+        self.page_size = Some(keys);
+        self
     }
 
     /// The bucket name.
@@ -108,7 +162,7 @@ impl ObjectStore for S3Store {
                     .body
                     .collect()
                     .await
-                    .map_err(|e| remote("GetObject body", key, e))?;
+                    .map_err(|e| body_error("GetObject body", key, e))?;
                 Ok(data.into_bytes())
             }
             Err(e)
@@ -118,6 +172,55 @@ impl ObjectStore for S3Store {
                 Err(StoreError::NotFound(key.to_string()))
             }
             Err(e) => Err(remote("GetObject", key, e)),
+        }
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<Versioned, StoreError> {
+        let response = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        match response {
+            Ok(output) => {
+                let etag = output.e_tag().unwrap_or_default().to_string();
+                let data = output
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| body_error("GetObject body", key, e))?;
+                Ok(Versioned {
+                    body: data.into_bytes(),
+                    etag,
+                })
+            }
+            Err(e)
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key())
+                    || status_of(&e) == Some(404) =>
+            {
+                Err(StoreError::NotFound(key.to_string()))
+            }
+            Err(e) => Err(remote("GetObject", key, e)),
+        }
+    }
+
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<bool, StoreError> {
+        let response = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_match(etag)
+            .body(ByteStream::from(body))
+            .send()
+            .await;
+        match response {
+            Ok(_) => Ok(true),
+            // 412: the ETag changed. 404: the object is gone. 409: a concurrent write won.
+            Err(e) if matches!(status_of(&e), Some(412 | 404 | 409)) => Ok(false),
+            Err(e) => Err(remote("PutObject If-Match", key, e)),
         }
     }
 
@@ -183,6 +286,7 @@ impl ObjectStore for S3Store {
             .list_objects_v2()
             .bucket(&self.bucket)
             .prefix(prefix)
+            .set_max_keys(self.page_size)
             .into_paginator()
             .send();
         let mut objects = Vec::new();
@@ -193,6 +297,7 @@ impl ObjectStore for S3Store {
                     objects.push(ObjectInfo {
                         key: key.to_string(),
                         size: object.size().unwrap_or(0).max(0) as u64,
+                        version: object.e_tag().unwrap_or_default().to_string(),
                     });
                 }
             }

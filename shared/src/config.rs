@@ -25,6 +25,9 @@ pub struct Config {
     pub model_spec_path: PathBuf,
     /// `FEATURE_DIM`: the model's output size, for the splitter's request validation.
     pub feature_dim: usize,
+    /// `MODEL_SHA256`: the deployed model's checksum, recorded by the splitter in each run
+    /// (featurizers refuse the shards of a run made for another model).
+    pub model_sha256: String,
     /// Default run options (`SHARD_SIZE`, `PCA_K`, `PCA_VARIANCE`, `PCA_CONVENTION`,
     /// `IMAGE_GLOB`, `MAX_PIXELS`, `MAX_ERROR_RATE`).
     pub run_defaults: RunOptions,
@@ -104,6 +107,7 @@ impl Config {
             model_path,
             model_spec_path,
             feature_dim: parsed("FEATURE_DIM", 1280usize)?,
+            model_sha256: var("MODEL_SHA256").unwrap_or_default(),
             run_defaults,
             featurizer,
             reducer,
@@ -145,6 +149,7 @@ pub fn env_vars(role: Role) -> &'static [&'static str] {
             "SHARD_QUEUE_URL",
             "REDUCE_QUEUE_URL",
             "FEATURE_DIM",
+            "MODEL_SHA256",
             "SHARD_SIZE",
             "PCA_K",
             "PCA_CONVENTION",

@@ -56,6 +56,13 @@ pub enum Error {
     /// A run's stored state is inconsistent (missing manifest, unknown shard, ...).
     #[error("run state: {0}")]
     RunState(String),
+    /// The run's committed objects break an invariant (rows + errors != listed images, a
+    /// path twice, statistics that do not match their rows): nothing is fitted.
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+    /// This reducer's lock was taken over: it stopped before writing anything more.
+    #[error("lost the reduce lock: {0}")]
+    LostLock(String),
     /// The invocation is about to hit its deadline; the work was stopped before any partial write.
     #[error("deadline: stopped with {remaining_ms} ms left, before {stage}")]
     Deadline {

@@ -226,6 +226,50 @@ pub struct ReduceClaim {
     pub claimed_by_shard: usize,
     /// When (RFC 3339).
     pub claimed_at: String,
+    /// When (Unix seconds).
+    #[serde(default)]
+    pub claimed_at_unix: u64,
+}
+
+/// A fresh attempt id: time-ordered and random, so two attempts never share one.
+pub fn new_attempt_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}-{:016x}", fastrand::u64(..))
+}
+
+/// Lowercase hex sha256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The committed part of a shard, read from its attempt and checked against the marker.
+pub async fn committed_part<S: ObjectStore>(
+    store: &S,
+    layout: &RunLayout,
+    marker: &DoneMarker,
+) -> Result<Bytes> {
+    let key = layout.attempt_part(marker.shard, &marker.attempt);
+    let part = store.get(&key).await.map_err(|e| match e {
+        StoreError::NotFound(_) => Error::RunState(format!(
+            "shard {} is committed to attempt {}, but its part {key} is missing",
+            marker.shard, marker.attempt
+        )),
+        other => other.into(),
+    })?;
+    if sha256_hex(&part) != marker.part_sha256 {
+        return Err(Error::RunState(format!(
+            "shard {}: part {key} does not match its done marker's checksum",
+            marker.shard
+        )));
+    }
+    Ok(part)
 }
 
 /// A failed attempt at a shard, kept for `status` (a shard that keeps failing ends in the DLQ).
@@ -359,11 +403,22 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
                 message.shard
             ))
         })?;
-        if self.output.exists(&layout.done_marker(shard.id)).await? {
+        if !manifest.model_sha256.is_empty() && manifest.model_sha256 != self.model.sha256() {
+            return Err(Error::RunState(format!(
+                "run {} is featurized with model sha256 {}, but this featurizer loaded {}: \
+                 deploy that model again, or start a new run",
+                manifest.run_id,
+                manifest.model_sha256,
+                self.model.sha256()
+            )));
+        }
+        if let Some(marker) = self.committed(&layout, shard.id).await? {
             info!(
                 shard = shard.id,
-                "shard already done (redelivery): skipping to the barrier"
+                attempt = %marker.attempt,
+                "shard already committed (redelivery): publishing and going to the barrier"
             );
+            self.publish(&layout, &marker, None).await?;
             let sent_reduce = self.barrier(&manifest, shard.id).await?;
             return Ok(ShardOutcome {
                 shard: shard.id,
@@ -373,17 +428,21 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
                 sent_reduce,
             });
         }
-
-        let fetch_start = Instant::now();
-        let encoded = self.fetch_all(&manifest, &shard.images).await;
-        let fetch_s = fetch_start.elapsed().as_secs_f64();
-
         let compute_deadline = deadline.map(|d| {
             d - self
                 .settings
                 .deadline_margin
                 .min(d.saturating_duration_since(Instant::now()))
         });
+
+        // An attempt id of its own: this attempt's objects are never overwritten by another.
+        let attempt = new_attempt_id();
+        let fetch_start = Instant::now();
+        let encoded = self
+            .fetch_all(&manifest, &shard.images, compute_deadline)
+            .await?;
+        let fetch_s = fetch_start.elapsed().as_secs_f64();
+
         let model = self.model.clone();
         let threads = self.settings.threads();
         let max_pixels = manifest.options.max_pixels;
@@ -424,17 +483,20 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             let refs: Vec<&[f32]> = rows.iter().map(|r| r.values.as_slice()).collect();
             ShardStats::from_rows(&refs, dim)
         };
-        // Deterministic keys: a redelivered message rewrites the same objects. The done
-        // marker goes last, so "done" implies everything else is in place.
+        // The attempt's objects first, under its own keys; then the done marker, created
+        // only if absent, commits exactly one attempt; then the committed part is published.
         self.output
-            .put(&layout.results_part(shard.id), part)
-            .await?;
-        self.output
-            .put(&layout.stats(shard.id), stats.to_bytes().into())
+            .put(&layout.attempt_part(shard.id, &attempt), part.clone())
             .await?;
         self.output
             .put(
-                &layout.shard_errors(shard.id),
+                &layout.attempt_stats(shard.id, &attempt),
+                stats.to_bytes().into(),
+            )
+            .await?;
+        self.output
+            .put(
+                &layout.attempt_errors(shard.id, &attempt),
                 serde_json::to_vec(&errors)?.into(),
             )
             .await?;
@@ -444,44 +506,134 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         timings.wall_s = started.elapsed().as_secs_f64();
         let marker = DoneMarker {
             shard: shard.id,
+            attempt: attempt.clone(),
+            part_sha256: sha256_hex(&part),
             images: shard.images.len(),
             rows: rows.len(),
             errors: errors.len(),
             timings,
             cost: InvocationCost::since(started),
         };
-        self.output
-            .put(
+        let won = self
+            .output
+            .put_if_absent(
                 &layout.done_marker(shard.id),
                 serde_json::to_vec(&marker)?.into(),
             )
             .await?;
+        let committed = if won {
+            marker
+        } else {
+            // Another attempt committed first, or this attempt's own create landed and its
+            // answer was lost (a retried create): the marker says which.
+            let committed = self.committed(&layout, shard.id).await?.ok_or_else(|| {
+                Error::RunState(format!(
+                    "shard {} of run {}: the done marker vanished",
+                    shard.id, manifest.run_id
+                ))
+            })?;
+            if committed.attempt != attempt {
+                // Ours stays in staging until the reducer deletes the run's staging area.
+                info!(shard = shard.id, ours = %attempt, committed = %committed.attempt,
+                    "another attempt committed this shard first: ours is discarded");
+            }
+            committed
+        };
+        let ours = committed.attempt == attempt;
+        self.publish(&layout, &committed, ours.then_some(part))
+            .await?;
         info!(
-            run_id = %manifest.run_id, shard = shard.id, rows = rows.len(), errors = errors.len(),
-            wall_s = timings.wall_s, "shard done"
+            run_id = %manifest.run_id, shard = shard.id, attempt = %committed.attempt,
+            rows = committed.rows, errors = committed.errors, wall_s = committed.timings.wall_s,
+            "shard done"
         );
         let sent_reduce = self.barrier(&manifest, shard.id).await?;
         Ok(ShardOutcome {
             shard: shard.id,
-            rows: rows.len(),
-            errors: errors.len(),
-            already_done: false,
+            rows: if ours { committed.rows } else { 0 },
+            errors: if ours { committed.errors } else { 0 },
+            already_done: !ours,
             sent_reduce,
         })
     }
 
+    /// The shard's done marker, if it is committed.
+    async fn committed(&self, layout: &RunLayout, shard: usize) -> Result<Option<DoneMarker>> {
+        match self.output.get(&layout.done_marker(shard)).await {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the committed attempt's part to `Results/<run>/part-N.parquet`: from memory
+    /// when this attempt is the committed one, else copied from the committed attempt's
+    /// objects. Every writer of that key writes the same committed bytes.
+    async fn publish(
+        &self,
+        layout: &RunLayout,
+        committed: &DoneMarker,
+        part: Option<Bytes>,
+    ) -> Result<()> {
+        let key = layout.results_part(committed.shard);
+        let part = match part {
+            Some(part) => part,
+            None => {
+                if self.output.exists(&key).await? {
+                    return Ok(());
+                }
+                committed_part(&self.output, layout, committed).await?
+            }
+        };
+        self.output.put(&key, part).await?;
+        Ok(())
+    }
+
+    /// Fetches a shard's images, a few at a time. An image that does not exist is that
+    /// image's error; any other failure (throttling, 5xx, timeouts, access denied) fails the
+    /// whole attempt, so the message is retried instead of an image being lost for good.
     async fn fetch_all(
         &self,
         manifest: &Manifest,
         images: &[ImageRef],
-    ) -> Vec<Result<Bytes, String>> {
-        stream::iter(images.iter().map(|image| {
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Result<Bytes, String>>> {
+        let fetched: Vec<Result<Bytes, StoreError>> = stream::iter(images.iter().map(|image| {
             let key = manifest.input.key_of(image);
-            async move { self.input.get(&key).await.map_err(|e| e.to_string()) }
+            async move {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(StoreError::Remote {
+                        op: "GetObject",
+                        key,
+                        transient: true,
+                        source: "deadline reached before the fetch".into(),
+                    });
+                }
+                self.input.get(&key).await
+            }
         }))
         .buffered(self.settings.fetch_concurrency.max(1))
         .collect()
-        .await
+        .await;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let remaining_ms = deadline
+                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64)
+                .unwrap_or(0);
+            return Err(Error::Deadline {
+                remaining_ms,
+                stage: "fetching the shard's images",
+            });
+        }
+        fetched
+            .into_iter()
+            .map(|r| match r {
+                Ok(bytes) => Ok(Ok(bytes)),
+                Err(StoreError::NotFound(key)) => Ok(Err(format!(
+                    "object not found: {key} (deleted after the run was listed)"
+                ))),
+                Err(e) => Err(Error::Store(e)),
+            })
+            .collect()
     }
 
     /// The completion barrier. S3 listings are strongly consistent, so after writing its own
@@ -500,12 +652,10 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         if !all_done {
             return Ok(false);
         }
-        self.output
-            .put(&layout.results_success(), Bytes::new())
-            .await?;
         let claim = ReduceClaim {
             claimed_by_shard: shard,
             claimed_at: crate::manifest::now_rfc3339(),
+            claimed_at_unix: crate::manifest::unix_now(),
         };
         let won = self
             .output
@@ -515,7 +665,8 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             true
         } else {
             // The winner may have died between its claim and its message: its own retry
-            // (same shard) sends again; the reducer's lock makes a duplicate harmless.
+            // (same shard) sends again; the reducer's lock makes a duplicate harmless. If the
+            // message is lost for good, `status` reports the run stuck and `resume` sends it.
             let existing: ReduceClaim =
                 serde_json::from_slice(&self.output.get(&layout.reduce_claim()).await?)?;
             existing.claimed_by_shard == shard && !self.output.exists(&layout.pca_success()).await?

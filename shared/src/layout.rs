@@ -8,6 +8,12 @@
 /// Prefix of run requests that start a run when created (S3 event).
 pub const REQUESTS_PREFIX: &str = "runs/requests/";
 
+/// Prefix of every run's intermediate objects (expired by a lifecycle rule).
+pub const STAGING_PREFIX: &str = "staging/";
+
+/// Names under `runs/` that are not runs: a run id may not take them.
+pub const RESERVED_RUN_IDS: &[&str] = &["requests", "request-results"];
+
 /// Key builder for one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunLayout {
@@ -39,17 +45,37 @@ impl RunLayout {
     pub fn done_prefix(&self) -> String {
         format!("runs/{}/done/", self.run_id)
     }
-    /// A shard's done marker (written last, after its part, statistics and errors).
+    /// A shard's done marker: created once (conditionally), it names the attempt whose
+    /// part, statistics and errors are the shard's. It is the shard's commit point.
     pub fn done_marker(&self, shard: usize) -> String {
         format!("runs/{}/done/shard-{shard:05}.json", self.run_id)
     }
-    /// A shard's PCA statistics (count, mean, co-moment).
-    pub fn stats(&self, shard: usize) -> String {
-        format!("runs/{}/stats/shard-{shard:05}.bin", self.run_id)
+    /// `staging/<run>/`: the run's intermediate objects (attempts' parts, statistics and
+    /// errors). The reducer deletes it after `_SUCCESS`; a lifecycle rule on `staging/`
+    /// expires what a failed run leaves.
+    pub fn staging_prefix(&self) -> String {
+        format!("{STAGING_PREFIX}{}/", self.run_id)
     }
-    /// A shard's per-image errors.
-    pub fn shard_errors(&self, shard: usize) -> String {
-        format!("runs/{}/errors/shard-{shard:05}.json", self.run_id)
+    /// Where one attempt at a shard keeps its outputs until the done marker commits them.
+    /// Attempts never share keys, so interleaved attempts cannot mix their objects.
+    pub fn attempt_prefix(&self, shard: usize, attempt: &str) -> String {
+        format!("{}shard-{shard:05}/{attempt}/", self.staging_prefix())
+    }
+    /// An attempt's features part (published to `Results` once committed).
+    pub fn attempt_part(&self, shard: usize, attempt: &str) -> String {
+        format!("{}part.parquet", self.attempt_prefix(shard, attempt))
+    }
+    /// An attempt's PCA statistics (count, mean, co-moment).
+    pub fn attempt_stats(&self, shard: usize, attempt: &str) -> String {
+        format!("{}stats.bin", self.attempt_prefix(shard, attempt))
+    }
+    /// An attempt's per-image errors.
+    pub fn attempt_errors(&self, shard: usize, attempt: &str) -> String {
+        format!("{}errors.json", self.attempt_prefix(shard, attempt))
+    }
+    /// The last failure of the reduce (for `status`).
+    pub fn reduce_failure(&self) -> String {
+        format!("runs/{}/failures/reduce.json", self.run_id)
     }
     /// The barrier's claim: whoever creates it sends the reduce message.
     pub fn reduce_claim(&self) -> String {
@@ -79,7 +105,7 @@ impl RunLayout {
     pub fn results_part(&self, shard: usize) -> String {
         format!("Results/{}/part-{shard:05}.parquet", self.run_id)
     }
-    /// Written when every features part is written.
+    /// Written by the reducer once every committed part is published.
     pub fn results_success(&self) -> String {
         format!("Results/{}/_SUCCESS", self.run_id)
     }
@@ -116,5 +142,9 @@ mod tests {
         assert_eq!(shard_of_done_marker(&layout.done_marker(42)), Some(42));
         assert!(layout.done_marker(3).starts_with(&layout.done_prefix()));
         assert_eq!(shard_of_done_marker("runs/r1/done/other.json"), None);
+        let a = layout.attempt_part(3, "a1");
+        let b = layout.attempt_part(3, "b2");
+        assert_ne!(a, b, "attempts never share keys");
+        assert!(a.starts_with(&layout.attempt_prefix(3, "a1")));
     }
 }

@@ -6,6 +6,7 @@
 pub mod aws;
 pub mod config;
 pub mod error;
+pub mod faults;
 pub mod featurizer;
 pub mod lambda;
 pub mod layout;
@@ -18,6 +19,7 @@ pub mod pca;
 pub mod preprocess;
 pub mod queue;
 pub mod reducer;
+pub mod retry;
 pub mod splitter;
 pub mod stats;
 pub mod status;

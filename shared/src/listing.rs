@@ -32,11 +32,15 @@ impl ImageFilter {
 }
 
 /// The label of an image: its parent folder's name (as the original notebook did);
-/// for an image directly under the input root, the root's own name.
+/// for an image directly under the input root (or under a folder with an empty name, as
+/// in the S3 key `images//x.jpg`), the root's own name.
 pub fn label_for(relative_path: &str, root_name: &str) -> String {
     let mut parts = relative_path.rsplit('/');
     parts.next();
-    parts.next().unwrap_or(root_name).to_string()
+    match parts.next() {
+        Some(parent) if !parent.is_empty() => parent.to_string(),
+        _ => root_name.to_string(),
+    }
 }
 
 /// The last component of a folder path or key prefix (`"a/b/"` -> `"b"`).
@@ -49,7 +53,8 @@ pub fn root_name(root: &str) -> String {
 }
 
 /// Lists the images under `prefix` in `store`: selected by `filter`, paths relative to the
-/// prefix, sorted by path so shards are the same every time.
+/// prefix, sorted by path so shards are the same every time. Keys are kept exactly as
+/// listed (no slash is stripped or merged), so `prefix + path` is always the listed key.
 pub async fn list_images<S: ObjectStore>(
     store: &S,
     prefix: &str,
@@ -62,14 +67,11 @@ pub async fn list_images<S: ObjectStore>(
         .into_iter()
         .filter(|o| filter.matches(&o.key))
         .filter_map(|o| {
-            let path = o
-                .key
-                .strip_prefix(prefix)?
-                .trim_start_matches('/')
-                .to_string();
+            let path = o.key.strip_prefix(prefix)?.to_string();
             (!path.is_empty()).then(|| ImageRef {
                 label: label_for(&path, root_label),
                 path,
+                version: o.version,
             })
         })
         .collect();
@@ -100,6 +102,8 @@ mod tests {
         );
         assert_eq!(label_for("a/b/c.jpg", "Test"), "b");
         assert_eq!(label_for("c.jpg", "Test"), "Test");
+        assert_eq!(label_for("/c.jpg", "Test"), "Test");
+        assert_eq!(label_for("a//c.jpg", "Test"), "Test");
         assert_eq!(root_name("/data/fruits-360/Test/"), "Test");
         assert_eq!(root_name("images/smoke/"), "smoke");
     }

@@ -11,7 +11,7 @@ use crate::model::Model;
 use crate::queue::InProcessQueue;
 use crate::reducer::{ReduceOutcome, Reducer, ReducerSettings, Summary};
 use crate::splitter::{SplitOutcome, Splitter};
-use crate::store::FsStore;
+use crate::store::{FsStore, ObjectStore};
 
 /// Called once the splitter has listed the run (the CLI sizes its progress bar with it).
 pub type OnStart = Box<dyn Fn(&SplitOutcome) + Send + Sync>;
@@ -47,12 +47,46 @@ pub async fn run_local(run: LocalRun, model: Model) -> Result<LocalReport> {
     // The absolute path, so that the same folder is the same run from any working directory.
     let input_root = std::fs::canonicalize(&run.input)
         .map_err(|e| Error::io(format!("input folder {}", run.input.display()), e))?;
-    let input = FsStore::new(&input_root);
+    let mut request = run.request.clone();
+    request.input_prefix = String::new();
+    drive(run, FsStore::new(&input_root), model, Start::New(request)).await
+}
+
+/// How a local run starts.
+enum Start {
+    /// A new (or repeated) request.
+    New(RunRequest),
+    /// An existing run, by its layout.
+    Resume(RunLayout),
+}
+
+/// Resumes a local run by its id (`featurize resume --run ID --output DIR`): the input
+/// folder is the one recorded in its manifest; shards that are not done are featurized,
+/// then the reduce runs (also when it was claimed and never ran, or its reducer died).
+pub async fn resume_local(run: LocalRun, run_id: &str, model: Model) -> Result<LocalReport> {
+    let output = FsStore::new(&run.output);
+    let layout = RunLayout::new(run_id);
+    let manifest: crate::manifest::Manifest =
+        match crate::store::ObjectStore::get(&output, &layout.manifest()).await {
+            Ok(bytes) => serde_json::from_slice(&bytes)?,
+            Err(crate::store::StoreError::NotFound(_)) => {
+                return Err(Error::RunState(format!(
+                    "no run {run_id} in {} (no {})",
+                    run.output.display(),
+                    output.describe(&layout.manifest())
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+    let input_root = PathBuf::from(&manifest.input.uri);
+    check_input_folder(&input_root)?;
+    drive(run, FsStore::new(&input_root), model, Start::Resume(layout)).await
+}
+
+async fn drive(run: LocalRun, input: FsStore, model: Model, start: Start) -> Result<LocalReport> {
     let output = FsStore::new(&run.output);
     let shard_queue = InProcessQueue::new();
     let reduce_queue = InProcessQueue::new();
-    let mut request = run.request.clone();
-    request.input_prefix = String::new();
     let splitter = Splitter::new(
         input.clone(),
         output.clone(),
@@ -60,8 +94,12 @@ pub async fn run_local(run: LocalRun, model: Model) -> Result<LocalReport> {
         &reduce_queue,
         RunOptions::default(),
         model.feature_dim(),
-    );
-    let split = splitter.handle(&request).await?;
+    )
+    .with_model_sha256(model.sha256());
+    let split = match start {
+        Start::New(request) => splitter.handle(&request).await?,
+        Start::Resume(layout) => splitter.resume(&layout).await?,
+    };
     if let Some(on_start) = &run.on_start {
         on_start(&split);
     }

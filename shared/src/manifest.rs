@@ -216,6 +216,10 @@ pub struct ImageRef {
     pub path: String,
     /// The parent folder's name (the `label` column).
     pub label: String,
+    /// The listed version of the object (ETag, or size and mtime): part of the run's
+    /// fingerprint, not stored in the manifest.
+    #[serde(skip)]
+    pub version: String,
 }
 
 /// One shard of a run.
@@ -264,6 +268,15 @@ pub struct Manifest {
     /// How long the splitter took, and on how much memory (for the cost estimate).
     #[serde(default)]
     pub splitter: Option<InvocationCost>,
+    /// sha256 of the model file the run is featurized with; a featurizer with another
+    /// model refuses the run's shards, so one PCA never mixes two models.
+    #[serde(default)]
+    pub model_sha256: String,
+    /// sha256 over everything that determines the outputs: input location, each key with
+    /// its version, the options and the model. The run id is derived from it; a request
+    /// reusing an explicit run id with another fingerprint is refused.
+    #[serde(default)]
+    pub fingerprint: String,
 }
 
 /// Billed time of one invocation, for the run's cost estimate.
@@ -368,11 +381,16 @@ impl StageTimings {
     }
 }
 
-/// A shard's done marker: written last, after its part, statistics and errors.
+/// A shard's done marker, its commit point: created once, it names the one attempt whose
+/// part, statistics and errors are the shard's, and what the reducer checks them against.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DoneMarker {
     /// The shard number.
     pub shard: usize,
+    /// The committed attempt (its objects are under `runs/<run>/attempts/shard-N/<attempt>/`).
+    pub attempt: String,
+    /// sha256 of the committed Parquet part.
+    pub part_sha256: String,
     /// Images in the shard.
     pub images: usize,
     /// Rows written to `Results`.
@@ -385,23 +403,41 @@ pub struct DoneMarker {
     pub cost: InvocationCost,
 }
 
-/// Derives a stable run id from the input, the options and the listed images, so the same
-/// request twice is the same run (idempotent), and a changed input is a new one.
-pub fn derive_run_id(input_uri: &str, options: &RunOptions, images: &[ImageRef]) -> String {
+/// The fingerprint of a run: sha256 (hex) over the input location, every listed key with
+/// its version (ETag, or size and mtime), the options and the model's sha256. The same
+/// request over unchanged images and model is the same run; any change makes a new one.
+pub fn run_fingerprint(
+    input_uri: &str,
+    options: &RunOptions,
+    images: &[ImageRef],
+    model_sha256: &str,
+) -> String {
     let mut hasher = Sha256::new();
     hasher.update(input_uri.as_bytes());
     hasher.update([0]);
     hasher.update(serde_json::to_vec(options).expect("options serialize"));
+    hasher.update([0]);
+    hasher.update(model_sha256.as_bytes());
     for image in images {
         hasher.update([0]);
         hasher.update(image.path.as_bytes());
+        hasher.update([1]);
+        hasher.update(image.version.as_bytes());
     }
-    let digest = hasher.finalize();
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("run-{hex}")
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
-/// Checks an explicit run id: it becomes part of keys, so keep it to a safe alphabet.
+/// The run id derived from a fingerprint.
+pub fn derive_run_id(fingerprint: &str) -> String {
+    format!("run-{}", &fingerprint[..16.min(fingerprint.len())])
+}
+
+/// Checks an explicit run id: it becomes part of keys, so keep it to a safe alphabet, and
+/// it may not take a name reserved under `runs/`.
 pub fn validate_run_id(run_id: &str) -> Result<()> {
     let ok = !run_id.is_empty()
         && run_id.len() <= 128
@@ -409,13 +445,17 @@ pub fn validate_run_id(run_id: &str) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !run_id.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidRequest(format!(
+    if !ok {
+        return Err(Error::InvalidRequest(format!(
             "run id {run_id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
-        )))
+        )));
     }
+    if crate::layout::RESERVED_RUN_IDS.contains(&run_id) {
+        return Err(Error::InvalidRequest(format!(
+            "run id {run_id:?} is reserved (runs/{run_id}/ holds run requests or their results)"
+        )));
+    }
+    Ok(())
 }
 
 /// Cuts the sorted images into shards.
@@ -437,6 +477,14 @@ pub fn make_shards(images: Vec<ImageRef>, options: &RunOptions) -> Vec<Shard> {
         .collect()
 }
 
+/// The current time, Unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// The current time, RFC 3339.
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
@@ -453,6 +501,7 @@ mod tests {
             .map(|i| ImageRef {
                 path: format!("c/{i:03}.jpg"),
                 label: "c".into(),
+                version: format!("etag-{i}"),
             })
             .collect()
     }
@@ -483,9 +532,18 @@ mod tests {
     #[test]
     fn run_id_is_stable_and_sensitive() {
         let o = RunOptions::default();
-        let a = derive_run_id("/in", &o, &images(3));
-        assert_eq!(a, derive_run_id("/in", &o, &images(3)));
-        assert_ne!(a, derive_run_id("/in", &o, &images(4)));
+        let id = |uri: &str, o: &RunOptions, images: &[ImageRef], model: &str| {
+            derive_run_id(&run_fingerprint(uri, o, images, model))
+        };
+        let a = id("/in", &o, &images(3), "m1");
+        assert_eq!(a, id("/in", &o, &images(3), "m1"));
+        assert_ne!(a, id("/in", &o, &images(4), "m1"));
+        assert_ne!(a, id("/in", &o, &images(3), "m2"), "the model is part of it");
+        let mut overwritten = images(3);
+        overwritten[1].version = "etag-new".into();
+        assert_ne!(a, id("/in", &o, &overwritten, "m1"), "so is each image's version");
+        assert!(validate_run_id("requests").is_err());
+        assert!(validate_run_id("request-results").is_err());
         let o2 = RunOptions {
             pca: PcaOptions {
                 k: 10,
@@ -493,7 +551,7 @@ mod tests {
             },
             ..o.clone()
         };
-        assert_ne!(a, derive_run_id("/in", &o2, &images(3)));
+        assert_ne!(a, id("/in", &o2, &images(3), "m1"));
         assert!(validate_run_id(&a).is_ok());
         assert!(validate_run_id("../x").is_err());
     }

@@ -228,6 +228,7 @@ pub struct Model {
     feature_dim: usize,
     load_time: Duration,
     channels_last_convs: usize,
+    sha256: Arc<str>,
 }
 
 impl std::fmt::Debug for Model {
@@ -263,6 +264,18 @@ impl Model {
         if !path.is_file() {
             return Err(ModelError::Missing(path.display().to_string()));
         }
+        let bytes = std::fs::read(path).map_err(|e| {
+            ModelError::Missing(format!("{}: {e}", path.display()))
+        })?;
+        let sha256: Arc<str> = {
+            use sha2::{Digest, Sha256};
+            let hex: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            hex.into()
+        };
+        drop(bytes);
         let mut model = tract("loading ONNX", tract_onnx::onnx().model_for_path(path))?;
         let input_names: Vec<String> = model
             .input_outlets()
@@ -316,6 +329,7 @@ impl Model {
             feature_dim,
             load_time: start.elapsed(),
             channels_last_convs: rewrites,
+            sha256,
         })
     }
 
@@ -327,6 +341,12 @@ impl Model {
     /// The spec the model was loaded with.
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+
+    /// sha256 (hex) of the model file: runs record it, and a featurizer refuses the shards
+    /// of a run made for another model.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// How many convolutions the channels-last pass rewrote.

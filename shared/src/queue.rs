@@ -59,6 +59,16 @@ impl InProcessQueue {
         self.messages.lock().expect("queue lock").pop_front()
     }
 
+    /// Adds a message at the end (a redelivery, in tests and the local driver).
+    pub fn push(&self, body: String) {
+        self.messages.lock().expect("queue lock").push_back(body);
+    }
+
+    /// The waiting messages, oldest first, left in place.
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().expect("queue lock").iter().cloned().collect()
+    }
+
     /// How many messages wait.
     pub fn len(&self) -> usize {
         self.messages.lock().expect("queue lock").len()

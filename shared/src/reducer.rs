@@ -1,9 +1,11 @@
 //! The reducer: merges the shards' statistics, fits the PCA, projects every features part
 //! (a few at a time, never all rows in memory), and writes `Results_PCA`, `pca_model.json`,
-//! `errors.json`, `summary.json` and finally `_SUCCESS`. A lock object makes sure that one
-//! reducer at a time writes; a reducer that died is taken over once its lock is stale.
+//! `errors.json`, `summary.json` and finally `_SUCCESS`. Before fitting anything it checks
+//! the run's invariants on the shards' committed objects. A fenced lock makes sure that one
+//! reducer at a time writes: a reducer that died is taken over once its lock is stale (or
+//! released), and a reducer whose lock was taken over stops before its next write.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -11,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
+use crate::featurizer::{committed_part, sha256_hex};
 use crate::layout::RunLayout;
 use crate::manifest::{
     DoneMarker, ImageError, InvocationCost, Manifest, ReduceMessage, StageTimings,
@@ -60,13 +63,43 @@ impl Default for ReducerSettings {
     }
 }
 
-/// The reducer's lock content.
+/// The reducer's lock content. It is only ever replaced conditionally (on its ETag), and
+/// each takeover increments `generation`: the pair (owner, generation) is the fencing
+/// token a reducer checks before each of its writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReduceLock {
     /// Who holds it (the reduce message's id).
     pub owner: String,
+    /// Incremented by every takeover.
+    #[serde(default)]
+    pub generation: u64,
     /// Unix seconds when taken.
     pub acquired_at: u64,
+    /// Set by a reducer that failed and let go: the next one may take over at once.
+    #[serde(default)]
+    pub released: bool,
+}
+
+/// What a reducer holds while it reduces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockToken {
+    /// The lock's owner.
+    pub owner: String,
+    /// Its generation.
+    pub generation: u64,
+}
+
+/// A failed reduce, kept for `status` (`runs/<run>/failures/reduce.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReduceFailure {
+    /// The reduce message's id.
+    pub owner: String,
+    /// The error.
+    pub error: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// When (Unix seconds).
+    pub at_unix: u64,
 }
 
 /// The run summary, `runs/<run>/summary.json`.
@@ -157,12 +190,7 @@ pub struct Reducer<S> {
     settings: ReducerSettings,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::manifest::unix_now;
 
 impl<S: ObjectStore> Reducer<S> {
     /// A reducer on `store`.
@@ -176,89 +204,305 @@ impl<S: ObjectStore> Reducer<S> {
         let layout = RunLayout::new(&message.run_id);
         if self.store.exists(&layout.pca_success()).await? {
             info!(run_id = %message.run_id, "already reduced: nothing to do");
+            self.clean_staging(&layout).await?;
             return Ok(ReduceOutcome::AlreadyReduced);
         }
-        self.lock(&layout, owner).await?;
-        let result = self.reduce(&layout).await;
-        if result.is_err() {
-            // Let a retry (or another delivery) take over at once.
-            if let Err(e) = self.store.delete(&layout.reduce_lock()).await {
-                warn!(error = %e, "could not release the reduce lock");
+        let token = self.lock(&layout, owner).await?;
+        let result = self.reduce(&layout, &token).await;
+        if let Err(error) = &result {
+            if !matches!(error, Error::LostLock(_)) {
+                let record = ReduceFailure {
+                    owner: owner.to_string(),
+                    error: error.to_string(),
+                    at: crate::manifest::now_rfc3339(),
+                    at_unix: unix_now(),
+                };
+                if let Ok(body) = serde_json::to_vec(&record) {
+                    if let Err(e) = self.store.put(&layout.reduce_failure(), body.into()).await {
+                        warn!(error = %e, "could not record the reduce failure");
+                    }
+                }
+                // Let a retry (or another delivery) take over at once.
+                self.release(&layout, &token).await;
             }
         }
         result
     }
 
-    async fn lock(&self, layout: &RunLayout, owner: &str) -> Result<()> {
+    /// Takes the run's lock: creates it, or takes it over (conditionally on its ETag) when
+    /// its holder released it or is stale. Returns the fencing token.
+    pub async fn lock(&self, layout: &RunLayout, owner: &str) -> Result<LockToken> {
         let key = layout.reduce_lock();
-        for _ in 0..2 {
-            let lock = ReduceLock {
+        for _ in 0..3 {
+            let fresh = ReduceLock {
                 owner: owner.to_string(),
+                generation: 1,
                 acquired_at: unix_now(),
+                released: false,
             };
             if self
                 .store
-                .put_if_absent(&key, serde_json::to_vec(&lock)?.into())
+                .put_if_absent(&key, serde_json::to_vec(&fresh)?.into())
                 .await?
             {
-                return Ok(());
+                return Ok(LockToken {
+                    owner: owner.to_string(),
+                    generation: 1,
+                });
             }
-            let held: ReduceLock = match self.store.get(&key).await {
-                Ok(bytes) => serde_json::from_slice(&bytes)?,
+            let current = match self.store.get_versioned(&key).await {
+                Ok(v) => v,
                 Err(StoreError::NotFound(_)) => continue,
                 Err(e) => return Err(e.into()),
             };
-            if held.owner == owner {
-                return Ok(());
+            let held: ReduceLock = serde_json::from_slice(&current.body)?;
+            if held.owner == owner && !held.released {
+                // This delivery already holds it (a redelivery, or a create whose answer
+                // was lost).
+                return Ok(LockToken {
+                    owner: owner.to_string(),
+                    generation: held.generation,
+                });
             }
             let age = unix_now().saturating_sub(held.acquired_at);
-            if age < self.settings.lock_stale_after.as_secs() {
+            if !held.released && age < self.settings.lock_stale_after.as_secs() {
                 return Err(Error::RunState(format!(
                     "run {} is being reduced by {} (lock taken {age} s ago); retry later",
                     layout.run_id(),
                     held.owner
                 )));
             }
-            warn!(run_id = layout.run_id(), holder = %held.owner, age, "taking over a stale reduce lock");
-            self.store.delete(&key).await?;
+            let next = ReduceLock {
+                owner: owner.to_string(),
+                generation: held.generation + 1,
+                acquired_at: unix_now(),
+                released: false,
+            };
+            warn!(run_id = layout.run_id(), holder = %held.owner, age, released = held.released,
+                generation = next.generation, "taking over the reduce lock");
+            let token = LockToken {
+                owner: owner.to_string(),
+                generation: next.generation,
+            };
+            if self
+                .store
+                .put_if_match(&key, serde_json::to_vec(&next)?.into(), &current.etag)
+                .await?
+                || self.holds(layout, &token).await?
+            {
+                return Ok(token);
+            }
         }
         Err(Error::RunState(format!(
-            "could not take the reduce lock of run {}",
+            "could not take the reduce lock of run {}: another reducer took it",
             layout.run_id()
         )))
     }
 
-    async fn reduce(&self, layout: &RunLayout) -> Result<ReduceOutcome> {
+    async fn holds(&self, layout: &RunLayout, token: &LockToken) -> Result<bool> {
+        match self.store.get(&layout.reduce_lock()).await {
+            Ok(bytes) => {
+                let held: ReduceLock = serde_json::from_slice(&bytes)?;
+                Ok(held.owner == token.owner
+                    && held.generation == token.generation
+                    && !held.released)
+            }
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checked before every write: a reducer whose lock was taken over stops.
+    async fn fence(&self, layout: &RunLayout, token: &LockToken) -> Result<()> {
+        if self.holds(layout, token).await? {
+            Ok(())
+        } else {
+            Err(Error::LostLock(format!(
+                "run {}: {} (generation {}) no longer holds the reduce lock; stopping before any \
+                 further write",
+                layout.run_id(),
+                token.owner,
+                token.generation
+            )))
+        }
+    }
+
+    /// Writes an output only while holding the lock.
+    async fn fenced_put(
+        &self,
+        layout: &RunLayout,
+        token: &LockToken,
+        key: &str,
+        body: Bytes,
+    ) -> Result<()> {
+        self.fence(layout, token).await?;
+        self.store.put(key, body).await?;
+        Ok(())
+    }
+
+    /// Marks the lock released if it is still ours (conditionally: never someone else's).
+    async fn release(&self, layout: &RunLayout, token: &LockToken) {
+        let key = layout.reduce_lock();
+        let result = async {
+            let current = self.store.get_versioned(&key).await?;
+            let mut held: ReduceLock = serde_json::from_slice(&current.body)?;
+            if held.owner != token.owner || held.generation != token.generation {
+                return Ok::<_, Error>(false);
+            }
+            held.released = true;
+            Ok(self
+                .store
+                .put_if_match(&key, serde_json::to_vec(&held)?.into(), &current.etag)
+                .await?)
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(error = %e, "could not release the reduce lock");
+        }
+    }
+
+    /// Reads every shard's committed objects and checks the run's invariants before
+    /// anything is fitted: each shard committed, its rows + errors = its listed images, its
+    /// statistics' count = its rows, its part matches the marker's checksum, and no path is
+    /// in two places (two rows, or a row and an error).
+    async fn committed_shards(
+        &self,
+        layout: &RunLayout,
+        manifest: &Manifest,
+        token: &LockToken,
+    ) -> Result<(Vec<DoneMarker>, Vec<ImageError>, Vec<ShardStats>)> {
+        let concurrency = self.settings.concurrency.max(1);
+        let invariant = |m: String| Error::Invariant(format!("run {}: {m}", manifest.run_id));
+        let loaded: Vec<(DoneMarker, Vec<ImageError>, ShardStats, Vec<String>)> =
+            stream::iter(manifest.shards.iter().map(|shard| async move {
+                let marker: DoneMarker = match self.store.get(&layout.done_marker(shard.id)).await {
+                    Ok(bytes) => serde_json::from_slice(&bytes)?,
+                    Err(StoreError::NotFound(_)) => {
+                        return Err(Error::RunState(format!("shard {} is not done yet", shard.id)))
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let errors: Vec<ImageError> = serde_json::from_slice(
+                    &self
+                        .store
+                        .get(&layout.attempt_errors(shard.id, &marker.attempt))
+                        .await?,
+                )?;
+                let stats_key = layout.attempt_stats(shard.id, &marker.attempt);
+                let stats = ShardStats::from_bytes(&self.store.get(&stats_key).await?, &stats_key)?;
+                let part = self.published_part(layout, &marker, token).await?;
+                let paths = parquet_io::read_rows(Dataset::Features, part)?
+                    .into_iter()
+                    .map(|r| r.path)
+                    .collect();
+                Ok::<_, Error>((marker, errors, stats, paths))
+            }))
+            .buffered(concurrency)
+            .try_collect()
+            .await?;
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut markers = Vec::new();
+        let mut all_errors = Vec::new();
+        let mut all_stats = Vec::new();
+        for (shard, (marker, errors, stats, paths)) in manifest.shards.iter().zip(&loaded) {
+            let id = shard.id;
+            if marker.shard != id || marker.images != shard.images.len() {
+                return Err(invariant(format!(
+                    "shard {id}'s done marker is for shard {} with {} images; the manifest lists {}",
+                    marker.shard,
+                    marker.images,
+                    shard.images.len()
+                )));
+            }
+            if paths.len() != marker.rows || errors.len() != marker.errors {
+                return Err(invariant(format!(
+                    "shard {id}: {} rows and {} errors stored, its marker says {} and {}",
+                    paths.len(),
+                    errors.len(),
+                    marker.rows,
+                    marker.errors
+                )));
+            }
+            if paths.len() + errors.len() != shard.images.len() {
+                return Err(invariant(format!(
+                    "shard {id}: {} rows + {} errors != {} listed images",
+                    paths.len(),
+                    errors.len(),
+                    shard.images.len()
+                )));
+            }
+            if stats.count != marker.rows as u64 {
+                return Err(invariant(format!(
+                    "shard {id}: statistics of {} rows for a part of {}",
+                    stats.count,
+                    marker.rows
+                )));
+            }
+            let listed: std::collections::HashSet<&str> =
+                shard.images.iter().map(|i| i.path.as_str()).collect();
+            for path in paths.iter().map(String::as_str).chain(errors.iter().map(|e| e.path.as_str())) {
+                if !listed.contains(path) {
+                    return Err(invariant(format!(
+                        "shard {id} holds {path:?}, which it was not given"
+                    )));
+                }
+                if !seen.insert(path) {
+                    return Err(invariant(format!(
+                        "{path:?} is in the outputs twice (two rows, or a row and an error)"
+                    )));
+                }
+            }
+            markers.push(marker.clone());
+            all_errors.extend(errors.iter().cloned());
+            all_stats.push(stats.clone());
+        }
+        if seen.len() != manifest.total_images {
+            return Err(invariant(format!(
+                "{} images accounted for, {} listed",
+                seen.len(),
+                manifest.total_images
+            )));
+        }
+        Ok((markers, all_errors, all_stats))
+    }
+
+    /// The shard's part as published in `Results`, checked against its marker; published
+    /// again from the committed attempt when it is missing or differs.
+    async fn published_part(
+        &self,
+        layout: &RunLayout,
+        marker: &DoneMarker,
+        token: &LockToken,
+    ) -> Result<Bytes> {
+        let key = layout.results_part(marker.shard);
+        match self.store.get(&key).await {
+            Ok(part) if sha256_hex(&part) == marker.part_sha256 => return Ok(part),
+            Ok(_) => warn!(key, "published part differs from the committed one: republishing"),
+            Err(StoreError::NotFound(_)) => info!(key, "committed part not published yet: publishing"),
+            Err(e) => return Err(e.into()),
+        }
+        let part = committed_part(&self.store, layout, marker).await?;
+        self.fenced_put(layout, token, &key, part.clone()).await?;
+        Ok(part)
+    }
+
+    async fn reduce(&self, layout: &RunLayout, token: &LockToken) -> Result<ReduceOutcome> {
         let started = Instant::now();
         let manifest: Manifest =
             serde_json::from_slice(&self.store.get(&layout.manifest()).await?)?;
         let shard_ids: Vec<usize> = manifest.shards.iter().map(|s| s.id).collect();
         let concurrency = self.settings.concurrency.max(1);
 
-        let markers: Vec<DoneMarker> = stream::iter(shard_ids.iter().map(|&id| {
-            let key = layout.done_marker(id);
-            async move {
-                let bytes = self.store.get(&key).await.map_err(|e| match e {
-                    StoreError::NotFound(_) => {
-                        Error::RunState(format!("shard {id} is not done yet"))
-                    }
-                    other => other.into(),
-                })?;
-                Ok::<_, Error>(serde_json::from_slice::<DoneMarker>(&bytes)?)
-            }
-        }))
-        .buffered(concurrency * 4)
-        .try_collect()
+        let (markers, errors, shard_stats) =
+            self.committed_shards(layout, &manifest, token).await?;
+        self.fenced_put(
+            layout,
+            token,
+            &layout.errors(),
+            serde_json::to_vec_pretty(&errors)?.into(),
+        )
         .await?;
-
-        let mut errors: Vec<ImageError> = Vec::new();
-        for &id in &shard_ids {
-            let shard_errors: Vec<ImageError> =
-                serde_json::from_slice(&self.store.get(&layout.shard_errors(id)).await?)?;
-            errors.extend(shard_errors);
-        }
-        self.store
-            .put(&layout.errors(), serde_json::to_vec_pretty(&errors)?.into())
+        self.fenced_put(layout, token, &layout.results_success(), Bytes::new())
             .await?;
 
         let images = manifest.total_images;
@@ -268,7 +512,6 @@ impl<S: ObjectStore> Reducer<S> {
         } else {
             errors.len() as f64 / images as f64
         };
-
         let mut summary = Summary {
             run_id: manifest.run_id.clone(),
             status: "succeeded".into(),
@@ -319,12 +562,13 @@ impl<S: ObjectStore> Reducer<S> {
             summary.status = "failed".into();
             summary.failure = Some(reason);
             summary.finished_at = crate::manifest::now_rfc3339();
-            self.store
-                .put(
-                    &layout.summary(),
-                    serde_json::to_vec_pretty(&summary)?.into(),
-                )
-                .await?;
+            self.fenced_put(
+                layout,
+                token,
+                &layout.summary(),
+                serde_json::to_vec_pretty(&summary)?.into(),
+            )
+            .await?;
             Ok::<_, Error>(ReduceOutcome::Failed(Box::new(summary)))
         };
         if error_rate > manifest.options.max_error_rate {
@@ -340,16 +584,7 @@ impl<S: ObjectStore> Reducer<S> {
 
         // Merge in shard order: deterministic to the last bit.
         let mut merged: Option<ShardStats> = None;
-        let mut loaded = stream::iter(shard_ids.iter().map(|&id| {
-            let key = layout.stats(id);
-            async move {
-                let bytes = self.store.get(&key).await?;
-                ShardStats::from_bytes(&bytes, &key)
-            }
-        }))
-        .buffered(concurrency);
-        while let Some(stats) = loaded.next().await {
-            let stats = stats?;
+        for stats in shard_stats {
             match merged.as_mut() {
                 None => merged = Some(stats),
                 Some(m) => m.merge(&stats)?,
@@ -362,10 +597,12 @@ impl<S: ObjectStore> Reducer<S> {
         };
 
         let model_ref = &model;
-        stream::iter(shard_ids.iter().map(|&id| async move {
-            let part = self.store.get(&layout.results_part(id)).await?;
+        let markers_ref = &markers;
+        stream::iter(shard_ids.iter().enumerate().map(|(i, &id)| async move {
+            let part = self.published_part(layout, &markers_ref[i], token).await?;
             let projected = project_part(model_ref, part)?;
-            self.store.put(&layout.pca_part(id), projected).await?;
+            self.fenced_put(layout, token, &layout.pca_part(id), projected)
+                .await?;
             Ok::<_, Error>(())
         }))
         .buffer_unordered(concurrency)
@@ -381,21 +618,42 @@ impl<S: ObjectStore> Reducer<S> {
         summary.cost = self.cost(&manifest, &markers, InvocationCost::since(started), images);
         summary.finished_at = crate::manifest::now_rfc3339();
 
-        self.store
-            .put(&layout.pca_model(), serde_json::to_vec(&model)?.into())
+        self.fenced_put(
+            layout,
+            token,
+            &layout.pca_model(),
+            serde_json::to_vec(&model)?.into(),
+        )
+        .await?;
+        self.fenced_put(
+            layout,
+            token,
+            &layout.summary(),
+            serde_json::to_vec_pretty(&summary)?.into(),
+        )
+        .await?;
+        self.fenced_put(layout, token, &layout.pca_success(), Bytes::new())
             .await?;
-        self.store
-            .put(
-                &layout.summary(),
-                serde_json::to_vec_pretty(&summary)?.into(),
-            )
-            .await?;
-        self.store.put(&layout.pca_success(), Bytes::new()).await?;
         info!(
             run_id = %manifest.run_id, rows, errors = summary.errors, k = model.k,
             cumulative = model.cumulative_explained_variance, "run reduced"
         );
+        self.clean_staging(layout).await?;
         Ok(ReduceOutcome::Reduced(Box::new(summary)))
+    }
+
+    /// Deletes the run's intermediate objects once it is complete (never before: they are
+    /// what a retried reduce checks and fits).
+    async fn clean_staging(&self, layout: &RunLayout) -> Result<()> {
+        let staged = self.store.list(&layout.staging_prefix()).await?;
+        stream::iter(staged.iter().map(|o| self.store.delete(&o.key)))
+            .buffer_unordered(self.settings.concurrency.max(1) * 4)
+            .try_collect::<Vec<()>>()
+            .await?;
+        if !staged.is_empty() {
+            info!(run_id = layout.run_id(), objects = staged.len(), "staging deleted");
+        }
+        Ok(())
     }
 
     fn cost(

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::layout::RunLayout;
 use crate::listing::{list_images, root_name, ImageFilter};
 use crate::manifest::{
-    derive_run_id, make_shards, now_rfc3339, validate_run_id, InputLocation, InvocationCost,
+    derive_run_id, make_shards, now_rfc3339, run_fingerprint, validate_run_id, InputLocation, InvocationCost,
     Manifest, ReduceMessage, RunOptions, RunRequest, ShardMessage,
 };
 use crate::queue::Queue;
@@ -46,6 +46,7 @@ pub struct Splitter<S, Q, R> {
     defaults: RunOptions,
     feature_dim: usize,
     input_bucket: Option<String>,
+    model_sha256: String,
 }
 
 impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
@@ -67,7 +68,15 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             defaults,
             feature_dim,
             input_bucket: None,
+            model_sha256: String::new(),
         }
+    }
+
+    /// The sha256 of the model the featurizers run: recorded in the manifest and part of
+    /// the run id (a featurizer with another model refuses the run's shards).
+    pub fn with_model_sha256(mut self, sha256: impl Into<String>) -> Self {
+        self.model_sha256 = sha256.into();
+        self
     }
 
     /// Records the bucket name in manifests (S3 inputs).
@@ -98,10 +107,11 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             )));
         }
         options.validate(self.feature_dim, images.len())?;
+        let fingerprint = run_fingerprint(&uri, &options, &images, &self.model_sha256);
         let run_id = request
             .run_id
             .clone()
-            .unwrap_or_else(|| derive_run_id(&uri, &options, &images));
+            .unwrap_or_else(|| derive_run_id(&fingerprint));
         let layout = RunLayout::new(&run_id);
         let total_images = images.len();
         let shards = make_shards(images, &options);
@@ -117,6 +127,8 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             total_images,
             shards,
             splitter: None,
+            model_sha256: self.model_sha256.clone(),
+            fingerprint: fingerprint.clone(),
         };
         manifest.splitter = Some(InvocationCost::since(started));
         let created = self
@@ -127,6 +139,15 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             )
             .await?;
         if !created {
+            let existing = self.read_manifest(&layout).await?;
+            if existing.fingerprint != fingerprint {
+                return Err(Error::InvalidRequest(format!(
+                    "run {run_id} already exists for other images, options or model \
+                     (fingerprint {} vs {}); give another run_id, or none to derive one",
+                    short(&existing.fingerprint),
+                    short(&fingerprint)
+                )));
+            }
             return self.resume(&layout).await;
         }
         let messages = manifest
@@ -153,18 +174,23 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
         })
     }
 
-    /// Resumes an existing run: re-sends the shards that are not done, or the reduce.
+    async fn read_manifest(&self, layout: &RunLayout) -> Result<Manifest> {
+        match self.output.get(&layout.manifest()).await {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
+            Err(StoreError::NotFound(_)) => Err(Error::RunState(format!(
+                "run {} does not exist (no {})",
+                layout.run_id(),
+                self.output.describe(&layout.manifest())
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Resumes an existing run (`featurize resume`, or the same request again): re-sends the
+    /// shards that are not done, or, when all are, the reduce — which also recovers a run
+    /// whose reduce message was lost or dead-lettered, or whose reducer died.
     pub async fn resume(&self, layout: &RunLayout) -> Result<SplitOutcome> {
-        let manifest: Manifest = match self.output.get(&layout.manifest()).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)?,
-            Err(StoreError::NotFound(_)) => {
-                return Err(Error::RunState(format!(
-                    "run {} does not exist",
-                    layout.run_id()
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let manifest = self.read_manifest(layout).await?;
         let mut outcome = SplitOutcome {
             run_id: manifest.run_id.clone(),
             images: manifest.total_images,
@@ -215,21 +241,41 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
     }
 }
 
-/// `""` stays the root; otherwise a prefix without a leading `/` and with a trailing `/`.
-/// `..` is refused.
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..12.min(fingerprint.len())]
+}
+
+/// `""` stays the root; otherwise the prefix exactly as given, with a trailing `/` added
+/// when missing (so `images` does not also select `images2/`). No slash is stripped or
+/// merged: S3 keys may begin with `/` or contain `//`, and those are other keys. `..` is
+/// refused.
 pub fn normalize_prefix(prefix: &str) -> Result<String> {
-    let trimmed = prefix.trim().trim_start_matches('/');
-    if trimmed.split('/').any(|p| p == "..") {
+    if prefix.split('/').any(|p| p == "..") {
         return Err(Error::InvalidRequest(format!(
             "input_prefix {prefix:?} must not contain '..'"
         )));
     }
-    if trimmed.is_empty() {
+    if prefix.is_empty() {
         return Ok(String::new());
     }
-    Ok(if trimmed.ends_with('/') {
-        trimmed.to_string()
+    Ok(if prefix.ends_with('/') {
+        prefix.to_string()
     } else {
-        format!("{trimmed}/")
+        format!("{prefix}/")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_kept_as_given() {
+        assert_eq!(normalize_prefix("").unwrap(), "");
+        assert_eq!(normalize_prefix("images").unwrap(), "images/");
+        assert_eq!(normalize_prefix("images/").unwrap(), "images/");
+        assert_eq!(normalize_prefix("/images/").unwrap(), "/images/");
+        assert_eq!(normalize_prefix("a//b/").unwrap(), "a//b/");
+        assert!(normalize_prefix("a/../b").is_err());
+    }
 }

@@ -4,10 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::featurizer::{failure_key, ShardFailure};
+use crate::featurizer::{failure_key, ReduceClaim, ShardFailure};
 use crate::layout::{shard_of_done_marker, RunLayout};
-use crate::manifest::{ImageError, Manifest};
-use crate::reducer::Summary;
+use crate::manifest::{DoneMarker, Manifest};
+use crate::reducer::{ReduceFailure, ReduceLock, Summary};
 use crate::store::{ObjectStore, StoreError};
 
 /// Where a run stands.
@@ -33,6 +33,36 @@ pub struct RunStatus {
     pub reduced: bool,
     /// The summary, once written.
     pub summary: Option<Summary>,
+    /// Set when the run has stopped moving and will not finish by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck: Option<Stuck>,
+}
+
+/// Why and since when a run is stuck; `featurize resume --run ID` recovers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stuck {
+    /// Since when (RFC 3339 when known, else Unix seconds).
+    pub since: String,
+    /// What happened.
+    pub reason: String,
+}
+
+/// When `status` calls a run stuck.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StallPolicy {
+    /// A claimed reduce that no reducer has started after this long was lost.
+    pub claim_unanswered_after: std::time::Duration,
+    /// A reducer lock older than this belongs to a dead reducer (the reducer's timeout).
+    pub lock_stale_after: std::time::Duration,
+}
+
+impl Default for StallPolicy {
+    fn default() -> Self {
+        Self {
+            claim_unanswered_after: std::time::Duration::from_secs(300),
+            lock_stale_after: std::time::Duration::from_secs(900),
+        }
+    }
 }
 
 impl RunStatus {
@@ -41,6 +71,7 @@ impl RunStatus {
         match (&self.summary, self.reduced) {
             (_, true) => "complete",
             (Some(s), false) if s.status == "failed" => "failed",
+            _ if self.stuck.is_some() => "stuck",
             _ if !self.failed.is_empty() => "shards failing",
             _ if self.done.len() == self.shards => "reducing",
             _ => "featurizing",
@@ -48,8 +79,90 @@ impl RunStatus {
     }
 }
 
-/// Reads a run's status.
+/// Reads a run's status, calling it stuck by the default [`StallPolicy`].
 pub async fn run_status<S: ObjectStore>(store: &S, run_id: &str) -> Result<RunStatus> {
+    run_status_with(store, run_id, StallPolicy::default()).await
+}
+
+fn rfc3339_of(unix: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+async fn get_json<S: ObjectStore, T: serde::de::DeserializeOwned>(
+    store: &S,
+    key: &str,
+) -> Result<Option<T>> {
+    match store.get(key).await {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Why a run whose shards are all done has not been reduced, if it will not be by itself.
+async fn stuck_reduce<S: ObjectStore>(
+    store: &S,
+    layout: &RunLayout,
+    policy: StallPolicy,
+) -> Result<Option<Stuck>> {
+    let now = crate::manifest::unix_now();
+    let resume = format!("run `featurize resume --run {}` to recover", layout.run_id());
+    let lock: Option<ReduceLock> = get_json(store, &layout.reduce_lock()).await?;
+    let failure: Option<ReduceFailure> = get_json(store, &layout.reduce_failure()).await?;
+    if let Some(lock) = &lock {
+        if !lock.released {
+            let age = now.saturating_sub(lock.acquired_at);
+            if age >= policy.lock_stale_after.as_secs() {
+                return Ok(Some(Stuck {
+                    since: rfc3339_of(lock.acquired_at),
+                    reason: format!(
+                        "reducer {} took the lock {age} s ago and has not finished: the lock is \
+                         stale (the reducer died); {resume}",
+                        lock.owner
+                    ),
+                }));
+            }
+            return Ok(None);
+        }
+    }
+    if let Some(failure) = failure {
+        return Ok(Some(Stuck {
+            since: failure.at,
+            reason: format!(
+                "the reduce failed: {}; fix the cause, then {resume}",
+                failure.error
+            ),
+        }));
+    }
+    let claim: Option<ReduceClaim> = get_json(store, &layout.reduce_claim()).await?;
+    if let Some(claim) = claim {
+        let age = now.saturating_sub(claim.claimed_at_unix);
+        if age >= policy.claim_unanswered_after.as_secs() {
+            return Ok(Some(Stuck {
+                since: claim.claimed_at,
+                reason: format!(
+                    "shard {} claimed the reduce {age} s ago but no reducer has started (the \
+                     reduce message was lost or dead-lettered); {resume}",
+                    claim.claimed_by_shard
+                ),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads a run's status.
+pub async fn run_status_with<S: ObjectStore>(
+    store: &S,
+    run_id: &str,
+    policy: StallPolicy,
+) -> Result<RunStatus> {
     let layout = RunLayout::new(run_id);
     let manifest: Manifest = match store.get(&layout.manifest()).await {
         Ok(bytes) => serde_json::from_slice(&bytes)?,
@@ -81,14 +194,18 @@ pub async fn run_status<S: ObjectStore>(store: &S, run_id: &str) -> Result<RunSt
     }
     let mut image_errors = 0;
     for &id in &done {
-        if let Ok(bytes) = store.get(&layout.shard_errors(id)).await {
-            image_errors += serde_json::from_slice::<Vec<ImageError>>(&bytes)?.len();
+        if let Some(marker) = get_json::<_, DoneMarker>(store, &layout.done_marker(id)).await? {
+            image_errors += marker.errors;
         }
     }
-    let summary = match store.get(&layout.summary()).await {
-        Ok(bytes) => Some(serde_json::from_slice(&bytes)?),
-        Err(StoreError::NotFound(_)) => None,
-        Err(e) => return Err(e.into()),
+    let summary: Option<Summary> = get_json(store, &layout.summary()).await?;
+    let reduced = store.exists(&layout.pca_success()).await?;
+    let all_done = manifest.shards.iter().all(|s| done.contains(&s.id));
+    let failed_run = summary.as_ref().is_some_and(|s| s.status == "failed");
+    let stuck = if all_done && !reduced && !failed_run {
+        stuck_reduce(store, &layout, policy).await?
+    } else {
+        None
     };
     Ok(RunStatus {
         run_id: run_id.to_string(),
@@ -99,7 +216,8 @@ pub async fn run_status<S: ObjectStore>(store: &S, run_id: &str) -> Result<RunSt
         failed,
         image_errors,
         reduce_claimed: store.exists(&layout.reduce_claim()).await?,
-        reduced: store.exists(&layout.pca_success()).await?,
+        reduced,
         summary,
+        stuck,
     })
 }

@@ -29,16 +29,32 @@ pub enum StoreError {
     #[error("invalid object key {0:?}")]
     InvalidKey(String),
     /// A remote (S3) call failed.
-    #[error("s3 {op} {key}: {source}")]
+    #[error("s3 {op} {key}{}: {source}", if *.transient { " (transient)" } else { "" })]
     Remote {
         /// The API call.
         op: &'static str,
         /// The key or prefix.
         key: String,
+        /// Whether a retry can help: throttling (503 SlowDown, 429), other 5xx, timeouts and
+        /// connection errors. Access denied, bad requests and the like are not.
+        transient: bool,
         /// The SDK error, with its chain.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl StoreError {
+    /// Whether retrying the same call later can succeed. Only [`StoreError::NotFound`] and
+    /// the non-transient remote errors are permanent; local I/O errors count as transient
+    /// (a full disk or a busy file is not the object's fault).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::NotFound(_) | StoreError::InvalidKey(_) => false,
+            StoreError::Io { .. } => true,
+            StoreError::Remote { transient, .. } => *transient,
+        }
+    }
 }
 
 /// One listed object.
@@ -48,6 +64,19 @@ pub struct ObjectInfo {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// What identifies this content of the key: the ETag on S3, size and modification time
+    /// on a local folder. A run id covers it, so an image overwritten under the same key
+    /// makes a new run instead of resuming into old results.
+    pub version: String,
+}
+
+/// An object's body with its entity tag, for a later [`ObjectStore::put_if_match`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The content.
+    pub body: Bytes,
+    /// The entity tag of exactly this content (opaque).
+    pub etag: String,
 }
 
 /// The storage the pipeline reads images from and writes runs to.
@@ -62,6 +91,19 @@ pub trait ObjectStore: Send + Sync {
         &self,
         key: &str,
         body: Bytes,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Reads a whole object with its entity tag.
+    fn get_versioned(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Versioned, StoreError>> + Send;
+    /// Replaces an object only if its entity tag is still `etag` (S3 `If-Match`);
+    /// `Ok(false)` when it changed or is gone. The reducer's lock is fenced with it.
+    fn put_if_match(
+        &self,
+        key: &str,
+        body: Bytes,
+        etag: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Whether an object exists.
     fn exists(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
@@ -121,6 +163,61 @@ impl FsStore {
     }
 }
 
+/// The local store's entity tag: a digest of the content (so that any rewrite changes it).
+fn content_etag(body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(body);
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+impl FsStore {
+    /// A temporary name beside `path`, unique to this process, thread and call; hidden from
+    /// listings.
+    fn temp_path(path: &Path) -> PathBuf {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        path.with_file_name(format!(
+            ".{}.tmp-{}-{}",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("object"),
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ))
+    }
+
+    /// Writes `body` to a fresh temporary file and flushes it to disk.
+    fn write_temp(path: &Path, body: &[u8]) -> Result<PathBuf, StoreError> {
+        use std::io::Write;
+        let tmp = Self::temp_path(path);
+        let mut file = std::fs::File::create(&tmp).map_err(|e| Self::io("write", &tmp, e))?;
+        file.write_all(body)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Self::io("write", &tmp, e)
+            })?;
+        Ok(tmp)
+    }
+
+    /// Flushes a folder's entries (a rename or link in it) to disk.
+    fn sync_dir(path: &Path) -> Result<(), StoreError> {
+        if let Some(parent) = path.parent() {
+            std::fs::File::open(parent)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| Self::io("sync folder", parent, e))?;
+        }
+        Ok(())
+    }
+
+    /// Holds an exclusive lock on the object's folder for a read-compare-write.
+    fn lock_folder(path: &Path) -> Result<std::fs::File, StoreError> {
+        let parent = path.parent().unwrap_or(Path::new("."));
+        let dir = std::fs::File::open(parent).map_err(|e| Self::io("open folder", parent, e))?;
+        dir.lock().map_err(|e| Self::io("lock folder", parent, e))?;
+        Ok(dir)
+    }
+}
+
 impl ObjectStore for FsStore {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let path = self.path(key)?;
@@ -133,39 +230,64 @@ impl ObjectStore for FsStore {
         }
     }
 
+    async fn get_versioned(&self, key: &str) -> Result<Versioned, StoreError> {
+        let body = self.get(key).await?;
+        Ok(Versioned {
+            etag: content_etag(&body),
+            body,
+        })
+    }
+
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         let path = self.path(key)?;
         Self::ensure_parent(&path)?;
-        // Write to a temporary name and rename, so readers never see a half-written object.
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp-{}-{:?}",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("object"),
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::write(&tmp, &body).map_err(|e| Self::io("write", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Self::io("rename", &path, e))
+        // Write and flush a temporary file, then rename it: readers never see a half-written
+        // object, and a crash leaves either the old object or the new one.
+        let tmp = Self::write_temp(&path, &body)?;
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Self::io("rename", &path, e)
+        })?;
+        Self::sync_dir(&path)
     }
 
     async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, StoreError> {
-        use std::io::Write;
         let path = self.path(key)?;
         Self::ensure_parent(&path)?;
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(mut file) => {
-                file.write_all(&body)
-                    .map_err(|e| Self::io("write", &path, e))?;
+        // The complete, flushed content is linked into place: creating the name is the atomic
+        // step (link fails if it exists), so a crash never leaves an empty or partial object.
+        let tmp = Self::write_temp(&path, &body)?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                Self::sync_dir(&path)?;
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(Self::io("create", &path, e)),
         }
+    }
+
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        Self::ensure_parent(&path)?;
+        let _folder_lock = Self::lock_folder(&path)?;
+        let current = match std::fs::read(&path) {
+            Ok(data) => content_etag(&data),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Self::io("read", &path, e)),
+        };
+        if current != etag {
+            return Ok(false);
+        }
+        let tmp = Self::write_temp(&path, &body)?;
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Self::io("rename", &path, e)
+        })?;
+        Self::sync_dir(&path)?;
+        Ok(true)
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
@@ -213,8 +335,20 @@ impl ObjectStore for FsStore {
                 .next()
                 .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
             if key.starts_with(prefix) && !hidden_temp {
-                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                objects.push(ObjectInfo { key, size });
+                let meta = entry
+                    .metadata()
+                    .map_err(|e| Self::io("stat", entry.path(), e.into()))?;
+                let mtime_ns = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                objects.push(ObjectInfo {
+                    key,
+                    size: meta.len(),
+                    version: format!("{}-{mtime_ns}", meta.len()),
+                });
             }
         }
         objects.sort_by(|a, b| a.key.cmp(&b.key));
@@ -235,6 +369,31 @@ mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    #[test]
+    fn concurrent_creates_have_one_winner_with_complete_content() {
+        let dir = std::env::temp_dir().join(format!("fsstore-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = FsStore::new(&dir);
+        let body = |i: usize| Bytes::from(vec![b'a' + i as u8; 1 << 16]);
+        let winners: Vec<usize> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let store = store.clone();
+                    s.spawn(move || block(store.put_if_absent("runs/r/claim", body(i))).unwrap())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, h)| h.join().unwrap().then_some(i))
+                .collect()
+        });
+        assert_eq!(winners.len(), 1, "exactly one create wins");
+        let content = block(store.get("runs/r/claim")).unwrap();
+        assert_eq!(content, body(winners[0]), "the winner's whole content");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -276,6 +435,27 @@ mod tests {
                 .await
                 .unwrap());
             assert_eq!(store.get("lock").await.unwrap(), Bytes::from_static(b"x"));
+            // Conditional replace: only with the current entity tag.
+            let v = store.get_versioned("lock").await.unwrap();
+            assert!(store
+                .put_if_match("lock", Bytes::from_static(b"z"), &v.etag)
+                .await
+                .unwrap());
+            assert!(!store
+                .put_if_match("lock", Bytes::from_static(b"w"), &v.etag)
+                .await
+                .unwrap());
+            assert_eq!(store.get("lock").await.unwrap(), Bytes::from_static(b"z"));
+            assert!(!store
+                .put_if_match("absent", Bytes::from_static(b"w"), &v.etag)
+                .await
+                .unwrap());
+            // No temporary file is left behind or listed.
+            let names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
             store.delete("lock").await.unwrap();
             assert!(!store.exists("lock").await.unwrap());
             assert!(matches!(

@@ -25,7 +25,7 @@ use shared::manifest::{ImageError, RunOptions, RunRequest, ShardMessage};
 use shared::parquet_io::{read_rows, Dataset, VectorRow};
 use shared::reducer::{Reducer, ReducerSettings, Summary};
 use shared::splitter::{SplitOutcome, Splitter};
-use shared::store::{Bytes, ObjectInfo, ObjectStore, StoreError};
+use shared::store::{Bytes, ObjectInfo, ObjectStore, StoreError, Versioned};
 
 use crate::common::*;
 
@@ -42,20 +42,26 @@ fn endpoint() -> String {
 
 /// One isolated "stack" on the emulator: a bucket, the shard and reduce queues with their
 /// dead-letter queues, and a queue receiving the bucket's run-request notifications.
-struct Stack {
-    s3: aws_sdk_s3::Client,
-    sqs: aws_sdk_sqs::Client,
-    bucket: String,
-    shard_queue: String,
-    shard_dlq: String,
-    reduce_queue: String,
+pub(crate) struct Stack {
+    max_receive: u32,
+    pub(crate) s3: aws_sdk_s3::Client,
+    pub(crate) sqs: aws_sdk_sqs::Client,
+    pub(crate) bucket: String,
+    pub(crate) shard_queue: String,
+    pub(crate) shard_dlq: String,
+    pub(crate) reduce_queue: String,
     requests_queue: String,
 }
 
 static STACKS: AtomicUsize = AtomicUsize::new(0);
 
 impl Stack {
-    async fn new(name: &str) -> Self {
+    pub(crate) async fn new(name: &str) -> Self {
+        Self::with_max_receive(name, MAX_RECEIVE_COUNT).await
+    }
+
+    /// A stack whose queues dead-letter a message after `max_receive` deliveries.
+    pub(crate) async fn with_max_receive(name: &str, max_receive: u32) -> Self {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .endpoint_url(endpoint())
@@ -78,6 +84,7 @@ impl Stack {
             .await
             .expect("create bucket");
         let mut stack = Stack {
+            max_receive,
             s3,
             sqs,
             bucket,
@@ -140,7 +147,7 @@ impl Stack {
             VISIBILITY_S.to_string(),
         );
         if let Some(dlq) = dlq {
-            let policy = serde_json::json!({ "deadLetterTargetArn": self.arn(dlq).await, "maxReceiveCount": MAX_RECEIVE_COUNT });
+            let policy = serde_json::json!({ "deadLetterTargetArn": self.arn(dlq).await, "maxReceiveCount": self.max_receive });
             request = request.attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
         }
         request
@@ -164,7 +171,7 @@ impl Stack {
         attributes.attributes().unwrap()[&QueueAttributeName::QueueArn].clone()
     }
 
-    async fn depth(&self, url: &str) -> (usize, usize) {
+    pub(crate) async fn depth(&self, url: &str) -> (usize, usize) {
         let attributes = self
             .sqs
             .get_queue_attributes()
@@ -186,11 +193,11 @@ impl Stack {
         )
     }
 
-    fn store(&self) -> S3Store {
+    pub(crate) fn store(&self) -> S3Store {
         S3Store::new(self.s3.clone(), &self.bucket)
     }
 
-    fn splitter(&self) -> Splitter<S3Store, SqsQueue, SqsQueue> {
+    pub(crate) fn splitter(&self) -> Splitter<S3Store, SqsQueue, SqsQueue> {
         Splitter::new(
             self.store(),
             self.store(),
@@ -200,9 +207,10 @@ impl Stack {
             1280,
         )
         .with_input_bucket(&self.bucket)
+        .with_model_sha256(model().sha256())
     }
 
-    fn featurizer<S: ObjectStore + Clone>(&self, store: S) -> ShardFeaturizer<S, SqsQueue> {
+    pub(crate) fn featurizer<S: ObjectStore + Clone>(&self, store: S) -> ShardFeaturizer<S, SqsQueue> {
         ShardFeaturizer::new(
             store.clone(),
             store,
@@ -216,7 +224,7 @@ impl Stack {
         )
     }
 
-    fn reducer<S: ObjectStore>(&self, store: S) -> Reducer<S> {
+    pub(crate) fn reducer<S: ObjectStore>(&self, store: S) -> Reducer<S> {
         Reducer::new(
             store,
             ReducerSettings {
@@ -226,7 +234,7 @@ impl Stack {
         )
     }
 
-    async fn upload(&self, prefix: &str, files: &[(String, Vec<u8>)]) {
+    pub(crate) async fn upload(&self, prefix: &str, files: &[(String, Vec<u8>)]) {
         for (path, bytes) in files {
             self.store()
                 .put(&format!("{prefix}{path}"), Bytes::from(bytes.clone()))
@@ -237,7 +245,7 @@ impl Stack {
 
     /// Drops a run request in the bucket and runs the splitter on the S3 events that arrive
     /// in the notification queue (the first may be an `s3:TestEvent`), as the Lambda would.
-    async fn submit(&self, name: &str, body: &str) -> Vec<SplitOutcome> {
+    pub(crate) async fn submit(&self, name: &str, body: &str) -> Vec<SplitOutcome> {
         let key = format!("runs/requests/{name}.json");
         self.store()
             .put(&key, Bytes::from(body.to_string()))
@@ -328,7 +336,7 @@ impl Stack {
         }
     }
 
-    async fn pump_shards<S: ObjectStore + Clone>(&self, store: S, batch: i32) -> usize {
+    pub(crate) async fn pump_shards<S: ObjectStore + Clone>(&self, store: S, batch: i32) -> usize {
         let featurizer = self.featurizer(store);
         self.pump(&self.shard_queue.clone(), batch, |event| {
             let featurizer = &featurizer;
@@ -337,7 +345,7 @@ impl Stack {
         .await
     }
 
-    async fn pump_reduce<S: ObjectStore>(&self, store: S) -> usize {
+    pub(crate) async fn pump_reduce<S: ObjectStore>(&self, store: S) -> usize {
         let reducer = self.reducer(store);
         self.pump(&self.reduce_queue.clone(), 1, |event| {
             let reducer = &reducer;
@@ -376,11 +384,27 @@ fn sqs_event(messages: &[aws_sdk_sqs::types::Message], arn: &str) -> SqsEvent {
     serde_json::from_value(serde_json::json!({ "Records": records })).expect("SqsEvent")
 }
 
+/// Whether `key` matches `pattern`, where `*` stands for any run of characters.
+fn key_matches(pattern: &str, key: &str) -> bool {
+    let mut rest = key;
+    let parts: Vec<&str> = pattern.split('*').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 /// A store that injects failures into chosen writes and counts writes, around S3.
 #[derive(Clone)]
 struct FaultyStore {
     inner: S3Store,
-    /// (key suffix, failures left)
+    /// (key pattern, failures left)
     failures: Arc<Mutex<Vec<(String, usize)>>>,
     puts: Arc<Mutex<HashMap<String, usize>>>,
     /// Makes two featurizers reach the barrier's listing together.
@@ -396,19 +420,22 @@ impl FaultyStore {
             barrier: None,
         }
     }
-    fn fail(self, key_suffix: &str, times: usize) -> Self {
+    /// Fails the next `times` writes whose key matches `pattern` (`*`: any characters).
+    fn fail(self, pattern: &str, times: usize) -> Self {
         self.failures
             .lock()
             .unwrap()
-            .push((key_suffix.to_string(), times));
+            .push((pattern.to_string(), times));
         self
     }
-    fn puts_ending_with(&self, suffix: &str) -> usize {
+    /// Writes whose key matches `pattern` (`*`: any characters; the pattern is anchored at
+    /// the key's end).
+    fn puts_matching(&self, pattern: &str) -> usize {
         self.puts
             .lock()
             .unwrap()
             .iter()
-            .filter(|(k, _)| k.ends_with(suffix))
+            .filter(|(k, _)| key_matches(pattern, k))
             .map(|(_, n)| n)
             .sum()
     }
@@ -423,7 +450,7 @@ impl ObjectStore for FaultyStore {
             let mut failures = self.failures.lock().unwrap();
             failures
                 .iter_mut()
-                .find(|(suffix, left)| key.ends_with(suffix.as_str()) && *left > 0)
+                .find(|(pattern, left)| key_matches(pattern, key) && *left > 0)
                 .map(|(_, left)| *left -= 1)
                 .is_some()
         };
@@ -431,6 +458,7 @@ impl ObjectStore for FaultyStore {
             return Err(StoreError::Remote {
                 op: "PutObject",
                 key: key.to_string(),
+                transient: true,
                 source: "injected failure".into(),
             });
         }
@@ -444,6 +472,12 @@ impl ObjectStore for FaultyStore {
     }
     async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, StoreError> {
         self.inner.put_if_absent(key, body).await
+    }
+    async fn get_versioned(&self, key: &str) -> Result<Versioned, StoreError> {
+        self.inner.get_versioned(key).await
+    }
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<bool, StoreError> {
+        self.inner.put_if_match(key, body, etag).await
     }
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         self.inner.exists(key).await
@@ -465,7 +499,7 @@ impl ObjectStore for FaultyStore {
 }
 
 /// Both datasets of a run, rows sorted by path.
-async fn datasets<S: ObjectStore>(store: &S, run_id: &str) -> (Vec<VectorRow>, Vec<VectorRow>) {
+pub(crate) async fn datasets<S: ObjectStore>(store: &S, run_id: &str) -> (Vec<VectorRow>, Vec<VectorRow>) {
     let layout = RunLayout::new(run_id);
     let mut out = Vec::new();
     for (prefix, dataset) in [
@@ -490,10 +524,10 @@ async fn datasets<S: ObjectStore>(store: &S, run_id: &str) -> (Vec<VectorRow>, V
 }
 
 /// Both datasets and the summary of a clean run.
-type Reference = (Vec<VectorRow>, Vec<VectorRow>, Summary);
+pub(crate) type Reference = (Vec<VectorRow>, Vec<VectorRow>, Summary);
 
 /// The embedded (local) run of the same files: the reference outputs.
-fn local_reference(files: &[(String, Vec<u8>)], request: &RunRequest) -> Reference {
+pub(crate) fn local_reference(files: &[(String, Vec<u8>)], request: &RunRequest) -> Reference {
     let input = tempfile::tempdir().unwrap();
     let output = tempfile::tempdir().unwrap();
     write_tree(input.path(), files);
@@ -505,7 +539,7 @@ fn local_reference(files: &[(String, Vec<u8>)], request: &RunRequest) -> Referen
 }
 
 /// Features bit-identical, projections within 1e-6 (relative to their scale).
-fn assert_same_outputs(got: &(Vec<VectorRow>, Vec<VectorRow>), want: &Reference) {
+pub(crate) fn assert_same_outputs(got: &(Vec<VectorRow>, Vec<VectorRow>), want: &Reference) {
     assert_eq!(got.0.len(), want.0.len(), "Results rows");
     for (a, b) in got.0.iter().zip(&want.0) {
         assert_eq!((&a.path, &a.label), (&b.path, &b.label));
@@ -524,7 +558,7 @@ fn assert_same_outputs(got: &(Vec<VectorRow>, Vec<VectorRow>), want: &Reference)
     }
 }
 
-fn small_request(shard_size: usize, k: usize) -> RunRequest {
+pub(crate) fn small_request(shard_size: usize, k: usize) -> RunRequest {
     RunRequest {
         input_prefix: "images/".into(),
         shard_size: Some(shard_size),
@@ -533,11 +567,11 @@ fn small_request(shard_size: usize, k: usize) -> RunRequest {
     }
 }
 
-fn request_json(request: &RunRequest) -> String {
+pub(crate) fn request_json(request: &RunRequest) -> String {
     serde_json::to_string(request).unwrap()
 }
 
-async fn summary_of<S: ObjectStore>(store: &S, run_id: &str) -> Summary {
+pub(crate) async fn summary_of<S: ObjectStore>(store: &S, run_id: &str) -> Summary {
     serde_json::from_slice(&store.get(&RunLayout::new(run_id).summary()).await.unwrap()).unwrap()
 }
 
@@ -637,16 +671,17 @@ fn every_shard_message_delivered_twice() {
         let store = FaultyStore::new(stack.store());
         assert_eq!(stack.pump_shards(store.clone(), 1).await, 2 * run.shards);
         assert_eq!(
-            store.puts_ending_with(".parquet"),
+            store.puts_matching("staging/*.parquet"),
             run.shards,
-            "each part written once: redeliveries skip done shards"
+            "each shard featurized once: redeliveries skip committed shards"
+        );
+        assert_eq!(
+            store.puts_matching("Results/*.parquet"),
+            run.shards,
+            "each part published once"
         );
         stack.pump_reduce(store.clone()).await;
-        assert_eq!(
-            store.puts_ending_with("pca_model.json"),
-            1,
-            "one reduce wrote"
-        );
+        assert_eq!(store.puts_matching("pca_model.json"), 1, "one reduce wrote");
         assert_same_outputs(&datasets(&stack.store(), &run.run_id).await, &reference);
     });
 }
@@ -657,13 +692,18 @@ fn a_featurizer_failing_mid_shard_is_retried() {
     runtime().block_on(async {
         let (stack, run) = start_run("midshard", &files, &request).await;
         // Shard 1's part is written, then writing its statistics fails once.
-        let store = FaultyStore::new(stack.store()).fail("stats/shard-00001.bin", 1);
+        let store = FaultyStore::new(stack.store()).fail("staging/*shard-00001/*stats.bin", 1);
         let delivered = stack.pump_shards(store.clone(), 2).await;
         assert_eq!(delivered, run.shards + 1, "shard 1 was delivered again");
         assert_eq!(
-            store.puts_ending_with("part-00001.parquet"),
+            store.puts_matching("staging/*shard-00001/*part.parquet"),
             2,
-            "the retry rewrote the same part"
+            "the retry featurized the shard again, under its own attempt"
+        );
+        assert_eq!(
+            store.puts_matching("Results/*part-00001.parquet"),
+            1,
+            "only the committed attempt was published"
         );
         stack.pump_reduce(stack.store()).await;
         let got = datasets(&stack.store(), &run.run_id).await;
@@ -677,7 +717,7 @@ fn a_poison_shard_reaches_the_dlq_then_the_run_resumes() {
     let (files, request, reference) = fault_setup();
     runtime().block_on(async {
         let (stack, run) = start_run("poison", &files, &request).await;
-        let store = FaultyStore::new(stack.store()).fail("part-00002.parquet", usize::MAX);
+        let store = FaultyStore::new(stack.store()).fail("staging/*shard-00002/*part.parquet", usize::MAX);
         stack.pump_shards(store, 1).await;
         let (dead, _) = stack.depth(&stack.shard_dlq).await;
         assert_eq!(dead, 1, "the poison shard is in the dead-letter queue");
@@ -796,12 +836,12 @@ fn the_reduce_message_delivered_twice_reduces_once() {
         // Let visibility expire for any failed delivery, then drain.
         stack.pump_reduce(store.clone()).await;
         assert_eq!(
-            store.puts_ending_with("pca_model.json"),
+            store.puts_matching("pca_model.json"),
             1,
             "exactly one reduce wrote"
         );
         assert_eq!(
-            store.puts_ending_with(&RunLayout::new(&run.run_id).pca_success()),
+            store.puts_matching(&RunLayout::new(&run.run_id).pca_success()),
             1
         );
         assert_same_outputs(&datasets(&stack.store(), &run.run_id).await, &reference);

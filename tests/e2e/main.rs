@@ -6,5 +6,6 @@
 
 mod aws;
 mod common;
+mod faults;
 mod local;
 mod template;

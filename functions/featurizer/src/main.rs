@@ -7,6 +7,7 @@ use lambda_runtime::{service_fn, Error, LambdaEvent};
 use shared::aws::{s3_client, sdk_config, sqs_client, S3Store, SqsQueue};
 use shared::aws_lambda_events::event::sqs::SqsEvent;
 use shared::config::Config;
+use shared::retry::{RetryPolicy, Retrying};
 use shared::featurizer::ShardFeaturizer;
 use shared::lambda::{deadline_instant, handle_shard_batch};
 use shared::model::{Model, ModelSpec};
@@ -17,7 +18,11 @@ async fn main() -> Result<(), Error> {
     init_tracing(LogFormat::from_env(), "info");
     let config = Config::from_env()?;
     let aws = sdk_config().await;
-    let store = S3Store::new(s3_client(&aws), &config.bucket);
+    // Transient S3 failures (throttling, 5xx, dropped connections) are retried here too.
+    let store = Retrying::new(
+        S3Store::new(s3_client(&aws), &config.bucket),
+        RetryPolicy::default(),
+    );
     let reduce_queue = SqsQueue::new(sqs_client(&aws), config.reduce_queue_url()?);
     // Loaded once per container; every invocation reuses the optimized plan.
     let spec = ModelSpec::for_model(

@@ -1,9 +1,13 @@
 //! Reducer Lambda: wiring only. Consumes the reduce queue with partial batch failures.
 
+// The handler future (SDK clients behind the retry layer) is deeply nested; the default limit is too low.
+#![recursion_limit = "256"]
+
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use shared::aws::{s3_client, sdk_config, S3Store};
 use shared::aws_lambda_events::event::sqs::SqsEvent;
 use shared::config::Config;
+use shared::retry::{RetryPolicy, Retrying};
 use shared::lambda::handle_reduce_batch;
 use shared::reducer::Reducer;
 use shared::telemetry::{init_tracing, LogFormat};
@@ -14,7 +18,10 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_env()?;
     let aws = sdk_config().await;
     let reducer = Reducer::new(
-        S3Store::new(s3_client(&aws), &config.bucket),
+        Retrying::new(
+            S3Store::new(s3_client(&aws), &config.bucket),
+            RetryPolicy::default(),
+        ),
         config.reducer.clone(),
     );
     let reducer = &reducer;

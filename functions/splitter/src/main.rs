@@ -1,9 +1,13 @@
 //! Splitter Lambda: wiring only. Starts runs from S3 `ObjectCreated` events on
 //! `runs/requests/*.json` or from a direct invoke with the run request as payload.
 
+// The handler future (SDK clients behind the retry layer) is deeply nested; the default limit is too low.
+#![recursion_limit = "256"]
+
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use shared::aws::{s3_client, sdk_config, sqs_client, S3Store, SqsQueue};
 use shared::config::Config;
+use shared::retry::{RetryPolicy, Retrying};
 use shared::lambda::{handle_splitter_event, parse_splitter_event};
 use shared::splitter::Splitter;
 use shared::telemetry::{init_tracing, LogFormat};
@@ -13,7 +17,11 @@ async fn main() -> Result<(), Error> {
     init_tracing(LogFormat::from_env(), "info");
     let config = Config::from_env()?;
     let aws = sdk_config().await;
-    let store = S3Store::new(s3_client(&aws), &config.bucket);
+    // Transient S3 failures (throttling, 5xx, dropped connections) are retried here too.
+    let store = Retrying::new(
+        S3Store::new(s3_client(&aws), &config.bucket),
+        RetryPolicy::default(),
+    );
     let sqs = sqs_client(&aws);
     let shard_queue = SqsQueue::new(sqs.clone(), config.shard_queue_url()?);
     let reduce_queue = SqsQueue::new(sqs, config.reduce_queue_url()?);
@@ -25,7 +33,8 @@ async fn main() -> Result<(), Error> {
         config.run_defaults.clone(),
         config.feature_dim,
     )
-    .with_input_bucket(&config.bucket);
+    .with_input_bucket(&config.bucket)
+    .with_model_sha256(&config.model_sha256);
     let (splitter, store) = (&splitter, &store);
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
