@@ -6,5 +6,6 @@
 
 mod aws;
 mod common;
+mod fidelity;
 mod local;
 mod template;
