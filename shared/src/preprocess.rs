@@ -198,7 +198,11 @@ pub fn resize_bicubic(
 }
 
 /// [`resize_bicubic`] without the unused resizer.
-pub fn resize_bicubic_pillow(image: &Rgb8, width: u32, height: u32) -> Result<Rgb8, PreprocessError> {
+pub fn resize_bicubic_pillow(
+    image: &Rgb8,
+    width: u32,
+    height: u32,
+) -> Result<Rgb8, PreprocessError> {
     if width == 0 || height == 0 || image.width == 0 || image.height == 0 {
         return Err(PreprocessError::new(
             ImageErrorKind::Decode,
@@ -219,11 +223,7 @@ pub fn resize_bicubic_pillow(image: &Rgb8, width: u32, height: u32) -> Result<Rg
             ),
         ));
     }
-    let pixels = resample::resize_rgb8(
-        &image.pixels,
-        (image.width, image.height),
-        (width, height),
-    );
+    let pixels = resample::resize_rgb8(&image.pixels, (image.width, image.height), (width, height));
     Ok(Rgb8 {
         width,
         height,

@@ -238,7 +238,12 @@ pub fn synthetic_photo(width: u32, height: u32, seed: u32) -> image::RgbImage {
     let rows: Vec<[f64; 4]> = (0..height)
         .map(|y| {
             let v = f64::from(y) / f64::from(height);
-            [(3.0 * v).cos(), (4.0 * v - phase).sin(), (5.0 * v).cos(), (5.0 * v).sin()]
+            [
+                (3.0 * v).cos(),
+                (4.0 * v - phase).sin(),
+                (5.0 * v).cos(),
+                (5.0 * v).sin(),
+            ]
         })
         .collect();
     image::RgbImage::from_fn(width, height, |x, y| {

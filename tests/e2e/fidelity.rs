@@ -70,10 +70,7 @@ fn shrunk_photos_match_pillow_and_onnxruntime() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let model_path = shared_dir().join("models/mobilenet_v2_features.onnx");
     let spec_path = root.join("models/model_spec.json");
-    let mut args = vec![
-        model_path.to_str().unwrap(),
-        spec_path.to_str().unwrap(),
-    ];
+    let mut args = vec![model_path.to_str().unwrap(), spec_path.to_str().unwrap()];
     args.extend(paths.iter().map(String::as_str));
     let ours = started.elapsed().as_secs_f64();
     let reference: serde_json::Value =
@@ -174,11 +171,9 @@ json.dump(result, sys.stdout)
 #[test]
 fn odd_formats_decode_as_pillow() {
     let dir = tempfile::tempdir().unwrap();
-    let reference: serde_json::Value = serde_json::from_str(&run_python(
-        ODD_FORMATS,
-        &[dir.path().to_str().unwrap()],
-    ))
-    .expect("reference output");
+    let reference: serde_json::Value =
+        serde_json::from_str(&run_python(ODD_FORMATS, &[dir.path().to_str().unwrap()]))
+            .expect("reference output");
     for (name, limit) in [("cmyk.jpg", 3u8), ("exif6.jpg", 0)] {
         let pillow = &reference[name];
         let bytes = std::fs::read(dir.path().join(name)).unwrap();

@@ -272,7 +272,10 @@ mod tests {
         for i in 0..224 {
             let (_, w) = down.of(i);
             let sum: i64 = w.iter().map(|&w| i64::from(w)).sum();
-            assert!((sum - (1 << PRECISION_BITS)).abs() <= w.len() as i64, "{i}: {sum}");
+            assert!(
+                (sum - (1 << PRECISION_BITS)).abs() <= w.len() as i64,
+                "{i}: {sum}"
+            );
         }
         // 1 pixel: every output copies it.
         let one = Taps::bicubic(1, 224);
