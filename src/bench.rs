@@ -1,5 +1,7 @@
 //! `featurize bench`: where the time goes per image (read, decode, resize, inference, write),
-//! model load, cold start (process start to first feature vector) and peak memory.
+//! model load, cold start (process start to first feature vector) and peak memory; then the
+//! decode and resize cost by image size, on a 100x100 and a 4000x3000 (phone photo) JPEG made
+//! in memory.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -127,6 +129,7 @@ pub async fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
     if let Some(rss) = peak_rss_mb() {
         println!("  peak RSS                {rss:8.1} MB");
     }
+    resize_by_size(model.spec().width, model.spec().height)?;
     let failed = batch
         .outcomes
         .iter()
@@ -134,6 +137,47 @@ pub async fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
         .count();
     if failed > 0 {
         println!("  failed images           {failed}");
+    }
+    Ok(())
+}
+
+/// Decode and resize (Pillow bicubic, to the model's input size) times, one thread, for a
+/// JPEG of the Fruits-360 size (enlarged) and one of a phone photo's (shrunk), made in memory.
+fn resize_by_size(width: u32, height: u32) -> Result<()> {
+    println!("  by image size (JPEG made in memory, 1 thread, mean ms):");
+    for (w, h, runs) in [(100u32, 100u32, 200u32), (4000, 3000, 10)] {
+        let image = image::RgbImage::from_fn(w, h, |x, y| {
+            // Shading plus a texture, so that the JPEG has a photo's entropy.
+            let texture = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(2_246_822_519)) >> 27;
+            image::Rgb([
+                (x * 255 / w) as u8 ^ texture as u8,
+                (y * 255 / h) as u8,
+                ((x + y) % 256) as u8,
+            ])
+        });
+        let mut jpeg = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(image).write_to(&mut jpeg, image::ImageFormat::Jpeg)?;
+        let jpeg = jpeg.into_inner();
+        let (mut decode_s, mut resize_s) = (0.0, 0.0);
+        for _ in 0..runs {
+            let start = Instant::now();
+            let decoded = shared::preprocess::decode_rgb8(&jpeg, u64::MAX)
+                .map_err(|e| anyhow::anyhow!("decode: {}", e.reason))?;
+            let decoded_at = Instant::now();
+            let resized = shared::preprocess::resize_bicubic_pillow(&decoded, width, height)
+                .map_err(|e| anyhow::anyhow!("resize: {}", e.reason))?;
+            std::hint::black_box(&resized);
+            decode_s += (decoded_at - start).as_secs_f64();
+            resize_s += decoded_at.elapsed().as_secs_f64();
+        }
+        let per = |s: f64| s * 1000.0 / f64::from(runs);
+        println!(
+            "    {:>9} JPEG ({} KB): decode {:8.3}, resize to {width}x{height} {:8.3}",
+            format!("{w}x{h}"),
+            jpeg.len() / 1024,
+            per(decode_s),
+            per(resize_s)
+        );
     }
     Ok(())
 }

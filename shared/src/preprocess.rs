@@ -3,11 +3,12 @@
 
 use std::io::Cursor;
 
-use fast_image_resize::images::Image as ResizeImage;
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::Resizer;
 use image::{ImageFormat, ImageReader};
 
 use crate::manifest::ImageErrorKind;
+
+mod resample;
 
 /// A decoded 8-bit RGB image, row-major, 3 bytes a pixel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +40,8 @@ impl PreprocessError {
 }
 
 /// Decodes JPEG or PNG bytes to RGB8: grayscale, gray+alpha, RGBA (alpha dropped, as Pillow's
-/// `convert("RGB")`), CMYK and 16-bit inputs are all converted. Images with more than
+/// `convert("RGB")`), CMYK and 16-bit inputs are all converted (see `to_rgb8_as_pillow`). The
+/// EXIF orientation is not applied, as Pillow's `Image.open` does not. Images with more than
 /// `max_pixels` pixels are rejected from their header, before any pixel is decoded.
 pub fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, PreprocessError> {
     use ImageErrorKind::*;
@@ -105,12 +107,31 @@ pub fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, PreprocessErro
         image::ImageError::Unsupported(u) => PreprocessError::new(Unsupported, u.to_string()),
         other => PreprocessError::new(Decode, other.to_string()),
     })?;
-    let rgb = image.to_rgb8();
-    Ok(Rgb8 {
-        width: rgb.width(),
-        height: rgb.height(),
-        pixels: rgb.into_raw(),
-    })
+    Ok(to_rgb8_as_pillow(image))
+}
+
+/// To 8-bit RGB as Pillow's `Image.open(...).convert("RGB")`: gray replicated, alpha
+/// dropped, and 16-bit samples cut to their high byte (Pillow's `;16B` unpackers; the
+/// `image` crate would round `v / 257` instead, one level off for many values). 16-bit
+/// grayscale gets the high byte too, where Pillow's `I;16` to RGB conversion clips every
+/// value above 255 to white: a deliberate difference.
+fn to_rgb8_as_pillow(image: image::DynamicImage) -> Rgb8 {
+    use image::DynamicImage::*;
+    let (width, height) = (image.width(), image.height());
+    let pixels = match image {
+        ImageLuma16(_) | ImageLumaA16(_) | ImageRgb16(_) | ImageRgba16(_) => image
+            .to_rgb16()
+            .into_raw()
+            .into_iter()
+            .map(|v| (v >> 8) as u8)
+            .collect(),
+        other => other.to_rgb8().into_raw(),
+    };
+    Rgb8 {
+        width,
+        height,
+        pixels,
+    }
 }
 
 /// Decodes a JPEG with libjpeg-turbo's decoder (islow IDCT, fancy upsampling: Pillow's
@@ -163,59 +184,51 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
-/// Resizes RGB8 to `width` x `height` with Pillow's BICUBIC (Catmull-Rom, a = -0.5) convolution.
+/// Resizes RGB8 to `width` x `height` exactly as Pillow 13's `Image.resize((width, height),
+/// Image.BICUBIC)` (Catmull-Rom, a = -0.5), byte for byte, enlarging or shrinking: see
+/// [`resample`] for Pillow's rules. `_resizer` is unused (fast_image_resize's coefficients
+/// differ from Pillow's when shrinking); it stays until the call sites drop it.
 pub fn resize_bicubic(
-    resizer: &mut Resizer,
+    _resizer: &mut Resizer,
     image: &Rgb8,
     width: u32,
     height: u32,
 ) -> Result<Rgb8, PreprocessError> {
-    let fail = |e: String| PreprocessError::new(ImageErrorKind::Decode, format!("resize: {e}"));
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
-    // Pillow resamples horizontally first, then vertically, rounding to 8 bits after each
-    // pass (round half up, clamp); fast_image_resize does u8 images vertically first, with
-    // 16-bit coefficients. Two one-axis passes in f32, each rounded as Pillow rounds,
-    // reproduce Pillow's bytes.
-    let (src_w, src_h) = (image.width, image.height);
-    let pass = |resizer: &mut Resizer, pixels: &[u8], (w, h): (u32, u32), (tw, th): (u32, u32)| {
-        let floats: Vec<f32> = pixels.iter().map(|&p| f32::from(p)).collect();
-        let src = ResizeImage::from_vec_u8(w, h, f32s_to_bytes(&floats), PixelType::F32x3)
-            .map_err(|e| fail(e.to_string()))?;
-        let mut dst = ResizeImage::new(tw, th, PixelType::F32x3);
-        resizer
-            .resize(&src, &mut dst, &options)
-            .map_err(|e| fail(e.to_string()))?;
-        Ok::<Vec<u8>, PreprocessError>(
-            bytes_to_f32s(dst.buffer())
-                .map(|v| (v + 0.5).floor().clamp(0.0, 255.0) as u8)
-                .collect(),
-        )
-    };
-    let horizontal = if src_w == width {
-        image.pixels.clone()
-    } else {
-        pass(resizer, &image.pixels, (src_w, src_h), (width, src_h))?
-    };
-    let pixels = if src_h == height {
-        horizontal
-    } else {
-        pass(resizer, &horizontal, (width, src_h), (width, height))?
-    };
+    resize_bicubic_pillow(image, width, height)
+}
+
+/// [`resize_bicubic`] without the unused resizer.
+pub fn resize_bicubic_pillow(
+    image: &Rgb8,
+    width: u32,
+    height: u32,
+) -> Result<Rgb8, PreprocessError> {
+    if width == 0 || height == 0 || image.width == 0 || image.height == 0 {
+        return Err(PreprocessError::new(
+            ImageErrorKind::Decode,
+            format!(
+                "resize: cannot resize {}x{} to {width}x{height} (a side is 0)",
+                image.width, image.height
+            ),
+        ));
+    }
+    if image.pixels.len() != image.width as usize * image.height as usize * 3 {
+        return Err(PreprocessError::new(
+            ImageErrorKind::Decode,
+            format!(
+                "resize: {} bytes for a {}x{} RGB image",
+                image.pixels.len(),
+                image.width,
+                image.height
+            ),
+        ));
+    }
+    let pixels = resample::resize_rgb8(&image.pixels, (image.width, image.height), (width, height));
     Ok(Rgb8 {
         width,
         height,
         pixels,
     })
-}
-
-fn f32s_to_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_ne_bytes()).collect()
-}
-
-fn bytes_to_f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Writes `pixel * scale + offset` into `out` (NHWC for one image, RGB order).
@@ -286,6 +299,122 @@ mod tests {
         }
     }
 
+    /// A 32-bit integer hash, `hash32` of `tests/fixtures/pillow_resize_shrink.py`.
+    fn hash32(seed: u32, x: u32, y: u32, c: u32) -> u32 {
+        let mut h = seed
+            .wrapping_mul(0x9E37_79B1)
+            .wrapping_add(c.wrapping_mul(0x27D4_EB2F))
+            .wrapping_add(x.wrapping_mul(0x85EB_CA77))
+            .wrapping_add(y.wrapping_mul(0xC2B2_AE3D));
+        h ^= h >> 15;
+        h = h.wrapping_mul(0x2C1B_3C6D);
+        h ^= h >> 12;
+        h = h.wrapping_mul(0x297A_2D39);
+        h ^ (h >> 15)
+    }
+
+    /// `synthetic()` of `tests/fixtures/pillow_resize_shrink.py`: noise, gradients, hard
+    /// edges, or a "photo" (shading plus texture).
+    fn synthetic_rgb8(kind: &str, seed: u32, width: u32, height: u32) -> Rgb8 {
+        let (w, h) = (i64::from(width), i64::from(height));
+        let m = w.min(h);
+        let mut pixels = Vec::with_capacity(width as usize * height as usize * 3);
+        for y in 0..height {
+            for x in 0..width {
+                let (xi, yi) = (i64::from(x), i64::from(y));
+                let noise = |c: u32| i64::from(hash32(seed, x, y, c));
+                let rgb: [i64; 3] = match kind {
+                    "noise" => [noise(0) & 0xFF, noise(1) & 0xFF, noise(2) & 0xFF],
+                    "gradient" => [
+                        xi * 255 / (w - 1).max(1),
+                        yi * 255 / (h - 1).max(1),
+                        (xi + yi) * 255 / (w + h - 2).max(1),
+                    ],
+                    "edges" => [
+                        ((xi / 7 + yi / 5) % 2) * 255,
+                        if (xi * 3 + yi) % 23 < 11 { 230 } else { 20 },
+                        if 9 * ((2 * xi - w).pow(2) + (2 * yi - h).pow(2)) < 4 * m * m {
+                            250
+                        } else {
+                            5
+                        },
+                    ],
+                    "photo" => [
+                        (xi * 200 / (w - 1).max(1) + 30 + (noise(0) & 0x3F) - 32).clamp(0, 255),
+                        (yi * 200 / (h - 1).max(1) + 20 + (noise(1) & 0x3F) - 32).clamp(0, 255),
+                        (((xi / 16 + yi / 16) % 2) * 120 + 60 + (noise(2) & 0x3F) - 32)
+                            .clamp(0, 255),
+                    ],
+                    other => panic!("unknown synthetic image kind {other}"),
+                };
+                pixels.extend(rgb.map(|v| v as u8));
+            }
+        }
+        Rgb8 {
+            width,
+            height,
+            pixels,
+        }
+    }
+
+    fn from_hex(hex: &str) -> Vec<u8> {
+        hex.as_bytes()
+            .chunks(2)
+            .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+            .collect()
+    }
+
+    /// Shrinking (integer and non-integer ratios), one axis shrinking and the other growing,
+    /// 3000x40 / 40x3000 / 20x3000, 4000x3000, 1x1, ...: Pillow 13's bytes, checked by the
+    /// sha256 of the whole output and 512 sampled bytes (`tests/fixtures/pillow_resize_shrink.py`).
+    #[test]
+    fn resize_matches_pillow_bicubic_when_shrinking() {
+        use sha2::{Digest, Sha256};
+        let fixtures: serde_json::Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/pillow_resize_shrink.json"
+        ))
+        .unwrap();
+        let cases = fixtures.as_array().unwrap();
+        assert!(cases.len() >= 15);
+        let mut failures = Vec::new();
+        for case in cases {
+            let get = |k: &str| case[k].as_u64().unwrap() as u32;
+            let kind = case["kind"].as_str().unwrap();
+            let (w, h, tw, th) = (
+                get("width"),
+                get("height"),
+                get("target_width"),
+                get("target_height"),
+            );
+            let image = synthetic_rgb8(kind, get("seed"), w, h);
+            let out = resize_bicubic_pillow(&image, tw, th).unwrap();
+            assert_eq!(out.pixels.len(), (tw * th * 3) as usize);
+            let samples = from_hex(case["samples_hex"].as_str().unwrap());
+            let n = samples.len();
+            let len = out.pixels.len();
+            let max_diff = samples
+                .iter()
+                .enumerate()
+                .map(|(k, &expected)| out.pixels[k * len / n].abs_diff(expected))
+                .max()
+                .unwrap();
+            let digest: String = Sha256::digest(&out.pixels)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let same = digest == case["sha256"].as_str().unwrap();
+            println!(
+                "{kind:8} {w}x{h} -> {tw}x{th}: max byte difference over {n} samples {max_diff}, \
+                 sha256 of all {len} bytes {}",
+                if same { "equal" } else { "DIFFERENT" }
+            );
+            if max_diff != 0 || !same {
+                failures.push(format!("{kind} {w}x{h} -> {tw}x{th} (max diff {max_diff})"));
+            }
+        }
+        assert!(failures.is_empty(), "differ from Pillow: {failures:?}");
+    }
+
     #[test]
     fn normalize_maps_to_minus_one_one() {
         let image = Rgb8 {
@@ -335,6 +464,27 @@ mod tests {
                 .pixels[..3],
             &[255, 0, 128]
         );
+    }
+
+    /// Pillow opens 16-bit RGB, RGBA and gray+alpha PNGs with their high byte: 0x7FFF -> 127,
+    /// 0xFF7F -> 255, 300 -> 1 (checked with Pillow 13).
+    #[test]
+    fn sixteen_bit_samples_keep_their_high_byte_as_pillow() {
+        let values = [0x7FFFu16, 0x80FF, 0x0080, 0xFF7F, 300, 65535];
+        let expected: Vec<u8> = values.iter().map(|v| (v >> 8) as u8).collect();
+        assert_eq!(expected, [127, 128, 0, 255, 1, 255]);
+        let rgb = image::DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(6, 1, |x, _| {
+            image::Rgb([values[x as usize]; 3])
+        }));
+        let decoded = decode_rgb8(&encode(rgb, ImageFormat::Png), 1000).unwrap();
+        let reds: Vec<u8> = decoded.pixels.chunks(3).map(|p| p[0]).collect();
+        assert_eq!(reds, expected);
+        let gray = image::DynamicImage::ImageLumaA16(image::ImageBuffer::from_fn(6, 1, |x, _| {
+            image::LumaA([values[x as usize], 1])
+        }));
+        let decoded = decode_rgb8(&encode(gray, ImageFormat::Png), 1000).unwrap();
+        let blues: Vec<u8> = decoded.pixels.chunks(3).map(|p| p[2]).collect();
+        assert_eq!(blues, expected);
     }
 
     #[test]

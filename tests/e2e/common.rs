@@ -210,3 +210,82 @@ pub fn run_local_blocking(input: &Path, output: &Path, request: RunRequest) -> L
         ))
         .expect("local run")
 }
+
+/// A synthetic "photo" (deterministic from `seed`): smooth shading, a few objects with hard
+/// edges, and fine sensor-like texture, the mix of frequencies real photos have.
+pub fn synthetic_photo(width: u32, height: u32, seed: u32) -> image::RgbImage {
+    let hash = |x: u32, y: u32, c: u32| -> u32 {
+        let mut h = seed
+            .wrapping_mul(0x9E37_79B1)
+            .wrapping_add(c.wrapping_mul(0x27D4_EB2F))
+            .wrapping_add(x.wrapping_mul(0x85EB_CA77))
+            .wrapping_add(y.wrapping_mul(0xC2B2_AE3D));
+        h ^= h >> 15;
+        h = h.wrapping_mul(0x2C1B_3C6D);
+        h ^= h >> 12;
+        h = h.wrapping_mul(0x297A_2D39);
+        h ^ (h >> 15)
+    };
+    let phase = f64::from(seed % 7);
+    // The shading is separable (sums of products of a column and a row term): computed once
+    // per column and per row, so that a 12-megapixel photo is cheap to make.
+    let columns: Vec<[f64; 4]> = (0..width)
+        .map(|x| {
+            let u = f64::from(x) / f64::from(width);
+            [(6.0 * u + phase).sin(), (5.0 * u).cos(), (5.0 * u).sin(), u]
+        })
+        .collect();
+    let rows: Vec<[f64; 4]> = (0..height)
+        .map(|y| {
+            let v = f64::from(y) / f64::from(height);
+            [
+                (3.0 * v).cos(),
+                (4.0 * v - phase).sin(),
+                (5.0 * v).cos(),
+                (5.0 * v).sin(),
+            ]
+        })
+        .collect();
+    image::RgbImage::from_fn(width, height, |x, y| {
+        let [sin6u, cos5u, sin5u, u] = columns[x as usize];
+        let [cos3v, sin4v, cos5v, sin5v] = rows[y as usize];
+        let v = f64::from(y) / f64::from(height);
+        // Smooth shading.
+        let base = [
+            120.0 + 80.0 * sin6u * cos3v,
+            110.0 + 70.0 * sin4v,
+            100.0 + 60.0 * (cos5u * cos5v - sin5u * sin5v),
+        ];
+        // Objects: a bright disc and a dark bar, hard-edged.
+        let disc = (u - 0.35).powi(2) + (v - 0.4).powi(2) < 0.04;
+        let bar = (0.6..0.75).contains(&u) && (0.2..0.9).contains(&v);
+        let mut rgb = [0u8; 3];
+        for (c, value) in rgb.iter_mut().enumerate() {
+            let mut p = base[c];
+            if disc {
+                p = 0.4 * p + 150.0;
+            }
+            if bar {
+                p *= 0.3;
+            }
+            // Texture: +-12 of noise.
+            p += f64::from(hash(x, y, c as u32) % 25) - 12.0;
+            *value = p.round().clamp(0.0, 255.0) as u8;
+        }
+        image::Rgb(rgb)
+    })
+}
+
+/// Uniform RGB noise (deterministic from `seed`).
+pub fn noise_image(width: u32, height: u32, seed: u64) -> image::RgbImage {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    image::RgbImage::from_fn(width, height, |_, _| {
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 56) as u8
+        };
+        image::Rgb([next(), next(), next()])
+    })
+}

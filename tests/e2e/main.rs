@@ -7,5 +7,6 @@
 mod aws;
 mod common;
 mod faults;
+mod fidelity;
 mod local;
 mod template;

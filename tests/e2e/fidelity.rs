@@ -1,0 +1,203 @@
+//! Fidelity on images larger than the model's input (the resize shrinks them): features
+//! against an independent Pillow + onnxruntime pipeline (Pillow decode, `convert("RGB")`,
+//! `resize((224, 224), Image.BICUBIC)`, the spec's scale and offset, NHWC), on synthetic
+//! photos and noise saved as PNG and JPEG.
+
+use shared::featurizer::{featurize_images, ImageOutcome};
+use shared::store::Bytes;
+
+use crate::common::*;
+
+/// The reference pipeline; fails with a clear message when onnxruntime or Pillow is missing.
+const REFERENCE: &str = r#"
+import json, sys
+try:
+    import numpy as np
+    import onnxruntime as ort
+    import PIL
+    from PIL import Image
+except ImportError as e:
+    sys.exit(f"the fidelity reference needs onnxruntime, Pillow and numpy in the test venv ({e}): "
+             "run ./infra/test.sh, which installs infra/requirements-test.txt")
+model, spec_path, *paths = sys.argv[1:]
+spec = json.load(open(spec_path))
+options = ort.SessionOptions()
+options.intra_op_num_threads = 2
+session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+rows = []
+for path in paths:
+    image = Image.open(path).convert("RGB").resize((spec["width"], spec["height"]), Image.BICUBIC)
+    x = np.asarray(image, dtype=np.float32) * np.float32(spec["scale"]) + np.float32(spec["offset"])
+    features = session.run([spec["output_name"]], {spec["input_name"]: x[None]})[0][0]
+    rows.append({"resized_hex": image.tobytes().hex(),
+                 "features": [float(v) for v in features]})
+json.dump({"pillow": PIL.__version__, "onnxruntime": ort.__version__, "rows": rows}, sys.stdout)
+"#;
+
+#[test]
+fn shrunk_photos_match_pillow_and_onnxruntime() {
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let png = image::ImageFormat::Png;
+    let jpeg = image::ImageFormat::Jpeg;
+    let photo = |w, h, seed| image::DynamicImage::ImageRgb8(synthetic_photo(w, h, seed));
+    let noise = |w, h, seed| image::DynamicImage::ImageRgb8(noise_image(w, h, seed));
+    let cases = [
+        ("photo 512x929.png", photo(512, 929, 1), png),
+        ("photo 512x929.jpg", photo(512, 929, 1), jpeg),
+        ("noise 512x929.png", noise(512, 929, 2), png),
+        ("photo 4000x3000.jpg", photo(4000, 3000, 3), jpeg),
+        ("photo 3000x4000.png", photo(3000, 4000, 4), png),
+        ("photo 1200x300.jpg", photo(1200, 300, 5), jpeg),
+    ];
+    let mut paths = Vec::new();
+    let mut files = Vec::new();
+    for (name, image, format) in &cases {
+        let bytes = encode(image.clone(), *format);
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        paths.push(path.to_string_lossy().into_owned());
+        files.push(bytes);
+    }
+    let encoded: Vec<Result<Bytes, String>> =
+        files.iter().map(|b| Ok(Bytes::from(b.clone()))).collect();
+
+    let made = started.elapsed().as_secs_f64();
+    let model = model();
+    let spec = model.spec();
+    let batch = featurize_images(&model, &encoded, 2, 50_000_000, None, None).unwrap();
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model_path = shared_dir().join("models/mobilenet_v2_features.onnx");
+    let spec_path = root.join("models/model_spec.json");
+    let mut args = vec![model_path.to_str().unwrap(), spec_path.to_str().unwrap()];
+    args.extend(paths.iter().map(String::as_str));
+    let ours = started.elapsed().as_secs_f64();
+    let reference: serde_json::Value =
+        serde_json::from_str(&run_python(REFERENCE, &args)).expect("reference output");
+    println!(
+        "reference: Pillow {}, onnxruntime {}; images made in {made:.1} s, featurized by us in \
+         {:.1} s, by the reference in {:.1} s",
+        reference["pillow"],
+        reference["onnxruntime"],
+        ours - made,
+        started.elapsed().as_secs_f64() - ours
+    );
+    let rows = reference["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), cases.len());
+
+    let mut failures = Vec::new();
+    for ((((name, _, _), outcome), row), bytes) in
+        cases.iter().zip(&batch.outcomes).zip(rows).zip(&files)
+    {
+        let ImageOutcome::Features(ours) = outcome else {
+            panic!("{name} failed: {outcome:?}")
+        };
+        let theirs: Vec<f32> = row["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(ours.len(), theirs.len());
+        let cos = cosine(ours, &theirs);
+        let max_delta = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        // The model's input bytes (decode + resize), ours against Pillow's.
+        let decoded = shared::preprocess::decode_rgb8(bytes, 50_000_000).unwrap();
+        let resized =
+            shared::preprocess::resize_bicubic_pillow(&decoded, spec.width, spec.height).unwrap();
+        let pillow = from_hex(row["resized_hex"].as_str().unwrap());
+        assert_eq!(resized.pixels.len(), pillow.len());
+        let max_byte = resized
+            .pixels
+            .iter()
+            .zip(&pillow)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        println!(
+            "{name:20} cosine {cos:.9}  max |delta| {max_delta:.2e}  \
+             224x224 input max byte difference {max_byte}"
+        );
+        if cos < 0.999_999_8 || max_delta > 5e-3 || max_byte != 0 {
+            failures.push(format!(
+                "{name}: cosine {cos:.9}, max |delta| {max_delta:.2e}, model input max byte \
+                 difference {max_byte}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "differ from Pillow + onnxruntime (limits: cosine >= 0.9999998, max |delta| <= 5e-3, \
+         the 224x224 input identical to Pillow's): {failures:?}"
+    );
+}
+
+fn from_hex(hex: &str) -> Vec<u8> {
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
+        .collect()
+}
+
+/// Odd formats, against Pillow's `Image.open(...).convert("RGB")`: a CMYK JPEG (Adobe,
+/// inverted, as Pillow and Photoshop write them; decoded by the `image` crate, whose IDCT and
+/// CMYK conversion round differently: 2 levels at most on this image, limit 3) and a JPEG
+/// with an EXIF orientation (neither Pillow's `Image.open` nor our decoder rotates it).
+const ODD_FORMATS: &str = r#"
+import io, json, sys
+import numpy as np
+from PIL import Image
+out = sys.argv[1]
+y, x = np.mgrid[0:256, 0:320]
+cmyk = np.stack([x * 255 // 319, y, (x + y) * 3 % 256, (x // 20 + y // 20) % 2 * 90 + x * y % 37], -1)
+Image.frombytes("CMYK", (320, 256), cmyk.astype(np.uint8).tobytes()).save(out + "/cmyk.jpg", quality=95)
+rgb = np.stack([x % 256, y, (x * y) % 251], -1).astype(np.uint8)
+exif = Image.Exif()
+exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+Image.frombytes("RGB", (320, 256), rgb.tobytes()).save(out + "/exif6.jpg", quality=95, exif=exif)
+result = {}
+for name in ("cmyk.jpg", "exif6.jpg"):
+    image = Image.open(out + "/" + name)
+    result[name] = {"mode": image.mode, "size": image.size,
+                    "rgb_hex": image.convert("RGB").tobytes().hex()}
+json.dump(result, sys.stdout)
+"#;
+
+#[test]
+fn odd_formats_decode_as_pillow() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&run_python(ODD_FORMATS, &[dir.path().to_str().unwrap()]))
+            .expect("reference output");
+    for (name, limit) in [("cmyk.jpg", 3u8), ("exif6.jpg", 0)] {
+        let pillow = &reference[name];
+        let bytes = std::fs::read(dir.path().join(name)).unwrap();
+        let ours = shared::preprocess::decode_rgb8(&bytes, 50_000_000).unwrap();
+        let size = [
+            pillow["size"][0].as_u64().unwrap() as u32,
+            pillow["size"][1].as_u64().unwrap() as u32,
+        ];
+        assert_eq!([ours.width, ours.height], size, "{name}: size");
+        let expected = from_hex(pillow["rgb_hex"].as_str().unwrap());
+        let max_byte = ours
+            .pixels
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        println!(
+            "{name} (Pillow mode {}): {}x{}, max byte difference from Pillow's RGB {max_byte}",
+            pillow["mode"], ours.width, ours.height
+        );
+        assert!(
+            max_byte <= limit,
+            "{name}: differs from Pillow's convert(\"RGB\") by {max_byte} (limit {limit})"
+        );
+    }
+}
