@@ -164,7 +164,7 @@ fn resize_by_size(width: u32, height: u32) -> Result<()> {
             let decoded = shared::preprocess::decode_rgb8(&jpeg, u64::MAX)
                 .map_err(|e| anyhow::anyhow!("decode: {}", e.reason))?;
             let decoded_at = Instant::now();
-            let resized = shared::preprocess::resize_bicubic_pillow(&decoded, width, height)
+            let resized = shared::preprocess::resize_bicubic(&decoded, width, height)
                 .map_err(|e| anyhow::anyhow!("resize: {}", e.reason))?;
             std::hint::black_box(&resized);
             decode_s += (decoded_at - start).as_secs_f64();

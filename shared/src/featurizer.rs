@@ -101,7 +101,6 @@ pub fn featurize_images(
         for _ in 0..threads {
             handles.push(scope.spawn(|| -> Result<()> {
                 let mut session = model.session()?;
-                let mut resizer = fast_image_resize::Resizer::new();
                 let mut input = vec![0f32; spec.input_len()];
                 let mut timings = StageTimings::default();
                 loop {
@@ -114,7 +113,6 @@ pub fn featurize_images(
                         Err(reason) => ImageOutcome::Failed(ImageErrorKind::Fetch, reason.clone()),
                         Ok(bytes) => featurize_one(
                             &mut session,
-                            &mut resizer,
                             &mut input,
                             bytes,
                             spec,
@@ -160,7 +158,6 @@ pub fn featurize_images(
 
 fn featurize_one(
     session: &mut crate::model::ModelSession,
-    resizer: &mut fast_image_resize::Resizer,
     input: &mut [f32],
     bytes: &[u8],
     spec: &crate::model::ModelSpec,
@@ -173,7 +170,7 @@ fn featurize_one(
         Err(e) => return ImageOutcome::Failed(e.kind, e.reason),
     };
     let t1 = Instant::now();
-    let resized = match preprocess::resize_bicubic(resizer, &decoded, spec.width, spec.height) {
+    let resized = match preprocess::resize_bicubic(&decoded, spec.width, spec.height) {
         Ok(r) => r,
         Err(e) => return ImageOutcome::Failed(e.kind, e.reason),
     };

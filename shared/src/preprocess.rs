@@ -3,7 +3,6 @@
 
 use std::io::Cursor;
 
-use fast_image_resize::Resizer;
 use image::{ImageFormat, ImageReader};
 
 use crate::manifest::ImageErrorKind;
@@ -186,19 +185,9 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 
 /// Resizes RGB8 to `width` x `height` exactly as Pillow 13's `Image.resize((width, height),
 /// Image.BICUBIC)` (Catmull-Rom, a = -0.5), byte for byte, enlarging or shrinking: see
-/// [`resample`] for Pillow's rules. `_resizer` is unused (fast_image_resize's coefficients
-/// differ from Pillow's when shrinking); it stays until the call sites drop it.
+/// [`resample`] for Pillow's rules (fast_image_resize, used before, matches Pillow when
+/// enlarging but not when shrinking: its window sizes and pass order differ).
 pub fn resize_bicubic(
-    _resizer: &mut Resizer,
-    image: &Rgb8,
-    width: u32,
-    height: u32,
-) -> Result<Rgb8, PreprocessError> {
-    resize_bicubic_pillow(image, width, height)
-}
-
-/// [`resize_bicubic`] without the unused resizer.
-pub fn resize_bicubic_pillow(
     image: &Rgb8,
     width: u32,
     height: u32,
@@ -266,7 +255,6 @@ mod tests {
     fn resize_matches_pillow_bicubic() {
         let fixtures: serde_json::Value =
             serde_json::from_str(include_str!("../../tests/fixtures/pillow_resize.json")).unwrap();
-        let mut resizer = Resizer::new();
         let cases = fixtures.as_array().unwrap();
         assert!(cases.len() >= 3);
         for case in cases {
@@ -283,7 +271,7 @@ mod tests {
                 .chunks(2)
                 .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
                 .collect();
-            let out = resize_bicubic(&mut resizer, &gradient(w, h), tw, th).unwrap();
+            let out = resize_bicubic(&gradient(w, h), tw, th).unwrap();
             assert_eq!(out.pixels.len(), expected.len());
             let max_diff = out
                 .pixels
@@ -387,7 +375,7 @@ mod tests {
                 get("target_height"),
             );
             let image = synthetic_rgb8(kind, get("seed"), w, h);
-            let out = resize_bicubic_pillow(&image, tw, th).unwrap();
+            let out = resize_bicubic(&image, tw, th).unwrap();
             assert_eq!(out.pixels.len(), (tw * th * 3) as usize);
             let samples = from_hex(case["samples_hex"].as_str().unwrap());
             let n = samples.len();
