@@ -5,8 +5,10 @@
 
 pub mod aws;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod featurizer;
+pub mod iam;
 pub mod lambda;
 pub mod layout;
 pub mod listing;

@@ -6,5 +6,6 @@
 
 mod aws;
 mod common;
+mod iam;
 mod local;
 mod template;
