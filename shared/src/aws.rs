@@ -116,6 +116,94 @@ impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
     }
 }
 
+/// A call of the [`ObjectStore`] port, as [`S3Store`] makes it: what [`s3_access`] maps to
+/// the S3 API call and the IAM permission AWS checks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreCall {
+    /// [`ObjectStore::get`].
+    Get,
+    /// [`ObjectStore::get_versioned`].
+    GetVersioned,
+    /// [`ObjectStore::put`].
+    Put,
+    /// [`ObjectStore::put_if_absent`].
+    PutIfAbsent,
+    /// [`ObjectStore::put_if_match`].
+    PutIfMatch,
+    /// [`ObjectStore::exists`].
+    Exists,
+    /// [`ObjectStore::delete`].
+    Delete,
+    /// [`ObjectStore::list`].
+    List,
+}
+
+/// What IAM checks for one S3 API call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct S3Access {
+    /// The S3 API call the adapter makes.
+    pub api: &'static str,
+    /// The IAM action AWS authorizes it with.
+    pub action: &'static str,
+    /// The resource is the bucket (`arn:aws:s3:::bucket`), not the object (`.../key`).
+    pub on_bucket: bool,
+    /// A missing key answers 404 only to a caller that also has `s3:ListBucket` on the
+    /// bucket; without it S3 answers 403 AccessDenied (GetObject, HeadObject).
+    pub missing_key_needs_list: bool,
+}
+
+/// The permission table of [`S3Store`]: for each port method, the S3 call it makes and the
+/// IAM action AWS checks. Kept beside the adapter so that it stays true to what the adapter
+/// calls; the IAM checker of the tests (`shared::iam`) derives every check from it.
+pub fn s3_access(call: StoreCall) -> S3Access {
+    let object = |api, action, missing_key_needs_list| S3Access {
+        api,
+        action,
+        on_bucket: false,
+        missing_key_needs_list,
+    };
+    match call {
+        StoreCall::Get => object("GetObject", "s3:GetObject", true),
+        StoreCall::GetVersioned => object("GetObject", "s3:GetObject", true),
+        // HeadObject has no IAM action of its own.
+        StoreCall::Exists => object("HeadObject", "s3:GetObject", true),
+        StoreCall::Put => object("PutObject", "s3:PutObject", false),
+        // Conditional writes (If-None-Match / If-Match) need only s3:PutObject.
+        StoreCall::PutIfAbsent => object("PutObject If-None-Match", "s3:PutObject", false),
+        StoreCall::PutIfMatch => object("PutObject If-Match", "s3:PutObject", false),
+        StoreCall::Delete => object("DeleteObject", "s3:DeleteObject", false),
+        StoreCall::List => S3Access {
+            api: "ListObjectsV2",
+            action: "s3:ListBucket",
+            on_bucket: true,
+            missing_key_needs_list: false,
+        },
+    }
+}
+
+/// A call of the [`Queue`] port, as [`SqsQueue`] makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueCall {
+    /// [`Queue::send_all`].
+    SendAll,
+}
+
+/// The permission table of [`SqsQueue`]: (SQS API call, IAM action on the queue's ARN).
+pub fn sqs_access(call: QueueCall) -> (&'static str, &'static str) {
+    match call {
+        // SendMessageBatch is authorized as sqs:SendMessage.
+        QueueCall::SendAll => ("SendMessageBatch", "sqs:SendMessage"),
+    }
+}
+
+/// What a Lambda SQS event-source mapping calls on its queue with the consuming function's
+/// execution role (AWS Lambda developer guide, "Execution role permissions" for SQS).
+pub const SQS_EVENT_SOURCE_ACTIONS: [&str; 3] = [
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:GetQueueAttributes",
+];
+
 /// The data bucket as an [`ObjectStore`].
 #[derive(Debug, Clone)]
 pub struct S3Store {

@@ -410,12 +410,13 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             )));
         }
         if let Some(marker) = self.committed(&layout, shard.id).await? {
+            // Its part was published by the committing attempt, or, if that one died first,
+            // is published by the reducer (which checks every part against its marker).
             info!(
                 shard = shard.id,
                 attempt = %marker.attempt,
-                "shard already committed (redelivery): publishing and going to the barrier"
+                "shard already committed (redelivery): going to the barrier"
             );
-            self.publish(&layout, &marker, None).await?;
             let sent_reduce = self.barrier(&manifest, shard.id).await?;
             return Ok(ShardOutcome {
                 shard: shard.id,
@@ -537,8 +538,13 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             committed
         };
         let ours = committed.attempt == attempt;
-        self.publish(&layout, &committed, ours.then_some(part))
-            .await?;
+        if ours {
+            // Publish the committed part. Only the committing attempt does; should it die
+            // before this, the reducer publishes the committed part from staging.
+            self.output
+                .put(&layout.results_part(shard.id), part)
+                .await?;
+        }
         info!(
             run_id = %manifest.run_id, shard = shard.id, attempt = %committed.attempt,
             rows = committed.rows, errors = committed.errors, wall_s = committed.timings.wall_s,
@@ -561,29 +567,6 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             Err(StoreError::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Writes the committed attempt's part to `Results/<run>/part-N.parquet`: from memory
-    /// when this attempt is the committed one, else copied from the committed attempt's
-    /// objects. Every writer of that key writes the same committed bytes.
-    async fn publish(
-        &self,
-        layout: &RunLayout,
-        committed: &DoneMarker,
-        part: Option<Bytes>,
-    ) -> Result<()> {
-        let key = layout.results_part(committed.shard);
-        let part = match part {
-            Some(part) => part,
-            None => {
-                if self.output.exists(&key).await? {
-                    return Ok(());
-                }
-                committed_part(&self.output, layout, committed).await?
-            }
-        };
-        self.output.put(&key, part).await?;
-        Ok(())
     }
 
     /// Fetches a shard's images, a few at a time. An image that does not exist is that

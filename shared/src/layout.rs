@@ -11,8 +11,6 @@ pub const REQUESTS_PREFIX: &str = "runs/requests/";
 /// Prefix of every run's intermediate objects (expired by a lifecycle rule).
 pub const STAGING_PREFIX: &str = "staging/";
 
-/// Names under `runs/` that are not runs: a run id may not take them.
-pub const RESERVED_RUN_IDS: &[&str] = &["requests", "request-results"];
 
 /// Key builder for one run.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,9 +5,11 @@
 
 pub mod aws;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod faults;
 pub mod featurizer;
+pub mod iam;
 pub mod lambda;
 pub mod layout;
 pub mod listing;

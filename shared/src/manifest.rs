@@ -436,9 +436,24 @@ pub fn derive_run_id(fingerprint: &str) -> String {
     format!("run-{}", &fingerprint[..16.min(fingerprint.len())])
 }
 
+/// Names under `runs/` that are not runs: `runs/requests/` (run requests; the S3 event that
+/// starts the splitter fires on `runs/requests/*.json`, so a run's own JSON there would start
+/// it) and `runs/request-results/` (the splitter's record of each request).
+pub const RESERVED_RUN_IDS: &[&str] = &["requests", "request-results"];
+
 /// Checks an explicit run id: it becomes part of keys, so keep it to a safe alphabet, and
-/// it may not take a name reserved under `runs/`.
+/// away from the keys under `runs/` that are not runs ([`RESERVED_RUN_IDS`]).
 pub fn validate_run_id(run_id: &str) -> Result<()> {
+    if RESERVED_RUN_IDS.contains(&run_id) {
+        return Err(Error::InvalidRequest(format!(
+            "run id {run_id:?} is reserved (runs/{run_id}/ holds {}); choose another",
+            if run_id == "requests" {
+                "run requests"
+            } else {
+                "the splitter's request results"
+            }
+        )));
+    }
     let ok = !run_id.is_empty()
         && run_id.len() <= 128
         && run_id
@@ -448,11 +463,6 @@ pub fn validate_run_id(run_id: &str) -> Result<()> {
     if !ok {
         return Err(Error::InvalidRequest(format!(
             "run id {run_id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
-        )));
-    }
-    if crate::layout::RESERVED_RUN_IDS.contains(&run_id) {
-        return Err(Error::InvalidRequest(format!(
-            "run id {run_id:?} is reserved (runs/{run_id}/ holds run requests or their results)"
         )));
     }
     Ok(())
@@ -554,6 +564,19 @@ mod tests {
         assert_ne!(a, id("/in", &o2, &images(3), "m1"));
         assert!(validate_run_id(&a).is_ok());
         assert!(validate_run_id("../x").is_err());
+    }
+
+    #[test]
+    fn run_ids_colliding_with_reserved_keys_are_rejected() {
+        for reserved in RESERVED_RUN_IDS {
+            let msg = validate_run_id(reserved).unwrap_err().to_string();
+            assert!(msg.contains("is reserved"), "{msg}");
+        }
+        assert!(validate_run_id("requests-2").is_ok());
+        assert!(
+            validate_run_id("Requests").is_ok(),
+            "S3 keys are case-sensitive"
+        );
     }
 
     #[test]

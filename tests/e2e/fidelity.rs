@@ -109,7 +109,7 @@ fn shrunk_photos_match_pillow_and_onnxruntime() {
         // The model's input bytes (decode + resize), ours against Pillow's.
         let decoded = shared::preprocess::decode_rgb8(bytes, 50_000_000).unwrap();
         let resized =
-            shared::preprocess::resize_bicubic_pillow(&decoded, spec.width, spec.height).unwrap();
+            shared::preprocess::resize_bicubic(&decoded, spec.width, spec.height).unwrap();
         let pillow = from_hex(row["resized_hex"].as_str().unwrap());
         assert_eq!(resized.pixels.len(), pillow.len());
         let max_byte = resized

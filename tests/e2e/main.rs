@@ -8,5 +8,6 @@ mod aws;
 mod common;
 mod faults;
 mod fidelity;
+mod iam;
 mod local;
 mod template;

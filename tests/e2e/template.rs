@@ -193,15 +193,28 @@ fn environment<'a>(t: &'a Value, f: &'a Value) -> BTreeMap<&'a str, &'a Value> {
     vars
 }
 
-/// The `Properties` of a function's SQS event sources.
-fn sqs_events(f: &Value) -> Vec<&Value> {
+/// Whether `v` names the resource `id`: `!Ref id` or `!GetAtt id.<attr>`.
+fn names(v: &Value, id: &str) -> bool {
+    ref_name(v) == Some(id) || getatt(v).is_some_and(|(x, _)| x == id)
+}
+
+/// The `Properties` of the SQS event-source mappings (`AWS::Lambda::EventSourceMapping`)
+/// that invoke function `id`.
+fn sqs_mappings<'a>(t: &'a Value, id: &str) -> Vec<&'a Value> {
+    of_type(t, "AWS::Lambda::EventSourceMapping")
+        .map(|(_, m)| &m["Properties"])
+        .filter(|p| names(&p["FunctionName"], id))
+        .collect()
+}
+
+/// SAM `Events` of type SQS on a function (SAM would attach AWSLambdaSQSQueueExecutionRole).
+fn sam_sqs_events(f: &Value) -> Vec<&Value> {
     f["Properties"]["Events"]
         .as_mapping()
         .map(|events| {
             events
                 .values()
                 .filter(|e| e["Type"].as_str() == Some("SQS"))
-                .map(|e| &e["Properties"])
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default()
@@ -328,11 +341,11 @@ fn consumed_queues_have_a_dead_letter_queue_and_a_long_enough_visibility_timeout
     let queues: Vec<&str> = of_type(t, "AWS::SQS::Queue").map(|(id, _)| id).collect();
     let mut consumed = Vec::new();
     for (role, fid, f) in functions(t) {
-        for event in sqs_events(f) {
-            let (queue, _) = getatt(&event["Queue"]).unwrap_or_else(|| {
+        for event in sqs_mappings(t, fid) {
+            let (queue, _) = getatt(&event["EventSourceArn"]).unwrap_or_else(|| {
                 panic!(
-                    "{fid}: SQS event Queue should be !GetAtt <queue>.Arn, got {:?}",
-                    event["Queue"]
+                    "{fid}: its event-source mapping's EventSourceArn should be !GetAtt <queue>.Arn, got {:?}",
+                    event["EventSourceArn"]
                 )
             });
             assert!(
@@ -350,8 +363,8 @@ fn consumed_queues_have_a_dead_letter_queue_and_a_long_enough_visibility_timeout
                  the template>.Arn, got {dlq:?}"
             );
             assert!(
-                number(t, &redrive["maxReceiveCount"]) >= 1.0,
-                "{queue}: RedrivePolicy.maxReceiveCount must be >= 1"
+                number(t, &redrive["maxReceiveCount"]) >= 5.0,
+                "{queue}: RedrivePolicy.maxReceiveCount must be >= 5 (transient failures get retried)"
             );
 
             // SQS defaults to 30 s, Lambda to 3 s. AWS asks for visibility >= 6 x function timeout.
@@ -450,7 +463,12 @@ fn iam_statements_have_no_wildcards() {
 fn sqs_event_sources_report_batch_item_failures() {
     let t = template();
     for (role, id, f) in functions(t) {
-        let events = sqs_events(f);
+        assert!(
+            sam_sqs_events(f).is_empty(),
+            "{id}: use an explicit AWS::Lambda::EventSourceMapping, not SAM `Events: Type: SQS` \
+             (SAM attaches AWSLambdaSQSQueueExecutionRole, SQS access on every queue)"
+        );
+        let events = sqs_mappings(t, id);
         let expected = if role == Role::Splitter { 0 } else { 1 };
         assert_eq!(
             events.len(),
@@ -589,5 +607,115 @@ fn timeouts_and_margins_are_consistent() {
     assert!(
         stale >= timeout,
         "{rid}: REDUCE_LOCK_STALE_SECS {stale} s < its timeout {timeout} s: a live reducer's lock could be taken over"
+    );
+}
+
+/// Alarms on each dead-letter queue's depth, on the age of the oldest message of each consumed
+/// queue, on each function's errors and throttles, all to one SNS topic.
+#[test]
+fn alarms_watch_dlqs_queue_age_errors_and_throttles() {
+    let t = template();
+    let alarms: Vec<(&str, &Value)> = of_type(t, "AWS::CloudWatch::Alarm")
+        .map(|(id, a)| (id, &a["Properties"]))
+        .collect();
+    let watched = |metric: &str, dimension: &str, target: &str| {
+        alarms.iter().any(|(_, a)| {
+            a["MetricName"].as_str() == Some(metric)
+                && a["Dimensions"].as_sequence().is_some_and(|ds| {
+                    ds.iter().any(|d| {
+                        d["Name"].as_str() == Some(dimension) && names(&d["Value"], target)
+                    })
+                })
+                && a["AlarmActions"]
+                    .as_sequence()
+                    .is_some_and(|actions| !actions.is_empty())
+        })
+    };
+    let mut missing = Vec::new();
+    let queues: Vec<&str> = of_type(t, "AWS::SQS::Queue").map(|(id, _)| id).collect();
+    for (id, q) in of_type(t, "AWS::SQS::Queue") {
+        if let Some((dlq, _)) = getatt(&q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]) {
+            if !watched("ApproximateNumberOfMessagesVisible", "QueueName", dlq) {
+                missing.push(format!("depth of {dlq} (DLQ of {id})"));
+            }
+            if !watched("ApproximateAgeOfOldestMessage", "QueueName", id) {
+                missing.push(format!("age of the oldest message of {id}"));
+            }
+        }
+    }
+    for (_, id, _) in functions(t) {
+        for metric in ["Errors", "Throttles"] {
+            if !watched(metric, "FunctionName", id) {
+                missing.push(format!("{metric} of {id}"));
+            }
+        }
+    }
+    let (sid, _) = function(t, Role::Splitter);
+    let invoke = of_type(t, "AWS::Lambda::EventInvokeConfig")
+        .find(|(_, c)| names(&c["Properties"]["FunctionName"], sid))
+        .map(|(_, c)| &c["Properties"])
+        .unwrap_or_else(|| {
+            panic!("{sid} (invoked asynchronously by S3) needs an AWS::Lambda::EventInvokeConfig")
+        });
+    let (destination, _) = getatt(&invoke["DestinationConfig"]["OnFailure"]["Destination"])
+        .expect("the splitter's OnFailure destination should be !GetAtt <queue>.Arn");
+    assert!(
+        queues.contains(&destination),
+        "{destination} is not a queue of the template"
+    );
+    if !watched(
+        "ApproximateNumberOfMessagesVisible",
+        "QueueName",
+        destination,
+    ) {
+        missing.push(format!(
+            "depth of {destination} (the splitter's on-failure destination)"
+        ));
+    }
+    assert!(
+        missing.is_empty(),
+        "no alarm (with AlarmActions) on:\n  {}",
+        missing.join("\n  ")
+    );
+    assert!(
+        !t["Parameters"]["AlarmEmail"].is_null() && !t["Conditions"]["HasAlarmEmail"].is_null(),
+        "an optional AlarmEmail parameter (and HasAlarmEmail condition) subscribes an address"
+    );
+}
+
+/// Operators find the dead-letter queues' ARNs in the Outputs, and the bucket name is unique
+/// per region.
+#[test]
+fn outputs_and_names_for_operators() {
+    let t = template();
+    let outputs: Vec<&Value> = t["Outputs"]
+        .as_mapping()
+        .expect("Outputs")
+        .values()
+        .map(|o| &o["Value"])
+        .collect();
+    for (id, q) in of_type(t, "AWS::SQS::Queue") {
+        if getatt(&q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]).is_some() {
+            let (dlq, _) =
+                getatt(&q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]).unwrap();
+            assert!(
+                outputs.iter().any(|v| getatt(v) == Some((dlq, "Arn"))),
+                "Outputs should give {dlq}'s ARN (the DLQ of {id})"
+            );
+        }
+    }
+    let (_, bucket) = of_type(t, "AWS::S3::Bucket").next().expect("a bucket");
+    let name = items(&bucket["Properties"]["BucketName"]);
+    assert!(
+        name.len() == 1
+            && name[0].contains("${AWS::Region}")
+            && name[0].contains("${AWS::AccountId}"),
+        "the bucket name should include the region and the account id, got {name:?}"
+    );
+    let globals = env_of(&t["Globals"]["Function"]);
+    assert_eq!(
+        items(globals["BUCKET"]),
+        name,
+        "Globals BUCKET should be the bucket's name"
     );
 }

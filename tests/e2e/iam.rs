@@ -1,0 +1,1395 @@
+//! IAM enforced: the three handlers run end to end on moto, each with its store and queues
+//! wrapped by a checker ([`shared::iam`]) that evaluates every S3 and SQS call against that
+//! function's role as `template.yaml` declares it, with AWS's matching rules. The Lambda
+//! service's own calls count too: the event-source-mapping loop checks ReceiveMessage,
+//! GetQueueAttributes and DeleteMessage under the consuming function's role, and the
+//! splitter's asynchronous-invocation harness sends to its on-failure destination under the
+//! splitter's role.
+//!
+//! The template is read at run time (`FEATURIZE_TEMPLATE` overrides the path) and its
+//! intrinsic functions are resolved for a test stack: a unique stack name, moto's account
+//! (123456789012), us-east-1 and the `aws` partition. The bucket and the queues are created
+//! with the names the template gives them, so the resolved ARNs are those of the test stack.
+//! Only the queues' timings are shortened (visibility 2 s, 2 deliveries before the DLQ).
+//!
+//! `every_allow_statement_is_needed` replays the recorded requests of all scenarios against
+//! the policy with each Allow statement, and each of its actions and resources, removed: each
+//! removal must refuse at least one request a scenario made. Up to the first refused request
+//! a run under the reduced policy makes the same calls, so that request would be refused in a
+//! re-run too (`infra/iam-drop-statement.sh` re-runs the scenarios on edited templates).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::types::{
+    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
+    QueueConfiguration, S3KeyFilter,
+};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use serde_json::{json, Value as Json};
+use serde_yaml::Value;
+use shared::aws::{s3_client, S3Store, SqsQueue, SQS_EVENT_SOURCE_ACTIONS};
+use shared::aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use shared::featurizer::{FeaturizerSettings, ReduceClaim, ShardFeaturizer};
+use shared::iam::{CheckedQueue, CheckedStore, Effect, Policy, Role, Statement};
+use shared::lambda::{
+    handle_reduce_batch, handle_shard_batch, handle_splitter_event, parse_splitter_event,
+};
+use shared::layout::RunLayout;
+use shared::manifest::{ReduceMessage, RunOptions, RunRequest, ShardMessage};
+use shared::queue::{Queue, QueueError};
+use shared::reducer::{ReduceLock, Reducer, ReducerSettings};
+use shared::splitter::{SplitOutcome, Splitter};
+use shared::store::{Bytes, ObjectStore};
+
+use crate::common::*;
+
+const ACCOUNT: &str = "123456789012"; // moto's default account
+const REGION: &str = "us-east-1";
+const PARTITION: &str = "aws";
+/// Test timings of the queues (the template's are minutes; the wiring is the template's).
+const VISIBILITY_S: i32 = 3;
+const MAX_RECEIVE_COUNT: u32 = 2;
+/// Parameters a deployer would set: the featurizer reads images under `images/` only.
+const PARAMETER_OVERRIDES: &[(&str, &str)] = &[("InputPrefix", "images/")];
+
+fn endpoint() -> String {
+    std::env::var("MOTO_ENDPOINT")
+        .expect("MOTO_ENDPOINT is not set: run the tests with ./infra/test.sh, which starts moto")
+}
+
+fn template_path() -> std::path::PathBuf {
+    std::env::var_os("FEATURIZE_TEMPLATE")
+        .map(Into::into)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml").into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The template, resolved for a test stack.
+// ---------------------------------------------------------------------------------------------
+
+/// What `!Ref`/`!GetAtt` of a created resource give.
+#[derive(Debug, Clone)]
+struct Created {
+    reference: String,
+    arn: String,
+}
+
+struct Template {
+    doc: Value,
+    stack: String,
+    params: HashMap<String, String>,
+    resources: HashMap<String, Created>,
+}
+
+/// `AWS::NoValue`, removed from lists and maps.
+const NO_VALUE: &str = "\u{0}AWS::NoValue";
+
+impl Template {
+    fn load(stack: &str) -> Self {
+        let path = template_path();
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let doc: Value =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
+        let mut params = HashMap::new();
+        if let Some(declared) = doc["Parameters"].as_mapping() {
+            for (name, p) in declared {
+                let default = match &p["Default"] {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => continue,
+                };
+                params.insert(name.as_str().unwrap().to_string(), default);
+            }
+        }
+        for (name, value) in PARAMETER_OVERRIDES {
+            if params.contains_key(*name) {
+                params.insert(name.to_string(), value.to_string());
+            }
+        }
+        Self {
+            doc,
+            stack: stack.to_string(),
+            params,
+            resources: HashMap::new(),
+        }
+    }
+
+    fn resource(&self, id: &str) -> &Value {
+        let r = &self.doc["Resources"][id];
+        assert!(!r.is_null(), "template.yaml has no resource {id}");
+        r
+    }
+
+    fn of_type<'a>(&'a self, ty: &'a str) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+        self.doc["Resources"]
+            .as_mapping()
+            .expect("template.yaml has no Resources")
+            .iter()
+            .filter(move |(_, r)| r["Type"].as_str() == Some(ty))
+            .map(|(id, r)| (id.as_str().unwrap(), r))
+    }
+
+    /// An intrinsic function call: (name without `Fn::`, argument).
+    fn intrinsic(v: &Value) -> Option<(String, &Value)> {
+        match v {
+            Value::Tagged(t) => Some((
+                t.tag.to_string().trim_start_matches('!').to_string(),
+                &t.value,
+            )),
+            Value::Mapping(m) if m.len() == 1 => {
+                let (k, arg) = m.iter().next()?;
+                let k = k.as_str()?;
+                if k == "Ref" || k == "Condition" {
+                    Some((k.to_string(), arg))
+                } else {
+                    k.strip_prefix("Fn::").map(|name| (name.to_string(), arg))
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn reference(&self, name: &str) -> String {
+        match name {
+            "AWS::StackName" => self.stack.clone(),
+            "AWS::AccountId" => ACCOUNT.into(),
+            "AWS::Region" => REGION.into(),
+            "AWS::Partition" => PARTITION.into(),
+            "AWS::URLSuffix" => "amazonaws.com".into(),
+            "AWS::NoValue" => NO_VALUE.into(),
+            _ => {
+                if let Some(p) = self.params.get(name) {
+                    return p.clone();
+                }
+                match self.resources.get(name) {
+                    Some(c) => c.reference.clone(),
+                    None => panic!("!Ref {name}: not a parameter with a default, a pseudo parameter, or a resource the test stack created"),
+                }
+            }
+        }
+    }
+
+    fn getatt(&self, id: &str, attr: &str) -> String {
+        assert_eq!(attr, "Arn", "!GetAtt {id}.{attr}: only Arn is modelled");
+        match self.resources.get(id) {
+            Some(c) => c.arn.clone(),
+            None => panic!("!GetAtt {id}.Arn: not a resource the test stack created"),
+        }
+    }
+
+    fn sub(&self, text: &str, vars: &HashMap<String, String>) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("${") {
+            out.push_str(&rest[..at]);
+            let end = rest[at..].find('}').expect("unclosed ${ in !Sub") + at;
+            let name = &rest[at + 2..end];
+            if let Some(literal) = name.strip_prefix('!') {
+                out.push_str(&format!("${{{literal}}}"));
+            } else if let Some(v) = vars.get(name) {
+                out.push_str(v);
+            } else if let Some((id, attr)) = name.split_once('.') {
+                out.push_str(&self.getatt(id, attr));
+            } else {
+                out.push_str(&self.reference(name));
+            }
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn condition(&self, name: &str) -> bool {
+        let c = &self.doc["Conditions"][name];
+        assert!(!c.is_null(), "no condition {name}");
+        self.truth(c)
+    }
+
+    fn truth(&self, v: &Value) -> bool {
+        let (name, arg) = Self::intrinsic(v).unwrap_or_else(|| panic!("not a condition: {v:?}"));
+        let args = || arg.as_sequence().expect("condition arguments").iter();
+        match name.as_str() {
+            "Equals" => {
+                let a: Vec<Json> = args().map(|x| self.resolve(x)).collect();
+                a[0].to_string().trim_matches('"') == a[1].to_string().trim_matches('"')
+            }
+            "Not" => !self.truth(&arg.as_sequence().expect("!Not [cond]")[0]),
+            "And" => args().all(|x| self.truth(x)),
+            "Or" => args().any(|x| self.truth(x)),
+            "Condition" => self.condition(arg.as_str().unwrap()),
+            other => panic!("condition function {other} is not modelled"),
+        }
+    }
+
+    /// The value with every intrinsic function resolved, as JSON.
+    fn resolve(&self, v: &Value) -> Json {
+        if let Some((name, arg)) = Self::intrinsic(v) {
+            return match name.as_str() {
+                "Ref" => Json::String(self.reference(arg.as_str().expect("!Ref name"))),
+                "GetAtt" => {
+                    let (id, attr) = match arg {
+                        Value::Sequence(s) => (
+                            s[0].as_str().unwrap().to_string(),
+                            s[1].as_str().unwrap().to_string(),
+                        ),
+                        other => {
+                            let (a, b) = other.as_str().unwrap().split_once('.').unwrap();
+                            (a.to_string(), b.to_string())
+                        }
+                    };
+                    Json::String(self.getatt(&id, &attr))
+                }
+                "Sub" => match arg {
+                    Value::Sequence(s) => {
+                        let vars = s[1]
+                            .as_mapping()
+                            .unwrap()
+                            .iter()
+                            .map(|(k, v)| {
+                                let value = match self.resolve(v) {
+                                    Json::String(s) => s,
+                                    other => other.to_string(),
+                                };
+                                (k.as_str().unwrap().to_string(), value)
+                            })
+                            .collect();
+                        Json::String(self.sub(s[0].as_str().unwrap(), &vars))
+                    }
+                    other => Json::String(self.sub(other.as_str().unwrap(), &HashMap::new())),
+                },
+                "If" => {
+                    let s = arg.as_sequence().unwrap();
+                    let pick = if self.condition(s[0].as_str().unwrap()) {
+                        &s[1]
+                    } else {
+                        &s[2]
+                    };
+                    self.resolve(pick)
+                }
+                "Join" => {
+                    let s = arg.as_sequence().unwrap();
+                    let parts: Vec<String> = match self.resolve(&s[1]) {
+                        Json::Array(items) => items
+                            .into_iter()
+                            .map(|i| i.as_str().unwrap_or_default().to_string())
+                            .collect(),
+                        other => panic!("!Join of {other}"),
+                    };
+                    Json::String(parts.join(s[0].as_str().unwrap()))
+                }
+                other => panic!("intrinsic function {other} is not modelled by the IAM test"),
+            };
+        }
+        match v {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => serde_json::from_str(&n.to_string()).unwrap(),
+            Value::String(s) => Json::String(s.clone()),
+            Value::Sequence(items) => Json::Array(
+                items
+                    .iter()
+                    .map(|i| self.resolve(i))
+                    .filter(|i| i.as_str() != Some(NO_VALUE))
+                    .collect(),
+            ),
+            Value::Mapping(m) => Json::Object(
+                m.iter()
+                    .map(|(k, v)| (k.as_str().unwrap().to_string(), self.resolve(v)))
+                    .filter(|(_, v)| v.as_str() != Some(NO_VALUE))
+                    .collect(),
+            ),
+            Value::Tagged(_) => unreachable!("handled above"),
+        }
+    }
+
+    fn resolve_str(&self, v: &Value) -> String {
+        match self.resolve(v) {
+            Json::String(s) => s,
+            other => panic!("expected a string, got {other}"),
+        }
+    }
+
+    /// The logical id of the function built from `binary` (Metadata.BuildProperties.Binary,
+    /// else the last component of CodeUri).
+    fn function(&self, binary: &str) -> String {
+        let found: Vec<&str> = self
+            .of_type("AWS::Serverless::Function")
+            .filter(|(_, f)| {
+                let name = f["Metadata"]["BuildProperties"]["Binary"]
+                    .as_str()
+                    .or_else(|| {
+                        f["Properties"]["CodeUri"]
+                            .as_str()
+                            .map(|u| u.trim_end_matches('/').rsplit('/').next().unwrap_or(u))
+                    });
+                name == Some(binary)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one {binary} function, found {found:?}"
+        );
+        found[0].to_string()
+    }
+
+    /// Whether `v` names the function `id` (`!Ref id`, `!GetAtt id.Arn`, or the literal).
+    fn names(v: &Value, id: &str) -> bool {
+        match Self::intrinsic(v) {
+            Some((name, arg)) if name == "Ref" => arg.as_str() == Some(id),
+            Some((name, arg)) if name == "GetAtt" => match arg {
+                Value::Sequence(s) => s[0].as_str() == Some(id),
+                other => other
+                    .as_str()
+                    .is_some_and(|s| s.split('.').next() == Some(id)),
+            },
+            _ => false,
+        }
+    }
+
+    /// Every statement of the role of function `id`: its SAM `Policies` (inline statements
+    /// only: a managed policy cannot be checked), or the policies of its explicit `Role`, plus
+    /// what SAM attaches for SQS event sources (AWSLambdaSQSQueueExecutionRole).
+    fn role_policy(&self, id: &str) -> Policy {
+        let props = &self.resource(id)["Properties"];
+        let mut documents: Vec<(String, Json)> = Vec::new();
+        if !props["Role"].is_null() {
+            let role_id = match Self::intrinsic(&props["Role"]) {
+                Some((_, arg)) => match arg {
+                    Value::Sequence(s) => s[0].as_str().unwrap().to_string(),
+                    other => other
+                        .as_str()
+                        .unwrap()
+                        .split('.')
+                        .next()
+                        .unwrap()
+                        .to_string(),
+                },
+                None => panic!("{id}: Role must be !GetAtt <AWS::IAM::Role>.Arn"),
+            };
+            let role = &self.resource(&role_id)["Properties"];
+            assert!(
+                role["ManagedPolicyArns"].is_null(),
+                "{role_id}: managed policies cannot be checked"
+            );
+            for p in role["Policies"].as_sequence().into_iter().flatten() {
+                documents.push((
+                    format!("{role_id}/{}", p["PolicyName"].as_str().unwrap_or("?")),
+                    self.resolve(&p["PolicyDocument"]),
+                ));
+            }
+        }
+        for (i, p) in props["Policies"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let doc = self.resolve(p);
+            assert!(
+                doc.get("Statement").is_some(),
+                "{id}: Policies[{i}] is not an inline {{Statement: [...]}} (a managed policy or a SAM policy template cannot be checked): {doc}"
+            );
+            documents.push((format!("{id}/Policies[{i}]"), doc));
+        }
+        let mut statements = Vec::new();
+        for (name, doc) in documents {
+            let list = match &doc["Statement"] {
+                Json::Array(items) => items.clone(),
+                single => vec![single.clone()],
+            };
+            for (i, s) in list.iter().enumerate() {
+                statements
+                    .push(Statement::from_json(s, i).unwrap_or_else(|e| panic!("{name}: {e}")));
+            }
+        }
+        for (event, e) in props["Events"].as_mapping().into_iter().flatten() {
+            if e["Type"].as_str() == Some("SQS") {
+                // SAM attaches the managed policy AWSLambdaSQSQueueExecutionRole.
+                statements.push(
+                    Statement::from_json(
+                        &json!({
+                            "Sid": format!("SAM-AWSLambdaSQSQueueExecutionRole({})", event.as_str().unwrap_or("?")),
+                            "Effect": "Allow",
+                            "Action": SQS_EVENT_SOURCE_ACTIONS,
+                            "Resource": "*"
+                        }),
+                        0,
+                    )
+                    .unwrap(),
+                );
+            }
+        }
+        Policy { statements }
+    }
+
+    /// The ARN of the queue function `id` consumes (its event-source mapping, or SAM SQS event).
+    fn consumed_queue(&self, id: &str) -> String {
+        let mut found: Vec<String> = self
+            .of_type("AWS::Lambda::EventSourceMapping")
+            .filter(|(_, m)| Self::names(&m["Properties"]["FunctionName"], id))
+            .map(|(_, m)| self.resolve_str(&m["Properties"]["EventSourceArn"]))
+            .collect();
+        for (_, e) in self.resource(id)["Properties"]["Events"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+        {
+            if e["Type"].as_str() == Some("SQS") {
+                found.push(self.resolve_str(&e["Properties"]["Queue"]));
+            }
+        }
+        assert_eq!(
+            found.len(),
+            1,
+            "{id} should consume exactly one queue, found {found:?}"
+        );
+        found.remove(0)
+    }
+
+    /// The on-failure destination of function `id`'s asynchronous invocations, and the
+    /// retries before it (AWS::Lambda::EventInvokeConfig).
+    fn on_failure(&self, id: &str) -> Option<(String, u32)> {
+        self.of_type("AWS::Lambda::EventInvokeConfig")
+            .find(|(_, c)| Self::names(&c["Properties"]["FunctionName"], id))
+            .and_then(|(_, c)| {
+                let p = &c["Properties"];
+                let destination = &p["DestinationConfig"]["OnFailure"]["Destination"];
+                (!destination.is_null()).then(|| {
+                    let retries = match self.resolve(&p["MaximumRetryAttempts"]) {
+                        Json::Null => 2,
+                        v => v.as_u64().or_else(|| v.as_str()?.parse().ok()).unwrap() as u32,
+                    };
+                    (self.resolve_str(destination), retries)
+                })
+            })
+    }
+
+    /// The queue (logical id) an environment variable of function `id` points at (`!Ref Q`).
+    fn env_queue(&self, id: &str, var: &str) -> String {
+        let v = &self.resource(id)["Properties"]["Environment"]["Variables"][var];
+        match Self::intrinsic(v) {
+            Some((name, arg)) if name == "Ref" => arg.as_str().unwrap().to_string(),
+            _ => panic!("{id}: {var} should be !Ref <queue>, got {v:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A test stack: the template's bucket and queues on moto, the three roles.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct QueueRef {
+    url: String,
+    arn: String,
+}
+
+struct Roles {
+    splitter: Arc<Role>,
+    featurizer: Arc<Role>,
+    reducer: Arc<Role>,
+}
+
+impl Roles {
+    fn all(&self) -> [&Arc<Role>; 3] {
+        [&self.splitter, &self.featurizer, &self.reducer]
+    }
+}
+
+struct Stack {
+    s3: aws_sdk_s3::Client,
+    sqs: aws_sdk_sqs::Client,
+    bucket: String,
+    bucket_arn: String,
+    shard_queue: QueueRef,
+    reduce_queue: QueueRef,
+    /// Test-only: receives the bucket's run-request notifications (S3 → Lambda async invoke).
+    requests_queue: String,
+    roles: Roles,
+    /// The ARNs the featurizer's and reducer's event-source mappings consume.
+    featurizer_source: String,
+    reducer_source: String,
+    /// The splitter's on-failure destination (queue) and its retries.
+    splitter_on_failure: Option<(QueueRef, u32)>,
+}
+
+static STACKS: AtomicUsize = AtomicUsize::new(0);
+
+impl Stack {
+    async fn new() -> Self {
+        let stack_name = format!(
+            "iam{}-{}",
+            std::process::id(),
+            STACKS.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut t = Template::load(&stack_name);
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(endpoint())
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test", "test", None, None, "moto",
+            ))
+            .load()
+            .await;
+        let s3 = s3_client(&config);
+        let sqs = aws_sdk_sqs::Client::new(&config);
+
+        // Queues, named as the template names them; then their redrive policies.
+        let mut queues = BTreeMap::new();
+        let queue_ids: Vec<String> = t
+            .of_type("AWS::SQS::Queue")
+            .map(|(id, _)| id.to_string())
+            .collect();
+        for id in &queue_ids {
+            let props = &t.resource(id)["Properties"];
+            let name = match &props["QueueName"] {
+                Value::Null => format!("{stack_name}-{id}"),
+                v => t.resolve_str(v),
+            };
+            let url = sqs
+                .create_queue()
+                .queue_name(&name)
+                .attributes(
+                    QueueAttributeName::VisibilityTimeout,
+                    VISIBILITY_S.to_string(),
+                )
+                .send()
+                .await
+                .expect("create queue")
+                .queue_url()
+                .unwrap()
+                .to_string();
+            let arn = queue_arn(&sqs, &url).await;
+            t.resources.insert(
+                id.clone(),
+                Created {
+                    reference: url.clone(),
+                    arn: arn.clone(),
+                },
+            );
+            queues.insert(id.clone(), QueueRef { url, arn });
+        }
+        for id in &queue_ids {
+            let redrive = &t.resource(id)["Properties"]["RedrivePolicy"];
+            if redrive.is_null() {
+                continue;
+            }
+            let dlq = t.resolve_str(&redrive["deadLetterTargetArn"]);
+            let policy =
+                json!({ "deadLetterTargetArn": dlq, "maxReceiveCount": MAX_RECEIVE_COUNT });
+            sqs.set_queue_attributes()
+                .queue_url(&queues[id].url)
+                .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
+                .send()
+                .await
+                .expect("redrive policy");
+        }
+
+        // The data bucket, named as the template names it, notifying run requests.
+        let (bucket_id, bucket) = t
+            .of_type("AWS::S3::Bucket")
+            .next()
+            .map(|(id, b)| {
+                (
+                    id.to_string(),
+                    t.resolve_str(&b["Properties"]["BucketName"]),
+                )
+            })
+            .expect("template.yaml has no AWS::S3::Bucket");
+        let bucket_arn = format!("arn:{PARTITION}:s3:::{bucket}");
+        t.resources.insert(
+            bucket_id,
+            Created {
+                reference: bucket.clone(),
+                arn: bucket_arn.clone(),
+            },
+        );
+        s3.create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("create bucket");
+        let requests_queue = sqs
+            .create_queue()
+            .queue_name(format!("{stack_name}-test-requests"))
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_string();
+        notify_requests(&s3, &bucket, &queue_arn(&sqs, &requests_queue).await).await;
+
+        let splitter_id = t.function("splitter");
+        let featurizer_id = t.function("featurizer");
+        let reducer_id = t.function("reducer");
+        let shard_queue = queues[&t.env_queue(&splitter_id, "SHARD_QUEUE_URL")].clone();
+        let reduce_queue = queues[&t.env_queue(&featurizer_id, "REDUCE_QUEUE_URL")].clone();
+        assert_eq!(
+            t.env_queue(&splitter_id, "REDUCE_QUEUE_URL"),
+            t.env_queue(&featurizer_id, "REDUCE_QUEUE_URL"),
+            "the splitter and the featurizer must send reduces to the same queue"
+        );
+        let splitter_on_failure = t.on_failure(&splitter_id).map(|(arn, retries)| {
+            let queue = queues
+                .values()
+                .find(|q| q.arn == arn)
+                .unwrap_or_else(|| panic!("the splitter's on-failure destination {arn} is not a queue of the template"))
+                .clone();
+            (queue, retries)
+        });
+        let roles = Roles {
+            splitter: Role::new("splitter", t.role_policy(&splitter_id)),
+            featurizer: Role::new("featurizer", t.role_policy(&featurizer_id)),
+            reducer: Role::new("reducer", t.role_policy(&reducer_id)),
+        };
+        Stack {
+            featurizer_source: t.consumed_queue(&featurizer_id),
+            reducer_source: t.consumed_queue(&reducer_id),
+            s3,
+            sqs,
+            bucket,
+            bucket_arn,
+            shard_queue,
+            reduce_queue,
+            requests_queue,
+            roles,
+            splitter_on_failure,
+        }
+    }
+
+    /// Panics, naming every refused permission, if any call so far was refused.
+    fn assert_allowed(&self, step: &str) {
+        let denials: Vec<String> = self
+            .roles
+            .all()
+            .iter()
+            .flat_map(|r| r.denials())
+            .map(|d| d.to_string())
+            .collect();
+        assert!(
+            denials.is_empty(),
+            "{step}: the roles of template.yaml ({}) refuse calls the pipeline makes:\n  {}",
+            template_path().display(),
+            denials.join("\n  ")
+        );
+    }
+
+    /// The three roles, with what they were asked.
+    fn requests(&self) -> Recorded {
+        self.roles.all().into_iter().cloned().collect()
+    }
+
+    fn store(&self) -> S3Store {
+        S3Store::new(self.s3.clone(), &self.bucket)
+    }
+
+    fn checked_store(&self, role: &Arc<Role>) -> CheckedStore<S3Store> {
+        CheckedStore::new(self.store(), role.clone(), &self.bucket_arn)
+    }
+
+    fn checked_queue(&self, role: &Arc<Role>, queue: &QueueRef) -> CheckedQueue<SqsQueue> {
+        CheckedQueue::new(
+            SqsQueue::new(self.sqs.clone(), &queue.url),
+            role.clone(),
+            &queue.arn,
+        )
+    }
+
+    fn splitter<Q: Queue>(
+        &self,
+        shard_queue: Q,
+    ) -> Splitter<CheckedStore<S3Store>, CheckedQueue<Q>, CheckedQueue<SqsQueue>> {
+        let role = &self.roles.splitter;
+        Splitter::new(
+            self.checked_store(role),
+            self.checked_store(role),
+            CheckedQueue::new(shard_queue, role.clone(), &self.shard_queue.arn),
+            self.checked_queue(role, &self.reduce_queue),
+            RunOptions::default(),
+            1280,
+        )
+        .with_input_bucket(&self.bucket)
+    }
+
+    /// Puts a run request and plays S3 → Lambda (asynchronous invoke) for the splitter: each
+    /// notification runs the handler up to 1 + retries times; when every attempt failed,
+    /// Lambda sends an invocation record to the on-failure destination with the splitter's role.
+    async fn submit_with<Q: Queue>(
+        &self,
+        name: &str,
+        request: &RunRequest,
+        shard_queue: Q,
+    ) -> Result<Vec<SplitOutcome>, String> {
+        let key = format!("runs/requests/{name}.json");
+        self.store()
+            .put(&key, Bytes::from(serde_json::to_vec(request).unwrap()))
+            .await
+            .unwrap();
+        let splitter = self.splitter(shard_queue);
+        let store = self.checked_store(&self.roles.splitter);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "no S3 notification for {key}");
+            for message in receive(&self.sqs, &self.requests_queue, 10).await {
+                let body = message.body().unwrap().to_string();
+                let event: Json = serde_json::from_str(&body).unwrap();
+                let ours = body.contains(&format!("{name}.json"));
+                self.sqs
+                    .delete_message()
+                    .queue_url(&self.requests_queue)
+                    .receipt_handle(message.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                let retries = self.splitter_on_failure.as_ref().map_or(2, |(_, r)| *r);
+                let mut last_error = String::new();
+                for _ in 0..=retries {
+                    let parsed = parse_splitter_event(event.clone()).expect("an S3 event");
+                    match handle_splitter_event(&splitter, &store, parsed).await {
+                        Ok(outcomes) if ours => return Ok(outcomes),
+                        Ok(_) => {
+                            last_error.clear();
+                            break;
+                        }
+                        Err(e) => last_error = e.to_string(),
+                    }
+                }
+                if last_error.is_empty() {
+                    continue;
+                }
+                // Every attempt failed: Lambda's on-failure destination. (A refused call
+                // is reported as such first.)
+                self.assert_allowed(&format!("splitter on request {name}"));
+                let (destination, _) = self.splitter_on_failure.as_ref().unwrap_or_else(|| {
+                    panic!("the splitter failed ({last_error}) and template.yaml gives it no on-failure destination (AWS::Lambda::EventInvokeConfig): the event is lost")
+                });
+                if self
+                    .roles
+                    .splitter
+                    .check("sqs:SendMessage", &destination.arn)
+                    .is_ok()
+                {
+                    let record = json!({
+                        "requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": retries + 1},
+                        "requestPayload": event,
+                        "responsePayload": {"errorMessage": last_error},
+                    });
+                    self.sqs
+                        .send_message()
+                        .queue_url(&destination.url)
+                        .message_body(record.to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                }
+                return Err(last_error);
+            }
+        }
+    }
+
+    async fn submit(&self, name: &str, request: &RunRequest) -> SplitOutcome {
+        let shard_queue = SqsQueue::new(self.sqs.clone(), &self.shard_queue.url);
+        let result = self.submit_with(name, request, shard_queue).await;
+        self.assert_allowed(&format!("splitter on request {name}"));
+        let mut outcomes = result.unwrap_or_else(|e| panic!("splitter failed on {name}: {e}"));
+        assert_eq!(outcomes.len(), 1);
+        outcomes.remove(0)
+    }
+
+    /// Lambda's SQS event-source mapping for a function with `role`, consuming `source` (the
+    /// ARN its mapping names): polls `queue`, hands batches to the handler, deletes what it did
+    /// not report as failed, until the queue is empty. Its SQS calls are checked against the
+    /// role; a refused one stops the mapping (as AWS disables it).
+    async fn pump<F, Fut>(
+        &self,
+        role: &Role,
+        source: &str,
+        queue: &QueueRef,
+        batch: i32,
+        mut handler: F,
+    ) -> usize
+    where
+        F: FnMut(SqsEvent) -> Fut,
+        Fut: std::future::Future<Output = SqsBatchResponse>,
+    {
+        assert_eq!(
+            source, queue.arn,
+            "the {} function's event-source mapping consumes {source}, but the pipeline sends its messages to {}",
+            role.name(), queue.arn
+        );
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut delivered = 0;
+        if role.check("sqs:GetQueueAttributes", &queue.arn).is_err() {
+            return 0;
+        }
+        let mut failures = 0;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "queue {} did not drain: {delivered} deliveries, {failures} reported failed, depth {:?}",
+                queue.url,
+                depth(&self.sqs, &queue.url).await
+            );
+            if role.check("sqs:ReceiveMessage", &queue.arn).is_err() {
+                return delivered;
+            }
+            let messages = receive(&self.sqs, &queue.url, batch).await;
+            if messages.is_empty() {
+                if depth(&self.sqs, &queue.url).await == (0, 0) {
+                    return delivered;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+            delivered += messages.len();
+            let response = handler(sqs_event(&messages, &queue.arn)).await;
+            failures += response.batch_item_failures.len();
+            let failed: BTreeSet<String> = response
+                .batch_item_failures
+                .iter()
+                .map(|f| f.item_identifier.clone())
+                .collect();
+            for message in &messages {
+                if !failed.contains(message.message_id().unwrap()) {
+                    if role.check("sqs:DeleteMessage", &queue.arn).is_err() {
+                        return delivered;
+                    }
+                    self.sqs
+                        .delete_message()
+                        .queue_url(&queue.url)
+                        .receipt_handle(message.receipt_handle().unwrap())
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    async fn pump_shards(&self) -> usize {
+        let role = &self.roles.featurizer;
+        let store = self.checked_store(role);
+        let featurizer = ShardFeaturizer::new(
+            store.clone(),
+            store,
+            self.checked_queue(role, &self.reduce_queue),
+            model(),
+            FeaturizerSettings {
+                worker_threads: 2,
+                fetch_concurrency: 4,
+                ..Default::default()
+            },
+        );
+        let n = self
+            .pump(
+                role,
+                &self.featurizer_source,
+                &self.shard_queue,
+                1,
+                |event| {
+                    let featurizer = &featurizer;
+                    async move { handle_shard_batch(featurizer, event, "iam-test", None).await }
+                },
+            )
+            .await;
+        self.assert_allowed("featurizer");
+        n
+    }
+
+    async fn pump_reduce(&self) -> usize {
+        let role = &self.roles.reducer;
+        let reducer = Reducer::new(
+            self.checked_store(role),
+            ReducerSettings {
+                lock_stale_after: Duration::from_secs(60),
+                ..Default::default()
+            },
+        );
+        let n = self
+            .pump(role, &self.reducer_source, &self.reduce_queue, 1, |event| {
+                let reducer = &reducer;
+                async move { handle_reduce_batch(reducer, event, "iam-test").await }
+            })
+            .await;
+        self.assert_allowed("reducer");
+        n
+    }
+
+    /// Takes every message off a queue unprocessed (a lost message, as far as the run knows).
+    async fn lose_messages(&self, queue: &QueueRef) -> usize {
+        let mut n = 0;
+        loop {
+            let messages = receive(&self.sqs, &queue.url, 10).await;
+            if messages.is_empty() {
+                return n;
+            }
+            for m in messages {
+                n += 1;
+                self.sqs
+                    .delete_message()
+                    .queue_url(&queue.url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    async fn send(&self, queue: &QueueRef, body: String) {
+        SqsQueue::new(self.sqs.clone(), &queue.url)
+            .send_all(vec![body])
+            .await
+            .unwrap();
+    }
+
+    async fn upload_images(&self) -> usize {
+        let files = fruit_images(2, 3);
+        for (path, bytes) in &files {
+            self.store()
+                .put(&format!("images/{path}"), Bytes::from(bytes.clone()))
+                .await
+                .unwrap();
+        }
+        files.len()
+    }
+
+    async fn exists(&self, key: &str) -> bool {
+        self.store().exists(key).await.unwrap()
+    }
+
+    async fn summary_status(&self, run_id: &str) -> String {
+        let bytes = self
+            .store()
+            .get(&RunLayout::new(run_id).summary())
+            .await
+            .unwrap();
+        let summary: Json = serde_json::from_slice(&bytes).unwrap();
+        summary["status"].as_str().unwrap().to_string()
+    }
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap();
+    attributes.attributes().unwrap()[&QueueAttributeName::QueueArn].clone()
+}
+
+async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> (usize, usize) {
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    let attributes = attributes.attributes().unwrap();
+    let count = |name| {
+        attributes
+            .get(&name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        count(QueueAttributeName::ApproximateNumberOfMessages),
+        count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+async fn receive(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    max: i32,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    sqs.receive_message()
+        .queue_url(url)
+        .max_number_of_messages(max)
+        .wait_time_seconds(0)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .send()
+        .await
+        .unwrap()
+        .messages()
+        .to_vec()
+}
+
+async fn notify_requests(s3: &aws_sdk_s3::Client, bucket: &str, queue_arn: &str) {
+    let rule = |name, value: &str| FilterRule::builder().name(name).value(value).build();
+    let filter = NotificationConfigurationFilter::builder()
+        .key(
+            S3KeyFilter::builder()
+                .filter_rules(rule(FilterRuleName::Prefix, "runs/requests/"))
+                .filter_rules(rule(FilterRuleName::Suffix, ".json"))
+                .build(),
+        )
+        .build();
+    let notification = QueueConfiguration::builder()
+        .queue_arn(queue_arn)
+        .events(Event::S3ObjectCreated)
+        .filter(filter)
+        .build()
+        .unwrap();
+    s3.put_bucket_notification_configuration()
+        .bucket(bucket)
+        .notification_configuration(
+            NotificationConfiguration::builder()
+                .queue_configurations(notification)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("bucket notification");
+}
+
+/// The `SqsEvent` Lambda delivers for these messages.
+fn sqs_event(messages: &[aws_sdk_sqs::types::Message], arn: &str) -> SqsEvent {
+    let records: Vec<Json> = messages
+        .iter()
+        .map(|m| {
+            let attributes: HashMap<String, String> = m
+                .attributes()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "messageId": m.message_id(),
+                "receiptHandle": m.receipt_handle(),
+                "body": m.body(),
+                "attributes": attributes,
+                "messageAttributes": {},
+                "md5OfBody": m.md5_of_body(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": arn,
+                "awsRegion": REGION,
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({ "Records": records })).expect("SqsEvent")
+}
+
+/// A shard queue that cannot be reached (the splitter's call to it fails after the IAM check).
+struct Unreachable;
+
+impl Queue for Unreachable {
+    async fn send_all(&self, _bodies: Vec<String>) -> Result<(), QueueError> {
+        Err(QueueError::Remote {
+            op: "SendMessageBatch",
+            queue: "shard queue".into(),
+            source: "connection refused (injected)".into(),
+        })
+    }
+}
+
+fn request(k: usize) -> RunRequest {
+    RunRequest {
+        input_prefix: "images/".into(),
+        shard_size: Some(2),
+        k: Some(k),
+        ..Default::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios: each on a fresh stack; each returns the requests its roles were asked.
+// ---------------------------------------------------------------------------------------------
+
+/// The stack's three roles, with the requests each was asked.
+type Recorded = Vec<Arc<Role>>;
+
+/// S3 event → splitter → featurizers (event-source mapping) → reducer; then the winning
+/// shard's message delivered again after the run is complete.
+async fn scenario_run() -> Recorded {
+    let stack = Stack::new().await;
+    let images = stack.upload_images().await;
+    let run = stack.submit("first", &request(2)).await;
+    assert!(
+        run.created && run.images == images && run.shards == 3,
+        "{run:?}"
+    );
+    assert_eq!(stack.pump_shards().await, 3);
+    assert_eq!(stack.pump_reduce().await, 1, "one reduce message");
+    let layout = RunLayout::new(&run.run_id);
+    assert!(
+        stack.exists(&layout.pca_success()).await,
+        "the run completed"
+    );
+    assert_eq!(stack.summary_status(&run.run_id).await, "succeeded");
+
+    // The claim winner's message again, after the reduce: it checks the run is complete.
+    let claim: ReduceClaim =
+        serde_json::from_slice(&stack.store().get(&layout.reduce_claim()).await.unwrap()).unwrap();
+    let again = ShardMessage {
+        run_id: run.run_id.clone(),
+        shard: claim.claimed_by_shard,
+    };
+    stack
+        .send(&stack.shard_queue, serde_json::to_string(&again).unwrap())
+        .await;
+    assert_eq!(stack.pump_shards().await, 1);
+    assert_eq!(
+        depth(&stack.sqs, &stack.reduce_queue.url).await,
+        (0, 0),
+        "no second reduce for a complete run"
+    );
+    stack.requests()
+}
+
+/// Re-submitting runs: one whose shard messages were lost (resumes the shards), one whose
+/// reduce message was lost (resumes the reduce), one that is complete (nothing to do).
+async fn scenario_resume() -> Recorded {
+    let stack = Stack::new().await;
+    stack.upload_images().await;
+    let run = stack.submit("lost-shards", &request(3)).await;
+    assert_eq!(stack.lose_messages(&stack.shard_queue).await, run.shards);
+
+    let resumed = stack.submit("lost-shards-again", &request(3)).await;
+    assert_eq!(resumed.run_id, run.run_id);
+    assert!(
+        !resumed.created && resumed.shards_sent == run.shards,
+        "{resumed:?}"
+    );
+    assert_eq!(stack.pump_shards().await, run.shards);
+    assert_eq!(stack.lose_messages(&stack.reduce_queue).await, 1);
+
+    let resumed = stack.submit("lost-reduce", &request(3)).await;
+    assert!(
+        resumed.reduce_sent && resumed.shards_sent == 0,
+        "{resumed:?}"
+    );
+    assert_eq!(stack.pump_reduce().await, 1);
+    assert_eq!(stack.summary_status(&run.run_id).await, "succeeded");
+
+    let complete = stack.submit("complete", &request(3)).await;
+    assert!(complete.already_complete, "{complete:?}");
+    stack.requests()
+}
+
+/// Failure paths: a shard message that keeps failing (failure records, then the DLQ); a
+/// reducer taking over a stale lock; a reduce that fails and releases its lock; a splitter
+/// whose every attempt fails (its on-failure destination).
+async fn scenario_failures() -> Recorded {
+    let stack = Stack::new().await;
+    stack.upload_images().await;
+    let run = stack.submit("with-bad-shard", &request(2)).await;
+    let layout = RunLayout::new(&run.run_id);
+    let bogus = ShardMessage {
+        run_id: run.run_id.clone(),
+        shard: 99,
+    };
+    stack
+        .send(&stack.shard_queue, serde_json::to_string(&bogus).unwrap())
+        .await;
+    stack.pump_shards().await;
+    let failure: shared::featurizer::ShardFailure = serde_json::from_slice(
+        &stack
+            .store()
+            .get(&format!("{}failures/shard-00099.json", layout.run_prefix()))
+            .await
+            .expect("the failing shard left a failure record"),
+    )
+    .unwrap();
+    assert_eq!(failure.shard, 99);
+    assert!(failure.error.contains("no shard 99"), "{}", failure.error);
+
+    // A reducer that died holding the lock an hour ago: the next one takes it over.
+    let stale = ReduceLock {
+        owner: "a-reducer-that-died".into(),
+        generation: 1,
+        acquired_at: 0,
+        released: false,
+    };
+    stack
+        .store()
+        .put(
+            &layout.reduce_lock(),
+            serde_json::to_vec(&stale).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stack.pump_reduce().await, 1);
+    assert_eq!(stack.summary_status(&run.run_id).await, "succeeded");
+
+    // A reduce message for a run whose shards never ran: the reducer fails and releases its
+    // lock, each delivery, until the message is dead-lettered.
+    let unfinished = stack.submit("unfinished", &request(4)).await;
+    stack.lose_messages(&stack.shard_queue).await;
+    let reduce = ReduceMessage {
+        run_id: unfinished.run_id.clone(),
+        claimed_by_shard: 0,
+    };
+    stack
+        .send(&stack.reduce_queue, serde_json::to_string(&reduce).unwrap())
+        .await;
+    assert_eq!(stack.pump_reduce().await as u32, MAX_RECEIVE_COUNT);
+    let unfinished_layout = RunLayout::new(&unfinished.run_id);
+    let lock: ReduceLock = serde_json::from_slice(
+        &stack
+            .store()
+            .get(&unfinished_layout.reduce_lock())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(lock.released, "the failed reduce released its lock: {lock:?}");
+    assert!(
+        stack.exists(&unfinished_layout.reduce_failure()).await,
+        "and recorded why, for status"
+    );
+    assert!(!stack.exists(&unfinished_layout.pca_success()).await);
+
+    // The shard queue unreachable: every attempt of the splitter fails, and Lambda sends the
+    // event to the splitter's on-failure destination.
+    let failed = stack
+        .submit_with("unreachable", &request(5), Unreachable)
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    stack.assert_allowed("splitter failing into its on-failure destination");
+    let (destination, _) = stack.splitter_on_failure.as_ref().unwrap();
+    assert_eq!(
+        depth(&stack.sqs, &destination.url).await.0,
+        1,
+        "the failed invocation's record is in the on-failure destination"
+    );
+    let result: Json = serde_json::from_slice(
+        &stack
+            .store()
+            .get("runs/request-results/unreachable.json")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(result["ok"], false, "{result}");
+    stack.requests()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_run_from_s3_event_to_pca_is_allowed() {
+    runtime().block_on(scenario_run());
+}
+
+#[test]
+fn resuming_runs_is_allowed() {
+    runtime().block_on(scenario_resume());
+}
+
+#[test]
+fn failure_paths_are_allowed() {
+    runtime().block_on(scenario_failures());
+}
+
+/// Each Allow statement of each function's role, and each action and resource in it, is
+/// needed: without it, some request a scenario made is refused.
+#[test]
+fn every_allow_statement_is_needed() {
+    let rt = runtime();
+    let scenarios: Vec<(&str, Vec<Arc<Role>>)> = vec![
+        ("run", rt.block_on(scenario_run())),
+        ("resume", rt.block_on(scenario_resume())),
+        ("failures", rt.block_on(scenario_failures())),
+    ];
+    let mut report = Vec::new();
+    let mut unneeded = Vec::new();
+    for role in ["splitter", "featurizer", "reducer"] {
+        // Each scenario's stack resolved the same statements for its own names.
+        let stacks: Vec<(&str, &Role)> = scenarios
+            .iter()
+            .map(|(name, roles)| (*name, &**roles.iter().find(|r| r.name() == role).unwrap()))
+            .collect();
+        for (scenario, r) in &stacks {
+            for q in r.requests() {
+                assert!(
+                    q.decision.is_allowed(),
+                    "scenario {scenario}: {role} was refused {} on {}",
+                    q.action,
+                    q.resource
+                );
+            }
+        }
+        // The first request any scenario made that `reduce` (applied to each stack's
+        // policy) refuses.
+        let first_refused = |reduce: &dyn Fn(&mut Policy)| -> Option<String> {
+            stacks.iter().find_map(|(scenario, r)| {
+                let mut policy = r.policy().clone();
+                reduce(&mut policy);
+                r.requests().into_iter().find_map(|q| {
+                    (!policy.evaluate(&q.action, &q.resource).is_allowed())
+                        .then(|| format!("scenario {scenario}: {} on {}", q.action, q.resource))
+                })
+            })
+        };
+        let statements = stacks[0].1.policy().statements.clone();
+        for (i, s) in statements.iter().enumerate() {
+            if s.effect != Effect::Allow {
+                continue;
+            }
+            let at = format!("{role}/{}", s.sid);
+            match first_refused(&|p: &mut Policy| {
+                p.statements.remove(i);
+            }) {
+                Some(refused) => report.push(format!("{at} removed -> refused {refused}")),
+                None => unneeded.push(format!("{at}: no scenario needs it")),
+            }
+            for kind in ["action", "resource"] {
+                let count = match kind {
+                    "action" => s.actions.items().len(),
+                    _ => s.resources.items().len(),
+                };
+                if count < 2 {
+                    continue;
+                }
+                for j in 0..count {
+                    let item = match kind {
+                        "action" => s.actions.items()[j].clone(),
+                        _ => s.resources.items()[j].clone(),
+                    };
+                    let drop_item = |p: &mut Policy| {
+                        let st = &mut p.statements[i];
+                        let patterns = if kind == "action" {
+                            &mut st.actions
+                        } else {
+                            &mut st.resources
+                        };
+                        let mut items = patterns.items().to_vec();
+                        items.remove(j);
+                        *patterns = patterns.with_items(items);
+                    };
+                    match first_refused(&drop_item) {
+                        Some(refused) => {
+                            report.push(format!("{at} without {kind} {item} -> refused {refused}"))
+                        }
+                        None => unneeded.push(format!("{at} {kind} {item}: no scenario needs it")),
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "Each Allow statement (and each action/resource of a multi-item one) removed in turn:\n  {}",
+        report.join("\n  ")
+    );
+    assert!(
+        unneeded.is_empty(),
+        "grants no scenario needs (remove them, or add the scenario that needs them):\n  {}",
+        unneeded.join("\n  ")
+    );
+}
