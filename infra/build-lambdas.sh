@@ -69,7 +69,7 @@ check_binary() {
   fi
   needed=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')
   # Only glibc's own libraries exist on provided.al2023 (no OpenSSL, BLAS, libstdc++, ...).
-  bad_needed=$(tr ' ' '\n' <<<"$needed" | grep -v -E '^(libc|libm|libdl|libpthread|librt|libgcc_s|ld-linux-aarch64|ld-linux-x86-64)\.so\.[0-9]+$' | grep -v '^$' || true)
+  bad_needed=$(tr ' ' '\n' <<<"$needed" | grep -v -E '^(libc|libm|libdl|libpthread|librt|libgcc_s|ld-linux-aarch64|ld-linux-x86-64)\.so\.[0-9]+$' | grep -v '^$' | tr '\n' ' ' || true)
   if [ -n "$bad_needed" ]; then
     echo "error: $bin needs libraries Lambda does not provide: $bad_needed" >&2
     return 1

@@ -9,7 +9,9 @@
 #   max |delta|, and the PCA's explained-variance ratios against golden/seed72/pca_model.json.
 #
 #   infra/check-arm64.sh            (after infra/build-lambdas.sh, or on its own: it builds
-#                                    what it needs; SKIP_SETUP=1 skips the apt/PyPI step)
+#                                    what it needs; SKIP_SETUP=1 skips the apt/PyPI step;
+#                                    CARGO_TARGET_DIR_ARM64 / _X86_64 if the two builds
+#                                    live in separate target folders)
 #
 # Not a CI step (a cross build plus an emulated inference run: tens of minutes on 2 cores).
 # Run it when the toolchain, tract, or the preprocessing changes, and report what it prints.
@@ -36,7 +38,8 @@ fi
 # shellcheck source=infra/lambda-build-env.sh
 . infra/lambda-build-env.sh
 target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
-export CARGO_TARGET_DIR="$target_dir"
+# Per-architecture target folders, if the builds were kept apart (default: the same one).
+declare -A dir=([arm64]="${CARGO_TARGET_DIR_ARM64:-$target_dir}" [x86_64]="${CARGO_TARGET_DIR_X86_64:-$target_dir}")
 
 # pyarrow (the test suite's pin) for reading the Parquet outputs.
 if ! .venv-deploy/bin/python -c 'import pyarrow' 2>/dev/null; then
@@ -49,7 +52,8 @@ declare -A config=([arm64]="$LAMBDA_CARGO_CONFIG_arm64" [x86_64]="$LAMBDA_CARGO_
 for arch in arm64 x86_64; do
   echo "== cargo build --release --target ${triple[$arch]} -p featurize --config '${config[$arch]}'"
   start=$(date +%s)
-  cargo build --release --locked --target "${triple[$arch]}" -p featurize --config "${config[$arch]}"
+  CARGO_TARGET_DIR="${dir[$arch]}" \
+    cargo build --release --locked --target "${triple[$arch]}" -p featurize --config "${config[$arch]}"
   echo "   built in $(($(date +%s) - start)) s"
 done
 
@@ -66,7 +70,7 @@ done <"$golden/images.txt"
 run() { # arch, command prefix...
   local arch=$1
   shift
-  local bin="$target_dir/${triple[$arch]}/release/featurize"
+  local bin="${dir[$arch]}/${triple[$arch]}/release/featurize"
   echo "== $arch: featurize run on $(wc -l <"$golden/images.txt") images"
   local start end
   start=$(date +%s.%N)
