@@ -31,6 +31,8 @@ fi
 # shellcheck source=infra/lambda-build-env.sh
 . infra/lambda-build-env.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo_root/target}"
+# Offline, SAM's telemetry calls would only time out.
+export SAM_CLI_TELEMETRY="${SAM_CLI_TELEMETRY:-0}"
 mkdir -p "$CARGO_TARGET_DIR"
 CARGO_TARGET_DIR="$(cd "$CARGO_TARGET_DIR" && pwd)"
 
