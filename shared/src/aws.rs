@@ -237,30 +237,7 @@ impl S3Store {
 
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let response = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await;
-        match response {
-            Ok(output) => {
-                let data = output
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| body_error("GetObject body", key, e))?;
-                Ok(data.into_bytes())
-            }
-            Err(e)
-                if e.as_service_error().is_some_and(|s| s.is_no_such_key())
-                    || status_of(&e) == Some(404) =>
-            {
-                Err(StoreError::NotFound(key.to_string()))
-            }
-            Err(e) => Err(remote("GetObject", key, e)),
-        }
+        Ok(self.get_versioned(key).await?.body)
     }
 
     async fn get_versioned(&self, key: &str) -> Result<Versioned, StoreError> {

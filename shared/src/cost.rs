@@ -288,6 +288,6 @@ mod tests {
         close(arm.total, 0.0233, "arm64 total");
         close(x86.per_1000_images, 0.00127, "x86 per 1000");
         close(arm.per_1000_images, 0.00113, "arm64 per 1000");
-        close(x86.storage_month, 0.0025, "storage");
+        close(x86.storage_month, 0.00252, "storage");
     }
 }

@@ -467,6 +467,19 @@ fn two_attempts_at_one_shard_interleaved_at_every_step() {
     });
 }
 
+/// A deployment whose shards are all featurized, and the reduce message they sent.
+async fn ready_to_reduce(
+    files: &[(String, Vec<u8>)],
+    request: &RunRequest,
+) -> (Local, SplitOutcome, ReduceMessage) {
+    let (base, run) = before_last_shard(files, request).await;
+    base.featurize(&Faults::new(), &run.run_id, run.shards - 1)
+        .await
+        .unwrap();
+    let message: ReduceMessage = serde_json::from_str(&base.reduces.pop().unwrap()).unwrap();
+    (base, run, message)
+}
+
 /// A fork of `base` whose last shard a clean attempt featurized.
 async fn probe_of(base: &Local, run_id: &str, last: usize) -> Local {
     let probe = base.fork();
@@ -519,11 +532,7 @@ fn a_deadline_hit_mid_shard_writes_nothing_and_the_retry_completes() {
 fn a_reducer_killed_mid_projection_is_taken_over_and_fenced() {
     let (files, request, reference) = setup();
     runtime().block_on(async {
-        let (base, run) = before_last_shard(&files, &request).await;
-        base.featurize(&Faults::new(), &run.run_id, run.shards - 1)
-            .await
-            .unwrap();
-        let message: ReduceMessage = serde_json::from_str(&base.reduces.pop().unwrap()).unwrap();
+        let (base, run, message) = ready_to_reduce(&files, &request).await;
         let clean = Faults::new();
         base.fork()
             .reducer(&clean, Duration::from_secs(900))
@@ -722,11 +731,7 @@ fn transient_fetch_errors_fail_the_shard_and_missing_objects_are_image_errors() 
 fn the_reducer_refuses_a_run_whose_invariants_are_broken() {
     let (files, request, _) = setup();
     runtime().block_on(async {
-        let (base, run) = before_last_shard(&files, &request).await;
-        base.featurize(&Faults::new(), &run.run_id, run.shards - 1)
-            .await
-            .unwrap();
-        let message: ReduceMessage = serde_json::from_str(&base.reduces.pop().unwrap()).unwrap();
+        let (base, run, message) = ready_to_reduce(&files, &request).await;
         let layout = RunLayout::new(&run.run_id);
         let marker = |local: &Local, shard: usize| -> shared::manifest::DoneMarker {
             serde_json::from_slice(
