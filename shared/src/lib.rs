@@ -1,32 +1,30 @@
-//! The featurization pipeline's library: domain logic (listing, sharding, preprocessing,
-//! inference, shard statistics, PCA), the two ports it runs on (an object store and a queue)
-//! with their local and AWS adapters, and the three handlers (splitter, featurizer, reducer)
-//! that the CLI and the Lambda binaries drive.
+//! The featurization pipeline's library, in layers:
+//!
+//! - [`engine`]: decoding, preprocessing, the model, shard statistics and the PCA;
+//! - [`pipeline`]: the handlers (splitter, featurizer, reducer, status, local driver, Lambda glue);
+//! - [`ports`]: the object store and queue the handlers are generic over;
+//! - [`adapters`]: S3/SQS, retries, fault injection and IAM checking over those ports;
+//!
+//! plus the run's documents and keys ([`manifest`], [`layout`], [`parquet_io`]), configuration,
+//! cost, errors and telemetry. Each module is also re-exported at the crate root
+//! (`shared::store`, `shared::featurizer`, …).
 
-pub mod aws;
+pub mod adapters;
 pub mod config;
 pub mod cost;
+pub mod engine;
 pub mod error;
-pub mod faults;
-pub mod featurizer;
-pub mod iam;
-pub mod lambda;
 pub mod layout;
-pub mod listing;
-pub mod local;
 pub mod manifest;
-pub mod model;
 pub mod parquet_io;
-pub mod pca;
-pub mod preprocess;
-pub mod queue;
-pub mod reducer;
-pub mod retry;
-pub mod splitter;
-pub mod stats;
-pub mod status;
-pub mod store;
+pub mod pipeline;
+pub mod ports;
 pub mod telemetry;
+
+pub use adapters::{aws, faults, iam, retry};
+pub use engine::{model, pca, preprocess, stats};
+pub use pipeline::{featurizer, lambda, listing, local, reducer, splitter, status};
+pub use ports::{queue, store};
 
 pub use error::{Error, Result};
 // Re-exported so the Lambda binaries use the same event types as the handlers.

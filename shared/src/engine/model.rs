@@ -79,7 +79,7 @@ pub struct ModelSpec {
 }
 
 /// The spec of the bundled MobileNetV2 (`models/model_spec.json`).
-pub const DEFAULT_SPEC_JSON: &str = include_str!("../../models/model_spec.json");
+pub const DEFAULT_SPEC_JSON: &str = include_str!("../../../models/model_spec.json");
 
 impl ModelSpec {
     /// The bundled MobileNetV2 spec.

@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn resize_matches_pillow_bicubic() {
         let fixtures: serde_json::Value =
-            serde_json::from_str(include_str!("../../tests/fixtures/pillow_resize.json")).unwrap();
+            serde_json::from_str(include_str!("../../../tests/fixtures/pillow_resize.json")).unwrap();
         let cases = fixtures.as_array().unwrap();
         assert!(cases.len() >= 3);
         for case in cases {
@@ -359,7 +359,7 @@ mod tests {
     fn resize_matches_pillow_bicubic_when_shrinking() {
         use sha2::{Digest, Sha256};
         let fixtures: serde_json::Value = serde_json::from_str(include_str!(
-            "../../tests/fixtures/pillow_resize_shrink.json"
+            "../../../tests/fixtures/pillow_resize_shrink.json"
         ))
         .unwrap();
         let cases = fixtures.as_array().unwrap();

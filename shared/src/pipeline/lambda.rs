@@ -318,19 +318,19 @@ mod tests {
     #[test]
     fn sample_events_parse() {
         let s3: serde_json::Value =
-            serde_json::from_str(include_str!("../../tests/events/s3-run-request.json")).unwrap();
+            serde_json::from_str(include_str!("../../../tests/events/s3-run-request.json")).unwrap();
         assert!(matches!(
             parse_splitter_event(s3).unwrap(),
             SplitterEvent::S3(_)
         ));
         let test: serde_json::Value =
-            serde_json::from_str(include_str!("../../tests/events/s3-test-event.json")).unwrap();
+            serde_json::from_str(include_str!("../../../tests/events/s3-test-event.json")).unwrap();
         assert!(matches!(
             parse_splitter_event(test).unwrap(),
             SplitterEvent::S3Test
         ));
         let direct: serde_json::Value =
-            serde_json::from_str(include_str!("../../tests/events/run-request.json")).unwrap();
+            serde_json::from_str(include_str!("../../../tests/events/run-request.json")).unwrap();
         assert!(matches!(
             parse_splitter_event(direct).unwrap(),
             SplitterEvent::Direct(_)
@@ -338,11 +338,11 @@ mod tests {
         let bad = serde_json::json!({"input_prefx": "x"});
         assert!(parse_splitter_event(bad).is_err());
         let sqs: SqsEvent =
-            serde_json::from_str(include_str!("../../tests/events/sqs-shard-batch.json")).unwrap();
+            serde_json::from_str(include_str!("../../../tests/events/sqs-shard-batch.json")).unwrap();
         let shard: ShardMessage = parse_body(&sqs.records[1]).unwrap();
         assert_eq!(shard.shard, 1);
         let sqs: SqsEvent =
-            serde_json::from_str(include_str!("../../tests/events/sqs-reduce.json")).unwrap();
+            serde_json::from_str(include_str!("../../../tests/events/sqs-reduce.json")).unwrap();
         let _: ReduceMessage = parse_body(&sqs.records[0]).unwrap();
     }
 }
