@@ -367,6 +367,10 @@ pub struct StageTimings {
     pub write_s: f64,
     /// Wall time of the shard.
     pub wall_s: f64,
+    /// Wall time the inference threads sat idle waiting for an image to arrive (fetching
+    /// overlaps inference; this is what the overlap did not hide).
+    #[serde(default)]
+    pub fetch_wait_s: f64,
 }
 
 impl StageTimings {
@@ -378,6 +382,7 @@ impl StageTimings {
         self.infer_s += other.infer_s;
         self.write_s += other.write_s;
         self.wall_s += other.wall_s;
+        self.fetch_wait_s += other.fetch_wait_s;
     }
 }
 

@@ -12,7 +12,9 @@ use shared::error::Error;
 use shared::faults::{Faults, FaultyQueue, FaultyStore};
 use shared::featurizer::{FeaturizerSettings, ShardFeaturizer, ShardOutcome};
 use shared::layout::RunLayout;
-use shared::manifest::{ImageError, ReduceMessage, RunOptions, RunRequest, ShardMessage};
+use shared::manifest::{
+    DoneMarker, ImageError, ReduceMessage, RunOptions, RunRequest, ShardMessage,
+};
 use shared::queue::InProcessQueue;
 use shared::reducer::{ReduceOutcome, Reducer, ReducerSettings};
 use shared::retry::{RetryPolicy, Retrying};
@@ -939,5 +941,77 @@ fn on_s3_keys_with_doubled_or_leading_slashes_are_distinct_images() {
             crate::aws::summary_of(&stack.store(), &lead.run_id).await.rows
         };
         assert_eq!(summary_rows, 1, "and fetched");
+    });
+}
+
+/// The featurizer fetches while it infers (a bounded prefetch): with a slow store, the
+/// inference threads wait only for the first images, not for the whole download, and the
+/// outputs are those of the clean run.
+#[test]
+fn fetching_overlaps_inference_on_a_slow_store() {
+    let files = fruit_images(4, 4);
+    let request = RunRequest {
+        input_prefix: String::new(),
+        ..small_request(16, 5)
+    };
+    let reference = local_reference(&files, &request);
+    runtime().block_on(async {
+        let local = Local::new(&files);
+        let run = local.split(&Faults::new(), &request).await.unwrap();
+        assert_eq!(run.shards, 1);
+        while local.shards.pop().is_some() {}
+        // Every GET takes 40 ms and two are in flight: a download of the whole shard
+        // before inference would leave the CPU idle for >= 8 x 40 ms.
+        let latency = Duration::from_millis(40);
+        let slow_input = Faults::slow(latency);
+        let clean = Faults::new();
+        let featurizer = ShardFeaturizer::new(
+            slow_input.store(FsStore::new(&local.input)),
+            clean.store(local.output_store()),
+            clean.queue(&local.reduces),
+            model(),
+            FeaturizerSettings {
+                worker_threads: 1,
+                fetch_concurrency: 2,
+                ..Default::default()
+            },
+        );
+        let message = ShardMessage {
+            run_id: run.run_id.clone(),
+            shard: 0,
+        };
+        featurizer.process(&message, None, None).await.unwrap();
+        let marker: DoneMarker = serde_json::from_slice(
+            &local
+                .output_store()
+                .get(&RunLayout::new(&run.run_id).done_marker(0))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let t = &marker.timings;
+        assert!(t.fetch_s >= 8.0 * latency.as_secs_f64(), "{t:?}");
+        assert!(
+            t.fetch_wait_s >= latency.as_secs_f64() * 0.9,
+            "the first image is waited for, and that wait is measured: {t:?}"
+        );
+        assert!(
+            t.fetch_wait_s < 0.5 * t.fetch_s,
+            "inference overlaps the download: {t:?}"
+        );
+        local.drain().await;
+        local
+            .assert_clean(&run.run_id, &reference, "fetch overlapped with inference")
+            .await;
+        let summary: shared::reducer::Summary = serde_json::from_slice(
+            &local
+                .output_store()
+                .get(&RunLayout::new(&run.run_id).summary())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let share = summary.timings.fetch_wait_share;
+        assert!(share > 0.0 && share < 0.5, "fetch wait share {share}");
     });
 }

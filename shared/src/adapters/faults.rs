@@ -99,6 +99,11 @@ impl Faults {
         )
     }
 
+    /// Every call takes `latency` (a slow but healthy store, e.g. S3 from far away).
+    pub fn slow(latency: Duration) -> Self {
+        Self::transient(0.0, latency, 0)
+    }
+
     /// The handler stops before its mutating step number `step` (from 0) until
     /// [`Faults::resume`]; [`Faults::wait_paused`] returns once it is there.
     pub fn pause_before(step: usize) -> Self {
@@ -190,11 +195,11 @@ impl Faults {
             return Err(Self::error(op, key, "injected crash: the handler is dead"));
         }
         let plan = &self.state.plan;
+        if !plan.latency.is_zero() {
+            tokio::time::sleep(plan.latency).await;
+        }
         if plan.transient_rate > 0.0 {
             let fail = self.state.rng.lock().expect("rng").f64() < plan.transient_rate;
-            if !plan.latency.is_zero() {
-                tokio::time::sleep(plan.latency).await;
-            }
             if fail {
                 self.state.injected.fetch_add(1, Ordering::SeqCst);
                 return Err(Self::error(op, key, "injected 503 SlowDown: Please reduce your request rate"));

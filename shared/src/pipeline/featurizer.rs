@@ -51,6 +51,13 @@ impl Default for FeaturizerSettings {
 }
 
 impl FeaturizerSettings {
+    /// Images fetched ahead of the inference threads (the channel between them): enough to
+    /// keep every thread busy while the next fetches are in flight, few enough to bound
+    /// memory (a shard is never held whole).
+    pub fn prefetch(&self) -> usize {
+        self.fetch_concurrency.max(2 * self.threads()).max(1)
+    }
+
     /// The number of inference threads to use.
     pub fn threads(&self) -> usize {
         if self.worker_threads > 0 {
@@ -92,10 +99,59 @@ pub fn featurize_images(
     progress: Option<&Progress>,
 ) -> Result<FeaturizedBatch> {
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<ImageOutcome>>> = Mutex::new(vec![None; images.len()]);
+    let source = || {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        images.get(i).map(|image| (i, image.clone()))
+    };
+    featurize_from(
+        model,
+        images.len(),
+        &source,
+        threads,
+        max_pixels,
+        deadline,
+        progress,
+    )
+}
+
+/// An image on its way from the fetcher to the inference threads: its index in the shard
+/// and its bytes (or why it could not be read).
+pub type Fetched = (usize, Result<Bytes, String>);
+
+/// Like [`featurize_images`], but the images arrive through `images` while they are being
+/// fetched (a bounded channel: the prefetch), so inference overlaps the downloads. The time
+/// the inference threads wait for an image is recorded as `fetch_wait_s`.
+pub fn featurize_streamed(
+    model: &Model,
+    count: usize,
+    images: tokio::sync::mpsc::Receiver<Fetched>,
+    threads: usize,
+    max_pixels: u64,
+    deadline: Option<Instant>,
+    progress: Option<&Progress>,
+) -> Result<FeaturizedBatch> {
+    let images = Mutex::new(images);
+    let source = || images.lock().expect("fetch channel lock").blocking_recv();
+    featurize_from(
+        model, count, &source, threads, max_pixels, deadline, progress,
+    )
+}
+
+/// The inference loop: `threads` threads, one model session each, take images from `next`
+/// until it returns `None` or the deadline is near.
+fn featurize_from(
+    model: &Model,
+    count: usize,
+    next: &(dyn Fn() -> Option<Fetched> + Sync),
+    threads: usize,
+    max_pixels: u64,
+    deadline: Option<Instant>,
+    progress: Option<&Progress>,
+) -> Result<FeaturizedBatch> {
+    let results: Mutex<Vec<Option<ImageOutcome>>> = Mutex::new(vec![None; count]);
     let totals: Mutex<StageTimings> = Mutex::new(StageTimings::default());
     let spec = model.spec();
-    let threads = threads.clamp(1, images.len().max(1));
+    let threads = threads.clamp(1, count.max(1));
     std::thread::scope(|scope| -> Result<()> {
         let mut handles = Vec::new();
         for _ in 0..threads {
@@ -107,24 +163,30 @@ pub fn featurize_images(
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(encoded) = images.get(i) else { break };
+                    let waiting = Instant::now();
+                    let Some((i, encoded)) = next() else { break };
+                    timings.fetch_wait_s += waiting.elapsed().as_secs_f64();
                     let outcome = match encoded {
-                        Err(reason) => ImageOutcome::Failed(ImageErrorKind::Fetch, reason.clone()),
+                        Err(reason) => ImageOutcome::Failed(ImageErrorKind::Fetch, reason),
                         Ok(bytes) => featurize_one(
                             &mut session,
                             &mut input,
-                            bytes,
+                            &bytes,
                             spec,
                             max_pixels,
                             &mut timings,
                         ),
                     };
-                    results.lock().expect("results lock")[i] = Some(outcome);
+                    if let Some(slot) = results.lock().expect("results lock").get_mut(i) {
+                        *slot = Some(outcome);
+                    }
                     if let Some(progress) = progress {
                         progress(1);
                     }
                 }
+                // Waiting is wall time of the shard (not CPU time summed over threads):
+                // the mean over the threads.
+                timings.fetch_wait_s /= threads as f64;
                 totals.lock().expect("timings lock").add(&timings);
                 Ok(())
             }));
@@ -435,27 +497,36 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
 
         // An attempt id of its own: this attempt's objects are never overwritten by another.
         let attempt = new_attempt_id();
-        let fetch_start = Instant::now();
-        let encoded = self
-            .fetch_all(&manifest, &shard.images, compute_deadline)
-            .await?;
-        let fetch_s = fetch_start.elapsed().as_secs_f64();
-
+        // Fetch and infer at once: the fetcher fills a bounded channel (the prefetch) in
+        // shard order while the inference threads drain it, so the CPU is not idle for the
+        // whole download (Lambda bills the wall time).
+        let (sender, receiver) = tokio::sync::mpsc::channel(self.settings.prefetch());
         let model = self.model.clone();
         let threads = self.settings.threads();
         let max_pixels = manifest.options.max_pixels;
         let progress = self.progress.clone();
-        let batch = tokio::task::spawn_blocking(move || {
-            featurize_images(
+        let count = shard.images.len();
+        // A failed fetch closes the channel early: the threads finish what is buffered (at
+        // most the prefetch) and stop, and the attempt fails with the fetch's error.
+        let inference = tokio::task::spawn_blocking(move || {
+            featurize_streamed(
                 &model,
-                &encoded,
+                count,
+                receiver,
                 threads,
                 max_pixels,
                 compute_deadline,
                 progress.as_ref(),
             )
-        })
-        .await??;
+        });
+        let fetch_start = Instant::now();
+        let fetched = self
+            .fetch_into(&manifest, &shard.images, compute_deadline, sender)
+            .await;
+        let fetch_s = fetch_start.elapsed().as_secs_f64();
+        let inferred = inference.await;
+        fetched?;
+        let batch = inferred??;
 
         let write_start = Instant::now();
         let dim = self.model.feature_dim();
@@ -569,51 +640,56 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         }
     }
 
-    /// Fetches a shard's images, a few at a time. An image that does not exist is that
-    /// image's error; any other failure (throttling, 5xx, timeouts, access denied) fails the
-    /// whole attempt, so the message is retried instead of an image being lost for good.
-    async fn fetch_all(
+    /// Fetches a shard's images, a few at a time, in shard order, into `sender` (bounded:
+    /// it waits while the inference threads are behind). An image that does not exist is
+    /// that image's error; any other failure (throttling, 5xx, timeouts, access denied)
+    /// fails the whole attempt, so the message is retried instead of an image being lost
+    /// for good.
+    async fn fetch_into(
         &self,
         manifest: &Manifest,
         images: &[ImageRef],
         deadline: Option<Instant>,
-    ) -> Result<Vec<Result<Bytes, String>>> {
-        let fetched: Vec<Result<Bytes, StoreError>> = stream::iter(images.iter().map(|image| {
+        sender: tokio::sync::mpsc::Sender<Fetched>,
+    ) -> Result<()> {
+        let mut fetched = stream::iter(images.iter().enumerate().map(|(i, image)| {
             let key = manifest.input.key_of(image);
             async move {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(StoreError::Remote {
+                    return (i, Err(StoreError::Remote {
                         op: "GetObject",
                         key,
                         transient: true,
                         source: "deadline reached before the fetch".into(),
-                    });
+                    }));
                 }
-                self.input.get(&key).await
+                (i, self.input.get(&key).await)
             }
         }))
-        .buffered(self.settings.fetch_concurrency.max(1))
-        .collect()
-        .await;
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            let remaining_ms = deadline
-                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64)
-                .unwrap_or(0);
-            return Err(Error::Deadline {
-                remaining_ms,
-                stage: "fetching the shard's images",
-            });
-        }
-        fetched
-            .into_iter()
-            .map(|r| match r {
-                Ok(bytes) => Ok(Ok(bytes)),
-                Err(StoreError::NotFound(key)) => Ok(Err(format!(
+        .buffered(self.settings.fetch_concurrency.max(1));
+        while let Some((i, result)) = fetched.next().await {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                let remaining_ms = deadline
+                    .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64)
+                    .unwrap_or(0);
+                return Err(Error::Deadline {
+                    remaining_ms,
+                    stage: "fetching the shard's images",
+                });
+            }
+            let image = match result {
+                Ok(bytes) => Ok(bytes),
+                Err(StoreError::NotFound(key)) => Err(format!(
                     "object not found: {key} (deleted after the run was listed)"
-                ))),
-                Err(e) => Err(Error::Store(e)),
-            })
-            .collect()
+                )),
+                Err(e) => return Err(Error::Store(e)),
+            };
+            if sender.send((i, image)).await.is_err() {
+                // The inference threads stopped (deadline): they report it.
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The completion barrier. S3 listings are strongly consistent, so after writing its own

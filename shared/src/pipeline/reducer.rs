@@ -156,6 +156,10 @@ pub struct SummaryTimings {
     pub reduce_s: f64,
     /// Mean inference time per image, ms.
     pub infer_ms_per_image: f64,
+    /// Share of the featurizers' billed (wall) time spent waiting for images to arrive:
+    /// `featurize.fetch_wait_s / featurize.wall_s`.
+    #[serde(default)]
+    pub fetch_wait_share: f64,
 }
 
 /// The Lambda cost of a run.
@@ -547,11 +551,16 @@ impl<S: ObjectStore> Reducer<S> {
                 }),
                 reduce_s: 0.0,
                 infer_ms_per_image: 0.0,
+                fetch_wait_share: 0.0,
             },
             cost: None,
             finished_at: String::new(),
             failure: None,
         };
+        if summary.timings.featurize.wall_s > 0.0 {
+            summary.timings.fetch_wait_share =
+                summary.timings.featurize.fetch_wait_s / summary.timings.featurize.wall_s;
+        }
         if rows > 0 {
             summary.timings.infer_ms_per_image =
                 summary.timings.featurize.infer_s * 1000.0 / rows as f64;
