@@ -17,6 +17,7 @@ use shared::retry::{RetryPolicy, Retrying};
 use shared::telemetry::{init_tracing, LogFormat};
 
 mod bench;
+mod simulate;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +47,9 @@ enum Command {
     /// Resume a run: featurize the shards that are not done, then reduce (also recovers a run
     /// that `status` reports stuck: a lost reduce message, a dead reducer).
     Resume(ResumeArgs),
+    /// Simulate a run of N images at scale (synthetic features, no CNN): time, memory,
+    /// requests and bytes per stage.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Model location, shared by the subcommands that run it.
@@ -108,7 +112,7 @@ struct RunOptionArgs {
     #[arg(long, default_value = "centered", value_parser = parse_convention)]
     convention: PcaConvention,
     /// Images per shard.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = shared::manifest::DEFAULT_SHARD_SIZE)]
     shard_size: usize,
     /// Number of shards (instead of --shard-size).
     #[arg(long, conflicts_with = "shard_size")]
@@ -279,6 +283,9 @@ fn main() -> ExitCode {
             Command::Submit(args) => submit(args).await,
             Command::Status(args) => status(args).await,
             Command::Resume(args) => resume(args).await,
+            Command::Simulate(args) => simulate::simulate(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
         }
     });
     match result {

@@ -9,10 +9,10 @@
 //!
 //! | | S3 GET/HEAD | S3 PUT/LIST | SQS |
 //! |---|---|---|---|
-//! | splitter | request | LIST ⌈N/1000⌉, manifest, request result | ⌈S/10⌉ SendMessageBatch |
-//! | featurizer, per shard | manifest, done marker, its images | attempt's part, statistics and errors (staging), done marker (the commit), published part, LIST done/ | receive, delete |
+//! | splitter | request | LIST ⌈N/1000⌉, one image list per shard, manifest, request result | ⌈S/10⌉ SendMessageBatch |
+//! | featurizer, per shard | manifest header, its shard's image list, done marker, its images | attempt's part, statistics and errors (staging), done marker (the commit), published part, LIST done/ | receive, delete |
 //! | barrier (once) | | claim | send reduce |
-//! | reducer | HEAD `_SUCCESS`, manifest; per shard: done marker, errors, statistics, part (checked, then projected), a lock check before each write (shards + 5) | lock, errors.json, `Results/_SUCCESS`, model, summary, `_SUCCESS`, LIST staging/; per shard: PCA part (DELETEs of staging are free) | receive, delete |
+//! | reducer | HEAD `_SUCCESS`, manifest; per shard: image list, done marker, errors, statistics, part (checked, then projected), a lock check before each write (shards + 5) | lock, errors.json, `Results/_SUCCESS`, model, summary, `_SUCCESS`, LIST staging/; per shard: PCA part (DELETEs of staging are free) | receive, delete |
 
 use serde::{Deserialize, Serialize};
 
@@ -101,12 +101,12 @@ pub struct Requests {
 pub fn requests(images: u64, shards: u64) -> Requests {
     let list_pages = |keys: u64| keys.div_ceil(1000).max(1);
     let splitter_get = 1;
-    let splitter_put = list_pages(images) + 2;
+    let splitter_put = list_pages(images) + 2 + shards;
     let splitter_sqs = shards.div_ceil(10);
-    let featurizer_get = 2 * shards + images;
+    let featurizer_get = 3 * shards + images;
     let featurizer_put = shards * (5 + list_pages(shards)) + 1;
     let featurizer_sqs = 2 * shards + 1;
-    let reducer_get = 2 + 5 * shards + (shards + 5);
+    let reducer_get = 2 + 6 * shards + (shards + 5);
     let reducer_put = 6 + shards + list_pages(3 * shards);
     let reducer_sqs = 2;
     Requests {
@@ -191,15 +191,16 @@ mod tests {
 
     #[test]
     fn request_counts_follow_the_handlers() {
-        // 6 images in 3 shards: splitter 1 GET, 1 LIST + 2 PUT, 1 send batch; featurizer
-        // 3 x (manifest + done marker) + 6 images, 3 x (5 PUT + 1 LIST) + 1, 3 x 2 + 1 SQS;
-        // reducer 2 + 3 x 5 + (3 + 5) GET, 6 + 3 PUT + 1 LIST, 2 SQS.
+        // 6 images in 3 shards: splitter 1 GET, 1 LIST + 3 shard lists + 2 PUT, 1 send
+        // batch; featurizer 3 x (manifest header + shard list + done marker) + 6 images,
+        // 3 x (5 PUT + 1 LIST) + 1, 3 x 2 + 1 SQS; reducer 2 + 3 x 6 + (3 + 5) GET,
+        // 6 + 3 PUT + 1 LIST, 2 SQS. (`featurize simulate` counts the same per stage.)
         assert_eq!(
             requests(6, 3),
             Requests {
                 lambda: 5,
-                s3_get: 1 + 12 + 25,
-                s3_put: 3 + 19 + 10,
+                s3_get: 1 + 15 + 28,
+                s3_put: 6 + 19 + 10,
                 sqs: 1 + 7 + 2,
             }
         );
@@ -240,29 +241,29 @@ mod tests {
         assert_eq!(idle_polling_requests_per_month(5), 648_000);
     }
 
-    /// The README's cost table (section "Cost"): the Fruits-360 test set in 81 shards, with
-    /// the per-shard, splitter and reducer durations the README derives there.
+    /// The README's cost table (section "Cost"): the Fruits-360 test set in 6 shards of up
+    /// to 4,096, with the per-shard, splitter and reducer durations the README derives there.
     #[test]
     fn readme_cost_table() {
         let run = RunShape {
             images: 20_622,
-            shards: 81,
-            featurizer_s_per_shard: 2.0,
+            shards: 6,
+            featurizer_s_per_shard: 17.3,
             featurizer_mb: 5308,
             splitter_s: 2.5,
             splitter_mb: 512,
-            reducer_s: 10.0,
+            reducer_s: 5.0,
             reducer_mb: 4096,
             // After the run: the features and PCA parts (staging is deleted on success).
-            stored_bytes: 81 * (1_270_000 + 80_000),
+            stored_bytes: 109_350_000,
         };
         assert_eq!(
             requests(run.images, run.shards),
             Requests {
-                lambda: 83,
-                s3_get: 21_278,
-                s3_put: 598,
-                sqs: 174,
+                lambda: 8,
+                s3_get: 20_690,
+                s3_put: 79,
+                sqs: 16,
             }
         );
         let close = |got: f64, want: f64, what: &str| {
@@ -273,21 +274,21 @@ mod tests {
         };
         let x86 = breakdown(&run, &Prices::us_east_1(Arch::X86_64));
         let arm = breakdown(&run, &Prices::us_east_1(Arch::Arm64));
-        close(x86.featurizer_gb_s, 840.0, "featurizer GB-s");
-        close(x86.featurizer, 0.01400, "x86 featurizer");
-        close(arm.featurizer, 0.01120, "arm64 featurizer");
-        close(x86.splitter_and_reducer, 0.00069, "x86 splitter + reducer");
+        close(x86.featurizer_gb_s, 538.1, "featurizer GB-s");
+        close(x86.featurizer, 0.008968, "x86 featurizer");
+        close(arm.featurizer, 0.007175, "arm64 featurizer");
+        close(x86.splitter_and_reducer, 0.000354, "x86 splitter + reducer");
         close(
             arm.splitter_and_reducer,
-            0.00055,
+            0.000283,
             "arm64 splitter + reducer",
         );
-        close(x86.s3_get, 0.00851, "S3 GET");
-        close(x86.s3_put, 0.00299, "S3 PUT");
-        close(x86.total, 0.0263, "x86 total");
-        close(arm.total, 0.0233, "arm64 total");
-        close(x86.per_1000_images, 0.00127, "x86 per 1000");
-        close(arm.per_1000_images, 0.00113, "arm64 per 1000");
+        close(x86.s3_get, 0.008276, "S3 GET");
+        close(x86.s3_put, 0.000395, "S3 PUT");
+        close(x86.total, 0.01800, "x86 total");
+        close(arm.total, 0.01614, "arm64 total");
+        close(x86.per_1000_images, 0.000873, "x86 per 1000");
+        close(arm.per_1000_images, 0.000783, "arm64 per 1000");
         close(x86.storage_month, 0.00252, "storage");
     }
 }

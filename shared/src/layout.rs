@@ -39,6 +39,13 @@ impl RunLayout {
     pub fn manifest(&self) -> String {
         format!("runs/{}/manifest.json", self.run_id)
     }
+    /// One shard's image list, written by the splitter before the manifest (which commits
+    /// the run). Under the run's fingerprint, so a refused request reusing the run id never
+    /// overwrites the lists of the run that owns it.
+    pub fn shard_list(&self, fingerprint: &str, shard: usize) -> String {
+        let fp = &fingerprint[..fingerprint.len().min(16)];
+        format!("runs/{}/shards/{fp}/shard-{shard:05}.json", self.run_id)
+    }
     /// Prefix of the shards' done markers.
     pub fn done_prefix(&self) -> String {
         format!("runs/{}/done/", self.run_id)

@@ -21,9 +21,9 @@ pub mod pipeline;
 pub mod ports;
 pub mod telemetry;
 
-pub use adapters::{aws, faults, iam, retry};
+pub use adapters::{aws, counting, faults, iam, retry};
 pub use engine::{model, pca, preprocess, stats};
-pub use pipeline::{featurizer, lambda, listing, local, reducer, splitter, status};
+pub use pipeline::{featurizer, lambda, listing, local, reducer, run_manifest, simulate, splitter, status};
 pub use ports::{queue, store};
 
 pub use error::{Error, Result};

@@ -2,6 +2,7 @@
 //! IAM checking of every call against a role.
 
 pub mod aws;
+pub mod counting;
 pub mod faults;
 pub mod iam;
 pub mod retry;

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::layout::{shard_of_done_marker, RunLayout};
 use crate::manifest::{
     DoneMarker, ImageError, ImageErrorKind, ImageRef, InvocationCost, Manifest, ReduceMessage,
-    ShardMessage, StageTimings,
+    Shard, ShardMessage, StageTimings,
 };
 use crate::model::{Layout, Model};
 use crate::parquet_io::{self, Dataset, VectorRow};
@@ -349,12 +349,53 @@ pub fn failure_key(layout: &RunLayout, shard: usize) -> String {
     format!("{}failures/shard-{shard:05}.json", layout.run_prefix())
 }
 
+/// What turns a shard's images into feature vectors.
+#[derive(Clone)]
+enum Engine {
+    /// The CNN.
+    Model(Model),
+    /// Seeded random vectors, no decoding and no CNN: `featurize simulate` drives the real
+    /// bookkeeping (fetches, parts, statistics, commit, barrier) at scale with it.
+    Synthetic {
+        /// Feature dimension.
+        dim: usize,
+    },
+}
+
+/// The model id a synthetic featurizer records (runs are refused across engines).
+pub const SYNTHETIC_MODEL_ID: &str = "synthetic-features";
+
+impl Engine {
+    fn sha256(&self) -> &str {
+        match self {
+            Engine::Model(model) => model.sha256(),
+            Engine::Synthetic { .. } => SYNTHETIC_MODEL_ID,
+        }
+    }
+    fn feature_dim(&self) -> usize {
+        match self {
+            Engine::Model(model) => model.feature_dim(),
+            Engine::Synthetic { dim } => *dim,
+        }
+    }
+}
+
+/// Synthetic features of one image: uniform in [0, 6) (the range of ReLU6 features), seeded
+/// by the image's path, so a shard's vectors are the same in every attempt.
+pub fn synthetic_features(path: &str, dim: usize) -> Vec<f32> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(path.as_bytes());
+    let seed = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..dim).map(|_| rng.f32() * 6.0).collect()
+}
+
 /// The featurizer handler, generic over the store and the reduce queue.
 pub struct ShardFeaturizer<S, Q> {
     input: S,
     output: S,
     reduce_queue: Q,
-    model: Model,
+    engine: Engine,
     settings: FeaturizerSettings,
     progress: Option<Progress>,
     manifests: Mutex<Vec<Arc<Manifest>>>,
@@ -373,7 +414,7 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             input,
             output,
             reduce_queue,
-            model,
+            engine: Engine::Model(model),
             settings,
             progress: None,
             manifests: Mutex::new(Vec::new()),
@@ -386,12 +427,21 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         self
     }
 
-    /// The model in use.
-    pub fn model(&self) -> &Model {
-        &self.model
+    /// A featurizer that makes seeded random features of dimension `dim` instead of running
+    /// a model (its images are fetched, not decoded): for simulations at scale.
+    pub fn synthetic(input: S, output: S, reduce_queue: Q, dim: usize, settings: FeaturizerSettings) -> Self {
+        Self {
+            input,
+            output,
+            reduce_queue,
+            engine: Engine::Synthetic { dim },
+            settings,
+            progress: None,
+            manifests: Mutex::new(Vec::new()),
+        }
     }
 
-    /// Reads a run's manifest (cached: it never changes once written).
+    /// Reads a run's manifest header (cached: it never changes once written).
     pub async fn manifest(&self, run_id: &str) -> Result<Arc<Manifest>> {
         if let Some(m) = self
             .manifests
@@ -403,15 +453,16 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             return Ok(m.clone());
         }
         let layout = RunLayout::new(run_id);
-        let bytes = self
-            .output
-            .get(&layout.manifest())
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound(_) => Error::RunState(format!("run {run_id} has no manifest")),
-                other => other.into(),
-            })?;
-        let manifest: Arc<Manifest> = Arc::new(serde_json::from_slice(&bytes)?);
+        let manifest = Arc::new(
+            crate::run_manifest::read_header(&self.output, &layout)
+                .await
+                .map_err(|e| match e {
+                    Error::RunState(_) => {
+                        Error::RunState(format!("run {run_id} has no manifest"))
+                    }
+                    other => other,
+                })?,
+        );
         self.manifests.lock().expect("cache").push(manifest.clone());
         Ok(manifest)
     }
@@ -454,21 +505,20 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         let started = Instant::now();
         let manifest = self.manifest(&message.run_id).await?;
         let layout = RunLayout::new(&manifest.run_id);
-        let shard = manifest.shards.get(message.shard).ok_or_else(|| {
-            Error::RunState(format!(
-                "run {} has {} shards, there is no shard {}",
-                manifest.run_id,
-                manifest.shards.len(),
-                message.shard
-            ))
-        })?;
-        if !manifest.model_sha256.is_empty() && manifest.model_sha256 != self.model.sha256() {
+        let shard = Shard {
+            id: message.shard,
+            count: 0,
+            images: crate::run_manifest::read_shard(&self.output, &manifest, message.shard)
+                .await?,
+        };
+        let shard = &shard;
+        if !manifest.model_sha256.is_empty() && manifest.model_sha256 != self.engine.sha256() {
             return Err(Error::RunState(format!(
                 "run {} is featurized with model sha256 {}, but this featurizer loaded {}: \
                  deploy that model again, or start a new run",
                 manifest.run_id,
                 manifest.model_sha256,
-                self.model.sha256()
+                self.engine.sha256()
             )));
         }
         if let Some(marker) = self.committed(&layout, shard.id).await? {
@@ -501,15 +551,16 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         // shard order while the inference threads drain it, so the CPU is not idle for the
         // whole download (Lambda bills the wall time).
         let (sender, receiver) = tokio::sync::mpsc::channel(self.settings.prefetch());
-        let model = self.model.clone();
+        let engine = self.engine.clone();
         let threads = self.settings.threads();
         let max_pixels = manifest.options.max_pixels;
         let progress = self.progress.clone();
         let count = shard.images.len();
         // A failed fetch closes the channel early: the threads finish what is buffered (at
         // most the prefetch) and stop, and the attempt fails with the fetch's error.
-        let inference = tokio::task::spawn_blocking(move || {
-            featurize_streamed(
+        let paths: Vec<String> = shard.images.iter().map(|i| i.path.clone()).collect();
+        let inference = tokio::task::spawn_blocking(move || match engine {
+            Engine::Model(model) => featurize_streamed(
                 &model,
                 count,
                 receiver,
@@ -517,7 +568,24 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
                 max_pixels,
                 compute_deadline,
                 progress.as_ref(),
-            )
+            ),
+            Engine::Synthetic { dim } => {
+                let mut receiver = receiver;
+                let mut outcomes = vec![None; count];
+                while let Some((i, image)) = receiver.blocking_recv() {
+                    outcomes[i] = Some(match image {
+                        Ok(_) => ImageOutcome::Features(synthetic_features(&paths[i], dim)),
+                        Err(reason) => ImageOutcome::Failed(ImageErrorKind::Fetch, reason),
+                    });
+                }
+                Ok(FeaturizedBatch {
+                    outcomes: outcomes
+                        .into_iter()
+                        .map(|o| o.ok_or_else(|| Error::RunState("an image was not fetched".into())))
+                        .collect::<Result<_>>()?,
+                    timings: StageTimings::default(),
+                })
+            }
         });
         let fetch_start = Instant::now();
         let fetched = self
@@ -529,7 +597,7 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         let batch = inferred??;
 
         let write_start = Instant::now();
-        let dim = self.model.feature_dim();
+        let dim = self.engine.feature_dim();
         let mut rows = Vec::new();
         let mut errors = Vec::new();
         for (image, outcome) in shard.images.iter().zip(batch.outcomes) {

@@ -66,18 +66,16 @@ enum Start {
 pub async fn resume_local(run: LocalRun, run_id: &str, model: Model) -> Result<LocalReport> {
     let output = FsStore::new(&run.output);
     let layout = RunLayout::new(run_id);
-    let manifest: crate::manifest::Manifest =
-        match crate::store::ObjectStore::get(&output, &layout.manifest()).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)?,
-            Err(crate::store::StoreError::NotFound(_)) => {
-                return Err(Error::RunState(format!(
-                    "no run {run_id} in {} (no {})",
-                    run.output.display(),
-                    output.describe(&layout.manifest())
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        };
+    let manifest = crate::run_manifest::read_header(&output, &layout)
+        .await
+        .map_err(|e| match e {
+            Error::RunState(_) => Error::RunState(format!(
+                "no run {run_id} in {} (no {})",
+                run.output.display(),
+                output.describe(&layout.manifest())
+            )),
+            other => other,
+        })?;
     let input_root = PathBuf::from(&manifest.input.uri);
     check_input_folder(&input_root)?;
     drive(run, FsStore::new(&input_root), model, Start::Resume(layout)).await

@@ -7,5 +7,7 @@ pub mod lambda;
 pub mod listing;
 pub mod local;
 pub mod reducer;
+pub mod run_manifest;
+pub mod simulate;
 pub mod splitter;
 pub mod status;

@@ -374,10 +374,10 @@ impl<S: ObjectStore> Reducer<S> {
         layout: &RunLayout,
         manifest: &Manifest,
         token: &LockToken,
-    ) -> Result<(Vec<DoneMarker>, Vec<ImageError>, Vec<ShardStats>)> {
+    ) -> Result<(Vec<DoneMarker>, Vec<ImageError>, Option<ShardStats>)> {
         let concurrency = self.settings.concurrency.max(1);
         let invariant = |m: String| Error::Invariant(format!("run {}: {m}", manifest.run_id));
-        let loaded: Vec<(DoneMarker, Vec<ImageError>, ShardStats, Vec<String>)> =
+        let mut loaded =
             stream::iter(manifest.shards.iter().map(|shard| async move {
                 let marker: DoneMarker = match self.store.get(&layout.done_marker(shard.id)).await {
                     Ok(bytes) => serde_json::from_slice(&bytes)?,
@@ -395,20 +395,22 @@ impl<S: ObjectStore> Reducer<S> {
                 let stats_key = layout.attempt_stats(shard.id, &marker.attempt);
                 let stats = ShardStats::from_bytes(&self.store.get(&stats_key).await?, &stats_key)?;
                 let part = self.published_part(layout, &marker, token).await?;
-                let paths = parquet_io::read_rows(Dataset::Features, part)?
+                let paths: Vec<String> = parquet_io::read_rows(Dataset::Features, part)?
                     .into_iter()
                     .map(|r| r.path)
                     .collect();
                 Ok::<_, Error>((marker, errors, stats, paths))
             }))
-            .buffered(concurrency)
-            .try_collect()
-            .await?;
-        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+            .buffered(concurrency);
+        // Shard by shard, in order: checked, then its statistics merged and dropped, so
+        // memory holds one merged co-moment (plus the shards in flight), not one per shard.
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut markers = Vec::new();
         let mut all_errors = Vec::new();
-        let mut all_stats = Vec::new();
-        for (shard, (marker, errors, stats, paths)) in manifest.shards.iter().zip(&loaded) {
+        let mut merged: Option<ShardStats> = None;
+        let mut shards = manifest.shards.iter();
+        while let Some((marker, errors, stats, paths)) = loaded.try_next().await? {
+            let shard = shards.next().expect("one loaded entry per shard");
             let id = shard.id;
             if marker.shard != id || marker.images != shard.images.len() {
                 return Err(invariant(format!(
@@ -450,15 +452,18 @@ impl<S: ObjectStore> Reducer<S> {
                         "shard {id} holds {path:?}, which it was not given"
                     )));
                 }
-                if !seen.insert(path) {
+                if !seen.insert(path.to_string()) {
                     return Err(invariant(format!(
                         "{path:?} is in the outputs twice (two rows, or a row and an error)"
                     )));
                 }
             }
-            markers.push(marker.clone());
-            all_errors.extend(errors.iter().cloned());
-            all_stats.push(stats.clone());
+            markers.push(marker);
+            all_errors.extend(errors);
+            match merged.as_mut() {
+                None => merged = Some(stats),
+                Some(m) => m.merge(&stats)?,
+            }
         }
         if seen.len() != manifest.total_images {
             return Err(invariant(format!(
@@ -467,7 +472,7 @@ impl<S: ObjectStore> Reducer<S> {
                 manifest.total_images
             )));
         }
-        Ok((markers, all_errors, all_stats))
+        Ok((markers, all_errors, merged))
     }
 
     /// The shard's part as published in `Results`, checked against its marker; published
@@ -493,7 +498,7 @@ impl<S: ObjectStore> Reducer<S> {
     async fn reduce(&self, layout: &RunLayout, token: &LockToken) -> Result<ReduceOutcome> {
         let started = Instant::now();
         let manifest: Manifest =
-            serde_json::from_slice(&self.store.get(&layout.manifest()).await?)?;
+            crate::run_manifest::read_full(&self.store, layout, self.settings.concurrency).await?;
         let shard_ids: Vec<usize> = manifest.shards.iter().map(|s| s.id).collect();
         let concurrency = self.settings.concurrency.max(1);
 
@@ -591,15 +596,8 @@ impl<S: ObjectStore> Reducer<S> {
             return fail(summary, reason).await;
         }
 
-        // Merge in shard order: deterministic to the last bit.
-        let mut merged: Option<ShardStats> = None;
-        for stats in shard_stats {
-            match merged.as_mut() {
-                None => merged = Some(stats),
-                Some(m) => m.merge(&stats)?,
-            }
-        }
-        let merged = merged.ok_or_else(|| Error::Pca("the run has no shards".into()))?;
+        // Merged in shard order while checked: deterministic to the last bit.
+        let merged = shard_stats.ok_or_else(|| Error::Pca("the run has no shards".into()))?;
         let model = match pca::fit(&merged, &manifest.options.pca) {
             Ok(model) => model,
             Err(e) => return fail(summary, e.to_string()).await,

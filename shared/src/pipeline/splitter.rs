@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::error::{Error, Result};
+use crate::run_manifest;
 use crate::layout::RunLayout;
 use crate::listing::{list_images, root_name, ImageFilter};
 use crate::manifest::{
@@ -16,7 +17,7 @@ use crate::manifest::{
     Manifest, ReduceMessage, RunOptions, RunRequest, ShardMessage,
 };
 use crate::queue::Queue;
-use crate::store::{ObjectStore, StoreError};
+use crate::store::ObjectStore;
 
 /// What the splitter did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,13 +132,7 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             fingerprint: fingerprint.clone(),
         };
         manifest.splitter = Some(InvocationCost::since(started));
-        let created = self
-            .output
-            .put_if_absent(
-                &layout.manifest(),
-                serde_json::to_vec_pretty(&manifest)?.into(),
-            )
-            .await?;
+        let created = run_manifest::write(&self.output, &manifest, 16).await?;
         if !created {
             let existing = self.read_manifest(&layout).await?;
             if existing.fingerprint != fingerprint {
@@ -175,15 +170,7 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
     }
 
     async fn read_manifest(&self, layout: &RunLayout) -> Result<Manifest> {
-        match self.output.get(&layout.manifest()).await {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
-            Err(StoreError::NotFound(_)) => Err(Error::RunState(format!(
-                "run {} does not exist (no {})",
-                layout.run_id(),
-                self.output.describe(&layout.manifest())
-            ))),
-            Err(e) => Err(e.into()),
-        }
+        run_manifest::read_header(&self.output, layout).await
     }
 
     /// Resumes an existing run (`featurize resume`, or the same request again): re-sends the

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::featurizer::{failure_key, ReduceClaim, ShardFailure};
 use crate::layout::{shard_of_done_marker, RunLayout};
 use crate::manifest::{DoneMarker, Manifest};
@@ -164,16 +164,7 @@ pub async fn run_status_with<S: ObjectStore>(
     policy: StallPolicy,
 ) -> Result<RunStatus> {
     let layout = RunLayout::new(run_id);
-    let manifest: Manifest = match store.get(&layout.manifest()).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)?,
-        Err(StoreError::NotFound(_)) => {
-            return Err(Error::RunState(format!(
-                "no run {run_id} (no {})",
-                store.describe(&layout.manifest())
-            )))
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let manifest: Manifest = crate::run_manifest::read_header(store, &layout).await?;
     let done: std::collections::BTreeSet<usize> = store
         .list(&layout.done_prefix())
         .await?

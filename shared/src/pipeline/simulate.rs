@@ -1,0 +1,473 @@
+//! `featurize simulate`: a run at scale without images or a CNN. The real splitter lists N
+//! synthetic keys (1,000 per page, as S3) and writes the manifest; each shard goes through
+//! the real featurizer bookkeeping (fetches, Parquet part, statistics, errors, commit,
+//! barrier) with seeded random features; the real reducer checks, merges, fits and projects.
+//! Every store and queue call is counted per stage as AWS bills it, with the bytes moved,
+//! the wall time and the process's peak memory per stage.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::counting::{Counters, CountingQueue, CountingStore, Usage};
+use crate::error::{Error, Result};
+use crate::featurizer::{FeaturizerSettings, ShardFeaturizer, SYNTHETIC_MODEL_ID};
+use crate::layout::RunLayout;
+use crate::manifest::{ReduceMessage, RunOptions, RunRequest, ShardMessage};
+use crate::queue::InProcessQueue;
+use crate::reducer::{ReduceOutcome, Reducer, ReducerSettings};
+use crate::splitter::Splitter;
+use crate::store::{FsStore, ObjectInfo, ObjectStore, StoreError, Versioned};
+
+/// Where the synthetic images are listed, in the simulated bucket.
+pub const SIM_INPUT_PREFIX: &str = "images/";
+
+/// One bucket: synthetic images under [`SIM_INPUT_PREFIX`] (listed and fetched, empty
+/// bodies), everything else (the run's objects) in a local folder.
+#[derive(Debug, Clone)]
+pub struct SimulatedBucket {
+    images: Arc<Vec<ObjectInfo>>,
+    output: FsStore,
+}
+
+impl SimulatedBucket {
+    /// `images` synthetic keys in `labels` folders; the run's objects go to `folder`.
+    pub fn new(images: usize, labels: usize, folder: &Path) -> Self {
+        let labels = labels.max(1);
+        let mut keys: Vec<ObjectInfo> = (0..images)
+            .map(|i| ObjectInfo {
+                key: format!(
+                    "{SIM_INPUT_PREFIX}class-{:04}/img-{i:08}.jpg",
+                    i % labels
+                ),
+                size: 0,
+                version: format!("v{i}"),
+            })
+            .collect();
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        Self {
+            images: Arc::new(keys),
+            output: FsStore::new(folder),
+        }
+    }
+
+    fn is_image(key: &str) -> bool {
+        key.starts_with(SIM_INPUT_PREFIX)
+    }
+}
+
+impl ObjectStore for SimulatedBucket {
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        if Self::is_image(key) {
+            return Ok(Bytes::new());
+        }
+        self.output.get(key).await
+    }
+    async fn get_versioned(&self, key: &str) -> Result<Versioned, StoreError> {
+        self.output.get_versioned(key).await
+    }
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        self.output.put(key, body).await
+    }
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, StoreError> {
+        self.output.put_if_absent(key, body).await
+    }
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<bool, StoreError> {
+        self.output.put_if_match(key, body, etag).await
+    }
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        if Self::is_image(key) {
+            return Ok(true);
+        }
+        self.output.exists(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.output.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        if Self::is_image(prefix) {
+            return Ok(self
+                .images
+                .iter()
+                .filter(|o| o.key.starts_with(prefix))
+                .cloned()
+                .collect());
+        }
+        self.output.list(prefix).await
+    }
+    fn describe(&self, key: &str) -> String {
+        format!("sim://{key}")
+    }
+}
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimulationOptions {
+    /// Images in the run.
+    pub images: usize,
+    /// Images per shard.
+    pub shard_size: usize,
+    /// Feature dimension.
+    pub dim: usize,
+    /// Label folders.
+    pub labels: usize,
+    /// PCA components.
+    pub k: usize,
+    /// Shards featurized at once (each a "featurizer invocation").
+    pub featurizer_concurrency: usize,
+}
+
+impl Default for SimulationOptions {
+    fn default() -> Self {
+        Self {
+            images: 10_000,
+            shard_size: crate::manifest::DEFAULT_SHARD_SIZE,
+            dim: 1280,
+            labels: 100,
+            k: crate::manifest::DEFAULT_K,
+            featurizer_concurrency: 2,
+        }
+    }
+}
+
+/// One stage of the simulated run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageReport {
+    /// splitter, featurizers or reducer.
+    pub stage: String,
+    /// Invocations (one per shard for the featurizers).
+    pub invocations: u64,
+    /// Wall time of the stage, seconds (the featurizers': all shards, `featurizer_concurrency`
+    /// at a time).
+    pub wall_s: f64,
+    /// The longest single invocation, seconds.
+    pub max_invocation_s: f64,
+    /// Peak resident memory of the process during the stage, MB (Linux).
+    pub peak_rss_mb: Option<f64>,
+    /// Requests and bytes.
+    pub usage: Usage,
+    /// The most bytes one invocation read (excluding images, which are empty here).
+    pub max_invocation_read_bytes: u64,
+}
+
+/// The whole simulation.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimulationReport {
+    /// Images.
+    pub images: usize,
+    /// Images per shard.
+    pub shard_size: usize,
+    /// Shards.
+    pub shards: usize,
+    /// Feature dimension.
+    pub dim: usize,
+    /// Per stage.
+    pub stages: Vec<StageReport>,
+    /// Bytes of statistics written per image (staging).
+    pub stats_bytes_per_image: f64,
+    /// Bytes of features (Parquet part) written per image.
+    pub feature_bytes_per_image: f64,
+    /// Bytes the reducer read per image.
+    pub reducer_read_bytes_per_image: f64,
+    /// The manifest's size (header), bytes.
+    pub manifest_bytes: u64,
+    /// Explained-variance sum of the fitted components (a sanity value).
+    pub cumulative_explained_variance: f64,
+    /// Bytes the run keeps after success (features and PCA parts, run documents).
+    pub kept_bytes: u64,
+    /// Requests as `shared::cost::requests` counts them for a deployed run.
+    pub requests: crate::cost::Requests,
+    /// The AWS cost of such a run (x86_64 and arm64, us-east-1), with featurizer time
+    /// estimated from the measured 14.7 ms per image and core on 3 vCPUs plus 0.5 s of
+    /// writes per shard, and the splitter's and reducer's measured wall times.
+    pub estimated_cost_usd: [f64; 2],
+    /// The featurizer GB-seconds of that estimate.
+    pub estimated_featurizer_gb_s: f64,
+}
+
+/// Per-image compute of the featurizer (one core, release build, idle x86 machine; README
+/// "Performance"), used for the cost estimate.
+pub const FEATURIZER_S_PER_IMAGE_CORE: f64 = 0.0147;
+
+/// Resets the process's peak-RSS mark (Linux: `/proc/self/clear_refs`), so the next reading
+/// is the peak of what follows.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident memory since the last reset, MB (`VmHWM`), on Linux.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs the simulation in `folder` (the run's objects are written there).
+pub async fn simulate(options: &SimulationOptions, folder: &Path) -> Result<SimulationReport> {
+    if options.images < 2 {
+        return Err(Error::InvalidRequest("simulate at least 2 images".into()));
+    }
+    let bucket = SimulatedBucket::new(options.images, options.labels, folder);
+    let shard_queue = InProcessQueue::new();
+    let reduce_queue = InProcessQueue::new();
+    let mut stages = Vec::new();
+
+    // Splitter.
+    reset_peak_rss();
+    let counters = Counters::new();
+    let store = CountingStore::new(bucket.clone(), counters.clone());
+    let splitter = Splitter::new(
+        store.clone(),
+        store,
+        CountingQueue::new(&shard_queue, counters.clone()),
+        CountingQueue::new(&reduce_queue, counters.clone()),
+        RunOptions::default(),
+        options.dim,
+    )
+    .with_model_sha256(SYNTHETIC_MODEL_ID);
+    let request = RunRequest {
+        input_prefix: SIM_INPUT_PREFIX.to_string(),
+        shard_size: Some(options.shard_size),
+        k: Some(options.k),
+        ..RunRequest::default()
+    };
+    let started = Instant::now();
+    let split = splitter.handle(&request).await?;
+    let wall = started.elapsed().as_secs_f64();
+    let usage = counters.usage();
+    stages.push(StageReport {
+        stage: "splitter".into(),
+        invocations: 1,
+        wall_s: wall,
+        max_invocation_s: wall,
+        peak_rss_mb: peak_rss_mb(),
+        usage,
+        max_invocation_read_bytes: usage.bytes_read,
+    });
+    let layout = RunLayout::new(&split.run_id);
+    let manifest_bytes = bucket.get(&layout.manifest()).await?.len() as u64;
+
+    // Featurizers: one fresh handler per shard (a cold invocation), a few at a time.
+    reset_peak_rss();
+    let started = Instant::now();
+    let messages: Vec<String> = std::iter::from_fn(|| shard_queue.pop()).collect();
+    let invocations = messages.len() as u64;
+    let concurrency = options.featurizer_concurrency.max(1);
+    let per_invocation: Vec<(Usage, f64)> = {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        stream::iter(messages.into_iter().map(|body| {
+            let bucket = bucket.clone();
+            let reduce_queue = &reduce_queue;
+            async move {
+                let counters = Counters::new();
+                let store = CountingStore::new(bucket, counters.clone());
+                let featurizer = ShardFeaturizer::synthetic(
+                    store.clone(),
+                    store,
+                    CountingQueue::new(reduce_queue, counters.clone()),
+                    options.dim,
+                    FeaturizerSettings {
+                        worker_threads: 1,
+                        ..FeaturizerSettings::default()
+                    },
+                );
+                let message: ShardMessage = serde_json::from_str(&body)?;
+                let t = Instant::now();
+                featurizer.process(&message, None, None).await?;
+                Ok::<_, Error>((counters.usage(), t.elapsed().as_secs_f64()))
+            }
+        }))
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?
+    };
+    let wall = started.elapsed().as_secs_f64();
+    let mut usage = Usage::default();
+    for (u, _) in &per_invocation {
+        usage = add_usage(usage, *u);
+    }
+    stages.push(StageReport {
+        stage: "featurizers".into(),
+        invocations,
+        wall_s: wall,
+        max_invocation_s: per_invocation.iter().map(|(_, s)| *s).fold(0.0, f64::max),
+        peak_rss_mb: peak_rss_mb(),
+        usage,
+        max_invocation_read_bytes: per_invocation
+            .iter()
+            .map(|(u, _)| u.bytes_read)
+            .max()
+            .unwrap_or(0),
+    });
+    let stats_bytes: u64 = bucket
+        .list(&layout.staging_prefix())
+        .await?
+        .iter()
+        .filter(|o| o.key.ends_with("stats.bin"))
+        .map(|o| o.size)
+        .sum();
+    let feature_bytes: u64 = bucket
+        .list(&layout.results_prefix())
+        .await?
+        .iter()
+        .map(|o| o.size)
+        .sum();
+
+    // Reducer.
+    reset_peak_rss();
+    let counters = Counters::new();
+    let reducer = Reducer::new(
+        CountingStore::new(bucket.clone(), counters.clone()),
+        ReducerSettings::default(),
+    );
+    let started = Instant::now();
+    let mut summary = None;
+    while let Some(body) = reduce_queue.pop() {
+        let message: ReduceMessage = serde_json::from_str(&body)?;
+        match reducer.process(&message, "simulate").await? {
+            ReduceOutcome::Reduced(s) => summary = Some(s),
+            ReduceOutcome::AlreadyReduced => {}
+            ReduceOutcome::Failed(s) => {
+                return Err(Error::RunState(format!(
+                    "the simulated run failed: {}",
+                    s.failure.unwrap_or_default()
+                )))
+            }
+        }
+    }
+    let summary =
+        summary.ok_or_else(|| Error::RunState("the simulated run was never reduced".into()))?;
+    let wall = started.elapsed().as_secs_f64();
+    let usage = counters.usage();
+    stages.push(StageReport {
+        stage: "reducer".into(),
+        invocations: 1,
+        wall_s: wall,
+        max_invocation_s: wall,
+        peak_rss_mb: peak_rss_mb(),
+        usage,
+        max_invocation_read_bytes: usage.bytes_read,
+    });
+    let n = options.images as f64;
+    let kept_bytes: u64 = bucket
+        .list("")
+        .await?
+        .iter()
+        .filter(|o| !o.key.starts_with(crate::layout::STAGING_PREFIX))
+        .map(|o| o.size)
+        .sum();
+    let shape = |mb: u64| crate::cost::RunShape {
+        images: options.images as u64,
+        shards: split.shards as u64,
+        featurizer_s_per_shard: (options.images as f64 / split.shards.max(1) as f64)
+            * FEATURIZER_S_PER_IMAGE_CORE
+            / 3.0
+            + 0.5,
+        featurizer_mb: mb,
+        splitter_s: stages[0].wall_s,
+        splitter_mb: 512,
+        reducer_s: stages[2].wall_s,
+        reducer_mb: 4096,
+        stored_bytes: kept_bytes,
+    };
+    let x86 = crate::cost::breakdown(&shape(5308), &crate::cost::Prices::us_east_1(crate::cost::Arch::X86_64));
+    let arm = crate::cost::breakdown(&shape(5308), &crate::cost::Prices::us_east_1(crate::cost::Arch::Arm64));
+    Ok(SimulationReport {
+        kept_bytes,
+        requests: crate::cost::requests(options.images as u64, split.shards as u64),
+        estimated_cost_usd: [x86.total, arm.total],
+        estimated_featurizer_gb_s: x86.featurizer_gb_s,
+        images: options.images,
+        shard_size: options.shard_size,
+        shards: split.shards,
+        dim: options.dim,
+        stats_bytes_per_image: stats_bytes as f64 / n,
+        feature_bytes_per_image: feature_bytes as f64 / n,
+        reducer_read_bytes_per_image: usage.bytes_read as f64 / n,
+        manifest_bytes,
+        cumulative_explained_variance: summary.cumulative_explained_variance,
+        stages,
+    })
+}
+
+fn add_usage(a: Usage, b: Usage) -> Usage {
+    Usage {
+        s3_get: a.s3_get + b.s3_get,
+        s3_put: a.s3_put + b.s3_put,
+        s3_list: a.s3_list + b.s3_list,
+        s3_delete: a.s3_delete + b.s3_delete,
+        bytes_read: a.bytes_read + b.bytes_read,
+        bytes_written: a.bytes_written + b.bytes_written,
+        sqs_requests: a.sqs_requests + b.sqs_requests,
+        messages: a.messages + b.messages,
+        max_message_bytes: a.max_message_bytes.max(b.max_message_bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_simulation_runs_every_stage_and_counts_its_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SimulationOptions {
+            images: 2_500,
+            shard_size: 1_000,
+            dim: 64,
+            labels: 7,
+            k: 5,
+            featurizer_concurrency: 2,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let report = rt.block_on(simulate(&options, dir.path())).unwrap();
+        assert_eq!(report.shards, 3);
+        let [split, featurize, reduce] = &report.stages[..] else {
+            panic!("three stages: {:?}", report.stages)
+        };
+        // The splitter lists 3 pages of keys and sends one message per shard.
+        assert_eq!(split.usage.messages, 3);
+        assert!(split.usage.s3_list >= 3, "{split:?}");
+        // Each featurizer fetches its images, reads the header and its own list only.
+        assert_eq!(featurize.invocations, 3);
+        assert!(featurize.usage.s3_get >= 2_500, "{featurize:?}");
+        assert!(
+            featurize.max_invocation_read_bytes < report.manifest_bytes + 200 * 1_000,
+            "a featurizer reads O(its shard): {featurize:?}"
+        );
+        assert_eq!(featurize.usage.messages, 1, "one reduce request");
+        assert!(reduce.usage.bytes_read > 0);
+        // Statistics: count, mean and a 64 x 64 co-moment per shard.
+        assert!(report.stats_bytes_per_image > 0.0);
+        assert!(report.feature_bytes_per_image > 64.0 * 4.0 * 0.9);
+        assert!(report.cumulative_explained_variance > 0.0);
+        let summary: crate::reducer::Summary = serde_json::from_slice(
+            &std::fs::read(
+                dir.path()
+                    .join("runs")
+                    .join(&report_run_id(dir.path()))
+                    .join("summary.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!((summary.images, summary.rows, summary.errors), (2_500, 2_500, 0));
+    }
+
+    fn report_run_id(folder: &Path) -> String {
+        std::fs::read_dir(folder.join("runs"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n != "requests")
+            .unwrap()
+    }
+}

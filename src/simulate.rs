@@ -1,0 +1,168 @@
+//! `featurize simulate`: a run of N synthetic images through the real splitter, featurizer
+//! bookkeeping and reducer (no images, no CNN), measured per stage: wall time, peak memory,
+//! S3/SQS requests and bytes. See `shared::simulate` and the README's "Scale" section.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use shared::simulate::{simulate as run_simulation, SimulationOptions, SimulationReport};
+
+/// `featurize simulate` arguments.
+#[derive(Args)]
+pub struct SimulateArgs {
+    /// Images in the simulated run; several (comma-separated, e.g. 10000,100000) run one
+    /// after the other and end with a table and a linear fit of time against images.
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    pub images: Vec<usize>,
+    /// Images per shard.
+    #[arg(long, default_value_t = shared::manifest::DEFAULT_SHARD_SIZE)]
+    pub shard_size: usize,
+    /// Feature dimension.
+    #[arg(long, default_value_t = 1280)]
+    pub dim: usize,
+    /// Label folders the images are spread over.
+    #[arg(long, default_value_t = 100)]
+    pub labels: usize,
+    /// PCA components.
+    #[arg(long, default_value_t = shared::manifest::DEFAULT_K)]
+    pub k: usize,
+    /// Shards featurized at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Folder for the run's objects (default: a temporary folder, deleted afterwards).
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the simulation(s) and prints the reports.
+pub async fn simulate(args: SimulateArgs) -> Result<()> {
+    let mut reports = Vec::new();
+    for &images in &args.images {
+        let options = SimulationOptions {
+            images,
+            shard_size: args.shard_size,
+            dim: args.dim,
+            labels: args.labels,
+            k: args.k,
+            featurizer_concurrency: args.concurrency,
+        };
+        let temp;
+        let folder = match &args.work {
+            Some(folder) => {
+                let folder = folder.join(format!("sim-{images}"));
+                if folder.exists() {
+                    std::fs::remove_dir_all(&folder)
+                        .with_context(|| format!("clearing {}", folder.display()))?;
+                }
+                std::fs::create_dir_all(&folder)
+                    .with_context(|| format!("creating {}", folder.display()))?;
+                folder
+            }
+            None => {
+                temp = tempfile::tempdir().context("creating a temporary folder")?;
+                temp.path().to_path_buf()
+            }
+        };
+        let report = run_simulation(&options, &folder).await?;
+        if !args.json {
+            print_report(&report);
+            println!();
+        }
+        reports.push(report);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else if reports.len() > 1 {
+        print_sweep(&reports);
+    }
+    Ok(())
+}
+
+/// Least-squares line `a + b x`.
+fn fit(points: &[(f64, f64)]) -> (f64, f64) {
+    let n = points.len() as f64;
+    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (my - b * mx, b)
+}
+
+fn print_sweep(reports: &[SimulationReport]) {
+    println!(
+        "{:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
+        "images", "shards", "split s", "feat s", "reduce s", "red. MB", "stats B/i", "red. B/i", "S3 req", "x86 $", "arm64 $"
+    );
+    for r in reports {
+        let req = r.requests.s3_get + r.requests.s3_put;
+        println!(
+            "{:>9} {:>6} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>9.0} {:>9.0} {:>10} {:>9.4} {:>9.4}",
+            r.images,
+            r.shards,
+            r.stages[0].wall_s,
+            r.stages[1].wall_s,
+            r.stages[2].wall_s,
+            r.stages[2].peak_rss_mb.map_or("-".into(), |m| format!("{m:.0}")),
+            r.stats_bytes_per_image,
+            r.reducer_read_bytes_per_image,
+            req,
+            r.estimated_cost_usd[0],
+            r.estimated_cost_usd[1],
+        );
+    }
+    for (i, stage) in ["splitter", "featurizers", "reducer"].iter().enumerate() {
+        let points: Vec<(f64, f64)> = reports
+            .iter()
+            .map(|r| (r.images as f64, r.stages[i].wall_s))
+            .collect();
+        let (a, b) = fit(&points);
+        println!(
+            "fit {stage:<11} wall s = {a:.3} + {:.3} per 1,000 images  (1,000,000 images: {:.1} s)",
+            b * 1000.0,
+            a + b * 1e6
+        );
+    }
+}
+
+fn print_report(r: &SimulationReport) {
+    println!(
+        "simulated run: {} images, {} shards of {}, dim {}",
+        r.images, r.shards, r.shard_size, r.dim
+    );
+    println!(
+        "{:<12} {:>6} {:>9} {:>9} {:>8} {:>9} {:>9} {:>7} {:>11} {:>11} {:>6}",
+        "stage", "calls", "wall s", "max s", "peak MB", "S3 GET", "S3 PUT", "LIST", "read MB", "written MB", "SQS"
+    );
+    for s in &r.stages {
+        println!(
+            "{:<12} {:>6} {:>9.2} {:>9.2} {:>8} {:>9} {:>9} {:>7} {:>11.1} {:>11.1} {:>6}",
+            s.stage,
+            s.invocations,
+            s.wall_s,
+            s.max_invocation_s,
+            s.peak_rss_mb.map_or("-".into(), |m| format!("{m:.0}")),
+            s.usage.s3_get,
+            s.usage.s3_put,
+            s.usage.s3_list,
+            s.usage.bytes_read as f64 / 1e6,
+            s.usage.bytes_written as f64 / 1e6,
+            s.usage.sqs_requests,
+        );
+    }
+    println!(
+        "per image: statistics written {:.0} B, features written {:.0} B, read by the reducer {:.0} B",
+        r.stats_bytes_per_image, r.feature_bytes_per_image, r.reducer_read_bytes_per_image
+    );
+    let f = &r.stages[1];
+    println!(
+        "manifest header {} B; the most one featurizer read: {} B; largest message {} B",
+        r.manifest_bytes,
+        f.max_invocation_read_bytes,
+        r.stages.iter().map(|s| s.usage.max_message_bytes).max().unwrap_or(0)
+    );
+}
