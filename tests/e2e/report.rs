@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -359,7 +360,7 @@ fn status_watch_follows_a_run_and_stops_when_it_completes() {
         .arg("--output")
         .arg(output.path())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     // Wait for the manifest, then watch.
@@ -377,11 +378,14 @@ fn status_watch_follows_a_run_and_stops_when_it_completes() {
         assert!(run.try_wait().unwrap().is_none(), "the run ended before its manifest");
         std::thread::sleep(Duration::from_millis(50));
     };
+    // Its output goes to files: a pipe nobody reads while it runs would fill and block it.
+    let logs = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (logs.path().join("out"), logs.path().join("err"));
     let mut watch = featurize()
-        .args(["status", "--watch", "--json", "--interval", "0.2", "--run", &run_id, "--output"])
+        .args(["status", "--watch", "--json", "--interval", "0.5", "--run", &run_id, "--output"])
         .arg(output.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -396,11 +400,10 @@ fn status_watch_follows_a_run_and_stops_when_it_completes() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let out = watch.wait_with_output().unwrap();
-    assert_eq!(code, Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&err_path).unwrap());
     let run_status = run.wait().unwrap();
     assert!(run_status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out_path)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
