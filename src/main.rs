@@ -1,5 +1,6 @@
 //! `featurize`: the pipeline's command line. `run` does the whole job on a local folder (no
-//! AWS); `bench` measures the per-image cost; `submit` and `status` drive a deployed stack.
+//! AWS); `bench` measures the per-image cost; `submit` and `status` drive a deployed stack;
+//! `report` writes or fetches a run's HTML report.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +27,7 @@ mod simulate;
     about = "Deep features (MobileNetV2, 1280-d) and their PCA for a folder or bucket of images",
     long_about = "Deep features (MobileNetV2, ImageNet, 1280-d) and their PCA for a folder or bucket of images.\n\n\
 Locally (no AWS): `featurize run --input DIR --output OUT` writes OUT/Results/<run>/ (path, label, features), \
-OUT/Results_PCA/<run>/ (path, label, pca_features) and OUT/runs/<run>/ (summary.json, pca_model.json, errors.json). \
+OUT/Results_PCA/<run>/ (path, label, pca_features) and OUT/runs/<run>/ (summary.json, pca_model.json, errors.json, report.html). \
 The label of an image is its parent folder's name."
 )]
 struct Cli {
@@ -42,8 +43,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Start a run on a deployed stack (or an emulator): list the bucket prefix, write the manifest, send the shards.
     Submit(SubmitArgs),
-    /// Show a run's progress: shards done / pending / failed, errors, reduce, and whether it is stuck.
+    /// Show a run's progress: shards done / pending / failed, errors, reduce, and whether it is
+    /// stuck; `--watch` redraws until the run ends.
     Status(StatusArgs),
+    /// Write (or regenerate) a run's HTML report and print its path, or a presigned URL on S3.
+    Report(ReportArgs),
     /// Resume a run: featurize the shards that are not done, then reduce (also recovers a run
     /// that `status` reports stuck: a lost reduce message, a dead reducer).
     Resume(ResumeArgs),
@@ -264,6 +268,43 @@ struct StatusArgs {
     /// Call a reducer lock older than this many seconds stale (the reducer's timeout).
     #[arg(long, default_value_t = 900)]
     lock_stale_after: u64,
+    /// Refresh until the run ends (complete, failed, stuck, or every remaining shard
+    /// failed): redrawn in place on a terminal, a line per change otherwise, a JSON line per
+    /// refresh with --json. The exit code is then the final status's.
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(long, default_value_t = 2.0, requires = "watch")]
+    interval: f64,
+    /// Stop watching after this many seconds (exit code 4) if the run has not ended.
+    #[arg(long, requires = "watch")]
+    timeout: Option<f64>,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The run id.
+    #[arg(long)]
+    run: String,
+    /// A local output folder (embedded runs): the report is OUT/runs/<run>/report.html.
+    #[arg(long, conflicts_with = "bucket")]
+    output: Option<PathBuf>,
+    /// The data bucket (deployed runs): prints a presigned URL of runs/<run>/report.html.
+    #[arg(long, env = "BUCKET")]
+    bucket: Option<String>,
+    /// S3 endpoint (an emulator).
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    /// Build the report again from the run's outputs and images, even if one exists (it
+    /// is built when missing anyway).
+    #[arg(long)]
+    regenerate: bool,
+    /// Open it (xdg-open when present; otherwise the path or URL is only printed).
+    #[arg(long)]
+    open: bool,
+    /// Lifetime of the presigned URL, seconds (at most 7 days).
+    #[arg(long, default_value_t = 3600)]
+    expires: u64,
 }
 
 fn main() -> ExitCode {
@@ -282,6 +323,7 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             Command::Submit(args) => submit(args).await,
             Command::Status(args) => status(args).await,
+            Command::Report(args) => report(args).await,
             Command::Resume(args) => resume(args).await,
             Command::Simulate(args) => simulate::simulate(args)
                 .await
@@ -361,6 +403,9 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(reason) = &s.failure {
         println!("  failed: {reason}");
     }
+    for warning in &s.warnings {
+        println!("  warning: {warning}");
+    }
     println!(
         "  wall {wall:.1} s  ({:.1} images/s)",
         s.images as f64 / wall
@@ -372,6 +417,14 @@ async fn run(args: RunArgs) -> Result<ExitCode> {
         "  summary      {out}/runs/{}/summary.json  errors: {out}/runs/{}/errors.json",
         s.run_id, s.run_id
     );
+    if let Some(r) = &s.report {
+        println!(
+            "  report       {out}/{}  ({} kB, built in {:.2} s)",
+            r.key,
+            r.bytes / 1024,
+            r.build_s
+        );
+    }
     Ok(if s.status != "succeeded" {
         ExitCode::FAILURE
     } else if s.errors > 0 {
@@ -500,11 +553,11 @@ async fn status(args: StatusArgs) -> Result<ExitCode> {
         claim_unanswered_after: std::time::Duration::from_secs(args.stall_after),
         lock_stale_after: std::time::Duration::from_secs(args.lock_stale_after),
     };
-    let status = match (&args.output, &args.bucket) {
-        (Some(dir), _) => {
-            shared::status::run_status_with(&shared::store::FsStore::new(dir), &args.run, policy)
-                .await?
-        }
+    if !(args.interval > 0.0 && args.interval.is_finite()) {
+        bail!("--interval must be a positive number of seconds, got {}", args.interval);
+    }
+    match (&args.output, &args.bucket) {
+        (Some(dir), _) => status_on(&shared::store::FsStore::new(dir), &args, policy).await,
         (None, Some(bucket)) => {
             let aws = AwsArgs {
                 bucket: bucket.clone(),
@@ -512,46 +565,262 @@ async fn status(args: StatusArgs) -> Result<ExitCode> {
             };
             let sdk = aws.sdk().await;
             let store = shared::aws::S3Store::new(shared::aws::s3_client(&sdk), bucket);
-            shared::status::run_status_with(&store, &args.run, policy).await?
+            status_on(&store, &args, policy).await
         }
         (None, None) => bail!("give --output DIR (local run) or --bucket B (deployed run)"),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+    }
+}
+
+/// The exit code of a status: 3 when shards failed or the run is stuck, 1 when the run
+/// failed (too many image errors), else 0.
+fn status_code(status: &shared::status::RunStatus) -> ExitCode {
+    if !status.failed.is_empty() || status.stuck.is_some() {
+        ExitCode::from(3)
+    } else if status.state() == "failed" {
+        ExitCode::FAILURE
     } else {
-        println!("run {}: {}", status.run_id, status.state());
-        println!(
-            "  shards {} done / {} pending / {} failed (of {}), images {}, image errors {}",
-            status.done.len(),
-            status.pending.len(),
-            status.failed.len(),
-            status.shards,
-            status.images,
-            status.image_errors
-        );
-        for f in &status.failed {
-            println!(
-                "  shard {} failed (attempt {:?}) at {}: {}",
-                f.shard, f.attempt, f.at, f.error
-            );
+        ExitCode::SUCCESS
+    }
+}
+
+async fn status_on<S: shared::store::ObjectStore>(
+    store: &S,
+    args: &StatusArgs,
+    policy: shared::status::StallPolicy,
+) -> Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    if !args.watch {
+        let status = shared::status::run_status_with(store, &args.run, policy).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        } else {
+            print_status(&status);
         }
-        println!(
-            "  reduce claimed: {}  reduced: {}",
-            status.reduce_claimed, status.reduced
-        );
-        if let Some(stuck) = &status.stuck {
-            println!("  stuck since {}: {}", stuck.since, stuck.reason);
+        return Ok(status_code(&status));
+    }
+    let terminal = std::io::stdout().is_terminal() && !args.json;
+    let started = Instant::now();
+    let mut drawn = 0usize;
+    let mut last_key = String::new();
+    let mut last_print = Instant::now();
+    loop {
+        let status = shared::status::run_status_with(store, &args.run, policy).await?;
+        let settled = status.is_settled();
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(&status)?)?;
+        } else {
+            let lines = watch_lines(&status);
+            if terminal {
+                if drawn > 0 {
+                    // Up to the first line drawn last time, and clear below.
+                    write!(out, "\x1b[{drawn}A\x1b[J")?;
+                }
+                for line in &lines {
+                    writeln!(out, "{line}")?;
+                }
+                drawn = lines.len();
+            } else {
+                // In a log: a line when something changed, else one every 30 s.
+                let key = format!(
+                    "{} {:?} {:?} {} {}",
+                    status.state(),
+                    status.done.len(),
+                    status.failed.len(),
+                    status.image_errors,
+                    status.reduced
+                );
+                if key != last_key || last_print.elapsed().as_secs() >= 30 || settled {
+                    for line in &lines {
+                        writeln!(out, "{} {line}", shared::manifest::now_rfc3339())?;
+                    }
+                    last_key = key;
+                    last_print = Instant::now();
+                }
+            }
         }
-        if let Some(s) = &status.summary {
-            println!(
-                "  summary: {} rows, {} errors, k = {}, cumulative explained variance {:.4}",
-                s.rows, s.errors, s.k, s.cumulative_explained_variance
-            );
+        out.flush()?;
+        drop(out);
+        if settled {
+            return Ok(status_code(&status));
+        }
+        if let Some(limit) = args.timeout {
+            if started.elapsed().as_secs_f64() >= limit {
+                eprintln!(
+                    "stopped watching after {limit} s: run {} is still {}",
+                    status.run_id,
+                    status.state()
+                );
+                return Ok(ExitCode::from(4));
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs_f64(args.interval)).await;
+    }
+}
+
+fn eta_text(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// What `status --watch` draws: one line of progress, then one per failed shard and why a
+/// run is stuck.
+fn watch_lines(status: &shared::status::RunStatus) -> Vec<String> {
+    let rate = status
+        .images_per_second
+        .map_or("–".into(), |r| format!("{r:.1} images/s"));
+    let eta = match (status.eta_s, status.state()) {
+        (Some(eta), _) => format!("ETA {}", eta_text(eta)),
+        (None, "reducing") => "reducing".into(),
+        (None, _) => "ETA –".into(),
+    };
+    let mut lines = vec![format!(
+        "run {}: {:<14} shards {} done / {} pending / {} failed (of {})  images {}/{}  {rate}  {eta}  errors {}",
+        status.run_id,
+        status.state(),
+        status.done.len(),
+        status.pending.len(),
+        status.failed.len(),
+        status.shards,
+        status.images_done,
+        status.images,
+        status.image_errors
+    )];
+    for f in &status.failed {
+        lines.push(format!(
+            "  shard {} failed (attempt {:?}) at {}: {}",
+            f.shard, f.attempt, f.at, f.error
+        ));
+    }
+    if let Some(stuck) = &status.stuck {
+        lines.push(format!("  stuck since {}: {}", stuck.since, stuck.reason));
+    }
+    if let Some(s) = &status.summary {
+        lines.push(format!(
+            "  {}: {} rows, {} errors, k = {}, cumulative explained variance {:.4}",
+            s.status, s.rows, s.errors, s.k, s.cumulative_explained_variance
+        ));
+    }
+    lines
+}
+
+fn print_status(status: &shared::status::RunStatus) {
+    println!("run {}: {}", status.run_id, status.state());
+    println!(
+        "  shards {} done / {} pending / {} failed (of {}), images {}, image errors {}",
+        status.done.len(),
+        status.pending.len(),
+        status.failed.len(),
+        status.shards,
+        status.images,
+        status.image_errors
+    );
+    for f in &status.failed {
+        println!(
+            "  shard {} failed (attempt {:?}) at {}: {}",
+            f.shard, f.attempt, f.at, f.error
+        );
+    }
+    println!(
+        "  reduce claimed: {}  reduced: {}",
+        status.reduce_claimed, status.reduced
+    );
+    if let Some(stuck) = &status.stuck {
+        println!("  stuck since {}: {}", stuck.since, stuck.reason);
+    }
+    if let Some(s) = &status.summary {
+        println!(
+            "  summary: {} rows, {} errors, k = {}, cumulative explained variance {:.4}",
+            s.rows, s.errors, s.k, s.cumulative_explained_variance
+        );
+        for w in &s.warnings {
+            println!("  warning: {w}");
         }
     }
-    Ok(if status.failed.is_empty() && status.stuck.is_none() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
+}
+
+async fn report(args: ReportArgs) -> Result<ExitCode> {
+    use shared::store::ObjectStore;
+    let layout = shared::layout::RunLayout::new(&args.run);
+    shared::manifest::validate_run_id(&args.run)?;
+    match (&args.output, &args.bucket) {
+        (Some(dir), _) => {
+            let path = dir.join(layout.report());
+            if args.regenerate || !path.is_file() {
+                let output = shared::store::FsStore::new(dir);
+                let manifest: shared::manifest::Manifest = serde_json::from_slice(
+                    &output.get(&layout.manifest()).await.with_context(|| {
+                        format!("no run {} in {}", args.run, dir.display())
+                    })?,
+                )?;
+                // A local run's images are in the folder its manifest names.
+                let input_dir = PathBuf::from(&manifest.input.uri);
+                let input = input_dir
+                    .is_dir()
+                    .then(|| shared::store::FsStore::new(&input_dir));
+                if input.is_none() {
+                    eprintln!(
+                        "warning: input folder {} is gone: the report has no thumbnails",
+                        input_dir.display()
+                    );
+                }
+                let built = shared::report::regenerate(&output, input.as_ref(), &args.run).await?;
+                eprintln!(
+                    "report built in {:.2} s ({} kB, {} points, {} thumbnails)",
+                    built.info.build_s,
+                    built.info.bytes / 1024,
+                    built.info.points,
+                    built.info.thumbnails
+                );
+            }
+            println!("{}", path.display());
+            if args.open {
+                open(&path.display().to_string());
+            }
+        }
+        (None, Some(bucket)) => {
+            let aws = AwsArgs {
+                bucket: bucket.clone(),
+                endpoint_url: args.endpoint_url.clone(),
+            };
+            let sdk = aws.sdk().await;
+            let s3 = shared::aws::S3Store::new(shared::aws::s3_client(&sdk), bucket);
+            let store = Retrying::new(s3.clone(), RetryPolicy::default());
+            if args.regenerate || !store.exists(&layout.report()).await? {
+                // The images are in the same bucket, under the run's input prefix.
+                let built = shared::report::regenerate(&store, Some(&store), &args.run).await?;
+                eprintln!(
+                    "report built in {:.2} s ({} kB) and written to s3://{bucket}/{}",
+                    built.info.build_s,
+                    built.info.bytes / 1024,
+                    built.info.key
+                );
+            }
+            let url = s3
+                .presigned_get(&layout.report(), std::time::Duration::from_secs(args.expires))
+                .await?;
+            println!("{url}");
+            if args.open {
+                open(&url);
+            }
+        }
+        (None, None) => bail!("give --output DIR (local run) or --bucket B (deployed run)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens a file or URL with xdg-open when there is one; otherwise says so (the path or URL
+/// is printed already).
+fn open(target: &str) {
+    match std::process::Command::new("xdg-open").arg(target).status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => eprintln!("xdg-open {target} failed ({status}); open it yourself"),
+        Err(_) => eprintln!("no xdg-open here: open {target} in a browser"),
+    }
 }

@@ -71,6 +71,9 @@ pub enum Error {
         /// The stage that was not started.
         stage: &'static str,
     },
+    /// The run report could not be drawn.
+    #[error("report: {0}")]
+    Report(#[from] crate::report::ReportError),
     /// A worker thread or blocking task panicked or was cancelled.
     #[error("worker task failed: {0}")]
     Join(#[from] tokio::task::JoinError),

@@ -98,6 +98,10 @@ impl RunLayout {
     pub fn summary(&self) -> String {
         format!("runs/{}/summary.json", self.run_id)
     }
+    /// The run's HTML report.
+    pub fn report(&self) -> String {
+        format!("runs/{}/report.html", self.run_id)
+    }
     /// The fitted PCA model.
     pub fn pca_model(&self) -> String {
         format!("runs/{}/pca_model.json", self.run_id)

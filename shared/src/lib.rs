@@ -5,7 +5,8 @@
 //! - [`ports`]: the object store and queue the handlers are generic over;
 //! - [`adapters`]: S3/SQS, retries, fault injection and IAM checking over those ports;
 //!
-//! plus the run's documents and keys ([`manifest`], [`layout`], [`parquet_io`]), configuration,
+//! plus the run's documents and keys ([`manifest`], [`layout`], [`parquet_io`]), its HTML
+//! [`report`], configuration,
 //! cost, errors and telemetry. Each module is also re-exported at the crate root
 //! (`shared::store`, `shared::featurizer`, …).
 
@@ -19,6 +20,7 @@ pub mod manifest;
 pub mod parquet_io;
 pub mod pipeline;
 pub mod ports;
+pub mod report;
 pub mod telemetry;
 
 pub use adapters::{aws, counting, faults, iam, retry};

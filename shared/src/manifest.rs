@@ -123,12 +123,13 @@ impl RunOptions {
                     self.pca.k
                 ));
             }
-            if images > 0 && self.pca.k > images {
-                return bad(format!(
-                    "k = {} is larger than the number of images ({images})",
-                    self.pca.k
-                ));
-            }
+            // A k above what the images allow (at most n - 1 components) is not refused: the
+            // reducer fits min(k, n - 1, dimension) components and records a warning.
+        }
+        if images == 1 {
+            return bad(
+                "only 1 image: a PCA needs at least 2 (add images, or check the input)".into(),
+            );
         }
         if !(0.0..=1.0).contains(&self.max_error_rate) {
             return bad(format!(
@@ -433,6 +434,9 @@ pub struct DoneMarker {
     pub timings: StageTimings,
     /// The invocation's cost inputs.
     pub cost: InvocationCost,
+    /// When the shard finished (Unix milliseconds): the report's throughput over the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
 }
 
 /// The fingerprint of a run: sha256 (hex) over the input location, every listed key with
@@ -526,6 +530,21 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The current time, Unix milliseconds.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds of an RFC 3339 time (as [`now_rfc3339`] writes), if it parses.
+pub fn rfc3339_to_unix_ms(text: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// The current time, RFC 3339.
@@ -629,5 +648,23 @@ mod tests {
             .options(&RunOptions::default())
             .validate(1280, 3)
             .is_ok());
+    }
+
+    #[test]
+    fn fewer_images_than_k_is_accepted_but_one_image_is_not() {
+        let o = RunOptions::default();
+        assert_eq!(o.pca.k, 50);
+        assert!(o.validate(1280, 30).is_ok(), "the reducer clamps k instead");
+        let msg = o.validate(1280, 1).unwrap_err().to_string();
+        assert!(msg.contains("a PCA needs at least 2"), "{msg}");
+    }
+
+    #[test]
+    fn rfc3339_round_trip() {
+        let ms = rfc3339_to_unix_ms("2026-01-02T03:04:05.250Z").unwrap();
+        assert_eq!(ms, 1_767_323_045_250);
+        assert!(rfc3339_to_unix_ms("yesterday").is_none());
+        let now = rfc3339_to_unix_ms(&now_rfc3339()).unwrap();
+        assert!(now.abs_diff(unix_now_ms()) < 5_000);
     }
 }

@@ -35,7 +35,7 @@ const MAX_RECEIVE_COUNT: u32 = 2;
 /// Visibility timeout of the test queues: how long a failed message waits to be redelivered.
 const VISIBILITY_S: i32 = 2;
 
-fn endpoint() -> String {
+pub(crate) fn endpoint() -> String {
     std::env::var("MOTO_ENDPOINT")
         .expect("MOTO_ENDPOINT is not set: run the tests with ./infra/test.sh, which starts moto")
 }
@@ -341,6 +341,16 @@ impl Stack {
         self.pump(&self.shard_queue.clone(), batch, |event| {
             let featurizer = &featurizer;
             async move { handle_shard_batch(featurizer, event, "test-request", None).await }
+        })
+        .await
+    }
+
+    /// The reduce as the reducer Lambda runs it: the report's thumbnails read from the bucket.
+    pub(crate) async fn pump_reduce_with_images(&self) -> usize {
+        let reducer = self.reducer(self.store()).with_input(self.store());
+        self.pump(&self.reduce_queue.clone(), 1, |event| {
+            let reducer = &reducer;
+            async move { handle_reduce_batch(reducer, event, "test-request").await }
         })
         .await
     }

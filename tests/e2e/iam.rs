@@ -912,7 +912,9 @@ impl Stack {
                 lock_stale_after: Duration::from_secs(60),
                 ..Default::default()
             },
-        );
+        )
+        // As the reducer Lambda: the report's thumbnails come from the data bucket.
+        .with_input(self.checked_store(role));
         let n = self
             .pump(role, &self.reducer_source, &self.reduce_queue, 1, |event| {
                 let reducer = &reducer;

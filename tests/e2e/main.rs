@@ -1,5 +1,6 @@
 //! End-to-end tests: fidelity against the golden reference, the embedded pipeline with bad
-//! inputs, the three Lambdas against a real S3/SQS emulator (moto), and the SAM template.
+//! inputs, the three Lambdas against a real S3/SQS emulator (moto), the SAM template, and the
+//! run report, `status --watch` and the clamped k.
 //!
 //! Run through `./infra/test.sh`, which installs the Python side (pyarrow, moto) and starts
 //! moto; the tests fail with a clear message when something they need is missing.
@@ -10,4 +11,5 @@ mod faults;
 mod fidelity;
 mod iam;
 mod local;
+mod report;
 mod template;

@@ -17,13 +17,12 @@ async fn main() -> Result<(), Error> {
     init_tracing(LogFormat::from_env(), "info");
     let config = Config::from_env()?;
     let aws = sdk_config().await;
-    let reducer = Reducer::new(
-        Retrying::new(
-            S3Store::new(s3_client(&aws), &config.bucket),
-            RetryPolicy::default(),
-        ),
-        config.reducer.clone(),
+    let store = Retrying::new(
+        S3Store::new(s3_client(&aws), &config.bucket),
+        RetryPolicy::default(),
     );
+    // The images are in the same bucket: the report's thumbnails are read from it.
+    let reducer = Reducer::new(store.clone(), config.reducer.clone()).with_input(store);
     let reducer = &reducer;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<_, Error>(handle_reduce_batch(reducer, event.payload, &event.context.request_id).await)

@@ -233,6 +233,29 @@ impl S3Store {
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
+
+    /// A presigned GET URL of `key`, valid for `expires_in` (S3 allows up to 7 days): who
+    /// has it can download the object without credentials (`featurize report --bucket`).
+    /// It is signed by the caller's credentials and needs their `s3:GetObject` on the key.
+    pub async fn presigned_get(&self, key: &str, expires_in: Duration) -> Result<String, StoreError> {
+        let remote = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Remote {
+            op: "presign GetObject",
+            key: key.to_string(),
+            transient: false,
+            source,
+        };
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
+            .map_err(|e| remote(Box::new(e)))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| remote(Box::new(e)))?;
+        Ok(request.uri().to_string())
+    }
 }
 
 impl ObjectStore for S3Store {

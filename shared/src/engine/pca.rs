@@ -34,6 +34,31 @@ pub struct PcaModel {
     pub convention: PcaConvention,
     /// A one-line statement of the convention, for readers of the JSON.
     pub convention_note: String,
+    /// Explained-variance ratio of every component the data has (min(n - 1, dim)), largest
+    /// first: the scree plot, and how many components a variance share would take.
+    #[serde(default)]
+    pub spectrum: Vec<f64>,
+}
+
+/// The number of components a PCA of `rows` rows of dimension `dim` can have: at most
+/// `rows - 1` (centred data has rank n - 1 at most) and `dim`. `requested` is clamped to it;
+/// 0 means no PCA is possible (fewer than 2 rows).
+pub fn effective_k(requested: usize, rows: u64, dim: usize) -> usize {
+    let rows = usize::try_from(rows).unwrap_or(usize::MAX);
+    requested.min(rows.saturating_sub(1)).min(dim)
+}
+
+/// The fewest leading components whose cumulative ratio reaches `share` (None if the
+/// spectrum never does).
+pub fn components_for(spectrum: &[f64], share: f64) -> Option<usize> {
+    let mut cumulative = 0.0;
+    for (i, r) in spectrum.iter().enumerate() {
+        cumulative += r;
+        if cumulative >= share - 1e-12 {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// Fits the PCA from merged statistics.
@@ -62,7 +87,7 @@ pub fn fit(stats: &ShardStats, options: &PcaOptions) -> Result<PcaModel> {
             "all feature rows are identical (zero variance)".into(),
         ));
     }
-    let max_k = dim.min(n as usize);
+    let max_k = effective_k(dim, n, dim);
     let k = match options.variance {
         Some(target) => {
             let mut cumulative = 0.0;
@@ -80,9 +105,10 @@ pub fn fit(stats: &ShardStats, options: &PcaOptions) -> Result<PcaModel> {
     };
     if k == 0 || k > max_k {
         return Err(Error::Pca(format!(
-            "k = {k} must be between 1 and min(rows, dimension) = {max_k}"
+            "k = {k} must be between 1 and min(rows - 1, dimension) = {max_k}"
         )));
     }
+    let spectrum: Vec<f64> = eigenvalues[..max_k].iter().map(|v| v / total).collect();
     let components: Vec<Vec<f64>> = order[..k]
         .iter()
         .map(|&c| {
@@ -118,6 +144,7 @@ pub fn fit(stats: &ShardStats, options: &PcaOptions) -> Result<PcaModel> {
         total_variance: total,
         convention: options.convention,
         convention_note: convention_note.to_string(),
+        spectrum,
     })
 }
 
@@ -238,5 +265,29 @@ mod tests {
         )
         .is_err());
         assert!(fit(&stats_of(&rows[..1]), &PcaOptions::default()).is_err());
+        assert_eq!(full.spectrum.len(), 3);
+        assert!((full.spectrum.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert_eq!(components_for(&full.spectrum, first * 0.99), Some(1));
+        assert_eq!(components_for(&full.spectrum, 1.0), Some(3));
+        assert_eq!(components_for(&[0.5, 0.2], 0.9), None);
+    }
+
+    #[test]
+    fn k_is_clamped_to_rows_minus_one_and_dimension() {
+        assert_eq!(effective_k(50, 30, 1280), 29);
+        assert_eq!(effective_k(50, 5000, 1280), 50);
+        assert_eq!(effective_k(50, 5000, 20), 20);
+        assert_eq!(effective_k(50, 1, 1280), 0, "one row: no PCA");
+        assert_eq!(effective_k(50, 0, 1280), 0);
+        // The clamped k fits; one more does not.
+        let rows: Vec<Vec<f32>> = (0..6)
+            .map(|i| (0..10).map(|j| ((i * 7 + j * 3) % 11) as f32 + i as f32 * 0.1).collect())
+            .collect();
+        let stats = stats_of(&rows);
+        let k = effective_k(50, stats.count, 10);
+        assert_eq!(k, 5);
+        let model = fit(&stats, &PcaOptions { k, ..Default::default() }).unwrap();
+        assert_eq!(model.k, 5);
+        assert!(fit(&stats, &PcaOptions { k: 6, ..Default::default() }).is_err());
     }
 }

@@ -650,6 +650,7 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             errors: errors.len(),
             timings,
             cost: InvocationCost::since(started),
+            finished_at_ms: Some(crate::manifest::unix_now_ms()),
         };
         let won = self
             .output

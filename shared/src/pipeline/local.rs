@@ -102,7 +102,7 @@ async fn drive(run: LocalRun, input: FsStore, model: Model, start: Start) -> Res
         on_start(&split);
     }
     let mut featurizer =
-        ShardFeaturizer::new(input, output.clone(), &reduce_queue, model, run.featurizer);
+        ShardFeaturizer::new(input.clone(), output.clone(), &reduce_queue, model, run.featurizer);
     if let Some(progress) = run.progress.clone() {
         featurizer = featurizer.with_progress(progress);
     }
@@ -110,7 +110,7 @@ async fn drive(run: LocalRun, input: FsStore, model: Model, start: Start) -> Res
         let message: ShardMessage = serde_json::from_str(&body)?;
         featurizer.process(&message, None, None).await?;
     }
-    let reducer = Reducer::new(output.clone(), ReducerSettings::default());
+    let reducer = Reducer::new(output.clone(), ReducerSettings::default()).with_input(input);
     while let Some(body) = reduce_queue.pop() {
         let message: ReduceMessage = serde_json::from_str(&body)?;
         if let ReduceOutcome::Failed(summary) = reducer.process(&message, "local").await? {

@@ -20,6 +20,7 @@ use crate::manifest::{
 };
 use crate::parquet_io::{self, Dataset, VectorRow};
 use crate::pca::{self, PcaModel};
+use crate::report::{self, Collector, Limits, ReportInfo, Selection};
 use crate::stats::ShardStats;
 use crate::store::{ObjectStore, StoreError};
 
@@ -142,6 +143,15 @@ pub struct Summary {
     /// Why it failed, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// The k the run asked for, when the fitted `k` is smaller (clamped to min(k, n - 1, d)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k_requested: Option<usize>,
+    /// What the run did differently from what it was asked (e.g. a clamped k).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The HTML report: key, size and build time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportInfo>,
 }
 
 /// Where the time went.
@@ -192,6 +202,8 @@ pub enum ReduceOutcome {
 pub struct Reducer<S> {
     store: S,
     settings: ReducerSettings,
+    /// Where the run's images are, for the report's thumbnails.
+    input: Option<S>,
 }
 
 use crate::manifest::unix_now;
@@ -199,7 +211,18 @@ use crate::manifest::unix_now;
 impl<S: ObjectStore> Reducer<S> {
     /// A reducer on `store`.
     pub fn new(store: S, settings: ReducerSettings) -> Self {
-        Self { store, settings }
+        Self {
+            store,
+            settings,
+            input: None,
+        }
+    }
+
+    /// Reads the run's images from `input` for the report's thumbnails (the data bucket on
+    /// AWS, the input folder locally). Without it the report has no thumbnails.
+    pub fn with_input(mut self, input: S) -> Self {
+        self.input = Some(input);
+        self
     }
 
     /// Handles one reduce message; `owner` identifies this delivery (the SQS message id: a
@@ -561,6 +584,9 @@ impl<S: ObjectStore> Reducer<S> {
             cost: None,
             finished_at: String::new(),
             failure: None,
+            k_requested: None,
+            warnings: Vec::new(),
+            report: None,
         };
         if summary.timings.featurize.wall_s > 0.0 {
             summary.timings.fetch_wait_share =
@@ -571,11 +597,17 @@ impl<S: ObjectStore> Reducer<S> {
                 summary.timings.featurize.infer_s * 1000.0 / rows as f64;
         }
 
+        let manifest_ref = &manifest;
+        let markers_ref = &markers;
+        let errors_ref = &errors;
         let fail = |mut summary: Summary, reason: String| async move {
             warn!(run_id = %summary.run_id, %reason, "run failed");
             summary.status = "failed".into();
             summary.failure = Some(reason);
             summary.finished_at = crate::manifest::now_rfc3339();
+            summary.timings.reduce_s = started.elapsed().as_secs_f64();
+            self.write_report(layout, token, manifest_ref, &mut summary, None, markers_ref, errors_ref, None)
+                .await?;
             self.fenced_put(
                 layout,
                 token,
@@ -598,16 +630,42 @@ impl<S: ObjectStore> Reducer<S> {
 
         // Merged in shard order while checked: deterministic to the last bit.
         let merged = shard_stats.ok_or_else(|| Error::Pca("the run has no shards".into()))?;
-        let model = match pca::fit(&merged, &manifest.options.pca) {
+        // Fewer rows than k: fit what the data allows, min(k, n - 1, d), and say so. Only
+        // fewer than 2 rows (no PCA at all) fails the run, in `fit`.
+        let mut pca_options = manifest.options.pca.clone();
+        if pca_options.variance.is_none() {
+            let k = pca::effective_k(pca_options.k, merged.count, merged.dim());
+            if k >= 1 && k < pca_options.k {
+                let warning = format!(
+                    "k = {} asked for, but {} rows of dimension {} allow at most {k} components (min(k, n - 1, d)): fitted k = {k}",
+                    pca_options.k,
+                    merged.count,
+                    merged.dim()
+                );
+                warn!(run_id = %manifest.run_id, requested = pca_options.k, k, "k clamped");
+                summary.k_requested = Some(pca_options.k);
+                summary.warnings.push(warning);
+                pca_options.k = k;
+            }
+        }
+        let model = match pca::fit(&merged, &pca_options) {
             Ok(model) => model,
             Err(e) => return fail(summary, e.to_string()).await,
         };
 
         let model_ref = &model;
-        let markers_ref = &markers;
+        let collector = std::sync::Mutex::new(Collector::new(Limits::default()));
+        let collector_ref = &collector;
         stream::iter(shard_ids.iter().enumerate().map(|(i, &id)| async move {
             let part = self.published_part(layout, &markers_ref[i], token).await?;
-            let projected = project_part(model_ref, part)?;
+            let rows = project_rows(model_ref, part)?;
+            {
+                let mut c = collector_ref.lock().expect("collector");
+                for row in &rows {
+                    c.add(&row.path, &row.label, &row.values);
+                }
+            }
+            let projected = parquet_io::write_rows(Dataset::Pca, &rows)?;
             self.fenced_put(layout, token, &layout.pca_part(id), projected)
                 .await?;
             Ok::<_, Error>(())
@@ -615,6 +673,7 @@ impl<S: ObjectStore> Reducer<S> {
         .buffer_unordered(concurrency)
         .try_collect::<Vec<()>>()
         .await?;
+        let selection = collector.into_inner().expect("collector").finish();
 
         summary.feature_dim = model.dim;
         summary.k = model.k;
@@ -632,6 +691,17 @@ impl<S: ObjectStore> Reducer<S> {
             serde_json::to_vec(&model)?.into(),
         )
         .await?;
+        self.write_report(
+            layout,
+            token,
+            &manifest,
+            &mut summary,
+            Some(&model),
+            &markers,
+            &errors,
+            Some(&selection),
+        )
+        .await?;
         self.fenced_put(
             layout,
             token,
@@ -647,6 +717,36 @@ impl<S: ObjectStore> Reducer<S> {
         );
         self.clean_staging(layout).await?;
         Ok(ReduceOutcome::Reduced(Box::new(summary)))
+    }
+
+    /// Builds the report and writes it (before the summary, which records its size and build
+    /// time). A report that cannot be drawn is a warning in the summary, not a failed run.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_report(
+        &self,
+        layout: &RunLayout,
+        token: &LockToken,
+        manifest: &Manifest,
+        summary: &mut Summary,
+        model: Option<&PcaModel>,
+        markers: &[DoneMarker],
+        errors: &[ImageError],
+        selection: Option<&Selection>,
+    ) -> Result<()> {
+        match report::build(self.input.as_ref(), manifest, summary, model, markers, errors, selection)
+            .await
+        {
+            Ok(built) => {
+                self.fenced_put(layout, token, &built.info.key, built.html.into_bytes().into())
+                    .await?;
+                summary.report = Some(built.info);
+            }
+            Err(e) => {
+                warn!(run_id = %manifest.run_id, error = %e, "no report");
+                summary.warnings.push(format!("the report could not be built: {e}"));
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the run's intermediate objects once it is complete (never before: they are
@@ -706,14 +806,17 @@ impl<S: ObjectStore> Reducer<S> {
 
 /// Projects one features part to a PCA part (pure apart from Parquet encoding).
 pub fn project_part(model: &PcaModel, part: Bytes) -> Result<Bytes> {
-    let rows = parquet_io::read_rows(Dataset::Features, part)?;
-    let projected: Vec<VectorRow> = rows
+    parquet_io::write_rows(Dataset::Pca, &project_rows(model, part)?)
+}
+
+/// Projects the rows of one features part.
+pub fn project_rows(model: &PcaModel, part: Bytes) -> Result<Vec<VectorRow>> {
+    Ok(parquet_io::read_rows(Dataset::Features, part)?
         .into_iter()
         .map(|r| VectorRow {
             values: model.project(&r.values),
             path: r.path,
             label: r.label,
         })
-        .collect();
-    parquet_io::write_rows(Dataset::Pca, &projected)
+        .collect())
 }

@@ -36,6 +36,18 @@ pub struct RunStatus {
     /// Set when the run has stopped moving and will not finish by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck: Option<Stuck>,
+    /// Images in the done shards.
+    #[serde(default)]
+    pub images_done: usize,
+    /// When the run was created (the manifest's time, RFC 3339).
+    #[serde(default)]
+    pub started_at: String,
+    /// Images featurized per second since the run was created (None before the first shard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_per_second: Option<f64>,
+    /// Seconds until every shard is done at that rate (None when unknown or done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<f64>,
 }
 
 /// Why and since when a run is stuck; `featurize resume --run ID` recovers it.
@@ -65,7 +77,27 @@ impl Default for StallPolicy {
     }
 }
 
+/// Images per second and the seconds left, from the images done `elapsed_s` after the
+/// run started: None before any image is done (or when no time has passed).
+pub fn rate_and_eta(images: usize, images_done: usize, elapsed_s: f64) -> (Option<f64>, Option<f64>) {
+    if images_done == 0 || elapsed_s <= 0.0 {
+        return (None, None);
+    }
+    let rate = images_done as f64 / elapsed_s;
+    let left = images.saturating_sub(images_done);
+    (Some(rate), (left > 0).then(|| left as f64 / rate))
+}
+
 impl RunStatus {
+    /// The run has ended, or will not move by itself: reduced, failed, stuck, or every
+    /// shard that is not done has failed. `status --watch` stops there.
+    pub fn is_settled(&self) -> bool {
+        self.reduced
+            || self.summary.as_ref().is_some_and(|s| s.status == "failed")
+            || self.stuck.is_some()
+            || (!self.failed.is_empty() && self.pending.is_empty())
+    }
+
     /// One word for the run's state.
     pub fn state(&self) -> &'static str {
         match (&self.summary, self.reduced) {
@@ -189,6 +221,16 @@ pub async fn run_status_with<S: ObjectStore>(
             image_errors += marker.errors;
         }
     }
+    let images_done: usize = manifest
+        .shards
+        .iter()
+        .filter(|s| done.contains(&s.id))
+        .map(|s| s.images.len())
+        .sum();
+    let elapsed_s = crate::manifest::rfc3339_to_unix_ms(&manifest.created_at)
+        .map(|start| crate::manifest::unix_now_ms().saturating_sub(start) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    let (images_per_second, eta_s) = rate_and_eta(manifest.total_images, images_done, elapsed_s);
     let summary: Option<Summary> = get_json(store, &layout.summary()).await?;
     let reduced = store.exists(&layout.pca_success()).await?;
     let all_done = manifest.shards.iter().all(|s| done.contains(&s.id));
@@ -210,5 +252,24 @@ pub async fn run_status_with<S: ObjectStore>(
         reduced,
         summary,
         stuck,
+        images_done,
+        started_at: manifest.created_at.clone(),
+        images_per_second,
+        eta_s,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_and_eta_from_progress() {
+        assert_eq!(rate_and_eta(100, 0, 10.0), (None, None));
+        assert_eq!(rate_and_eta(100, 10, 0.0), (None, None));
+        let (rate, eta) = rate_and_eta(100, 25, 5.0);
+        assert_eq!(rate, Some(5.0));
+        assert_eq!(eta, Some(15.0));
+        assert_eq!(rate_and_eta(100, 100, 20.0), (Some(5.0), None));
+    }
 }
