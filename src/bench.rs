@@ -49,6 +49,7 @@ pub async fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
     let load_start = Instant::now();
     let options = shared::model::LoadOptions {
         channels_last: !args.no_channels_last,
+        ..Default::default()
     };
     let model = args.model.load_with(options)?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1000.0;
