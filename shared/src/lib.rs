@@ -22,7 +22,9 @@ pub mod ports;
 pub mod telemetry;
 
 pub use adapters::{aws, faults, iam, retry};
-pub use engine::{model, pca, preprocess, stats};
+pub use engine::{executor, model, pca, preprocess, stats};
+/// tract, for the benchmark's per-operator profile of its plan.
+pub use tract_onnx;
 pub use pipeline::{featurizer, lambda, listing, local, reducer, splitter, status};
 pub use ports::{queue, store};
 
