@@ -397,24 +397,92 @@ mod x86 {
         _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane)
     }
 
-    /// [`super::depthwise_body`] compiled for AVX-512 (the compiler vectorises its 16-wide
-    /// channel chunks into zmm FMAs).
+    /// Depthwise convolution with AVX-512F: 16 channels per vector, masked for the last
+    /// partial chunk.
+    ///
+    /// Bounds (asserted by [`super::Depthwise::run`]): `x` holds `h*w*c` values, `out`
+    /// `oh*ow*c`, the weights `kh*kw*c`, the bias `c`. Kernel taps are restricted to
+    /// `ky0..ky1`, `kx0..kx1`, the ones inside the input, so every input offset is
+    /// `(iy*w + ix)*c + ch` with `iy < h`, `ix < w`, `ch < c`; lanes at or past `c` are
+    /// masked off (no load, no store, no fault).
     ///
     /// # Safety
     /// The CPU must support AVX-512F.
-    #[target_feature(enable = "avx512f,fma")]
+    #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn depthwise_avx512(d: &super::Depthwise, x: &[f32], out: &mut [f32]) {
-        super::depthwise_body::<true>(d, x, out)
+        let c = d.c;
+        let (xp, wp, bp, op) = (x.as_ptr(), d.weights.as_ptr(), d.bias.as_ptr(), out.as_mut_ptr());
+        let lo = _mm512_set1_ps(d.clamp.lo);
+        let hi = _mm512_set1_ps(d.clamp.hi);
+        for oy in 0..d.oh {
+            let (y0, ky0, ky1) = super::taps(oy, d.stride.0, d.pad.0, d.h, d.kh);
+            for c0 in (0..c).step_by(16) {
+                let m = mask16((c - c0).min(16));
+                let bias = _mm512_maskz_loadu_ps(m, bp.add(c0));
+                for ox in 0..d.ow {
+                    let (x0, kx0, kx1) = super::taps(ox, d.stride.1, d.pad.1, d.w, d.kw);
+                    let mut acc = _mm512_setzero_ps();
+                    for ky in ky0..ky1 {
+                        let iy = (y0 + ky as isize) as usize;
+                        for kx in kx0..kx1 {
+                            let ix = (x0 + kx as isize) as usize;
+                            let xv = _mm512_maskz_loadu_ps(m, xp.add((iy * d.w + ix) * c + c0));
+                            let wv = _mm512_maskz_loadu_ps(m, wp.add((ky * d.kw + kx) * c + c0));
+                            acc = _mm512_fmadd_ps(xv, wv, acc);
+                        }
+                    }
+                    let v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(acc, bias), lo), hi);
+                    _mm512_mask_storeu_ps(op.add((oy * d.ow + ox) * c + c0), m, v);
+                }
+            }
+        }
     }
 
-    /// [`super::depthwise_body`] compiled for AVX2 + FMA.
+    /// Depthwise convolution with AVX2 + FMA: 8 channels per vector, the last partial chunk
+    /// masked (`vmaskmovps` neither loads nor stores masked lanes, and does not fault on
+    /// them). Bounds as for [`depthwise_avx512`].
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn depthwise_avx2(d: &super::Depthwise, x: &[f32], out: &mut [f32]) {
-        super::depthwise_body::<true>(d, x, out)
+        let c = d.c;
+        let (xp, wp, bp, op) = (x.as_ptr(), d.weights.as_ptr(), d.bias.as_ptr(), out.as_mut_ptr());
+        let lo = _mm256_set1_ps(d.clamp.lo);
+        let hi = _mm256_set1_ps(d.clamp.hi);
+        for oy in 0..d.oh {
+            let (y0, ky0, ky1) = super::taps(oy, d.stride.0, d.pad.0, d.h, d.kh);
+            for c0 in (0..c).step_by(8) {
+                let m = mask8((c - c0).min(8));
+                let bias = _mm256_maskload_ps(bp.add(c0), m);
+                for ox in 0..d.ow {
+                    let (x0, kx0, kx1) = super::taps(ox, d.stride.1, d.pad.1, d.w, d.kw);
+                    let mut acc = _mm256_setzero_ps();
+                    for ky in ky0..ky1 {
+                        let iy = (y0 + ky as isize) as usize;
+                        for kx in kx0..kx1 {
+                            let ix = (x0 + kx as isize) as usize;
+                            let xv = _mm256_maskload_ps(xp.add((iy * d.w + ix) * c + c0), m);
+                            let wv = _mm256_maskload_ps(wp.add((ky * d.kw + kx) * c + c0), m);
+                            acc = _mm256_fmadd_ps(xv, wv, acc);
+                        }
+                    }
+                    let v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(acc, bias), lo), hi);
+                    _mm256_maskstore_ps(op.add((oy * d.ow + ox) * c + c0), m, v);
+                }
+            }
+        }
     }
+}
+
+/// For output index `o` along one axis: the first input index `o*stride - pad` (may be
+/// negative) and the kernel taps `k0..k1` that fall inside `0..size`.
+#[inline(always)]
+fn taps(o: usize, stride: usize, pad: usize, size: usize, k: usize) -> (isize, usize, usize) {
+    let i0 = (o * stride) as isize - pad as isize;
+    let k0 = (-i0).max(0) as usize;
+    let k1 = ((size as isize - i0).min(k as isize)).max(0) as usize;
+    (i0, k0, k1.max(k0))
 }
 
 /// A depthwise convolution (one KxK filter per channel) on an `h x w x c` input.
@@ -463,25 +531,18 @@ impl Depthwise {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Isa::Avx2 => unsafe { x86::depthwise_avx2(self, x, out) },
-            _ => depthwise_body::<false>(self, x, out),
+            _ => depthwise_portable(self, x, out),
         }
     }
 }
 
 #[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
+fn madd(a: f32, b: f32, c: f32) -> f32 {
+    a * b + c
 }
 
-/// The depthwise convolution in safe Rust, in chunks of 16 channels that the compiler turns
-/// into vector code (with `FMA`, fused multiply-adds: only under a target feature that has
-/// them, else `mul_add` would be a library call).
-#[inline(always)]
-fn depthwise_body<const FMA: bool>(d: &Depthwise, x: &[f32], out: &mut [f32]) {
+/// The depthwise convolution in safe Rust, in chunks of 16 channels.
+fn depthwise_portable(d: &Depthwise, x: &[f32], out: &mut [f32]) {
     const L: usize = 16;
     let c = d.c;
     let chunks = c / L;
@@ -509,7 +570,7 @@ fn depthwise_body<const FMA: bool>(d: &Depthwise, x: &[f32], out: &mut [f32]) {
                             .try_into()
                             .expect("16 values");
                         for l in 0..L {
-                            acc[l] = madd::<FMA>(xi[l], wi[l], acc[l]);
+                            acc[l] = madd(xi[l], wi[l], acc[l]);
                         }
                     }
                 }
@@ -525,7 +586,7 @@ fn depthwise_body<const FMA: bool>(d: &Depthwise, x: &[f32], out: &mut [f32]) {
                     let iy = (y0 + ky as isize) as usize;
                     for kx in kx0..kx1 {
                         let ix = (x0 + kx as isize) as usize;
-                        acc = madd::<FMA>(
+                        acc = madd(
                             x[(iy * d.w + ix) * c + ch],
                             d.weights[(ky * d.kw + kx) * c + ch],
                             acc,
