@@ -419,9 +419,27 @@ mod x86 {
             for c0 in (0..c).step_by(16) {
                 let m = mask16((c - c0).min(16));
                 let bias = _mm512_maskz_loadu_ps(m, bp.add(c0));
+                // 3x3 kernels: the nine weight vectors stay in registers across the row.
+                let w9: [_; 9] = std::array::from_fn(|t| {
+                    if d.kh * d.kw == 9 {
+                        _mm512_maskz_loadu_ps(m, wp.add(t * c + c0))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
                 for ox in 0..d.ow {
                     let (x0, kx0, kx1) = super::taps(ox, d.stride.1, d.pad.1, d.w, d.kw);
                     let mut acc = _mm512_setzero_ps();
+                    if d.kh == 3 && d.kw == 3 && ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3 {
+                        // Interior: all nine taps inside the input (iy0 + 2 < h, ix0 + 2 < w).
+                        let (iy0, ix0) = (y0 as usize, x0 as usize);
+                        for (t, wv) in w9.iter().enumerate() {
+                            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, xp.add(((iy0 + t / 3) * d.w + ix0 + t % 3) * c + c0)), *wv, acc);
+                        }
+                        let v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(acc, bias), lo), hi);
+                        _mm512_mask_storeu_ps(op.add((oy * d.ow + ox) * c + c0), m, v);
+                        continue;
+                    }
                     for ky in ky0..ky1 {
                         let iy = (y0 + ky as isize) as usize;
                         for kx in kx0..kx1 {
@@ -455,9 +473,27 @@ mod x86 {
             for c0 in (0..c).step_by(8) {
                 let m = mask8((c - c0).min(8));
                 let bias = _mm256_maskload_ps(bp.add(c0), m);
+                // 3x3 kernels: the nine weight vectors stay in registers across the row.
+                let w9: [_; 9] = std::array::from_fn(|t| {
+                    if d.kh * d.kw == 9 {
+                        _mm256_maskload_ps(wp.add(t * c + c0), m)
+                    } else {
+                        _mm256_setzero_ps()
+                    }
+                });
                 for ox in 0..d.ow {
                     let (x0, kx0, kx1) = super::taps(ox, d.stride.1, d.pad.1, d.w, d.kw);
                     let mut acc = _mm256_setzero_ps();
+                    if d.kh == 3 && d.kw == 3 && ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3 {
+                        // Interior: all nine taps inside the input (iy0 + 2 < h, ix0 + 2 < w).
+                        let (iy0, ix0) = (y0 as usize, x0 as usize);
+                        for (t, wv) in w9.iter().enumerate() {
+                            acc = _mm256_fmadd_ps(_mm256_maskload_ps(xp.add(((iy0 + t / 3) * d.w + ix0 + t % 3) * c + c0), m), *wv, acc);
+                        }
+                        let v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(acc, bias), lo), hi);
+                        _mm256_maskstore_ps(op.add((oy * d.ow + ox) * c + c0), m, v);
+                        continue;
+                    }
                     for ky in ky0..ky1 {
                         let iy = (y0 + ky as isize) as usize;
                         for kx in kx0..kx1 {
