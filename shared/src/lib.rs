@@ -24,8 +24,12 @@ pub mod report;
 pub mod telemetry;
 
 pub use adapters::{aws, counting, faults, iam, retry};
-pub use engine::{model, pca, preprocess, stats};
-pub use pipeline::{featurizer, lambda, listing, local, reducer, run_manifest, simulate, splitter, status};
+pub use engine::{executor, model, pca, preprocess, stats};
+pub use pipeline::{
+    featurizer, lambda, listing, local, reducer, run_manifest, simulate, splitter, status,
+};
+/// tract, for the benchmark's per-operator profile of its plan.
+pub use tract_onnx;
 pub use ports::{queue, store};
 
 pub use error::{Error, Result};

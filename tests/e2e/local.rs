@@ -54,6 +54,56 @@ fn features_match_the_golden_reference() {
     assert!(max_delta <= 1e-2, "max |delta| {max_delta}");
 }
 
+/// Issue 10's fidelity bar: whatever engine runs the model (tract, or the native executor
+/// with each instruction set this CPU has), the golden images keep cosine >= 0.9999998 and
+/// the native engines' max |delta| stays within 1e-3 of tract's.
+#[test]
+fn golden_fidelity_holds_on_every_engine() {
+    use shared::executor::Isa;
+    use shared::model::{Engine, LoadOptions, Model, ModelSpec};
+    let golden = golden_features();
+    let data = shared_dir().join("data/fruits-360");
+    let encoded: Vec<Result<Bytes, String>> = golden
+        .iter()
+        .map(|row| Ok(Bytes::from(std::fs::read(data.join(&row.path)).unwrap())))
+        .collect();
+    let path = shared_dir().join("models/mobilenet_v2_features.onnx");
+    let engines = std::iter::once(Engine::Tract)
+        .chain(Isa::all_available().into_iter().map(Engine::Native));
+    let mut tract_delta = None;
+    for engine in engines {
+        let options = LoadOptions {
+            engine,
+            ..Default::default()
+        };
+        let model = Model::load_with(&path, ModelSpec::mobilenet_v2(), options).unwrap();
+        let batch = featurize_images(&model, &encoded, 2, 50_000_000, None, None).unwrap();
+        let (mut min_cos, mut max_delta) = (f64::MAX, 0f32);
+        for (row, outcome) in golden.iter().zip(&batch.outcomes) {
+            let ImageOutcome::Features(ours) = outcome else {
+                panic!("{} failed: {outcome:?}", row.path)
+            };
+            min_cos = min_cos.min(cosine(ours, &row.values));
+            for (a, b) in ours.iter().zip(&row.values) {
+                max_delta = max_delta.max((a - b).abs());
+            }
+        }
+        println!(
+            "golden fidelity, {:16} cosine min {min_cos:.9}, max |delta| {max_delta:.3e}",
+            model.engine_name()
+        );
+        assert!(min_cos >= 0.9999998, "{}: min cosine {min_cos}", model.engine_name());
+        match tract_delta {
+            None => tract_delta = Some(max_delta),
+            Some(t) => assert!(
+                max_delta <= t + 1e-3,
+                "{}: max |delta| {max_delta} vs tract's {t}",
+                model.engine_name()
+            ),
+        }
+    }
+}
+
 #[test]
 fn pca_matches_the_golden_fit() {
     let golden = golden_features();

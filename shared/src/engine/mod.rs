@@ -5,3 +5,4 @@ pub mod model;
 pub mod pca;
 pub mod preprocess;
 pub mod stats;
+pub mod executor;

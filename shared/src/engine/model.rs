@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tract_onnx::prelude::*;
 
+use crate::engine::executor::{Executor, ExecutorSession, Isa, Unsupported};
+
 /// Failures of the model.
 #[derive(Debug, Error)]
 pub enum ModelError {
@@ -35,6 +37,9 @@ pub enum ModelError {
     /// The model does not fit the spec (names, shapes).
     #[error("model does not match its spec: {0}")]
     Mismatch(String),
+    /// The native executor was asked for but cannot run this model on this CPU.
+    #[error(transparent)]
+    Native(#[from] Unsupported),
 }
 
 /// tract reports errors as `anyhow::Error`; re-exported under a distinct name so the
@@ -151,17 +156,35 @@ impl ModelSpec {
 
 type Plan = TypedRunnableModel;
 
-/// Graph rewrites applied at load time.
+/// Which engine runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// The native executor ([`crate::engine::executor`]) with this CPU's best kernels where
+    /// they are SIMD (AVX-512 or AVX2 + FMA on x86_64) and the graph is one it knows; tract
+    /// otherwise (other models, other CPUs: tract's own kernels, e.g. NEON on arm64, are
+    /// faster than the executor's portable ones).
+    #[default]
+    Auto,
+    /// tract's optimized plan.
+    Tract,
+    /// The native executor with these kernels (an error if the graph or CPU cannot).
+    Native(Isa),
+}
+
+/// Graph rewrites and engine choice applied at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Run the convolutions channels-last (NHWC), see [`channels_last`].
+    /// With tract: run the convolutions channels-last (NHWC), see [`channels_last`].
     pub channels_last: bool,
+    /// The engine.
+    pub engine: Engine,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             channels_last: true,
+            engine: Engine::Auto,
         }
     }
 }
@@ -223,7 +246,7 @@ pub fn channels_last(model: &mut TypedModel) -> TractResult<usize> {
 /// [`ModelSession`] because one tract plan runs single-threaded.
 #[derive(Clone)]
 pub struct Model {
-    plan: Arc<Plan>,
+    runner: Runner,
     spec: Arc<ModelSpec>,
     feature_dim: usize,
     load_time: Duration,
@@ -238,6 +261,13 @@ impl std::fmt::Debug for Model {
             .field("feature_dim", &self.feature_dim)
             .finish()
     }
+}
+
+/// What runs the model.
+#[derive(Clone)]
+enum Runner {
+    Tract(Arc<Plan>),
+    Native(Arc<Executor>),
 }
 
 fn tract<T>(context: &str, r: TractResult<T>) -> Result<T, ModelError> {
@@ -305,6 +335,41 @@ impl Model {
         let model = tract("setting input shape", model.with_input_fact(0, fact.into()))?;
         let typed = tract("typing", model.into_typed())?;
         let mut typed = tract("decluttering", typed.into_decluttered())?;
+        let native_isa = match options.engine {
+            Engine::Tract => None,
+            Engine::Native(isa) => Some(isa),
+            Engine::Auto => Some(Isa::detect()).filter(|&isa| isa != Isa::Portable),
+        };
+        if let Some(isa) = native_isa {
+            let compiled = if spec.layout == Layout::NHWC {
+                Executor::compile(&typed, isa)
+            } else {
+                Err(Unsupported("the input is not channels-last".into()))
+            };
+            match compiled {
+                Ok(executor) => {
+                    let feature_dim = executor.output_len();
+                    if feature_dim == 0 || executor.input_len() != spec.input_len() {
+                        return Err(ModelError::Mismatch(format!(
+                            "input of {} values, output of {feature_dim}",
+                            executor.input_len()
+                        )));
+                    }
+                    return Ok(Self {
+                        runner: Runner::Native(Arc::new(executor)),
+                        spec: Arc::new(spec),
+                        feature_dim,
+                        load_time: start.elapsed(),
+                        channels_last_convs: 0,
+                        sha256,
+                    });
+                }
+                Err(e) if options.engine == Engine::Auto => {
+                    tracing::debug!(reason = %e, "native executor unavailable: tract runs the model");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         let rewrites = if options.channels_last {
             tract("channels-last pass", channels_last(&mut typed))?
         } else {
@@ -324,7 +389,7 @@ impl Model {
         }
         let plan = tract("planning", typed.into_runnable())?;
         Ok(Self {
-            plan,
+            runner: Runner::Tract(plan),
             spec: Arc::new(spec),
             feature_dim,
             load_time: start.elapsed(),
@@ -349,6 +414,30 @@ impl Model {
         &self.sha256
     }
 
+    /// The engine that runs the model: `tract`, or `native (avx512)` and the like.
+    pub fn engine_name(&self) -> String {
+        match &self.runner {
+            Runner::Tract(_) => "tract".into(),
+            Runner::Native(e) => format!("native ({})", e.isa().name()),
+        }
+    }
+
+    /// The native executor, when it runs the model.
+    pub fn executor(&self) -> Option<&Arc<Executor>> {
+        match &self.runner {
+            Runner::Native(e) => Some(e),
+            Runner::Tract(_) => None,
+        }
+    }
+
+    /// tract's plan, when tract runs the model.
+    pub fn tract_plan(&self) -> Option<&Arc<TypedRunnableModel>> {
+        match &self.runner {
+            Runner::Tract(p) => Some(p),
+            Runner::Native(_) => None,
+        }
+    }
+
     /// How many convolutions the channels-last pass rewrote.
     pub fn channels_last_convs(&self) -> usize {
         self.channels_last_convs
@@ -361,7 +450,10 @@ impl Model {
 
     /// A per-thread runner.
     pub fn session(&self) -> Result<ModelSession, ModelError> {
-        let state = tract("spawning state", self.plan.spawn())?;
+        let state = match &self.runner {
+            Runner::Tract(plan) => SessionState::Tract(tract("spawning state", plan.spawn())?),
+            Runner::Native(e) => SessionState::Native(e.session()),
+        };
         Ok(ModelSession {
             state,
             shape: self.spec.input_shape(),
@@ -370,9 +462,14 @@ impl Model {
     }
 }
 
-/// One thread's runner: keeps tract's state (scratch buffers) between images.
+enum SessionState {
+    Tract(TypedSimpleState),
+    Native(ExecutorSession),
+}
+
+/// One thread's runner: keeps the engine's state (scratch buffers) between images.
 pub struct ModelSession {
-    state: TypedSimpleState,
+    state: SessionState,
     shape: [usize; 4],
     feature_dim: usize,
 }
@@ -380,8 +477,21 @@ pub struct ModelSession {
 impl ModelSession {
     /// Runs the model on one preprocessed image (`input` in the spec's layout).
     pub fn infer(&mut self, input: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let state = match &mut self.state {
+            SessionState::Native(session) => {
+                if input.len() != self.shape.iter().product::<usize>() {
+                    return Err(ModelError::Mismatch(format!(
+                        "input of {} values for shape {:?}",
+                        input.len(),
+                        self.shape
+                    )));
+                }
+                return Ok(session.run(input));
+            }
+            SessionState::Tract(state) => state,
+        };
         let tensor = tract("input tensor", Tensor::from_shape(&self.shape, input))?;
-        let outputs = tract("running the model", self.state.run(tvec!(tensor.into())))?;
+        let outputs = tract("running the model", state.run(tvec!(tensor.into())))?;
         let view = tract("reading output", outputs[0].try_as_plain_ram())?;
         let features = tract("output as f32", view.as_slice::<f32>())?;
         if features.len() != self.feature_dim {

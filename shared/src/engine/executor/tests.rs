@@ -1,0 +1,248 @@
+//! The executor against tract: each convolution shape of MobileNetV2 (with its bias, ReLU6
+//! and residual) as a one-layer tract graph, on random tensors, for every instruction set
+//! this CPU has; and the whole model on real images.
+
+use super::*;
+use tract_onnx::tract_core::ops::cnn::PoolSpec;
+use tract_onnx::tract_core::ops::math;
+
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n).map(|_| (rng.f32() * 2.0 - 1.0) * scale).collect()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Layer {
+    h: usize,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    depthwise: bool,
+    relu6: bool,
+    residual: bool,
+}
+
+/// The layer as a tract graph on a `[1, h, h, cin]` input, the way ONNX MobileNetV2 reads
+/// once loaded: Conv (OIHW kernel, bias), then Max 0 / Min 6, then Add of the input.
+fn layer_model(l: Layer, seed: u64) -> TypedModel {
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact([1, l.h, l.h, l.cin])).unwrap();
+    let ig = if l.depthwise { 1 } else { l.cin };
+    let fan_in = (ig * l.k * l.k) as f32;
+    let kernel = Tensor::from_shape(
+        &[l.cout, ig, l.k, l.k],
+        &random(l.cout * ig * l.k * l.k, seed, 2.0 / fan_in.sqrt()),
+    )
+    .unwrap();
+    let bias = Tensor::from_shape(&[l.cout], &random(l.cout, seed + 1, 1.0)).unwrap();
+    // TF "SAME" padding, as in the model: nothing before when the stride is 2.
+    let (before, after) = if l.k == 1 { (0, 0) } else if l.stride == 2 { (0, 1) } else { (1, 1) };
+    let conv = Conv {
+        pool_spec: PoolSpec {
+            data_format: DataFormat::NHWC,
+            kernel_shape: tvec![l.k, l.k],
+            padding: PaddingSpec::Explicit(tvec![before, before], tvec![after, after]),
+            dilations: None,
+            strides: Some(tvec![l.stride, l.stride]),
+            input_channels: l.cin,
+            output_channels: l.cout,
+        },
+        kernel_fmt: KernelFormat::OIHW,
+        group: if l.depthwise { l.cin } else { 1 },
+        q_params: None,
+    };
+    let k = m.add_const("kernel", kernel).unwrap();
+    let b = m.add_const("bias", bias).unwrap();
+    let mut y = m.wire_node("conv", conv, &[x, k, b]).unwrap()[0];
+    if l.relu6 {
+        let zero = m.add_const("zero", tensor4(&[[[[0f32]]]])).unwrap();
+        let six = m.add_const("six", tensor4(&[[[[6f32]]]])).unwrap();
+        y = m.wire_node("relu6.max", math::max(), &[y, zero]).unwrap()[0];
+        y = m.wire_node("relu6.min", math::min(), &[y, six]).unwrap()[0];
+    }
+    if l.residual {
+        y = m.wire_node("residual", math::add(), &[y, x]).unwrap()[0];
+    }
+    m.select_output_outlets(&[y]).unwrap();
+    m.into_decluttered().unwrap()
+}
+
+fn tract_run(model: &TypedModel, input: &Tensor) -> Vec<f32> {
+    let plan = model.clone().into_optimized().unwrap().into_runnable().unwrap();
+    let out = plan.run(tvec!(input.clone().into())).unwrap();
+    out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect()
+}
+
+fn assert_close(ours: &[f32], theirs: &[f32], what: &str) {
+    assert_eq!(ours.len(), theirs.len(), "{what}: lengths");
+    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+    let worst = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 2e-5 * scale, "{what}: max |delta| {worst} (scale {scale})");
+}
+
+/// Every convolution of MobileNetV2 1.0/224: (input size, in, out, kernel, stride).
+fn mobilenet_layers() -> Vec<Layer> {
+    let base = Layer {
+        h: 0,
+        cin: 0,
+        cout: 0,
+        k: 1,
+        stride: 1,
+        depthwise: false,
+        relu6: true,
+        residual: false,
+    };
+    let mut layers = vec![Layer { h: 224, cin: 3, cout: 32, k: 3, stride: 2, ..base }];
+    for (h, c, stride) in [
+        (112, 32, 1),
+        (112, 96, 2),
+        (56, 144, 1),
+        (56, 144, 2),
+        (28, 192, 1),
+        (28, 192, 2),
+        (14, 384, 1),
+        (14, 576, 1),
+        (14, 576, 2),
+        (7, 960, 1),
+    ] {
+        layers.push(Layer { h, cin: c, cout: c, k: 3, stride, depthwise: true, ..base });
+    }
+    // Expansions (ReLU6) and projections (linear, with the residual where in == out).
+    for (h, cin, cout) in [
+        (112, 32, 16),
+        (112, 16, 96),
+        (56, 96, 24),
+        (56, 24, 144),
+        (56, 144, 24),
+        (28, 144, 32),
+        (28, 32, 192),
+        (28, 192, 32),
+        (14, 192, 64),
+        (14, 64, 384),
+        (14, 384, 64),
+        (14, 384, 96),
+        (14, 96, 576),
+        (14, 576, 96),
+        (7, 576, 160),
+        (7, 160, 960),
+        (7, 960, 160),
+        (7, 960, 320),
+        (7, 320, 1280),
+    ] {
+        let expand = cout > cin || cout == 1280;
+        layers.push(Layer {
+            h,
+            cin,
+            cout,
+            relu6: expand,
+            residual: !expand && cin == cout,
+            ..base
+        });
+        if !expand && [24, 32, 64, 96, 160].contains(&cout) {
+            // A residual add after a projection (here onto the layer's own input, which needs
+            // as many channels in as out).
+            layers.push(Layer { h, cin: cout, cout, relu6: false, residual: true, ..base });
+        }
+    }
+    layers
+}
+
+#[test]
+fn every_mobilenet_v2_layer_matches_tract() {
+    for (i, l) in mobilenet_layers().into_iter().enumerate() {
+        let model = layer_model(l, 10 * i as u64);
+        let x = random(l.h * l.h * l.cin, 1000 + i as u64, 1.0);
+        let input = Tensor::from_shape(&[1, l.h, l.h, l.cin], &x).unwrap();
+        let theirs = tract_run(&model, &input);
+        for isa in Isa::all_available() {
+            let ex = Arc::new(Executor::compile(&model, isa).unwrap_or_else(|e| panic!("{l:?}: {e}")));
+            // Everything fused into one step.
+            assert_eq!(ex.steps.len(), 1, "{l:?}: {:?}", ex.step_kinds());
+            let ours = ex.session().run(&x);
+            assert_close(&ours, &theirs, &format!("{l:?} {isa:?}"));
+        }
+    }
+}
+
+#[test]
+fn unknown_ops_are_refused() {
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact([1, 4, 4, 3])).unwrap();
+    let y = m.wire_node("sub", math::sub(), &[x, x]).unwrap()[0];
+    m.select_output_outlets(&[y]).unwrap();
+    let err = Executor::compile(&m.into_decluttered().unwrap(), Isa::Portable).unwrap_err();
+    assert!(err.0.contains("Sub"), "{err}");
+}
+
+#[test]
+fn unfused_ops_and_buffer_reuse_match_tract() {
+    // A chain where nothing fuses: a clamp read twice, an add of two computed tensors, a
+    // per-channel multiply; the slot plan must keep every operand alive.
+    let mut m = TypedModel::default();
+    let (h, c) = (6, 16);
+    let x = m.add_source("x", f32::fact([1, h, h, c])).unwrap();
+    let zero = m.add_const("zero", tensor4(&[[[[0f32]]]])).unwrap();
+    let r = m.wire_node("relu", math::max(), &[x, zero]).unwrap()[0];
+    let scale = Tensor::from_shape(&[1, 1, 1, c], &random(c, 3, 1.0)).unwrap();
+    let s = m.add_const("scale", scale).unwrap();
+    let a = m.wire_node("mul", math::mul(), &[r, s]).unwrap()[0];
+    let b = m.wire_node("sum", math::add(), &[a, r]).unwrap()[0];
+    let y = m.wire_node("sum2", math::add(), &[b, x]).unwrap()[0];
+    m.select_output_outlets(&[y]).unwrap();
+    let model = m.into_decluttered().unwrap();
+    let xs = random(h * h * c, 4, 1.0);
+    let theirs = tract_run(&model, &Tensor::from_shape(&[1, h, h, c], &xs).unwrap());
+    for isa in Isa::all_available() {
+        let ex = Arc::new(Executor::compile(&model, isa).unwrap());
+        assert_close(&ex.session().run(&xs), &theirs, &format!("{isa:?}"));
+    }
+}
+
+/// The real model: the executor against tract on random inputs in the model's range, with
+/// every instruction set.
+#[test]
+fn mobilenet_v2_matches_tract() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/models/mobilenet_v2_features.onnx");
+    if !path.is_file() {
+        eprintln!("skipped: {} is missing", path.display());
+        return;
+    }
+    let spec = crate::model::ModelSpec::mobilenet_v2();
+    let tract_model = crate::model::Model::load_with(
+        &path,
+        spec.clone(),
+        crate::model::LoadOptions { engine: crate::model::Engine::Tract, ..Default::default() },
+    )
+    .unwrap();
+    let mut tract_session = tract_model.session().unwrap();
+    let inputs: Vec<Vec<f32>> = (0..2).map(|s| random(spec.input_len(), 77 + s, 1.0)).collect();
+    let expected: Vec<Vec<f32>> = inputs.iter().map(|x| tract_session.infer(x).unwrap()).collect();
+    for isa in Isa::all_available() {
+        let native = crate::model::Model::load_with(
+            &path,
+            spec.clone(),
+            crate::model::LoadOptions { engine: crate::model::Engine::Native(isa), ..Default::default() },
+        )
+        .unwrap();
+        assert_eq!(native.engine_name(), format!("native ({})", isa.name()));
+        assert_eq!(native.feature_dim(), 1280);
+        let kinds = native.executor().unwrap().step_kinds();
+        // 52 convolutions, 10 residual adds fused, and the pool.
+        assert_eq!(kinds.len(), 53, "{kinds:?}");
+        let mut session = native.session().unwrap();
+        for (x, theirs) in inputs.iter().zip(&expected) {
+            let ours = session.infer(x).unwrap();
+            let dot: f64 = ours.iter().zip(theirs).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+            let cos = dot / (norm(&ours) * norm(theirs));
+            assert!(cos > 0.9999999, "{isa:?}: cosine {cos}");
+            assert_close(&ours, theirs, &format!("{isa:?}"));
+        }
+    }
+}
