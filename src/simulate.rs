@@ -36,12 +36,30 @@ pub struct SimulateArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// With several sizes: write a plot (SVG) of time and cost against images, the fits
+    /// drawn out to `--extend-to` images.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Instead of simulating: read the reports of an earlier `--json` run from this file
+    /// (e.g. to plot them).
+    #[arg(long, conflicts_with = "work")]
+    pub from_json: Option<PathBuf>,
+    /// How far the plot's fitted lines reach (images).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub extend_to: usize,
 }
 
 /// Runs the simulation(s) and prints the reports.
 pub async fn simulate(args: SimulateArgs) -> Result<()> {
-    let mut reports = Vec::new();
-    for &images in &args.images {
+    let mut reports: Vec<SimulationReport> = Vec::new();
+    if let Some(path) = &args.from_json {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        reports = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a `simulate --json` output", path.display()))?;
+    }
+    let sizes: &[usize] = if args.from_json.is_some() { &[] } else { &args.images };
+    for &images in sizes {
         let options = SimulationOptions {
             images,
             shard_size: args.shard_size,
@@ -76,21 +94,21 @@ pub async fn simulate(args: SimulateArgs) -> Result<()> {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else if args.from_json.is_some() {
+        for report in &reports {
+            print_report(report);
+            println!();
+        }
+        print_sweep(&reports);
     } else if reports.len() > 1 {
         print_sweep(&reports);
     }
+    if let Some(path) = &args.plot {
+        let svg = shared::simulate::sweep_svg(&reports, args.extend_to)?;
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("plot written to {}", path.display());
+    }
     Ok(())
-}
-
-/// Least-squares line `a + b x`.
-fn fit(points: &[(f64, f64)]) -> (f64, f64) {
-    let n = points.len() as f64;
-    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
-    let (mx, my) = (sx / n, sy / n);
-    let sxx: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
-    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
-    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
-    (my - b * mx, b)
 }
 
 fn print_sweep(reports: &[SimulationReport]) {
@@ -120,7 +138,7 @@ fn print_sweep(reports: &[SimulationReport]) {
             .iter()
             .map(|r| (r.images as f64, r.stages[i].wall_s))
             .collect();
-        let (a, b) = fit(&points);
+        let (a, b) = shared::simulate::linear_fit(&points);
         println!(
             "fit {stage:<11} wall s = {a:.3} + {:.3} per 1,000 images  (1,000,000 images: {:.1} s)",
             b * 1000.0,

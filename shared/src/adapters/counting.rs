@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::queue::{Queue, QueueError};
 use crate::store::{ObjectInfo, ObjectStore, StoreError, Versioned};
@@ -31,7 +31,7 @@ pub struct Counters {
 }
 
 /// What a stage did, as counted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// S3 GET and HEAD requests.
     pub s3_get: u64,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::counting::{Counters, CountingQueue, CountingStore, Usage};
 use crate::error::{Error, Result};
@@ -134,7 +134,7 @@ impl Default for SimulationOptions {
 }
 
 /// One stage of the simulated run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageReport {
     /// splitter, featurizers or reducer.
     pub stage: String,
@@ -154,7 +154,7 @@ pub struct StageReport {
 }
 
 /// The whole simulation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimulationReport {
     /// Images.
     pub images: usize,
@@ -460,6 +460,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!((summary.images, summary.rows, summary.errors), (2_500, 2_500, 0));
+        // The sweep plot draws every measured point (3 stages + 2 architectures per run).
+        let svg = sweep_svg(&[report.clone(), report], 10_000).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..40]);
+        assert_eq!(svg.matches("<circle").count(), 2 * (3 + 2), "plus no legend circles");
+    }
+
+    #[test]
+    fn linear_fit_recovers_a_line() {
+        let (a, b) = linear_fit(&[(1.0, 5.0), (2.0, 7.0), (4.0, 11.0)]);
+        assert!((a - 3.0).abs() < 1e-12 && (b - 2.0).abs() < 1e-12, "{a} {b}");
     }
 
     fn report_run_id(folder: &Path) -> String {
@@ -470,4 +480,143 @@ mod tests {
             .find(|n| n != "requests")
             .unwrap()
     }
+}
+
+/// Least-squares line `a + b x` through `points`.
+pub fn linear_fit(points: &[(f64, f64)]) -> (f64, f64) {
+    let n = points.len().max(1) as f64;
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (my - b * mx, b)
+}
+
+/// A sweep's plot (SVG, plotters): wall time per stage and the estimated AWS cost against
+/// images, log-log, measured points with their linear fits drawn out to `extend_to` images.
+pub fn sweep_svg(reports: &[SimulationReport], extend_to: usize) -> Result<String> {
+    use plotters::prelude::*;
+    let err = |e: String| Error::RunState(format!("drawing the scale plot: {e}"));
+    let max_n = reports
+        .iter()
+        .map(|r| r.images)
+        .max()
+        .unwrap_or(1)
+        .max(extend_to) as f64;
+    let min_n = reports.iter().map(|r| r.images).min().unwrap_or(1) as f64;
+    let xs: Vec<f64> = (0..=40)
+        .map(|i| min_n * (max_n / min_n).powf(i as f64 / 40.0))
+        .collect();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (980, 360)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let (left, right) = root.split_horizontally(490);
+        let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
+        let stages = ["splitter", "featurizers (2 at a time)", "reducer"];
+        let fits: Vec<(f64, f64)> = (0..3)
+            .map(|i| {
+                linear_fit(
+                    &reports
+                        .iter()
+                        .map(|r| (r.images as f64, r.stages[i].wall_s))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let at = |fit: (f64, f64), x: f64| (fit.0 + fit.1 * x).max(1e-3);
+        let top = fits
+            .iter()
+            .map(|&f| at(f, max_n))
+            .chain(reports.iter().flat_map(|r| r.stages.iter().map(|s| s.wall_s)))
+            .fold(1e-3, f64::max)
+            * 2.0;
+        let mut time = ChartBuilder::on(&left)
+            .caption("Wall time per stage (this machine)", ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d((min_n..max_n).log_scale(), (1e-3..top).log_scale())
+            .map_err(|e| err(e.to_string()))?;
+        time.configure_mesh()
+            .x_desc("images")
+            .y_desc("seconds")
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        for (i, stage) in stages.iter().enumerate() {
+            let color = colors[i];
+            time.draw_series(LineSeries::new(
+                xs.iter().map(|&x| (x, at(fits[i], x))),
+                color.stroke_width(1),
+            ))
+            .map_err(|e| err(e.to_string()))?
+            .label(*stage)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+            time.draw_series(
+                reports
+                    .iter()
+                    .map(|r| Circle::new((r.images as f64, r.stages[i].wall_s.max(1e-3)), 4, color.filled())),
+            )
+            .map_err(|e| err(e.to_string()))?;
+        }
+        time.configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+
+        let cost_fit = [0, 1].map(|a| {
+            linear_fit(
+                &reports
+                    .iter()
+                    .map(|r| (r.images as f64, r.estimated_cost_usd[a]))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let ctop = at(cost_fit[0], max_n).max(1e-3) * 2.0;
+        let cmin = reports
+            .iter()
+            .map(|r| r.estimated_cost_usd[1])
+            .fold(f64::INFINITY, f64::min)
+            .max(1e-5)
+            / 2.0;
+        let mut cost = ChartBuilder::on(&right)
+            .caption("Estimated AWS cost per run (us-east-1)", ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(55)
+            .build_cartesian_2d((min_n..max_n).log_scale(), (cmin..ctop).log_scale())
+            .map_err(|e| err(e.to_string()))?;
+        cost.configure_mesh()
+            .x_desc("images")
+            .y_desc("USD")
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        for (a, name) in ["x86_64", "arm64"].iter().enumerate() {
+            let color = colors[a * 2];
+            cost.draw_series(LineSeries::new(
+                xs.iter().map(|&x| (x, at(cost_fit[a], x))),
+                color.stroke_width(1),
+            ))
+            .map_err(|e| err(e.to_string()))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+            cost.draw_series(reports.iter().map(|r| {
+                Circle::new((r.images as f64, r.estimated_cost_usd[a]), 4, color.filled())
+            }))
+            .map_err(|e| err(e.to_string()))?;
+        }
+        cost.configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    Ok(svg)
 }
