@@ -903,11 +903,13 @@ fn on_s3_slowdowns_and_paginated_listings_end_as_a_clean_run() {
 /// prefix with a leading slash is found.
 #[test]
 fn on_s3_keys_with_doubled_or_leading_slashes_are_distinct_images() {
-    let images = fruit_images(1, 3);
+    let images = fruit_images(1, 4);
     let files: Vec<(String, Vec<u8>)> = vec![
         ("odd/a/b.jpg".into(), images[0].1.clone()),
         ("odd/a//b.jpg".into(), images[1].1.clone()),
+        // Two, since a run needs at least 2 images for a PCA.
         ("/lead/c.jpg".into(), images[2].1.clone()),
+        ("/lead/d.jpg".into(), images[3].1.clone()),
     ];
     runtime().block_on(async {
         let stack = Stack::new("slashes").await;
@@ -934,13 +936,13 @@ fn on_s3_keys_with_doubled_or_leading_slashes_are_distinct_images() {
             })
             .await
             .unwrap();
-        assert_eq!(lead.images, 1, "the key with a leading slash is listed");
+        assert_eq!(lead.images, 2, "the keys with a leading slash are listed");
         stack.pump_shards(stack.store(), 1).await;
         let summary_rows = {
             stack.pump_reduce(stack.store()).await;
             crate::aws::summary_of(&stack.store(), &lead.run_id).await.rows
         };
-        assert_eq!(summary_rows, 1, "and fetched");
+        assert_eq!(summary_rows, 2, "and fetched");
     });
 }
 

@@ -225,7 +225,7 @@ pub async fn run_status_with<S: ObjectStore>(
         .shards
         .iter()
         .filter(|s| done.contains(&s.id))
-        .map(|s| s.images.len())
+        .map(|s| s.count)
         .sum();
     let elapsed_s = crate::manifest::rfc3339_to_unix_ms(&manifest.created_at)
         .map(|start| crate::manifest::unix_now_ms().saturating_sub(start) as f64 / 1000.0)
