@@ -153,6 +153,23 @@ pub struct StageReport {
     pub max_invocation_read_bytes: u64,
 }
 
+impl StageReport {
+    /// A stage of one invocation, started at `started`, its calls counted in `counters`.
+    fn single(stage: &str, started: Instant, counters: &Counters) -> Self {
+        let wall = started.elapsed().as_secs_f64();
+        let usage = counters.usage();
+        Self {
+            stage: stage.into(),
+            invocations: 1,
+            wall_s: wall,
+            max_invocation_s: wall,
+            peak_rss_mb: peak_rss_mb(),
+            usage,
+            max_invocation_read_bytes: usage.bytes_read,
+        }
+    }
+}
+
 /// The whole simulation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimulationReport {
@@ -237,17 +254,7 @@ pub async fn simulate(options: &SimulationOptions, folder: &Path) -> Result<Simu
     };
     let started = Instant::now();
     let split = splitter.handle(&request).await?;
-    let wall = started.elapsed().as_secs_f64();
-    let usage = counters.usage();
-    stages.push(StageReport {
-        stage: "splitter".into(),
-        invocations: 1,
-        wall_s: wall,
-        max_invocation_s: wall,
-        peak_rss_mb: peak_rss_mb(),
-        usage,
-        max_invocation_read_bytes: usage.bytes_read,
-    });
+    stages.push(StageReport::single("splitter", started, &counters));
     let layout = RunLayout::new(&split.run_id);
     let manifest_bytes = bucket.get(&layout.manifest()).await?.len() as u64;
 
@@ -341,17 +348,7 @@ pub async fn simulate(options: &SimulationOptions, folder: &Path) -> Result<Simu
     }
     let summary =
         summary.ok_or_else(|| Error::RunState("the simulated run was never reduced".into()))?;
-    let wall = started.elapsed().as_secs_f64();
-    let usage = counters.usage();
-    stages.push(StageReport {
-        stage: "reducer".into(),
-        invocations: 1,
-        wall_s: wall,
-        max_invocation_s: wall,
-        peak_rss_mb: peak_rss_mb(),
-        usage,
-        max_invocation_read_bytes: usage.bytes_read,
-    });
+    stages.push(StageReport::single("reducer", started, &counters));
     let n = options.images as f64;
     let kept_bytes: u64 = bucket
         .list("")

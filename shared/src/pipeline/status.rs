@@ -126,7 +126,8 @@ fn rfc3339_of(unix: u64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-async fn get_json<S: ObjectStore, T: serde::de::DeserializeOwned>(
+/// A JSON document, or `None` when the key does not exist.
+pub(crate) async fn get_json<S: ObjectStore, T: serde::de::DeserializeOwned>(
     store: &S,
     key: &str,
 ) -> Result<Option<T>> {

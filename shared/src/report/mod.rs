@@ -211,16 +211,7 @@ pub async fn build<S: ObjectStore>(
     Ok(BuiltReport { html, info })
 }
 
-async fn get_json<S: ObjectStore, T: serde::de::DeserializeOwned>(
-    store: &S,
-    key: &str,
-) -> Result<Option<T>> {
-    match store.get(key).await {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-        Err(StoreError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
+use crate::status::get_json;
 
 /// Builds the report of a finished run again from what it stored (manifest, summary, PCA
 /// model, errors, done markers and `Results_PCA`), reading thumbnails from `input`, and
