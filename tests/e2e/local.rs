@@ -54,7 +54,7 @@ fn features_match_the_golden_reference() {
     assert!(max_delta <= 1e-2, "max |delta| {max_delta}");
 }
 
-/// Issue 10's fidelity bar: whatever engine runs the model (tract, or the native executor
+/// The fidelity bar: whatever engine runs the model (tract, or the native executor
 /// with each instruction set this CPU has), the golden images keep cosine >= 0.9999998 and
 /// the native engines' max |delta| stays within 1e-3 of tract's.
 #[test]

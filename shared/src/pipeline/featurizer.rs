@@ -558,7 +558,11 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         let count = shard.images.len();
         // A failed fetch closes the channel early: the threads finish what is buffered (at
         // most the prefetch) and stop, and the attempt fails with the fetch's error.
-        let paths: Vec<String> = shard.images.iter().map(|i| i.path.clone()).collect();
+        // Only synthetic features need the paths (their seeds); a model run copies none.
+        let paths: Vec<String> = match engine {
+            Engine::Synthetic { .. } => shard.images.iter().map(|i| i.path.clone()).collect(),
+            Engine::Model(_) => Vec::new(),
+        };
         let inference = tokio::task::spawn_blocking(move || match engine {
             Engine::Model(model) => featurize_streamed(
                 &model,
