@@ -11,7 +11,9 @@
 #   infra/check-arm64.sh            (after infra/build-lambdas.sh, or on its own: it builds
 #                                    what it needs; SKIP_SETUP=1 skips the apt/PyPI step;
 #                                    CARGO_TARGET_DIR_ARM64 / _X86_64 if the two builds
-#                                    live in separate target folders)
+#                                    live in separate target folders; X86_64_FEATURIZE=PATH
+#                                    compares with an x86_64 `featurize` already built, e.g.
+#                                    target/release/featurize, instead of building one)
 #
 # Not a CI step (a cross build plus an emulated inference run: tens of minutes on 2 cores).
 # Run it when the toolchain, tract, or the preprocessing changes, and report what it prints.
@@ -49,7 +51,12 @@ fi
 
 declare -A triple=([arm64]=aarch64-unknown-linux-gnu [x86_64]=x86_64-unknown-linux-gnu)
 declare -A config=([arm64]="$LAMBDA_CARGO_CONFIG_arm64" [x86_64]="$LAMBDA_CARGO_CONFIG_x86_64")
+declare -A prebuilt=([x86_64]="${X86_64_FEATURIZE:-}")
 for arch in arm64 x86_64; do
+  if [ -n "${prebuilt[$arch]:-}" ]; then
+    echo "== $arch: using the prebuilt ${prebuilt[$arch]}"
+    continue
+  fi
   echo "== cargo build --release --target ${triple[$arch]} -p featurize --config '${config[$arch]}'"
   start=$(date +%s)
   CARGO_TARGET_DIR="${dir[$arch]}" \
@@ -70,7 +77,7 @@ done <"$golden/images.txt"
 run() { # arch, command prefix...
   local arch=$1
   shift
-  local bin="${dir[$arch]}/${triple[$arch]}/release/featurize"
+  local bin="${prebuilt[$arch]:-${dir[$arch]}/${triple[$arch]}/release/featurize}"
   echo "== $arch: featurize run on $(wc -l <"$golden/images.txt") images"
   local start end
   start=$(date +%s.%N)

@@ -47,6 +47,12 @@ pub struct SimulateArgs {
     /// How far the plot's fitted lines reach (images).
     #[arg(long, default_value_t = 1_000_000)]
     pub extend_to: usize,
+    /// Run against S3 and SQS at this endpoint (moto: `python -m moto.server`) instead of a
+    /// folder: a fresh bucket and two queues are created there, the synthetic images put as
+    /// empty objects, and every stage goes through the S3 and SQS adapters, so the
+    /// emulator's request log can be checked against the counts (`infra/simulate-moto.sh`).
+    #[arg(long, conflicts_with_all = ["work", "from_json"])]
+    pub endpoint: Option<String>,
 }
 
 /// Runs the simulation(s) and prints the reports.
@@ -68,6 +74,15 @@ pub async fn simulate(args: SimulateArgs) -> Result<()> {
             k: args.k,
             featurizer_concurrency: args.concurrency,
         };
+        if let Some(endpoint) = &args.endpoint {
+            let report = simulate_on_moto(&options, endpoint).await?;
+            if !args.json {
+                print_report(&report);
+                println!();
+            }
+            reports.push(report);
+            continue;
+        }
         let temp;
         let folder = match &args.work {
             Some(folder) => {
@@ -111,6 +126,35 @@ pub async fn simulate(args: SimulateArgs) -> Result<()> {
     Ok(())
 }
 
+/// One simulation on S3 + SQS at `endpoint`, in a bucket and queues of its own.
+async fn simulate_on_moto(options: &SimulationOptions, endpoint: &str) -> Result<SimulationReport> {
+    let config = shared::aws::sdk_config_with_endpoint(Some(endpoint)).await;
+    let s3 = shared::aws::s3_client(&config);
+    let sqs = shared::aws::sqs_client(&config);
+    let name = format!("featurize-sim-{}-{}", options.images, std::process::id());
+    s3.create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .with_context(|| format!("creating bucket {name} at {endpoint}"))?;
+    let mut queues = Vec::new();
+    for q in ["shards", "reduce"] {
+        let url = sqs
+            .create_queue()
+            .queue_name(format!("{name}-{q}"))
+            .send()
+            .await
+            .with_context(|| format!("creating queue {name}-{q} at {endpoint}"))?
+            .queue_url()
+            .context("CreateQueue returned no URL")?
+            .to_string();
+        queues.push(shared::aws::SqsQueue::new(sqs.clone(), url));
+    }
+    eprintln!("simulating {} images on s3://{name} at {endpoint}", options.images);
+    let store = shared::aws::S3Store::new(s3, &name);
+    Ok(shared::simulate::simulate_on_s3(options, store, &queues[0], &queues[1]).await?)
+}
+
 fn print_sweep(reports: &[SimulationReport]) {
     println!(
         "{:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
@@ -133,6 +177,11 @@ fn print_sweep(reports: &[SimulationReport]) {
             r.estimated_cost_usd[1],
         );
     }
+    let mut sizes: Vec<usize> = reports.iter().map(|r| r.images).collect();
+    sizes.dedup();
+    if sizes.len() < 2 {
+        return;
+    }
     for (i, stage) in ["splitter", "featurizers", "reducer"].iter().enumerate() {
         let points: Vec<(f64, f64)> = reports
             .iter()
@@ -149,8 +198,12 @@ fn print_sweep(reports: &[SimulationReport]) {
 
 fn print_report(r: &SimulationReport) {
     println!(
-        "simulated run: {} images, {} shards of {}, dim {}",
-        r.images, r.shards, r.shard_size, r.dim
+        "simulated run ({}): {} images, {} shards of {}, dim {}",
+        if r.backend == "s3" { "S3 + SQS adapters" } else { "folder" },
+        r.images,
+        r.shards,
+        r.shard_size,
+        r.dim
     );
     println!(
         "{:<12} {:>6} {:>9} {:>9} {:>8} {:>9} {:>9} {:>7} {:>11} {:>11} {:>6}",
@@ -175,6 +228,21 @@ fn print_report(r: &SimulationReport) {
     println!(
         "per image: statistics written {:.0} B, features written {:.0} B, read by the reducer {:.0} B",
         r.stats_bytes_per_image, r.feature_bytes_per_image, r.reducer_read_bytes_per_image
+    );
+    let st = &r.reduce_steps;
+    println!(
+        "reducer steps: manifest {:.2} s, check + merge {:.2} s, fit {:.2} s, projection {:.2} s, publish {:.2} s",
+        st.manifest_s, st.check_merge_s, st.fit_s, st.project_s, st.publish_s
+    );
+    println!(
+        "S3 requests in all stages: {} (GET/HEAD {}, PUT {}, LIST {}, DELETE {}); SQS: {} sent by the stages + {} to receive and delete (event-source mapping)",
+        r.stages.iter().map(|s| s.usage.s3_get + s.usage.s3_put + s.usage.s3_list + s.usage.s3_delete).sum::<u64>(),
+        r.stages.iter().map(|s| s.usage.s3_get).sum::<u64>(),
+        r.stages.iter().map(|s| s.usage.s3_put).sum::<u64>(),
+        r.stages.iter().map(|s| s.usage.s3_list).sum::<u64>(),
+        r.stages.iter().map(|s| s.usage.s3_delete).sum::<u64>(),
+        r.stages.iter().map(|s| s.usage.sqs_requests).sum::<u64>(),
+        r.driver.sqs_requests,
     );
     let f = &r.stages[1];
     println!(

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 pub use aws_config::SdkConfig;
 
-use crate::queue::{Queue, QueueError};
+use crate::queue::{Drain, Queue, QueueError};
 use crate::store::{ObjectInfo, ObjectStore, StoreError, Versioned};
 
 /// Loads the SDK configuration (region, credentials, `AWS_ENDPOINT_URL`) from the environment.
@@ -482,5 +482,51 @@ impl Queue for SqsQueue {
             }
         }
         Ok(())
+    }
+}
+
+impl Drain for SqsQueue {
+    /// ReceiveMessage (10 at a time, no wait) and DeleteMessageBatch until a receive comes
+    /// back empty: the requests an event-source mapping makes for a function.
+    async fn drain(&self) -> Result<Vec<String>, QueueError> {
+        let remote = |op: &'static str, e: Box<dyn std::error::Error + Send + Sync>| QueueError::Remote {
+            op,
+            queue: self.url.clone(),
+            source: e,
+        };
+        let mut bodies = Vec::new();
+        loop {
+            let received = self
+                .client
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(0)
+                .send()
+                .await
+                .map_err(|e| remote("ReceiveMessage", Box::new(e)))?;
+            let messages = received.messages();
+            if messages.is_empty() {
+                return Ok(bodies);
+            }
+            let mut entries = Vec::with_capacity(messages.len());
+            for (i, m) in messages.iter().enumerate() {
+                bodies.push(m.body().unwrap_or_default().to_string());
+                entries.push(
+                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(m.receipt_handle().unwrap_or_default())
+                        .build()
+                        .map_err(|e| remote("DeleteMessageBatch", Box::new(e)))?,
+                );
+            }
+            self.client
+                .delete_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| remote("DeleteMessageBatch", Box::new(e)))?;
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{Queue, QueueError};
+use crate::queue::{Drain, Queue, QueueError};
 use crate::store::{ObjectInfo, ObjectStore, StoreError, Versioned};
 
 /// Keys per S3 ListObjectsV2 page.
@@ -171,6 +171,17 @@ impl<Q: Queue> Queue for CountingQueue<Q> {
     }
 }
 
+impl<Q: Drain> Drain for CountingQueue<Q> {
+    /// As an SQS consumer pays: one ReceiveMessage per 10 messages plus the empty one that
+    /// ends the drain, and one DeleteMessageBatch per 10.
+    async fn drain(&self) -> Result<Vec<String>, QueueError> {
+        let bodies = self.inner.drain().await?;
+        let n = bodies.len() as u64;
+        Counters::add(&self.counters.sqs_requests, 2 * n.div_ceil(SQS_BATCH) + 1);
+        Ok(bodies)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +209,7 @@ mod tests {
             assert_eq!(store.list("none/").await.unwrap().len(), 0);
             store.delete("k/0003").await.unwrap();
             queue.send_all((0..21).map(|i| format!("m{i}")).collect()).await.unwrap();
+            assert_eq!(queue.drain().await.unwrap().len(), 21);
         });
         assert_eq!(
             counters.usage(),
@@ -208,7 +220,7 @@ mod tests {
                 s3_delete: 1,
                 bytes_read: 3,
                 bytes_written: 1001 * 3 + 1,
-                sqs_requests: 3,
+                sqs_requests: 3 + (2 * 3 + 1),
                 messages: 21,
                 max_message_bytes: 3,
             }

@@ -170,6 +170,24 @@ pub struct SummaryTimings {
     /// `featurize.fetch_wait_s / featurize.wall_s`.
     #[serde(default)]
     pub fetch_wait_share: f64,
+    /// The reducer's wall time by step (`reduce_s` is their sum, plus small writes).
+    #[serde(default)]
+    pub reduce: ReduceTimings,
+}
+
+/// Where the reducer's time goes, seconds of wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReduceTimings {
+    /// Reading the manifest (header and shard lists).
+    pub manifest_s: f64,
+    /// Checking every shard's commit and merging the shards' statistics (streamed).
+    pub check_merge_s: f64,
+    /// The PCA fit on the merged co-moment (eigen-decomposition of d x d).
+    pub fit_s: f64,
+    /// Reading each features part, projecting it and writing its `Results_PCA` part.
+    pub project_s: f64,
+    /// The report, `pca_model.json`, `summary.json` and `_SUCCESS`.
+    pub publish_s: f64,
 }
 
 /// The Lambda cost of a run.
@@ -522,11 +540,17 @@ impl<S: ObjectStore> Reducer<S> {
         let started = Instant::now();
         let manifest: Manifest =
             crate::run_manifest::read_full(&self.store, layout, self.settings.concurrency).await?;
+        let mut steps = ReduceTimings {
+            manifest_s: started.elapsed().as_secs_f64(),
+            ..ReduceTimings::default()
+        };
         let shard_ids: Vec<usize> = manifest.shards.iter().map(|s| s.id).collect();
         let concurrency = self.settings.concurrency.max(1);
 
+        let step = Instant::now();
         let (markers, errors, shard_stats) =
             self.committed_shards(layout, &manifest, token).await?;
+        steps.check_merge_s = step.elapsed().as_secs_f64();
         self.fenced_put(
             layout,
             token,
@@ -580,6 +604,7 @@ impl<S: ObjectStore> Reducer<S> {
                 reduce_s: 0.0,
                 infer_ms_per_image: 0.0,
                 fetch_wait_share: 0.0,
+                reduce: ReduceTimings::default(),
             },
             cost: None,
             finished_at: String::new(),
@@ -625,6 +650,7 @@ impl<S: ObjectStore> Reducer<S> {
                 manifest.options.max_error_rate * 100.0,
                 layout.errors()
             );
+            summary.timings.reduce = steps;
             return fail(summary, reason).await;
         }
 
@@ -648,10 +674,17 @@ impl<S: ObjectStore> Reducer<S> {
                 pca_options.k = k;
             }
         }
+        let step = Instant::now();
         let model = match pca::fit(&merged, &pca_options) {
             Ok(model) => model,
-            Err(e) => return fail(summary, e.to_string()).await,
+            Err(e) => {
+                steps.fit_s = step.elapsed().as_secs_f64();
+                summary.timings.reduce = steps;
+                return fail(summary, e.to_string()).await;
+            }
         };
+        steps.fit_s = step.elapsed().as_secs_f64();
+        let step = Instant::now();
 
         let model_ref = &model;
         let collector = std::sync::Mutex::new(Collector::new(Limits::default()));
@@ -674,6 +707,8 @@ impl<S: ObjectStore> Reducer<S> {
         .try_collect::<Vec<()>>()
         .await?;
         let selection = collector.into_inner().expect("collector").finish();
+        steps.project_s = step.elapsed().as_secs_f64();
+        let step = Instant::now();
 
         summary.feature_dim = model.dim;
         summary.k = model.k;
@@ -702,6 +737,9 @@ impl<S: ObjectStore> Reducer<S> {
             Some(&selection),
         )
         .await?;
+        steps.publish_s = step.elapsed().as_secs_f64();
+        summary.timings.reduce = steps;
+        summary.timings.reduce_s = started.elapsed().as_secs_f64();
         self.fenced_put(
             layout,
             token,

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::featurizer::{FeaturizerSettings, ShardFeaturizer, SYNTHETIC_MODEL_ID};
 use crate::layout::RunLayout;
 use crate::manifest::{ReduceMessage, RunOptions, RunRequest, ShardMessage};
-use crate::queue::InProcessQueue;
+use crate::queue::{Drain, InProcessQueue, Queue};
 use crate::reducer::{ReduceOutcome, Reducer, ReducerSettings};
 use crate::splitter::Splitter;
 use crate::store::{FsStore, ObjectInfo, ObjectStore, StoreError, Versioned};
@@ -33,23 +33,25 @@ pub struct SimulatedBucket {
     output: FsStore,
 }
 
+/// The synthetic image keys of a simulation, sorted as S3 lists them.
+pub fn synthetic_images(images: usize, labels: usize) -> Vec<ObjectInfo> {
+    let labels = labels.max(1);
+    let mut keys: Vec<ObjectInfo> = (0..images)
+        .map(|i| ObjectInfo {
+            key: format!("{SIM_INPUT_PREFIX}class-{:04}/img-{i:08}.jpg", i % labels),
+            size: 0,
+            version: format!("v{i}"),
+        })
+        .collect();
+    keys.sort_by(|a, b| a.key.cmp(&b.key));
+    keys
+}
+
 impl SimulatedBucket {
     /// `images` synthetic keys in `labels` folders; the run's objects go to `folder`.
     pub fn new(images: usize, labels: usize, folder: &Path) -> Self {
-        let labels = labels.max(1);
-        let mut keys: Vec<ObjectInfo> = (0..images)
-            .map(|i| ObjectInfo {
-                key: format!(
-                    "{SIM_INPUT_PREFIX}class-{:04}/img-{i:08}.jpg",
-                    i % labels
-                ),
-                size: 0,
-                version: format!("v{i}"),
-            })
-            .collect();
-        keys.sort_by(|a, b| a.key.cmp(&b.key));
         Self {
-            images: Arc::new(keys),
+            images: Arc::new(synthetic_images(images, labels)),
             output: FsStore::new(folder),
         }
     }
@@ -173,6 +175,18 @@ impl StageReport {
 /// The whole simulation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimulationReport {
+    /// Where the run's objects and messages went: `fs` (a folder, in-process queues) or `s3`
+    /// (the S3 and SQS adapters, against moto or AWS).
+    #[serde(default)]
+    pub backend: String,
+    /// The simulation driver's own requests, in no stage: receiving and deleting the
+    /// messages (ReceiveMessage + DeleteMessageBatch, what an event-source mapping does for a
+    /// deployed function) and reading the run's objects back to measure them.
+    #[serde(default)]
+    pub driver: Usage,
+    /// The reducer's time by step (manifest, check + merge, fit, projection, publish).
+    #[serde(default)]
+    pub reduce_steps: crate::reducer::ReduceTimings,
     /// Images.
     pub images: usize,
     /// Images per shard.
@@ -223,15 +237,60 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Runs the simulation in `folder` (the run's objects are written there).
+/// Runs the simulation in `folder` (the run's objects are written there; the images are
+/// synthetic keys that cost nothing to list or fetch).
 pub async fn simulate(options: &SimulationOptions, folder: &Path) -> Result<SimulationReport> {
+    check(options)?;
+    let bucket = SimulatedBucket::new(options.images, options.labels, folder);
+    simulate_on(options, "fs", bucket, &InProcessQueue::new(), &InProcessQueue::new()).await
+}
+
+/// Runs the simulation against a real S3 bucket and two SQS queues (moto, or AWS): first
+/// puts the synthetic images there as empty objects (not counted), then runs every stage
+/// through the S3 and SQS adapters, the shards' and the reduce message received back from
+/// the queues. The requests the emulator served can then be checked against the counts.
+pub async fn simulate_on_s3(
+    options: &SimulationOptions,
+    store: crate::aws::S3Store,
+    shard_queue: &crate::aws::SqsQueue,
+    reduce_queue: &crate::aws::SqsQueue,
+) -> Result<SimulationReport> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    check(options)?;
+    stream::iter(synthetic_images(options.images, options.labels).into_iter().map(|o| {
+        let store = &store;
+        async move { store.put(&o.key, Bytes::new()).await }
+    }))
+    .buffer_unordered(32)
+    .try_collect::<Vec<()>>()
+    .await?;
+    simulate_on(options, "s3", store, shard_queue, reduce_queue).await
+}
+
+fn check(options: &SimulationOptions) -> Result<()> {
     if options.images < 2 {
         return Err(Error::InvalidRequest("simulate at least 2 images".into()));
     }
-    let bucket = SimulatedBucket::new(options.images, options.labels, folder);
-    let shard_queue = InProcessQueue::new();
-    let reduce_queue = InProcessQueue::new();
+    Ok(())
+}
+
+/// The simulation over any bucket and queues.
+async fn simulate_on<S, Q>(
+    options: &SimulationOptions,
+    backend: &str,
+    bucket: S,
+    shard_queue: &Q,
+    reduce_queue: &Q,
+) -> Result<SimulationReport>
+where
+    S: ObjectStore + Clone + 'static,
+    Q: Queue + Drain,
+{
     let mut stages = Vec::new();
+    // The driver's own requests: delivering the messages (what the event-source mappings do
+    // on AWS) and measuring the run's objects.
+    let driver = Counters::new();
+    let measure = CountingStore::new(bucket.clone(), driver.clone());
 
     // Splitter.
     reset_peak_rss();
@@ -240,8 +299,8 @@ pub async fn simulate(options: &SimulationOptions, folder: &Path) -> Result<Simu
     let splitter = Splitter::new(
         store.clone(),
         store,
-        CountingQueue::new(&shard_queue, counters.clone()),
-        CountingQueue::new(&reduce_queue, counters.clone()),
+        CountingQueue::new(shard_queue, counters.clone()),
+        CountingQueue::new(reduce_queue, counters.clone()),
         RunOptions::default(),
         options.dim,
     )
@@ -256,19 +315,18 @@ pub async fn simulate(options: &SimulationOptions, folder: &Path) -> Result<Simu
     let split = splitter.handle(&request).await?;
     stages.push(StageReport::single("splitter", started, &counters));
     let layout = RunLayout::new(&split.run_id);
-    let manifest_bytes = bucket.get(&layout.manifest()).await?.len() as u64;
+    let manifest_bytes = measure.get(&layout.manifest()).await?.len() as u64;
 
     // Featurizers: one fresh handler per shard (a cold invocation), a few at a time.
     reset_peak_rss();
     let started = Instant::now();
-    let messages: Vec<String> = std::iter::from_fn(|| shard_queue.pop()).collect();
+    let messages: Vec<String> = CountingQueue::new(shard_queue, driver.clone()).drain().await?;
     let invocations = messages.len() as u64;
     let concurrency = options.featurizer_concurrency.max(1);
     let per_invocation: Vec<(Usage, f64)> = {
         use futures::stream::{self, StreamExt, TryStreamExt};
         stream::iter(messages.into_iter().map(|body| {
             let bucket = bucket.clone();
-            let reduce_queue = &reduce_queue;
             async move {
                 let counters = Counters::new();
                 let store = CountingStore::new(bucket, counters.clone());
@@ -310,14 +368,14 @@ pub async fn simulate(options: &SimulationOptions, folder: &Path) -> Result<Simu
             .max()
             .unwrap_or(0),
     });
-    let stats_bytes: u64 = bucket
+    let stats_bytes: u64 = measure
         .list(&layout.staging_prefix())
         .await?
         .iter()
         .filter(|o| o.key.ends_with("stats.bin"))
         .map(|o| o.size)
         .sum();
-    let feature_bytes: u64 = bucket
+    let feature_bytes: u64 = measure
         .list(&layout.results_prefix())
         .await?
         .iter()
@@ -333,7 +391,7 @@ pub async fn simulate(options: &SimulationOptions, folder: &Path) -> Result<Simu
     );
     let started = Instant::now();
     let mut summary = None;
-    while let Some(body) = reduce_queue.pop() {
+    for body in CountingQueue::new(reduce_queue, driver.clone()).drain().await? {
         let message: ReduceMessage = serde_json::from_str(&body)?;
         match reducer.process(&message, "simulate").await? {
             ReduceOutcome::Reduced(s) => summary = Some(s),
@@ -350,7 +408,7 @@ pub async fn simulate(options: &SimulationOptions, folder: &Path) -> Result<Simu
         summary.ok_or_else(|| Error::RunState("the simulated run was never reduced".into()))?;
     stages.push(StageReport::single("reducer", started, &counters));
     let n = options.images as f64;
-    let kept_bytes: u64 = bucket
+    let kept_bytes: u64 = measure
         .list("")
         .await?
         .iter()
@@ -374,6 +432,9 @@ pub async fn simulate(options: &SimulationOptions, folder: &Path) -> Result<Simu
     let x86 = crate::cost::breakdown(&shape(5308), &crate::cost::Prices::us_east_1(crate::cost::Arch::X86_64));
     let arm = crate::cost::breakdown(&shape(5308), &crate::cost::Prices::us_east_1(crate::cost::Arch::Arm64));
     Ok(SimulationReport {
+        backend: backend.to_string(),
+        driver: driver.usage(),
+        reduce_steps: summary.timings.reduce,
         kept_bytes,
         requests: crate::cost::requests(options.images as u64, split.shards as u64),
         estimated_cost_usd: [x86.total, arm.total],
@@ -384,7 +445,7 @@ pub async fn simulate(options: &SimulationOptions, folder: &Path) -> Result<Simu
         dim: options.dim,
         stats_bytes_per_image: stats_bytes as f64 / n,
         feature_bytes_per_image: feature_bytes as f64 / n,
-        reducer_read_bytes_per_image: usage.bytes_read as f64 / n,
+        reducer_read_bytes_per_image: stages[2].usage.bytes_read as f64 / n,
         manifest_bytes,
         cumulative_explained_variance: summary.cumulative_explained_variance,
         stages,

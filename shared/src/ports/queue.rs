@@ -42,6 +42,14 @@ pub trait Queue: Send + Sync {
     fn send_all(&self, bodies: Vec<String>) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
 
+/// A queue whose waiting messages a driver can take itself (the simulation, tests): what a
+/// Lambda event-source mapping does for a deployed function.
+pub trait Drain: Send + Sync {
+    /// Takes (receives and deletes) every message waiting now, oldest first where the queue
+    /// keeps an order.
+    fn drain(&self) -> impl Future<Output = Result<Vec<String>, QueueError>> + Send;
+}
+
 /// An in-process FIFO queue (embedded mode, tests).
 #[derive(Debug, Default)]
 pub struct InProcessQueue {
@@ -87,8 +95,20 @@ impl Queue for InProcessQueue {
     }
 }
 
+impl Drain for InProcessQueue {
+    async fn drain(&self) -> Result<Vec<String>, QueueError> {
+        Ok(self.messages.lock().expect("queue lock").drain(..).collect())
+    }
+}
+
 impl<T: Queue> Queue for &T {
     async fn send_all(&self, bodies: Vec<String>) -> Result<(), QueueError> {
         (**self).send_all(bodies).await
+    }
+}
+
+impl<T: Drain> Drain for &T {
+    async fn drain(&self) -> Result<Vec<String>, QueueError> {
+        (**self).drain().await
     }
 }
