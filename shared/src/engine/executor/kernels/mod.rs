@@ -226,25 +226,18 @@ pub fn gemm(
         };
         run_tile(b.isa, &tile, &mut c[i * n + j0..]);
     };
-    if k * panels * nr * 4 <= 256 * 1024 {
-        // B fits in L2 (and its panels in L1): one pass over the rows, each tile of A rows
-        // (in L1) against every panel, so that A is read from memory once.
-        for i in (0..m).step_by(mr) {
-            let rows = mr.min(m - i);
-            for p in 0..panels {
-                run(i, rows, p, c);
-            }
-        }
-    } else {
-        // A large B (the 14x14 and 7x7 layers): blocks of rows that stay in L2 while each
-        // panel of B streams past them once (every panel once when A fits).
-        let mc = ((1024 * 1024 / 4 / k.max(1)) / mr).max(1) * mr;
-        for i0 in (0..m).step_by(mc) {
-            let i1 = (i0 + mc).min(m);
-            for p in 0..panels {
-                for i in (i0..i1).step_by(mr) {
-                    run(i, mr.min(i1 - i), p, c);
-                }
+    // Blocks of rows: a block's A rows stay in L2 while every panel of B streams past them
+    // (B's panels, `k * nr` values, from L1 or L2). A small B makes small blocks (A then
+    // comes from L1); a large B (the 14x14 and 7x7 layers, up to 1.6 MB) larger ones, so
+    // that B is read once when all rows fit.
+    let b_bytes = k * panels * nr * 4;
+    let a_block = if b_bytes <= 256 * 1024 { 32 * 1024 } else { 1024 * 1024 };
+    let mc = ((a_block / 4 / k.max(1)) / mr).max(1) * mr;
+    for i0 in (0..m).step_by(mc) {
+        let i1 = (i0 + mc).min(m);
+        for p in 0..panels {
+            for i in (i0..i1).step_by(mr) {
+                run(i, mr.min(i1 - i), p, c);
             }
         }
     }

@@ -159,6 +159,14 @@ macro_rules! simd_kernels {
                             _ => dw_block_any::<DW_OB>(d, x, out, oy, ox, y0, ky0, ky1),
                         }
                         ox += DW_OB;
+                    } else if ox >= lo_ox && ox + 4 <= hi_ox && DW_OB > 4 {
+                        // Rows too short for a whole block (7x7): blocks of 4.
+                        match sx {
+                            1 => dw_block::<4, 1>(d, x, out, oy, ox, y0, ky0, ky1),
+                            2 => dw_block::<4, 2>(d, x, out, oy, ox, y0, ky0, ky1),
+                            _ => dw_block_any::<4>(d, x, out, oy, ox, y0, ky0, ky1),
+                        }
+                        ox += 4;
                     } else if ox >= lo_ox && ox < hi_ox {
                         dw_block_any::<1>(d, x, out, oy, ox, y0, ky0, ky1);
                         ox += 1;
