@@ -105,21 +105,23 @@ macro_rules! simd_kernels {
             let lo = splat(t.clamp.lo);
             let hi = splat(t.clamp.hi);
             let op = out.as_mut_ptr();
+            let mut masks = [mask(L); NV];
+            let mut bias = [zero(); NV];
             for v in 0..NV {
-                let cols = t.cols.saturating_sub(v * L).min(L);
-                let masked = cols < L;
-                let m = mask(cols);
-                let bias = load(t.bias.as_ptr().add(v * L));
-                for r in 0..MR {
-                    if r >= t.rows {
-                        break;
-                    }
+                masks[v] = mask(t.cols.saturating_sub(v * L).min(L));
+                bias[v] = load(t.bias.as_ptr().add(v * L));
+            }
+            for r in 0..MR {
+                if r >= t.rows {
+                    break;
+                }
+                for v in 0..NV {
                     let at = r * t.ldc + v * L;
-                    let mut x = min(max(add(acc[r][v], bias), lo), hi);
+                    let mut x = min(max(add(acc[r][v], bias[v]), lo), hi);
                     if let Some(res) = t.residual {
-                        x = add(x, ld(res.as_ptr().add(at), m, masked));
+                        x = add(x, load_masked(res.as_ptr().add(at), masks[v]));
                     }
-                    st(op.add(at), x, m, masked);
+                    store_masked(op.add(at), masks[v], x);
                 }
             }
         }
