@@ -25,7 +25,8 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/images"
 # The first N image paths in sorted order, linked under their label folder.
 find "$(realpath "$input")" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) \
-  | LC_ALL=C sort | head -n "$n" | while IFS= read -r path; do
+  | LC_ALL=C sort > "$work/all.txt"
+head -n "$n" "$work/all.txt" | while IFS= read -r path; do
     label=$(basename "$(dirname "$path")")
     mkdir -p "$work/images/$label"
     ln -s "$path" "$work/images/$label/$(basename "$path")"
