@@ -88,7 +88,13 @@ impl Isa {
     /// (rows, columns) of one GEMM tile.
     fn tile(self) -> (usize, usize) {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => (x86::avx512::GEMM_MR, 32),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => (x86::avx2::GEMM_MR, 16),
+            #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx512 => (7, 32),
+            #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => (6, 16),
             Isa::Portable => (4, 16),
         }
@@ -131,6 +137,7 @@ impl PackedB {
     /// `isa`.
     pub fn new(isa: Isa, k: usize, n: usize, w: impl Fn(usize, usize) -> f32, bias: &[f32]) -> Self {
         assert_eq!(bias.len(), n, "bias length");
+        assert!(isa.available(), "this CPU has no {}", isa.name());
         let nr = isa.tile().1;
         let panels = n.div_ceil(nr);
         let mut data = vec![0.0; panels * k * nr];
@@ -201,45 +208,71 @@ pub fn gemm(
     }
     let (mr, nr) = b.isa.tile();
     debug_assert_eq!(nr, b.nr);
-    // Rows per block: the block's A rows (k floats each) stay in L2 while every panel of B
-    // streams past them.
-    let mc = ((32 * 1024 / k.max(1)) / mr).max(1) * mr;
     let panels = n.div_ceil(nr);
+    let run = |i: usize, rows: usize, p: usize, c: &mut [f32]| {
+        let j0 = p * nr;
+        let tile = Tile {
+            a: &a[i * lda..],
+            lda,
+            k,
+            panel: &b.data[p * k * nr..(p + 1) * k * nr],
+            nr,
+            bias: &b.bias[j0..j0 + nr],
+            clamp,
+            rows,
+            cols: nr.min(n - j0),
+            ldc: n,
+            residual: residual.map(|r| &r[i * n + j0..]),
+        };
+        run_tile(b.isa, &tile, &mut c[i * n + j0..]);
+    };
+    // Blocks of rows: a block's A rows stay in L2 while every panel of B streams past them
+    // (B's panels, `k * nr` values, from L1 or L2). A small B makes small blocks (A then
+    // comes from L1); a large B (the 14x14 and 7x7 layers, up to 1.6 MB) larger ones, so
+    // that B is read once when all rows fit.
+    let b_bytes = k * panels * nr * 4;
+    let a_block = if b_bytes <= 256 * 1024 { 32 * 1024 } else { 1024 * 1024 };
+    let mc = ((a_block / 4 / k.max(1)) / mr).max(1) * mr;
     for i0 in (0..m).step_by(mc) {
         let i1 = (i0 + mc).min(m);
         for p in 0..panels {
-            let j0 = p * nr;
-            let cols = nr.min(n - j0);
-            let panel = &b.data[p * k * nr..(p + 1) * k * nr];
-            let bias = &b.bias[j0..j0 + nr];
             for i in (i0..i1).step_by(mr) {
-                let rows = mr.min(i1 - i);
-                let tile = Tile {
-                    a: &a[i * lda..],
-                    lda,
-                    k,
-                    panel,
-                    bias,
-                    clamp,
-                    rows,
-                    cols,
-                    ldc: n,
-                    residual: residual.map(|r| &r[i * n + j0..]),
-                };
-                let out = &mut c[i * n + j0..];
-                match b.isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: a PackedB for Avx512 is only made after `Isa::available`
-                    // (checked by the executor), and `tile_avx512` reads and writes only
-                    // within the slices of `tile` and `out` (see its comment).
-                    Isa::Avx512 => unsafe { x86::tile_avx512(&tile, out) },
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above, for AVX2 + FMA.
-                    Isa::Avx2 => unsafe { x86::tile_avx2(&tile, out) },
-                    _ => tile_portable(&tile, out),
-                }
+                run(i, mr.min(i1 - i), p, c);
             }
         }
+    }
+}
+
+/// Runs one tile with the kernel of `isa` (a narrower one for a last panel of at most half
+/// the tile's columns).
+fn run_tile(isa: Isa, tile: &Tile, out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a PackedB for Avx512 is only used after `Isa::available` (checked by the
+        // executor, and by `PackedB::new`); the kernel checks its bounds (x86::check_tile).
+        Isa::Avx512 => unsafe {
+            use x86::avx512::tile as kernel;
+            // The narrow kernel for a last panel of at most 16 columns, and fewer rows for
+            // the last rows (no FMA is spent on rows that are not stored).
+            match (tile.cols <= 16, tile.rows) {
+                (true, 1..=3) => kernel::<3, 1>(tile, out),
+                (true, _) => kernel::<{ x86::avx512::GEMM_MR }, 1>(tile, out),
+                (false, 1..=3) => kernel::<3, 2>(tile, out),
+                (false, _) => kernel::<{ x86::avx512::GEMM_MR }, 2>(tile, out),
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for AVX2 + FMA.
+        Isa::Avx2 => unsafe {
+            use x86::avx2::tile as kernel;
+            match (tile.cols <= 8, tile.rows) {
+                (true, 1..=3) => kernel::<3, 1>(tile, out),
+                (true, _) => kernel::<{ x86::avx2::GEMM_MR }, 1>(tile, out),
+                (false, 1..=3) => kernel::<3, 2>(tile, out),
+                (false, _) => kernel::<{ x86::avx2::GEMM_MR }, 2>(tile, out),
+            }
+        },
+        _ => tile_portable(tile, out),
     }
 }
 
@@ -250,6 +283,8 @@ struct Tile<'a> {
     lda: usize,
     k: usize,
     panel: &'a [f32],
+    /// Values per row of the panel.
+    nr: usize,
     bias: &'a [f32],
     clamp: Clamp,
     rows: usize,
@@ -258,12 +293,15 @@ struct Tile<'a> {
     residual: Option<&'a [f32]>,
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
 fn tile_portable(t: &Tile, out: &mut [f32]) {
     const MR: usize = 4;
     const NR: usize = 16;
     let mut acc = [[0.0f32; NR]; MR];
     for p in 0..t.k {
-        let b = &t.panel[p * NR..p * NR + NR];
+        let b = &t.panel[p * t.nr..p * t.nr + NR];
         for (r, row) in acc.iter_mut().enumerate().take(t.rows) {
             let a = t.a[r * t.lda + p];
             for (x, bv) in row.iter_mut().zip(b) {
@@ -278,235 +316,6 @@ fn tile_portable(t: &Tile, out: &mut [f32]) {
                 v += res[r * t.ldc + j];
             }
             out[r * t.ldc + j] = v;
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::Tile;
-    use std::arch::x86_64::*;
-
-    /// Bounds (checked here, once per tile, so the loop needs no checks): row `r < rows` of
-    /// A is `a[r*lda .. r*lda + k]`; rows `rows..MR` re-read row 0 and are never stored. The
-    /// panel holds `k * NR` values, the bias `NR`. Output and residual rows `r < rows` are
-    /// `[r*ldc .. r*ldc + cols]`; the columns `cols..NR` are masked off, and masked lanes
-    /// neither load nor store (no fault either).
-    fn check(t: &Tile, out: &[f32], mr: usize, nr: usize) {
-        assert!(t.rows >= 1 && t.rows <= mr && t.cols >= 1 && t.cols <= nr);
-        assert!(t.a.len() >= (t.rows - 1) * t.lda + t.k);
-        assert!(t.panel.len() >= t.k * nr && t.bias.len() >= nr);
-        let last = (t.rows - 1) * t.ldc + t.cols;
-        assert!(out.len() >= last);
-        if let Some(r) = t.residual {
-            assert!(r.len() >= last);
-        }
-    }
-
-    /// 7 x 32 tile with AVX-512F.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile_avx512(t: &Tile, out: &mut [f32]) {
-        const MR: usize = 7;
-        const NR: usize = 32;
-        check(t, out, MR, NR);
-        let rows: [*const f32; MR] =
-            std::array::from_fn(|r| t.a.as_ptr().add(if r < t.rows { r * t.lda } else { 0 }));
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-        let mut b = t.panel.as_ptr();
-        for p in 0..t.k {
-            let b0 = _mm512_loadu_ps(b);
-            let b1 = _mm512_loadu_ps(b.add(16));
-            for r in 0..MR {
-                let a = _mm512_set1_ps(*rows[r].add(p));
-                acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
-            }
-            b = b.add(NR);
-        }
-        let masks: [__mmask16; 2] = [
-            mask16(t.cols.min(16)),
-            mask16(t.cols.saturating_sub(16)),
-        ];
-        let lo = _mm512_set1_ps(t.clamp.lo);
-        let hi = _mm512_set1_ps(t.clamp.hi);
-        let bias = [_mm512_loadu_ps(t.bias.as_ptr()), _mm512_loadu_ps(t.bias.as_ptr().add(16))];
-        for r in 0..t.rows {
-            for h in 0..2 {
-                let mut v = _mm512_add_ps(acc[r][h], bias[h]);
-                v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-                let at = r * t.ldc + 16 * h;
-                if let Some(res) = t.residual {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[h], res.as_ptr().add(at)));
-                }
-                _mm512_mask_storeu_ps(out.as_mut_ptr().add(at), masks[h], v);
-            }
-        }
-    }
-
-    fn mask16(n: usize) -> __mmask16 {
-        ((1u32 << n) - 1) as __mmask16
-    }
-
-    /// 6 x 16 tile with AVX2 + FMA.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile_avx2(t: &Tile, out: &mut [f32]) {
-        const MR: usize = 6;
-        const NR: usize = 16;
-        check(t, out, MR, NR);
-        let rows: [*const f32; MR] =
-            std::array::from_fn(|r| t.a.as_ptr().add(if r < t.rows { r * t.lda } else { 0 }));
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        let mut b = t.panel.as_ptr();
-        for p in 0..t.k {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            for r in 0..MR {
-                let a = _mm256_broadcast_ss(&*rows[r].add(p));
-                acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
-            }
-            b = b.add(NR);
-        }
-        let masks = [mask8(t.cols.min(8)), mask8(t.cols.saturating_sub(8))];
-        let lo = _mm256_set1_ps(t.clamp.lo);
-        let hi = _mm256_set1_ps(t.clamp.hi);
-        let bias = [_mm256_loadu_ps(t.bias.as_ptr()), _mm256_loadu_ps(t.bias.as_ptr().add(8))];
-        for r in 0..t.rows {
-            for h in 0..2 {
-                let mut v = _mm256_add_ps(acc[r][h], bias[h]);
-                v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-                let at = r * t.ldc + 8 * h;
-                if let Some(res) = t.residual {
-                    v = _mm256_add_ps(v, _mm256_maskload_ps(res.as_ptr().add(at), masks[h]));
-                }
-                _mm256_maskstore_ps(out.as_mut_ptr().add(at), masks[h], v);
-            }
-        }
-    }
-
-    /// Lanes `0..n` of 8 set (sign bit), the others clear.
-    #[target_feature(enable = "avx2")]
-    fn mask8(n: usize) -> __m256i {
-        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane)
-    }
-
-    /// Depthwise convolution with AVX-512F: 16 channels per vector, masked for the last
-    /// partial chunk.
-    ///
-    /// Bounds (asserted by [`super::Depthwise::run`]): `x` holds `h*w*c` values, `out`
-    /// `oh*ow*c`, the weights `kh*kw*c`, the bias `c`. Kernel taps are restricted to
-    /// `ky0..ky1`, `kx0..kx1`, the ones inside the input, so every input offset is
-    /// `(iy*w + ix)*c + ch` with `iy < h`, `ix < w`, `ch < c`; lanes at or past `c` are
-    /// masked off (no load, no store, no fault).
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn depthwise_avx512(d: &super::Depthwise, x: &[f32], out: &mut [f32]) {
-        let c = d.c;
-        let (xp, wp, bp, op) = (x.as_ptr(), d.weights.as_ptr(), d.bias.as_ptr(), out.as_mut_ptr());
-        let lo = _mm512_set1_ps(d.clamp.lo);
-        let hi = _mm512_set1_ps(d.clamp.hi);
-        for oy in 0..d.oh {
-            let (y0, ky0, ky1) = super::taps(oy, d.stride.0, d.pad.0, d.h, d.kh);
-            for c0 in (0..c).step_by(16) {
-                let m = mask16((c - c0).min(16));
-                let bias = _mm512_maskz_loadu_ps(m, bp.add(c0));
-                // 3x3 kernels: the nine weight vectors stay in registers across the row.
-                let w9: [_; 9] = std::array::from_fn(|t| {
-                    if d.kh * d.kw == 9 {
-                        _mm512_maskz_loadu_ps(m, wp.add(t * c + c0))
-                    } else {
-                        _mm512_setzero_ps()
-                    }
-                });
-                for ox in 0..d.ow {
-                    let (x0, kx0, kx1) = super::taps(ox, d.stride.1, d.pad.1, d.w, d.kw);
-                    let mut acc = _mm512_setzero_ps();
-                    if d.kh == 3 && d.kw == 3 && ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3 {
-                        // Interior: all nine taps inside the input (iy0 + 2 < h, ix0 + 2 < w).
-                        let (iy0, ix0) = (y0 as usize, x0 as usize);
-                        for (t, wv) in w9.iter().enumerate() {
-                            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, xp.add(((iy0 + t / 3) * d.w + ix0 + t % 3) * c + c0)), *wv, acc);
-                        }
-                        let v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(acc, bias), lo), hi);
-                        _mm512_mask_storeu_ps(op.add((oy * d.ow + ox) * c + c0), m, v);
-                        continue;
-                    }
-                    for ky in ky0..ky1 {
-                        let iy = (y0 + ky as isize) as usize;
-                        for kx in kx0..kx1 {
-                            let ix = (x0 + kx as isize) as usize;
-                            let xv = _mm512_maskz_loadu_ps(m, xp.add((iy * d.w + ix) * c + c0));
-                            let wv = _mm512_maskz_loadu_ps(m, wp.add((ky * d.kw + kx) * c + c0));
-                            acc = _mm512_fmadd_ps(xv, wv, acc);
-                        }
-                    }
-                    let v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(acc, bias), lo), hi);
-                    _mm512_mask_storeu_ps(op.add((oy * d.ow + ox) * c + c0), m, v);
-                }
-            }
-        }
-    }
-
-    /// Depthwise convolution with AVX2 + FMA: 8 channels per vector, the last partial chunk
-    /// masked (`vmaskmovps` neither loads nor stores masked lanes, and does not fault on
-    /// them). Bounds as for [`depthwise_avx512`].
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn depthwise_avx2(d: &super::Depthwise, x: &[f32], out: &mut [f32]) {
-        let c = d.c;
-        let (xp, wp, bp, op) = (x.as_ptr(), d.weights.as_ptr(), d.bias.as_ptr(), out.as_mut_ptr());
-        let lo = _mm256_set1_ps(d.clamp.lo);
-        let hi = _mm256_set1_ps(d.clamp.hi);
-        for oy in 0..d.oh {
-            let (y0, ky0, ky1) = super::taps(oy, d.stride.0, d.pad.0, d.h, d.kh);
-            for c0 in (0..c).step_by(8) {
-                let m = mask8((c - c0).min(8));
-                let bias = _mm256_maskload_ps(bp.add(c0), m);
-                // 3x3 kernels: the nine weight vectors stay in registers across the row.
-                let w9: [_; 9] = std::array::from_fn(|t| {
-                    if d.kh * d.kw == 9 {
-                        _mm256_maskload_ps(wp.add(t * c + c0), m)
-                    } else {
-                        _mm256_setzero_ps()
-                    }
-                });
-                for ox in 0..d.ow {
-                    let (x0, kx0, kx1) = super::taps(ox, d.stride.1, d.pad.1, d.w, d.kw);
-                    let mut acc = _mm256_setzero_ps();
-                    if d.kh == 3 && d.kw == 3 && ky0 == 0 && ky1 == 3 && kx0 == 0 && kx1 == 3 {
-                        // Interior: all nine taps inside the input (iy0 + 2 < h, ix0 + 2 < w).
-                        let (iy0, ix0) = (y0 as usize, x0 as usize);
-                        for (t, wv) in w9.iter().enumerate() {
-                            acc = _mm256_fmadd_ps(_mm256_maskload_ps(xp.add(((iy0 + t / 3) * d.w + ix0 + t % 3) * c + c0), m), *wv, acc);
-                        }
-                        let v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(acc, bias), lo), hi);
-                        _mm256_maskstore_ps(op.add((oy * d.ow + ox) * c + c0), m, v);
-                        continue;
-                    }
-                    for ky in ky0..ky1 {
-                        let iy = (y0 + ky as isize) as usize;
-                        for kx in kx0..kx1 {
-                            let ix = (x0 + kx as isize) as usize;
-                            let xv = _mm256_maskload_ps(xp.add((iy * d.w + ix) * c + c0), m);
-                            let wv = _mm256_maskload_ps(wp.add((ky * d.kw + kx) * c + c0), m);
-                            acc = _mm256_fmadd_ps(xv, wv, acc);
-                        }
-                    }
-                    let v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(acc, bias), lo), hi);
-                    _mm256_maskstore_ps(op.add((oy * d.ow + ox) * c + c0), m, v);
-                }
-            }
         }
     }
 }
@@ -559,14 +368,15 @@ impl Depthwise {
         assert!(out.len() >= self.oh * self.ow * self.c, "depthwise output is too short");
         assert_eq!(self.weights.len(), self.kh * self.kw * self.c);
         assert_eq!(self.bias.len(), self.c);
+        assert!(self.isa.available(), "this CPU has no {}", self.isa.name());
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the executor only builds a Depthwise for an available Isa; the body is
-            // safe code.
-            Isa::Avx512 => unsafe { x86::depthwise_avx512(self, x, out) },
+            // SAFETY: the ISA is available (asserted above); the kernel checks its bounds
+            // (x86::check_depthwise).
+            Isa::Avx512 => unsafe { x86::avx512::depthwise(self, x, out) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Isa::Avx2 => unsafe { x86::depthwise_avx2(self, x, out) },
+            Isa::Avx2 => unsafe { x86::avx2::depthwise(self, x, out) },
             _ => depthwise_portable(self, x, out),
         }
     }
@@ -669,24 +479,49 @@ impl Im2Col {
         let (c, pl) = (self.c, self.patch_len());
         assert!(x.len() >= self.h * self.w * c, "im2col input is too short");
         assert!(out.len() >= self.oh * self.ow * pl, "im2col output is too short");
+        let run = self.kw * c;
         for oy in 0..self.oh {
             for ox in 0..self.ow {
                 let patch = &mut out[(oy * self.ow + ox) * pl..][..pl];
+                let ix0 = (ox * self.stride.1) as isize - self.pad.1 as isize;
+                let inside_x = ix0 >= 0 && ix0 as usize + self.kw <= self.w;
                 for ky in 0..self.kh {
                     let iy = (oy * self.stride.0 + ky) as isize - self.pad.0 as isize;
-                    for kx in 0..self.kw {
-                        let ix = (ox * self.stride.1 + kx) as isize - self.pad.1 as isize;
-                        let dst = &mut patch[(ky * self.kw + kx) * c..][..c];
-                        if iy < 0 || ix < 0 || iy >= self.h as isize || ix >= self.w as isize {
-                            dst.fill(0.0);
-                        } else {
-                            let at = (iy as usize * self.w + ix as usize) * c;
-                            dst.copy_from_slice(&x[at..at + c]);
+                    let dst = &mut patch[ky * run..][..run];
+                    if iy < 0 || iy >= self.h as isize {
+                        dst.fill(0.0);
+                    } else if inside_x {
+                        // The kernel row's taps are contiguous in the input: one copy.
+                        let at = (iy as usize * self.w + ix0 as usize) * c;
+                        copy_short(&x[at..at + run], dst);
+                    } else {
+                        for kx in 0..self.kw {
+                            let ix = ix0 + kx as isize;
+                            let dst = &mut dst[kx * c..][..c];
+                            if ix < 0 || ix >= self.w as isize {
+                                dst.fill(0.0);
+                            } else {
+                                let at = (iy as usize * self.w + ix as usize) * c;
+                                dst.copy_from_slice(&x[at..at + c]);
+                            }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, inlined for the short runs of a stem's patches (9 floats for a
+/// 3x3 kernel on RGB) instead of a `memcpy` call each.
+#[inline(always)]
+fn copy_short(src: &[f32], dst: &mut [f32]) {
+    if src.len() <= 16 {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s;
+        }
+    } else {
+        dst.copy_from_slice(src);
     }
 }
 
@@ -727,16 +562,32 @@ mod tests {
 
     #[test]
     fn gemm_matches_the_reference_on_every_isa_and_edge() {
-        // MobileNetV2's (k, n) pairs and row counts, plus ragged edges of every tile size.
-        let shapes = [
-            (49, 320, 1280),
-            (49, 960, 160),
+        // Every pointwise convolution of MobileNetV2 1.0/224 as (pixels, in, out), the stem
+        // as im2col patches, then ragged edges: rows past a whole tile, last panels of at
+        // most half a tile (the narrow kernel) or more, one row, one column.
+        let mut shapes = vec![
+            (12544, 32, 16),
+            (12544, 16, 96),
+            (3136, 96, 24),
+            (3136, 24, 144),
+            (3136, 144, 24),
+            (784, 144, 32),
+            (784, 32, 192),
+            (784, 192, 32),
+            (196, 192, 64),
             (196, 64, 384),
-            (13, 27, 32),
-            (8, 16, 24),
-            (1, 5, 1),
-            (29, 144, 33),
+            (196, 384, 64),
+            (196, 384, 96),
+            (196, 96, 576),
+            (196, 576, 96),
+            (49, 576, 160),
+            (49, 160, 960),
+            (49, 960, 160),
+            (49, 960, 320),
+            (49, 320, 1280),
+            (12544, 27, 32),
         ];
+        shapes.extend([(13, 27, 32), (8, 16, 24), (1, 5, 1), (29, 144, 33), (25, 7, 9), (14, 3, 40)]);
         for isa in Isa::all_available() {
             for (s, &(m, k, n)) in shapes.iter().enumerate() {
                 let a = random(m * k, s as u64);
@@ -782,36 +633,120 @@ mod tests {
         }
     }
 
+    /// Direct depthwise convolution in f64 (pad after: whatever the output size needs).
+    fn depthwise_reference(d: &Depthwise, x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0; d.oh * d.ow * d.c];
+        for oy in 0..d.oh {
+            for ox in 0..d.ow {
+                for ch in 0..d.c {
+                    let mut s = d.bias[ch] as f64;
+                    for ky in 0..d.kh {
+                        for kx in 0..d.kw {
+                            let iy = (oy * d.stride.0 + ky) as isize - d.pad.0 as isize;
+                            let ix = (ox * d.stride.1 + kx) as isize - d.pad.1 as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < d.h && (ix as usize) < d.w {
+                                let at = (iy as usize * d.w + ix as usize) * d.c + ch;
+                                s += x[at] as f64 * d.weights[(ky * d.kw + kx) * d.c + ch] as f64;
+                            }
+                        }
+                    }
+                    out[(oy * d.ow + ox) * d.c + ch] = (s as f32).max(d.clamp.lo).min(d.clamp.hi);
+                }
+            }
+        }
+        out
+    }
+
     #[test]
-    fn depthwise_simd_matches_portable() {
-        for &(h, c, stride, pad) in &[(9usize, 32usize, 1usize, (1usize, 1usize)), (10, 48, 2, (0, 0)), (7, 20, 2, (1, 1))] {
-            let oh = (h + pad.0 + 1 - 3) / stride + 1;
-            let x = random(h * h * c, 5);
+    fn depthwise_matches_the_reference_on_every_isa_and_mobilenet_shape() {
+        // (h, w, c, kernel, stride, pad before, pad after): every depthwise layer of MobileNetV2 1.0/224
+        // (TF "SAME": nothing before at stride 2), then ragged channels (masked tails of
+        // both vector widths), rows narrower than a block, stride 3, a 5x5 kernel and
+        // symmetric padding at stride 2.
+        let shapes = [
+            (112, 112, 32, 3, 1, 1, 1),
+            (112, 112, 96, 3, 2, 0, 1),
+            (56, 56, 144, 3, 1, 1, 1),
+            (56, 56, 144, 3, 2, 0, 1),
+            (28, 28, 192, 3, 1, 1, 1),
+            (28, 28, 192, 3, 2, 0, 1),
+            (14, 14, 384, 3, 1, 1, 1),
+            (14, 14, 576, 3, 1, 1, 1),
+            (14, 14, 576, 3, 2, 0, 1),
+            (7, 7, 960, 3, 1, 1, 1),
+            (9, 13, 20, 3, 1, 1, 1),
+            (10, 11, 27, 3, 2, 1, 1),
+            (3, 2, 3, 3, 1, 1, 1),
+            (5, 17, 12, 3, 2, 0, 0),
+            (11, 12, 40, 3, 3, 1, 0),
+            (8, 9, 24, 5, 1, 2, 2),
+        ];
+        for (s, &(h, w, c, k, stride, pad, after)) in shapes.iter().enumerate() {
+            let out = |n: usize| (n + pad + after - k) / stride + 1;
+            let (oh, ow) = (out(h), out(w));
             let base = Depthwise {
                 isa: Isa::Portable,
                 h,
-                w: h,
+                w,
                 c,
-                kh: 3,
-                kw: 3,
+                kh: k,
+                kw: k,
                 stride: (stride, stride),
-                pad,
+                pad: (pad, pad),
                 oh,
-                ow: oh,
-                weights: random(9 * c, 6),
-                bias: random(c, 7),
-                clamp: Clamp { lo: 0.0, hi: 1.0 },
+                ow,
+                weights: random(k * k * c, 6 + s as u64),
+                bias: random(c, 7 + s as u64),
+                clamp: Clamp { lo: -0.5, hi: 1.0 },
             };
-            let mut expected = vec![0.0; oh * oh * c];
-            base.run(&x, &mut expected);
+            let x = random(h * w * c, 5 + s as u64);
+            let expected = depthwise_reference(&base, &x);
             for isa in Isa::all_available() {
                 let d = Depthwise { isa, ..base.clone() };
-                let mut got = vec![0.0; oh * oh * c];
+                // A sentinel past the output: nothing may be written there.
+                let mut got = vec![f32::NAN; oh * ow * c + 17];
                 d.run(&x, &mut got);
-                for (a, b) in got.iter().zip(&expected) {
-                    assert!((a - b).abs() <= 1e-5, "{isa:?}: {a} vs {b}");
+                assert!(got[oh * ow * c..].iter().all(|v| v.is_nan()), "{isa:?} wrote past the output");
+                for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{isa:?} {h}x{w}x{c} k{k} s{stride} at {i}: {a} vs {b}"
+                    );
                 }
             }
         }
     }
+
+    #[test]
+    fn im2col_matches_a_direct_gather() {
+        // The stem (stride 2, TF padding: nothing before), symmetric padding, stride 1, and
+        // more channels than a short copy.
+        for (s, &(h, w, c, k, stride, pad)) in
+            [(224, 224, 3, 3, 2, 0), (9, 7, 3, 3, 1, 1), (8, 10, 8, 3, 2, 1), (6, 6, 5, 5, 1, 2)].iter().enumerate()
+        {
+            let oh = (h + 2 * pad - k) / stride + 1;
+            let ow = (w + 2 * pad - k) / stride + 1;
+            let g = Im2Col { h, w, c, kh: k, kw: k, stride: (stride, stride), pad: (pad, pad), oh, ow };
+            let x = random(h * w * c, 40 + s as u64);
+            let mut got = vec![f32::NAN; oh * ow * g.patch_len()];
+            g.run(&x, &mut got);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            for ch in 0..c {
+                                let iy = (oy * stride + ky) as isize - pad as isize;
+                                let ix = (ox * stride + kx) as isize - pad as isize;
+                                let inside = iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w;
+                                let want = if inside { x[(iy as usize * w + ix as usize) * c + ch] } else { 0.0 };
+                                let at = (oy * ow + ox) * g.patch_len() + (ky * k + kx) * c + ch;
+                                assert_eq!(got[at], want, "{h}x{w}x{c} k{k} s{stride} p{pad} at {at}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
 }

@@ -1,0 +1,458 @@
+//! The x86_64 kernels, written once ([`simd_kernels!`]) and expanded for AVX-512F
+//! ([`avx512`]: 16 lanes, `__mmask16` masks) and for AVX2 + FMA ([`avx2`]: 8 lanes,
+//! `vmaskmovps` masks). Each ISA module defines the same small set of `#[inline(always)]`
+//! primitives (`load`, `load_masked`, `fma`, ...), and the macro's kernels call them by name,
+//! so the two versions cannot drift apart; the kernels themselves carry the
+//! `#[target_feature]`, so the primitives are inlined into code compiled for that ISA.
+//!
+//! Safety, for every kernel here: the caller ([`super::gemm`], [`super::Depthwise::run`])
+//! has checked that the CPU supports the ISA; the bounds each kernel relies on are checked
+//! at its top (once per call, not per load), as its comment says. Masked lanes neither load
+//! nor store, and do not fault.
+
+use super::{taps, Depthwise, Tile};
+
+/// Bounds of a GEMM tile (checked once per tile, so the loop needs no checks): row
+/// `r < rows` of A is `a[r*lda .. r*lda + k]`; rows `rows..MR` re-read row 0 and are never
+/// stored. The panel holds `k` rows of `nr >= nv * lanes` values, the bias `nv * lanes`.
+/// Output and residual rows `r < rows` are `[r*ldc .. r*ldc + cols]`; columns `cols..` of
+/// the tile are masked off.
+fn check_tile(t: &Tile, out: &[f32], mr: usize, cols_max: usize) {
+    assert!(t.rows >= 1 && t.rows <= mr && t.cols >= 1 && t.cols <= cols_max);
+    assert!(t.nr >= cols_max);
+    assert!(t.a.len() >= (t.rows - 1) * t.lda + t.k);
+    assert!(t.panel.len() >= t.k * t.nr && t.bias.len() >= cols_max);
+    let last = (t.rows - 1) * t.ldc + t.cols;
+    assert!(out.len() >= last);
+    if let Some(r) = t.residual {
+        assert!(r.len() >= last);
+    }
+}
+
+/// Bounds of a depthwise convolution: `x` holds `h*w*c` values, `out` `oh*ow*c`, the
+/// weights `kh*kw*c`, the bias `c`; the output size is what the padding allows (every
+/// kernel tap the kernels read is inside the input, see [`taps`]).
+fn check_depthwise(d: &Depthwise, x: &[f32], out: &[f32]) {
+    assert!(x.len() >= d.h * d.w * d.c, "depthwise input is too short");
+    assert!(out.len() >= d.oh * d.ow * d.c, "depthwise output is too short");
+    assert_eq!(d.weights.len(), d.kh * d.kw * d.c);
+    assert_eq!(d.bias.len(), d.c);
+    assert!(d.stride.0 >= 1 && d.stride.1 >= 1);
+}
+
+/// The kernels of one ISA, expanded in a module that defines `V` (a vector of `L` f32), `M`
+/// (a lane mask), `mask(n)` (lanes `0..n`), `zero`, `splat`, `load`, `load_masked`,
+/// `store`, `store_masked`, `add`, `fma(a, b, c) = a*b + c`, `min`, `max`, and the tile
+/// shapes `GEMM_MR` (rows of a GEMM tile; its columns are 2 vectors, or 1 for a narrow
+/// last panel) and `DW_OB` (output pixels per depthwise block).
+macro_rules! simd_kernels {
+    ($feature:tt) => {
+        use super::{check_depthwise, check_tile, taps, Depthwise, Tile};
+
+        /// Loads `L` values, or lanes `0..` of `m` when `masked`.
+        #[inline(always)]
+        unsafe fn ld(p: *const f32, m: M, masked: bool) -> V {
+            if masked {
+                load_masked(p, m)
+            } else {
+                load(p)
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn st(p: *mut f32, v: V, m: M, masked: bool) {
+            if masked {
+                store_masked(p, m, v)
+            } else {
+                store(p, v)
+            }
+        }
+
+        /// One GEMM tile of `MR` rows x `NV` vectors: `MR * NV` accumulators in registers,
+        /// each step broadcasting one value of each of the `MR` rows of A against `NV`
+        /// vectors of the B panel; bias, clamp and residual in registers before the store.
+        ///
+        /// # Safety
+        /// The CPU must support the module's ISA (bounds: [`check_tile`]).
+        #[target_feature(enable = $feature)]
+        pub(in super::super) unsafe fn tile<const MR: usize, const NV: usize>(
+            t: &Tile,
+            out: &mut [f32],
+        ) {
+            check_tile(t, out, MR, NV * L);
+            let a = t.a.as_ptr();
+            let mut rows = [a; MR];
+            for (r, row) in rows.iter_mut().enumerate() {
+                if r < t.rows {
+                    *row = a.add(r * t.lda);
+                }
+            }
+            let mut acc = [[zero(); NV]; MR];
+            let mut b = t.panel.as_ptr();
+            for p in 0..t.k {
+                let mut bv = [zero(); NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = load(b.add(v * L));
+                }
+                for r in 0..MR {
+                    let av = splat(*rows[r].add(p));
+                    for v in 0..NV {
+                        acc[r][v] = fma(av, bv[v], acc[r][v]);
+                    }
+                }
+                b = b.add(t.nr);
+            }
+            let lo = splat(t.clamp.lo);
+            let hi = splat(t.clamp.hi);
+            let op = out.as_mut_ptr();
+            let mut masks = [mask(L); NV];
+            let mut bias = [zero(); NV];
+            for v in 0..NV {
+                masks[v] = mask(t.cols.saturating_sub(v * L).min(L));
+                bias[v] = load(t.bias.as_ptr().add(v * L));
+            }
+            for r in 0..MR {
+                if r >= t.rows {
+                    break;
+                }
+                for v in 0..NV {
+                    let at = r * t.ldc + v * L;
+                    let mut x = min(max(add(acc[r][v], bias[v]), lo), hi);
+                    if let Some(res) = t.residual {
+                        x = add(x, load_masked(res.as_ptr().add(at), masks[v]));
+                    }
+                    store_masked(op.add(at), masks[v], x);
+                }
+            }
+        }
+
+        /// A depthwise convolution, channels-last, vectorised over channels. 3x3 kernels run
+        /// in blocks of `DW_OB` output pixels along the row (the input rows they share are
+        /// loaded once, the three weights of a kernel row once per block) wherever the
+        /// kernel columns are all inside the input; the border pixels, and other kernel
+        /// sizes, one pixel at a time over the taps inside the input.
+        ///
+        /// # Safety
+        /// The CPU must support the module's ISA (bounds: [`check_depthwise`]).
+        #[target_feature(enable = $feature)]
+        pub(in super::super) unsafe fn depthwise(
+            d: &Depthwise,
+            x: &[f32],
+            out: &mut [f32],
+        ) {
+            check_depthwise(d, x, out);
+            let (sx, px) = (d.stride.1, d.pad.1);
+            // Output columns whose three kernel columns are inside the input.
+            let (lo_ox, hi_ox) = if d.kh == 3 && d.kw == 3 && d.w + px >= 3 {
+                let lo = px.div_ceil(sx);
+                let hi = ((d.w + px - 3) / sx + 1).min(d.ow);
+                (lo, hi.max(lo))
+            } else {
+                (0, 0)
+            };
+            for oy in 0..d.oh {
+                let (y0, ky0, ky1) = taps(oy, d.stride.0, d.pad.0, d.h, d.kh);
+                let mut ox = 0;
+                while ox < d.ow {
+                    if ox >= lo_ox && ox + DW_OB <= hi_ox {
+                        match sx {
+                            1 => dw_block::<DW_OB, 1>(d, x, out, oy, ox, y0, ky0, ky1),
+                            2 => dw_block::<DW_OB, 2>(d, x, out, oy, ox, y0, ky0, ky1),
+                            _ => dw_block_any::<DW_OB>(d, x, out, oy, ox, y0, ky0, ky1),
+                        }
+                        ox += DW_OB;
+                    } else if ox >= lo_ox && ox + 4 <= hi_ox && DW_OB > 4 {
+                        // Rows too short for a whole block (7x7): blocks of 4.
+                        match sx {
+                            1 => dw_block::<4, 1>(d, x, out, oy, ox, y0, ky0, ky1),
+                            2 => dw_block::<4, 2>(d, x, out, oy, ox, y0, ky0, ky1),
+                            _ => dw_block_any::<4>(d, x, out, oy, ox, y0, ky0, ky1),
+                        }
+                        ox += 4;
+                    } else if ox >= lo_ox && ox < hi_ox {
+                        dw_block_any::<1>(d, x, out, oy, ox, y0, ky0, ky1);
+                        ox += 1;
+                    } else {
+                        dw_pixel(d, x, out, oy, ox, y0, ky0, ky1);
+                        ox += 1;
+                    }
+                }
+            }
+        }
+
+        /// `OB` output pixels `ox..ox + OB` of row `oy`, stride `S` along the row, all three
+        /// kernel columns inside the input; kernel rows `ky0..ky1`.
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn dw_block<const OB: usize, const S: usize>(
+            d: &Depthwise,
+            x: &[f32],
+            out: &mut [f32],
+            oy: usize,
+            ox: usize,
+            y0: isize,
+            ky0: usize,
+            ky1: usize,
+        ) {
+            let c = d.c;
+            let x0 = ox * S - d.pad.1;
+            let (xp, wp, bp) = (x.as_ptr(), d.weights.as_ptr(), d.bias.as_ptr());
+            let op = out.as_mut_ptr().add((oy * d.ow + ox) * c);
+            let lo = splat(d.clamp.lo);
+            let hi = splat(d.clamp.hi);
+            let full = c / L;
+            for chunk in 0..c.div_ceil(L) {
+                let c0 = chunk * L;
+                let m = mask(c - c0);
+                if chunk >= full {
+                    dw_chunk::<OB, S>(d, xp, wp, bp, op, c0, m, true, y0, x0, ky0, ky1, lo, hi);
+                } else {
+                    dw_chunk::<OB, S>(d, xp, wp, bp, op, c0, m, false, y0, x0, ky0, ky1, lo, hi);
+                }
+            }
+        }
+
+        /// Channels `c0..c0 + L` of [`dw_block`] (`masked`: lanes past `c` off).
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn dw_chunk<const OB: usize, const S: usize>(
+            d: &Depthwise,
+            xp: *const f32,
+            wp: *const f32,
+            bp: *const f32,
+            op: *mut f32,
+            c0: usize,
+            m: M,
+            masked: bool,
+            y0: isize,
+            x0: usize,
+            ky0: usize,
+            ky1: usize,
+            lo: V,
+            hi: V,
+        ) {
+            let c = d.c;
+            let bias = ld(bp.add(c0), m, masked);
+            let mut acc = [bias; OB];
+            for ky in ky0..ky1 {
+                let row = xp.add(((y0 + ky as isize) as usize * d.w + x0) * c + c0);
+                let w = wp.add(ky * 3 * c + c0);
+                let (w0, w1, w2) = (ld(w, m, masked), ld(w.add(c), m, masked), ld(w.add(2 * c), m, masked));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let p = row.add(j * S * c);
+                    *a = fma(ld(p, m, masked), w0, *a);
+                    *a = fma(ld(p.add(c), m, masked), w1, *a);
+                    *a = fma(ld(p.add(2 * c), m, masked), w2, *a);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                st(op.add(j * c + c0), min(max(*a, lo), hi), m, masked);
+            }
+        }
+
+        /// [`dw_block`] for any stride.
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn dw_block_any<const OB: usize>(
+            d: &Depthwise,
+            x: &[f32],
+            out: &mut [f32],
+            oy: usize,
+            ox: usize,
+            y0: isize,
+            ky0: usize,
+            ky1: usize,
+        ) {
+            let c = d.c;
+            let s = d.stride.1;
+            let x0 = ox * s - d.pad.1;
+            let (xp, wp, bp) = (x.as_ptr(), d.weights.as_ptr(), d.bias.as_ptr());
+            let op = out.as_mut_ptr().add((oy * d.ow + ox) * c);
+            let lo = splat(d.clamp.lo);
+            let hi = splat(d.clamp.hi);
+            let full = c / L;
+            for chunk in 0..c.div_ceil(L) {
+                let c0 = chunk * L;
+                let masked = chunk >= full;
+                let m = mask(c - c0);
+                let bias = ld(bp.add(c0), m, masked);
+                let mut acc = [bias; OB];
+                for ky in ky0..ky1 {
+                    let row = xp.add(((y0 + ky as isize) as usize * d.w + x0) * c + c0);
+                    for kx in 0..3 {
+                        let wv = ld(wp.add((ky * 3 + kx) * c + c0), m, masked);
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            *a = fma(ld(row.add((j * s + kx) * c), m, masked), wv, *a);
+                        }
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    st(op.add(j * c + c0), min(max(*a, lo), hi), m, masked);
+                }
+            }
+        }
+
+        /// One output pixel, over the kernel taps inside the input (any kernel size).
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn dw_pixel(
+            d: &Depthwise,
+            x: &[f32],
+            out: &mut [f32],
+            oy: usize,
+            ox: usize,
+            y0: isize,
+            ky0: usize,
+            ky1: usize,
+        ) {
+            let c = d.c;
+            let (x0, kx0, kx1) = taps(ox, d.stride.1, d.pad.1, d.w, d.kw);
+            let (xp, wp, bp) = (x.as_ptr(), d.weights.as_ptr(), d.bias.as_ptr());
+            let op = out.as_mut_ptr().add((oy * d.ow + ox) * c);
+            let lo = splat(d.clamp.lo);
+            let hi = splat(d.clamp.hi);
+            let full = c / L;
+            for chunk in 0..c.div_ceil(L) {
+                let c0 = chunk * L;
+                let masked = chunk >= full;
+                let m = mask(c - c0);
+                let mut acc = ld(bp.add(c0), m, masked);
+                for ky in ky0..ky1 {
+                    let iy = (y0 + ky as isize) as usize;
+                    for kx in kx0..kx1 {
+                        let ix = (x0 + kx as isize) as usize;
+                        let xv = ld(xp.add((iy * d.w + ix) * c + c0), m, masked);
+                        let wv = ld(wp.add((ky * d.kw + kx) * c + c0), m, masked);
+                        acc = fma(xv, wv, acc);
+                    }
+                }
+                st(op.add(c0), min(max(acc, lo), hi), m, masked);
+            }
+        }
+    };
+}
+
+/// AVX-512F: 16 lanes; GEMM tiles of 7 rows x 32 columns (14 zmm accumulators; every pixel
+/// count of MobileNetV2 at 224 is a multiple of 7), depthwise
+/// blocks of 8 pixels.
+pub(super) mod avx512 {
+    use std::arch::x86_64::*;
+
+    type V = __m512;
+    type M = __mmask16;
+    const L: usize = 16;
+    pub(in super::super) const GEMM_MR: usize = 7;
+    const DW_OB: usize = 8;
+
+    #[inline(always)]
+    fn mask(n: usize) -> M {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as M
+        }
+    }
+    #[inline(always)]
+    unsafe fn zero() -> V {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> V {
+        _mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> V {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load_masked(p: *const f32, m: M) -> V {
+        _mm512_maskz_loadu_ps(m, p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: V) {
+        _mm512_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn store_masked(p: *mut f32, m: M, v: V) {
+        _mm512_mask_storeu_ps(p, m, v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: V, b: V) -> V {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: V, b: V, c: V) -> V {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn min(a: V, b: V) -> V {
+        _mm512_min_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn max(a: V, b: V) -> V {
+        _mm512_max_ps(a, b)
+    }
+
+    simd_kernels!("avx512f,avx2,fma");
+}
+
+/// AVX2 + FMA: 8 lanes; GEMM tiles of 6 rows x 16 columns (12 ymm accumulators), depthwise
+/// blocks of 4 pixels.
+pub(super) mod avx2 {
+    use std::arch::x86_64::*;
+
+    type V = __m256;
+    type M = __m256i;
+    const L: usize = 8;
+    pub(in super::super) const GEMM_MR: usize = 6;
+    const DW_OB: usize = 4;
+
+    /// Lanes `0..n` set (sign bit), the others clear.
+    #[inline(always)]
+    unsafe fn mask(n: usize) -> M {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), lane)
+    }
+    #[inline(always)]
+    unsafe fn zero() -> V {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> V {
+        _mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> V {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load_masked(p: *const f32, m: M) -> V {
+        _mm256_maskload_ps(p, m)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: V) {
+        _mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn store_masked(p: *mut f32, m: M, v: V) {
+        _mm256_maskstore_ps(p, m, v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: V, b: V) -> V {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: V, b: V, c: V) -> V {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn min(a: V, b: V) -> V {
+        _mm256_min_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn max(a: V, b: V) -> V {
+        _mm256_max_ps(a, b)
+    }
+
+    simd_kernels!("avx2,fma");
+}
