@@ -322,6 +322,7 @@ fn tile_portable(t: &Tile, out: &mut [f32]) {
 
 /// For output index `o` along one axis: the first input index `o*stride - pad` (may be
 /// negative) and the kernel taps `k0..k1` that fall inside `0..size`.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn taps(o: usize, stride: usize, pad: usize, size: usize, k: usize) -> (isize, usize, usize) {
     let i0 = (o * stride) as isize - pad as isize;
