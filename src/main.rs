@@ -1084,7 +1084,19 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
     let mut pending: BTreeSet<String> = known.clone();
     let mut dirty = true;
     let mut last_change = std::time::Instant::now();
-    let expand = |path: PathBuf, known: &BTreeSet<String>, pending: &mut BTreeSet<String>| {
+    // What each file was (size, modification time) when last ingested: reading a file makes
+    // the watcher report it again (access events), which must not re-featurize it forever.
+    let mut stamps: std::collections::HashMap<String, (u64, std::time::SystemTime)> = Default::default();
+    let stamp = |root: &std::path::Path, key: &str| {
+        std::fs::metadata(root.join(key))
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| Some((m.len(), m.modified().ok()?)))
+    };
+    let expand = |path: PathBuf,
+                  known: &BTreeSet<String>,
+                  stamps: &std::collections::HashMap<String, (u64, std::time::SystemTime)>,
+                  pending: &mut BTreeSet<String>| {
         let Some(key) = key_of(&root, &path) else { return };
         if key == collection {
             return; // the watched folder itself
@@ -1102,14 +1114,17 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
             // A file, or something gone: a folder removed takes what was known under it.
             let folder = format!("{key}/");
             pending.extend(known.range(folder.clone()..).take_while(|k| k.starts_with(&folder)).cloned());
-            pending.insert(key);
+            let unchanged = stamps.get(&key).is_some_and(|s| Some(*s) == stamp(root.as_path(), &key));
+            if !unchanged {
+                pending.insert(key);
+            }
         }
     };
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
             Some(path) = rx.recv() => {
-                expand(path, &known, &mut pending);
+                expand(path, &known, &stamps, &mut pending);
                 continue;
             }
             _ = sigint.recv() => break,
@@ -1118,6 +1133,8 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
         }
         if !pending.is_empty() {
             let keys: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
+            let before: Vec<(String, Option<(u64, std::time::SystemTime)>)> =
+                keys.iter().map(|k| (k.clone(), stamp(root.as_path(), k))).collect();
             match ingestor.ingest(&keys).await {
                 Ok(outcome) => {
                     eprintln!(
@@ -1125,6 +1142,12 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
                         outcome.keys, outcome.upserts, outcome.failed, outcome.removed, outcome.ignored
                     );
                     known.extend(keys);
+                    for (key, s) in before {
+                        match s {
+                            Some(s) => stamps.insert(key, s),
+                            None => stamps.remove(&key),
+                        };
+                    }
                 }
                 Err(e) => {
                     // A transient failure (a busy file, a full disk): tried again next tick.
@@ -1149,7 +1172,7 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
     tokio::time::sleep(Duration::from_millis(args.debounce_ms + 200)).await;
     drop(debouncer);
     while let Ok(path) = rx.try_recv() {
-        expand(path, &known, &mut pending);
+        expand(path, &known, &stamps, &mut pending);
     }
     if !pending.is_empty() {
         let keys: Vec<String> = std::mem::take(&mut pending).into_iter().collect();

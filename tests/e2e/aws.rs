@@ -315,7 +315,16 @@ impl Stack {
     pub(crate) async fn make_queue(&self, name: &str) -> String {
         let unique = format!("{}-{name}", self.bucket);
         let dlq = self.queue(&format!("{unique}-dlq"), None).await;
-        self.queue(&unique, Some(&dlq)).await
+        let url = self.queue(&unique, Some(&dlq)).await;
+        // Batches of 100 inbox records take longer than the shard tests' 2 s to featurize.
+        self.sqs
+            .set_queue_attributes()
+            .queue_url(&url)
+            .attributes(QueueAttributeName::VisibilityTimeout, "300")
+            .send()
+            .await
+            .expect("visibility timeout");
+        url
     }
 
     /// A queue's ARN.

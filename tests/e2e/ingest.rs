@@ -21,7 +21,7 @@ use shared::aws::{S3Store, SqsQueue};
 use shared::collection::{
     collection_status, read_current, CollectionLayout, CurrentPointer, RefitOptions,
 };
-use shared::featurizer::{Engine, FeaturizerSettings, ShardFeaturizer};
+use shared::featurizer::{Engine, ShardFeaturizer};
 use shared::ingest::{IngestSettings, Ingestor};
 use shared::lambda::{handle_featurizer_batch, handle_reducer_batch, Refitter};
 use shared::listing::ImageFilter;

@@ -18,7 +18,7 @@ const LAYER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/build-lay
 const ROLES: [Role; 3] = [Role::Splitter, Role::Featurizer, Role::Reducer];
 
 /// Variables a function may set beyond `env_vars(role)`: optional by design.
-const OPTIONAL_VARS: &[(Role, &str)] = &[(Role::Splitter, "PCA_VARIANCE")];
+const OPTIONAL_VARS: &[(Role, &str)] = &[(Role::Splitter, "PCA_VARIANCE"), (Role::Reducer, "PCA_VARIANCE")];
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: one per concept.
