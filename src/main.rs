@@ -54,6 +54,11 @@ enum Command {
     /// Simulate a run of N images at scale (synthetic features, no CNN): time, memory,
     /// requests and bytes per stage.
     Simulate(simulate::SimulateArgs),
+    /// Keep a folder's features and PCA current: featurize files as they appear, change or
+    /// disappear, refit once quiet; on Ctrl-C / SIGTERM finish, refit, publish and exit.
+    Watch(WatchArgs),
+    /// Refit a collection now (local, in this process, or on a deployed stack).
+    Refit(RefitArgs),
 }
 
 /// Model location, shared by the subcommands that run it.
@@ -248,8 +253,11 @@ struct ResumeArgs {
 #[derive(Args)]
 struct StatusArgs {
     /// The run id.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "collection", default_value = "", hide_default_value = true)]
     run: String,
+    /// A collection (continuous ingestion): its published view and what waits for the next refit.
+    #[arg(long)]
+    collection: Option<String>,
     /// A local output folder (embedded runs).
     #[arg(long, conflicts_with = "bucket")]
     output: Option<PathBuf>,
@@ -325,6 +333,8 @@ fn main() -> ExitCode {
             Command::Status(args) => status(args).await,
             Command::Report(args) => report(args).await,
             Command::Resume(args) => resume(args).await,
+            Command::Watch(args) => watch(args).await,
+            Command::Refit(args) => refit_cmd(args).await,
             Command::Simulate(args) => simulate::simulate(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
@@ -549,6 +559,19 @@ async fn resume(args: ResumeArgs) -> Result<ExitCode> {
 }
 
 async fn status(args: StatusArgs) -> Result<ExitCode> {
+    if let Some(collection) = &args.collection {
+        return collection_status_cmd(
+            collection,
+            args.output.as_ref(),
+            args.bucket.as_ref(),
+            args.endpoint_url.as_deref(),
+            args.json,
+        )
+        .await;
+    }
+    if args.run.is_empty() {
+        bail!("give --run ID (a run) or --collection C (a collection)");
+    }
     let policy = shared::status::StallPolicy {
         claim_unanswered_after: std::time::Duration::from_secs(args.stall_after),
         lock_stale_after: std::time::Duration::from_secs(args.lock_stale_after),
@@ -823,4 +846,412 @@ fn open(target: &str) {
         Ok(status) => eprintln!("xdg-open {target} failed ({status}); open it yourself"),
         Err(_) => eprintln!("no xdg-open here: open {target} in a browser"),
     }
+}
+
+#[derive(Args, Clone)]
+struct CollectionPcaArgs {
+    /// Number of principal components.
+    #[arg(long, default_value_t = 50, conflicts_with = "variance")]
+    k: usize,
+    /// Instead of k: the fewest components that explain this share of the variance.
+    #[arg(long)]
+    variance: Option<f64>,
+    /// Projection convention (centered: scikit-learn; uncentered: Spark ML).
+    #[arg(long, default_value = "centered", value_parser = parse_convention)]
+    convention: PcaConvention,
+}
+
+impl CollectionPcaArgs {
+    fn options(&self) -> shared::collection::RefitOptions {
+        shared::collection::RefitOptions {
+            pca: shared::manifest::PcaOptions {
+                k: self.k,
+                variance: self.variance,
+                convention: self.convention,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// The folder to watch: the collection (its name); an image's label is its parent folder's name.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output folder: OUT/collections/<name>/ (the same layout as on S3).
+    #[arg(long)]
+    output: PathBuf,
+    /// Refit the PCA once nothing changed for this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    quiet: f64,
+    /// A file is read once no event touched it for this many milliseconds (half-written files wait).
+    #[arg(long, default_value_t = 500)]
+    debounce_ms: u64,
+    /// Which files are images: a glob on the file name, case-insensitive.
+    #[arg(long, default_value = "*.{jpg,jpeg,png}")]
+    glob: String,
+    /// Reject images with more pixels than this.
+    #[arg(long, default_value_t = 50_000_000)]
+    max_pixels: u64,
+    #[command(flatten)]
+    pca: CollectionPcaArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Inference threads (default: all cores).
+    #[arg(long, short = 'j', default_value_t = 0)]
+    jobs: usize,
+}
+
+#[derive(Args)]
+struct RefitArgs {
+    /// The collection.
+    #[arg(long)]
+    collection: String,
+    /// A local output folder (`featurize watch --output`).
+    #[arg(long, conflicts_with = "bucket", requires = "input")]
+    output: Option<PathBuf>,
+    /// The watched folder (local collections): where the refit checks each changed file.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// The data bucket (deployed stacks).
+    #[arg(long, env = "BUCKET")]
+    bucket: Option<String>,
+    /// The inbox prefix in the bucket.
+    #[arg(long, default_value = "inbox/")]
+    inbox_prefix: String,
+    /// Send a refit request to the stack's refit queue instead of refitting here.
+    #[arg(long, env = "REFIT_QUEUE_URL")]
+    refit_queue_url: Option<String>,
+    /// S3/SQS endpoint (an emulator).
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    #[command(flatten)]
+    pca: CollectionPcaArgs,
+}
+
+fn print_refit(outcome: &shared::collection::RefitOutcome, store_describe: &dyn Fn(&str) -> String) {
+    use shared::collection::{CollectionLayout, RefitOutcome};
+    match outcome {
+        RefitOutcome::Published(s) => {
+            let layout = CollectionLayout::new(&s.collection);
+            println!("collection {}: snapshot {} (refit {}) published", s.collection, s.snapshot, s.seq);
+            println!(
+                "  rows {}  errors {}  added {}  replaced {}  removed {}  pending {}",
+                s.rows, s.errors, s.added, s.replaced, s.removed, s.pending
+            );
+            println!(
+                "  PCA k = {}  cumulative explained variance {:.4}  fit {:.3} s  publish {:.3} s",
+                s.k, s.cumulative_explained_variance, s.fit_s, s.publish_s
+            );
+            for w in &s.warnings {
+                println!("  warning: {w}");
+            }
+            println!("  Results      {}", store_describe(&layout.results_prefix(&s.snapshot)));
+            println!("  Results_PCA  {}", store_describe(&layout.pca_prefix(&s.snapshot)));
+            println!("  pca_model    {}", store_describe(&layout.pca_model(&s.snapshot)));
+            println!("  current      {}", store_describe(&layout.current()));
+        }
+        RefitOutcome::NothingToDo => println!("nothing changed since the published snapshot"),
+        RefitOutcome::NotQuiet { since_change_ms } => {
+            println!("not quiet yet: last change {since_change_ms} ms ago")
+        }
+        RefitOutcome::LostRace => println!("another refit published first"),
+    }
+}
+
+async fn refit_cmd(args: RefitArgs) -> Result<ExitCode> {
+    use shared::store::ObjectStore;
+    let options = args.pca.options();
+    if let Some(out) = &args.output {
+        let input = args.input.as_ref().context("--input DIR (the watched folder) is required with --output")?;
+        let (root, name) = collection_root(input)?;
+        if name != args.collection {
+            bail!("--input {} is collection {name:?}, not {:?}", input.display(), args.collection);
+        }
+        let output = shared::store::FsStore::new(out);
+        let outcome = shared::collection::refit(&output, &shared::store::FsStore::new(root), "", &args.collection, &options).await?;
+        print_refit(&outcome, &|k| output.describe(k));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(bucket) = &args.bucket else {
+        bail!("give --output DIR --input DIR (local collection) or --bucket B (deployed stack)");
+    };
+    let sdk = shared::aws::sdk_config_with_endpoint(args.endpoint_url.as_deref()).await;
+    if let Some(url) = &args.refit_queue_url {
+        use shared::queue::Queue;
+        let queue = shared::aws::SqsQueue::new(shared::aws::sqs_client(&sdk), url);
+        let message = shared::collection::RefitMessage { collection: args.collection.clone(), force: true };
+        queue.send_all(vec![serde_json::to_string(&message)?]).await?;
+        println!("refit of {} requested ({url}); `featurize status --collection {} --bucket {bucket}` shows when it is published", args.collection, args.collection);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = Retrying::new(shared::aws::S3Store::new(shared::aws::s3_client(&sdk), bucket), RetryPolicy::default());
+    let outcome = shared::collection::refit(&store, &store, &args.inbox_prefix, &args.collection, &options).await?;
+    print_refit(&outcome, &|k| store.describe(k));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The parent folder and the name of a watched folder.
+fn collection_root(input: &std::path::Path) -> Result<(PathBuf, String)> {
+    let dir = std::fs::canonicalize(input).with_context(|| format!("{} is not a folder", input.display()))?;
+    if !dir.is_dir() {
+        bail!("{} is not a folder", input.display());
+    }
+    let name = dir.file_name().and_then(|n| n.to_str()).context("the folder has no usable name")?.to_string();
+    if !shared::collection::valid_collection(&name) {
+        bail!("{name:?} cannot be a collection name");
+    }
+    let root = dir.parent().context("the folder has no parent")?.to_path_buf();
+    Ok((root, name))
+}
+
+fn key_of(root: &std::path::Path, path: &std::path::Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let key = rel.to_str()?.replace(std::path::MAIN_SEPARATOR, "/");
+    (!key.is_empty()).then_some(key)
+}
+
+async fn watch(args: WatchArgs) -> Result<ExitCode> {
+    use notify_debouncer_mini::{new_debouncer, notify::RecursiveMode};
+    use shared::collection::{refit, CollectionLayout, RefitOutcome};
+    use shared::ingest::{IngestSettings, Ingestor};
+    use shared::store::{FsStore, ObjectStore};
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+    use tokio::signal::unix::{signal, SignalKind};
+
+    if !(args.quiet >= 0.0 && args.quiet.is_finite()) {
+        bail!("--quiet must be a number of seconds, got {}", args.quiet);
+    }
+    let (root, collection) = collection_root(&args.input)?;
+    let dir = root.join(&collection);
+    let model = args.model.load()?;
+    let input = FsStore::new(&root);
+    let output = FsStore::new(&args.output);
+    let queue = shared::queue::InProcessQueue::new();
+    let settings = IngestSettings {
+        inbox: String::new(),
+        filter: shared::listing::ImageFilter::new(&args.glob)?,
+        max_pixels: args.max_pixels,
+        threads: args.jobs,
+        fetch_concurrency: 8,
+        quiet_s: args.quiet.ceil() as u32,
+    };
+    let ingestor = Ingestor::new(input.clone(), output.clone(), &queue, shared::featurizer::Engine::Model(model), settings);
+    let options = args.pca.options();
+    let layout = CollectionLayout::new(&collection);
+
+    // Start from what is there: every file, and every path the published view still has
+    // (deleted while nobody watched).
+    let mut known: BTreeSet<String> = input
+        .list(&format!("{collection}/"))
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    if let Some((pointer, _)) = shared::collection::read_current(&output, &layout).await? {
+        let index: shared::collection::CollectionIndex =
+            serde_json::from_slice(&output.get(&layout.state_index(&pointer.snapshot)).await?)?;
+        known.extend(index.entries.keys().map(|p| format!("{collection}/{p}")));
+    }
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let mut debouncer = new_debouncer(Duration::from_millis(args.debounce_ms), move |events: notify_debouncer_mini::DebounceEventResult| {
+        match events {
+            Ok(events) => {
+                for e in events {
+                    let _ = tx.send(e.path);
+                }
+            }
+            Err(e) => eprintln!("watch error: {e}"),
+        }
+    })
+    .context("starting the file watcher")?;
+    debouncer
+        .watcher()
+        .watch(&dir, RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    eprintln!(
+        "watching {} (collection {collection:?}); views under {}; Ctrl-C to finish",
+        dir.display(),
+        output.describe(&layout.prefix())
+    );
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let quiet = Duration::from_secs_f64(args.quiet);
+    let mut pending: BTreeSet<String> = known.clone();
+    let mut dirty = true;
+    let mut last_change = std::time::Instant::now();
+    // What each file was (size, modification time) when last ingested: reading a file makes
+    // the watcher report it again (access events), which must not re-featurize it forever.
+    let mut stamps: std::collections::HashMap<String, (u64, std::time::SystemTime)> = Default::default();
+    let stamp = |root: &std::path::Path, key: &str| {
+        std::fs::metadata(root.join(key))
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| Some((m.len(), m.modified().ok()?)))
+    };
+    let expand = |path: PathBuf,
+                  known: &BTreeSet<String>,
+                  stamps: &std::collections::HashMap<String, (u64, std::time::SystemTime)>,
+                  pending: &mut BTreeSet<String>| {
+        let Some(key) = key_of(&root, &path) else { return };
+        if key == collection {
+            return; // the watched folder itself
+        }
+        if path.is_dir() {
+            // A folder moved in: its files (those already known have events of their own).
+            for entry in walkdir_files(&path) {
+                if let Some(k) = key_of(&root, &entry) {
+                    if !known.contains(&k) {
+                        pending.insert(k);
+                    }
+                }
+            }
+        } else {
+            // A file, or something gone: a folder removed takes what was known under it.
+            let folder = format!("{key}/");
+            pending.extend(known.range(folder.clone()..).take_while(|k| k.starts_with(&folder)).cloned());
+            let unchanged = stamps.get(&key).is_some_and(|s| Some(*s) == stamp(root.as_path(), &key));
+            if !unchanged {
+                pending.insert(key);
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            Some(path) = rx.recv() => {
+                expand(path, &known, &stamps, &mut pending);
+                continue;
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = tick.tick() => {}
+        }
+        if !pending.is_empty() {
+            let keys: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
+            let before: Vec<(String, Option<(u64, std::time::SystemTime)>)> =
+                keys.iter().map(|k| (k.clone(), stamp(root.as_path(), k))).collect();
+            match ingestor.ingest(&keys).await {
+                Ok(outcome) => {
+                    eprintln!(
+                        "ingested {} keys: {} featurized, {} failed, {} removed, {} ignored",
+                        outcome.keys, outcome.upserts, outcome.failed, outcome.removed, outcome.ignored
+                    );
+                    known.extend(keys);
+                    for (key, s) in before {
+                        match s {
+                            Some(s) => stamps.insert(key, s),
+                            None => stamps.remove(&key),
+                        };
+                    }
+                }
+                Err(e) => {
+                    // A transient failure (a busy file, a full disk): tried again next tick.
+                    eprintln!("ingest failed, retrying: {e}");
+                    pending.extend(keys);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            while queue.pop().is_some() {}
+            dirty = true;
+            last_change = std::time::Instant::now();
+        } else if dirty && last_change.elapsed() >= quiet {
+            let outcome = refit(&output, &input, "", &collection, &options).await?;
+            if matches!(outcome, RefitOutcome::Published(_)) {
+                print_refit(&outcome, &|k| output.describe(k));
+            }
+            dirty = false;
+        }
+    }
+    // Finish: what the debouncer still holds, then a last refit.
+    eprintln!("finishing: pending changes, refit, publish");
+    tokio::time::sleep(Duration::from_millis(args.debounce_ms + 200)).await;
+    drop(debouncer);
+    while let Ok(path) = rx.try_recv() {
+        expand(path, &known, &stamps, &mut pending);
+    }
+    if !pending.is_empty() {
+        let keys: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
+        ingestor.ingest(&keys).await?;
+    }
+    let outcome = refit(&output, &input, "", &collection, &options).await?;
+    match &outcome {
+        RefitOutcome::NothingToDo => {
+            let status = shared::collection::collection_status(&output, &collection).await?;
+            match status.current {
+                Some(p) => {
+                    println!("collection {collection}: snapshot {} (refit {}) is current", p.snapshot, p.seq);
+                    println!("  Results      {}", output.describe(&p.results));
+                    println!("  Results_PCA  {}", output.describe(&p.results_pca));
+                    if let Some(m) = &p.pca_model {
+                        println!("  pca_model    {}", output.describe(m));
+                    }
+                    println!("  current      {}", output.describe(&layout.current()));
+                }
+                None => println!("collection {collection}: nothing published"),
+            }
+        }
+        other => print_refit(other, &|k| output.describe(k)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn walkdir_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+async fn collection_status_cmd(collection: &str, output: Option<&PathBuf>, bucket: Option<&String>, endpoint: Option<&str>, json: bool) -> Result<ExitCode> {
+    let status = match (output, bucket) {
+        (Some(dir), _) => shared::collection::collection_status(&shared::store::FsStore::new(dir), collection).await?,
+        (None, Some(bucket)) => {
+            let sdk = shared::aws::sdk_config_with_endpoint(endpoint).await;
+            let store = shared::aws::S3Store::new(shared::aws::s3_client(&sdk), bucket);
+            shared::collection::collection_status(&store, collection).await?
+        }
+        (None, None) => bail!("give --output DIR (local collection) or --bucket B (deployed stack)"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("collection {} ({})", status.collection, status.location);
+    match (&status.current, &status.summary) {
+        (Some(p), summary) => {
+            println!("  published  snapshot {} (refit {}) at {}", p.snapshot, p.seq, p.published_at);
+            if let Some(s) = summary {
+                println!("  rows {}  errors {}  PCA k = {}  cumulative explained variance {:.4}", s.rows, s.errors, s.k, s.cumulative_explained_variance);
+                println!("  last refit: {} deltas, {} changed paths (+{} ~{} -{}), fit {:.3} s, publish {:.3} s", s.deltas, s.changed_paths, s.added, s.replaced, s.removed, s.fit_s, s.publish_s);
+            }
+            println!("  Results      {}", p.results);
+            println!("  Results_PCA  {}", p.results_pca);
+        }
+        (None, _) => println!("  nothing published yet"),
+    }
+    match status.last_change_ms {
+        Some(ms) => println!(
+            "  pending    {} changes in {} deltas, last {:.1} s ago (refitted once quiet)",
+            status.pending_changes,
+            status.pending_deltas,
+            shared::manifest::unix_now_ms().saturating_sub(ms) as f64 / 1000.0
+        ),
+        None => println!("  pending    nothing: the view is current"),
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -35,6 +35,12 @@ pub struct Config {
     pub featurizer: FeaturizerSettings,
     /// `REDUCE_LOCK_STALE_SECS`, `PRICE_PER_GB_SECOND`, `PRICE_PER_REQUEST`.
     pub reducer: ReducerSettings,
+    /// `INBOX_PREFIX`: images created under `<inbox>/<collection>/` are ingested (default `inbox/`).
+    pub inbox_prefix: String,
+    /// `REFIT_QUEUE_URL`: the refit queue (the featurizer sends delayed refit messages).
+    pub refit_queue_url: Option<String>,
+    /// `QUIET_SECS`: a collection is refitted once no change landed for this long (<= 900).
+    pub quiet_secs: u32,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -111,6 +117,9 @@ impl Config {
             run_defaults,
             featurizer,
             reducer,
+            inbox_prefix: var("INBOX_PREFIX").unwrap_or_else(|| "inbox/".into()),
+            refit_queue_url: var("REFIT_QUEUE_URL"),
+            quiet_secs: parsed("QUIET_SECS", 60u32)?.min(900),
         })
     }
 
@@ -119,6 +128,13 @@ impl Config {
         self.shard_queue_url
             .as_deref()
             .ok_or_else(|| Error::Config("SHARD_QUEUE_URL is not set".into()))
+    }
+
+    /// `REFIT_QUEUE_URL`, or a clear error.
+    pub fn refit_queue_url(&self) -> Result<&str> {
+        self.refit_queue_url
+            .as_deref()
+            .ok_or_else(|| Error::Config("REFIT_QUEUE_URL is not set".into()))
     }
 
     /// `REDUCE_QUEUE_URL`, or a clear error.
@@ -167,6 +183,11 @@ pub fn env_vars(role: Role) -> &'static [&'static str] {
             "FETCH_CONCURRENCY",
             "WORKER_THREADS",
             "DEADLINE_MARGIN_SECS",
+            "INBOX_PREFIX",
+            "REFIT_QUEUE_URL",
+            "QUIET_SECS",
+            "IMAGE_GLOB",
+            "MAX_PIXELS",
             "LOG_FORMAT",
             "RUST_LOG",
         ],
@@ -176,6 +197,10 @@ pub fn env_vars(role: Role) -> &'static [&'static str] {
             "REDUCE_LOCK_STALE_SECS",
             "PRICE_PER_GB_SECOND",
             "PRICE_PER_REQUEST",
+            "INBOX_PREFIX",
+            "QUIET_SECS",
+            "PCA_K",
+            "PCA_CONVENTION",
             "LOG_FORMAT",
             "RUST_LOG",
         ],

@@ -26,7 +26,7 @@ pub mod telemetry;
 pub use adapters::{aws, counting, faults, iam, retry};
 pub use engine::{executor, model, pca, preprocess, stats};
 pub use pipeline::{
-    featurizer, lambda, listing, local, reducer, run_manifest, simulate, splitter, status,
+    collection, featurizer, ingest, lambda, listing, local, reducer, run_manifest, simulate, splitter, status,
 };
 /// tract, for the benchmark's per-operator profile of its plan.
 pub use tract_onnx;

@@ -276,7 +276,7 @@ impl Stack {
         outcomes
     }
 
-    async fn receive(&self, url: &str, max: i32) -> Vec<aws_sdk_sqs::types::Message> {
+    pub(crate) async fn receive(&self, url: &str, max: i32) -> Vec<aws_sdk_sqs::types::Message> {
         self.sqs
             .receive_message()
             .queue_url(url)
@@ -290,7 +290,7 @@ impl Stack {
             .to_vec()
     }
 
-    async fn delete(&self, url: &str, receipt: &str) {
+    pub(crate) async fn delete(&self, url: &str, receipt: &str) {
         self.sqs
             .delete_message()
             .queue_url(url)
@@ -303,6 +303,40 @@ impl Stack {
     /// The Lambda event-source mapping: receive up to `batch` messages, hand them to the
     /// handler as a real `SqsEvent`, delete the ones it did not report as failed. Runs until
     /// the queue is empty, waiting out visibility timeouts of failed messages.
+    pub(crate) async fn pump_queue<F, Fut>(&self, url: &str, batch: i32, handler: F) -> usize
+    where
+        F: FnMut(SqsEvent) -> Fut,
+        Fut: std::future::Future<Output = shared::aws_lambda_events::event::sqs::SqsBatchResponse>,
+    {
+        self.pump(url, batch, handler).await
+    }
+
+    /// A queue of this stack (with a dead-letter queue), named after `name`.
+    pub(crate) async fn make_queue(&self, name: &str) -> String {
+        let unique = format!("{}-{name}", self.bucket);
+        let dlq = self.queue(&format!("{unique}-dlq"), None).await;
+        let url = self.queue(&unique, Some(&dlq)).await;
+        // Batches of 100 inbox records take longer than the shard tests' 2 s to featurize.
+        self.sqs
+            .set_queue_attributes()
+            .queue_url(&url)
+            .attributes(QueueAttributeName::VisibilityTimeout, "300")
+            .send()
+            .await
+            .expect("visibility timeout");
+        url
+    }
+
+    /// A queue's ARN.
+    pub(crate) async fn queue_arn(&self, url: &str) -> String {
+        self.arn(url).await
+    }
+
+    /// The `SqsEvent` Lambda would deliver for these messages of queue `url`.
+    pub(crate) async fn sqs_event(&self, messages: &[aws_sdk_sqs::types::Message], url: &str) -> SqsEvent {
+        sqs_event(messages, &self.arn(url).await)
+    }
+
     async fn pump<F, Fut>(&self, url: &str, batch: i32, mut handler: F) -> usize
     where
         F: FnMut(SqsEvent) -> Fut,

@@ -34,9 +34,14 @@ use shared::aws::{s3_client, S3Store, SqsQueue, SQS_EVENT_SOURCE_ACTIONS};
 use shared::aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use shared::featurizer::{FeaturizerSettings, ReduceClaim, ShardFeaturizer};
 use shared::iam::{CheckedQueue, CheckedStore, Effect, Policy, Role, Statement};
+use shared::collection::{collection_status, CollectionLayout, RefitOptions};
+use shared::featurizer::Engine;
+use shared::ingest::{IngestSettings, Ingestor};
 use shared::lambda::{
-    handle_reduce_batch, handle_shard_batch, handle_splitter_event, parse_splitter_event,
+    handle_featurizer_batch, handle_reduce_batch, handle_reducer_batch, handle_shard_batch,
+    handle_splitter_event, parse_splitter_event, Refitter,
 };
+use shared::listing::ImageFilter;
 use shared::layout::RunLayout;
 use shared::manifest::{ReduceMessage, RunOptions, RunRequest, ShardMessage};
 use shared::queue::{Queue, QueueError};
@@ -429,8 +434,8 @@ impl Template {
         Policy { statements }
     }
 
-    /// The ARN of the queue function `id` consumes (its event-source mapping, or SAM SQS event).
-    fn consumed_queue(&self, id: &str) -> String {
+    /// The ARNs of the queues function `id` consumes (its event-source mappings, or SAM SQS events).
+    fn consumed_queues(&self, id: &str) -> Vec<String> {
         let mut found: Vec<String> = self
             .of_type("AWS::Lambda::EventSourceMapping")
             .filter(|(_, m)| Self::names(&m["Properties"]["FunctionName"], id))
@@ -445,12 +450,33 @@ impl Template {
                 found.push(self.resolve_str(&e["Properties"]["Queue"]));
             }
         }
-        assert_eq!(
-            found.len(),
-            1,
-            "{id} should consume exactly one queue, found {found:?}"
-        );
-        found.remove(0)
+        assert!(!found.is_empty(), "{id} should consume a queue");
+        found
+    }
+
+    /// The queue (logical id) the bucket notifies of inbox objects, and the inbox prefix.
+    fn inbox_notification(&self) -> (String, String) {
+        let (_, bucket) = self
+            .of_type("AWS::S3::Bucket")
+            .next()
+            .expect("template.yaml has no AWS::S3::Bucket");
+        let configs = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+            .as_sequence()
+            .expect("the bucket notifies a queue of inbox objects (QueueConfigurations)");
+        let events: Vec<String> = configs
+            .iter()
+            .map(|c| self.resolve_str(&c["Event"]))
+            .collect();
+        for wanted in ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"] {
+            assert!(events.iter().any(|e| e == wanted), "no {wanted} notification: {events:?}");
+        }
+        let queue = match Self::intrinsic(&configs[0]["Queue"]) {
+            Some((name, Value::Sequence(s))) if name == "GetAtt" => s[0].as_str().unwrap().to_string(),
+            Some((name, v)) if name == "GetAtt" => v.as_str().unwrap().split('.').next().unwrap().to_string(),
+            other => panic!("the inbox notification's Queue should be !GetAtt <queue>.Arn, got {other:?}"),
+        };
+        let prefix = self.resolve_str(&configs[0]["Filter"]["S3Key"]["Rules"][0]["Value"]);
+        (queue, prefix)
     }
 
     /// The on-failure destination of function `id`'s asynchronous invocations, and the
@@ -514,8 +540,13 @@ struct Stack {
     requests_queue: String,
     roles: Roles,
     /// The ARNs the featurizer's and reducer's event-source mappings consume.
-    featurizer_source: String,
-    reducer_source: String,
+    featurizer_sources: Vec<String>,
+    reducer_sources: Vec<String>,
+    /// Continuous ingestion: the queue the bucket notifies of inbox objects, the refit queue
+    /// the featurizer sends to, and the inbox prefix.
+    ingest_queue: QueueRef,
+    refit_queue: QueueRef,
+    inbox: String,
     /// The splitter's on-failure destination (queue) and its retries.
     splitter_on_failure: Option<(QueueRef, u32)>,
 }
@@ -625,13 +656,22 @@ impl Stack {
             .queue_url()
             .unwrap()
             .to_string();
-        notify_requests(&s3, &bucket, &queue_arn(&sqs, &requests_queue).await).await;
+        let (ingest_id, inbox) = t.inbox_notification();
+        let ingest_queue = queues[&ingest_id].clone();
+        notify_requests(
+            &s3,
+            &bucket,
+            &queue_arn(&sqs, &requests_queue).await,
+            (&ingest_queue.arn, &inbox),
+        )
+        .await;
 
         let splitter_id = t.function("splitter");
         let featurizer_id = t.function("featurizer");
         let reducer_id = t.function("reducer");
         let shard_queue = queues[&t.env_queue(&splitter_id, "SHARD_QUEUE_URL")].clone();
         let reduce_queue = queues[&t.env_queue(&featurizer_id, "REDUCE_QUEUE_URL")].clone();
+        let refit_queue = queues[&t.env_queue(&featurizer_id, "REFIT_QUEUE_URL")].clone();
         assert_eq!(
             t.env_queue(&splitter_id, "REDUCE_QUEUE_URL"),
             t.env_queue(&featurizer_id, "REDUCE_QUEUE_URL"),
@@ -651,8 +691,11 @@ impl Stack {
             reducer: Role::new("reducer", t.role_policy(&reducer_id)),
         };
         Stack {
-            featurizer_source: t.consumed_queue(&featurizer_id),
-            reducer_source: t.consumed_queue(&reducer_id),
+            featurizer_sources: t.consumed_queues(&featurizer_id),
+            reducer_sources: t.consumed_queues(&reducer_id),
+            ingest_queue,
+            refit_queue,
+            inbox,
             s3,
             sqs,
             bucket,
@@ -811,7 +854,7 @@ impl Stack {
     async fn pump<F, Fut>(
         &self,
         role: &Role,
-        source: &str,
+        sources: &[String],
         queue: &QueueRef,
         batch: i32,
         mut handler: F,
@@ -820,9 +863,9 @@ impl Stack {
         F: FnMut(SqsEvent) -> Fut,
         Fut: std::future::Future<Output = SqsBatchResponse>,
     {
-        assert_eq!(
-            source, queue.arn,
-            "the {} function's event-source mapping consumes {source}, but the pipeline sends its messages to {}",
+        assert!(
+            sources.contains(&queue.arn),
+            "the {} function's event-source mappings consume {sources:?}, but the pipeline sends its messages to {}",
             role.name(), queue.arn
         );
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -891,7 +934,7 @@ impl Stack {
         let n = self
             .pump(
                 role,
-                &self.featurizer_source,
+                &self.featurizer_sources,
                 &self.shard_queue,
                 1,
                 |event| {
@@ -916,12 +959,73 @@ impl Stack {
         // As the reducer Lambda: the report's thumbnails come from the data bucket.
         .with_input(self.checked_store(role));
         let n = self
-            .pump(role, &self.reducer_source, &self.reduce_queue, 1, |event| {
+            .pump(role, &self.reducer_sources, &self.reduce_queue, 1, |event| {
                 let reducer = &reducer;
                 async move { handle_reduce_batch(reducer, event, "iam-test").await }
             })
             .await;
         self.assert_allowed("reducer");
+        n
+    }
+
+    /// The featurizer on the ingest queue (S3 notifications, batches of up to 10 records).
+    async fn pump_ingest(&self) -> usize {
+        let role = &self.roles.featurizer;
+        let store = self.checked_store(role);
+        let featurizer = ShardFeaturizer::new(
+            store.clone(),
+            store.clone(),
+            self.checked_queue(role, &self.reduce_queue),
+            model(),
+            FeaturizerSettings::default(),
+        );
+        let ingestor = Ingestor::new(
+            store.clone(),
+            store,
+            self.checked_queue(role, &self.refit_queue),
+            Engine::Model(model()),
+            IngestSettings {
+                inbox: self.inbox.clone(),
+                filter: ImageFilter::new("*.{jpg,jpeg,png}").unwrap(),
+                max_pixels: 50_000_000,
+                threads: 2,
+                fetch_concurrency: 4,
+                quiet_s: 0,
+            },
+        );
+        let n = self
+            .pump(role, &self.featurizer_sources, &self.ingest_queue, 10, |event| {
+                let (featurizer, ingestor) = (&featurizer, &ingestor);
+                async move {
+                    handle_featurizer_batch(featurizer, Some(ingestor), event, "iam-test", None).await
+                }
+            })
+            .await;
+        self.assert_allowed("featurizer (ingest)");
+        n
+    }
+
+    /// The reducer on the refit queue.
+    async fn pump_refits(&self) -> usize {
+        let role = &self.roles.reducer;
+        let store = self.checked_store(role);
+        let reducer = Reducer::new(store.clone(), ReducerSettings::default());
+        let refitter = Refitter {
+            store,
+            inbox: self.inbox.clone(),
+            quiet_ms: 0,
+            options: RefitOptions {
+                pca: shared::manifest::PcaOptions { k: 2, ..Default::default() },
+                ..Default::default()
+            },
+        };
+        let n = self
+            .pump(role, &self.reducer_sources, &self.refit_queue, 1, |event| {
+                let (reducer, refitter) = (&reducer, &refitter);
+                async move { handle_reducer_batch(reducer, Some(refitter), event, "iam-test").await }
+            })
+            .await;
+        self.assert_allowed("reducer (refit)");
         n
     }
 
@@ -1028,7 +1132,12 @@ async fn receive(
         .to_vec()
 }
 
-async fn notify_requests(s3: &aws_sdk_s3::Client, bucket: &str, queue_arn: &str) {
+async fn notify_requests(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    queue_arn: &str,
+    (ingest_arn, inbox): (&str, &str),
+) {
     let rule = |name, value: &str| FilterRule::builder().name(name).value(value).build();
     let filter = NotificationConfigurationFilter::builder()
         .key(
@@ -1044,11 +1153,27 @@ async fn notify_requests(s3: &aws_sdk_s3::Client, bucket: &str, queue_arn: &str)
         .filter(filter)
         .build()
         .unwrap();
+    // The template's inbox notifications: created and removed objects → the ingest queue.
+    let inbox_filter = NotificationConfigurationFilter::builder()
+        .key(
+            S3KeyFilter::builder()
+                .filter_rules(rule(FilterRuleName::Prefix, inbox))
+                .build(),
+        )
+        .build();
+    let ingest = QueueConfiguration::builder()
+        .queue_arn(ingest_arn)
+        .events(Event::from("s3:ObjectCreated:*"))
+        .events(Event::from("s3:ObjectRemoved:*"))
+        .filter(inbox_filter)
+        .build()
+        .unwrap();
     s3.put_bucket_notification_configuration()
         .bucket(bucket)
         .notification_configuration(
             NotificationConfiguration::builder()
                 .queue_configurations(notification)
+                .queue_configurations(ingest)
                 .build(),
         )
         .send()
@@ -1280,6 +1405,39 @@ async fn scenario_failures() -> Recorded {
     stack.requests()
 }
 
+/// Continuous ingestion: images dropped into the inbox (real S3 → SQS notifications) are
+/// ingested by the featurizer, refitted by the reducer; then a delete, a new image and a
+/// `_refit` request object (three snapshots: the oldest expires).
+async fn scenario_ingest() -> Recorded {
+    let stack = Stack::new().await;
+    let files = fruit_images(2, 2);
+    let key = |p: &str| format!("{}c/{p}", stack.inbox);
+    for (path, bytes) in &files[..3] {
+        stack.store().put(&key(path), Bytes::from(bytes.clone())).await.unwrap();
+    }
+    assert!(stack.pump_ingest().await >= 1);
+    assert!(stack.pump_refits().await >= 1);
+    let layout = CollectionLayout::new("c");
+    assert!(stack.exists(&layout.current()).await, "the collection is published");
+    stack.store().delete(&key(&files[0].0)).await.unwrap();
+    stack.pump_ingest().await;
+    stack.pump_refits().await;
+    stack
+        .store()
+        .put(&key(&files[3].0), Bytes::from(files[3].1.clone()))
+        .await
+        .unwrap();
+    stack.pump_ingest().await;
+    stack.pump_refits().await;
+    stack.store().put(&key("_refit"), Bytes::from_static(b"{}")).await.unwrap();
+    stack.pump_ingest().await;
+    stack.pump_refits().await;
+    let status = collection_status(&stack.store(), "c").await.unwrap();
+    assert_eq!(status.summary.unwrap().rows, 3);
+    assert!(status.current.unwrap().seq >= 3);
+    stack.requests()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -1292,6 +1450,11 @@ fn a_run_from_s3_event_to_pca_is_allowed() {
 #[test]
 fn resuming_runs_is_allowed() {
     runtime().block_on(scenario_resume());
+}
+
+#[test]
+fn ingestion_and_refits_are_allowed() {
+    runtime().block_on(scenario_ingest());
 }
 
 #[test]
@@ -1308,6 +1471,7 @@ fn every_allow_statement_is_needed() {
         ("run", rt.block_on(scenario_run())),
         ("resume", rt.block_on(scenario_resume())),
         ("failures", rt.block_on(scenario_failures())),
+        ("ingest", rt.block_on(scenario_ingest())),
     ];
     let mut report = Vec::new();
     let mut unneeded = Vec::new();

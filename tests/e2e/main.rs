@@ -10,6 +10,7 @@ mod common;
 mod faults;
 mod fidelity;
 mod iam;
+mod ingest;
 mod local;
 mod report;
 mod template;

@@ -18,7 +18,7 @@ const LAYER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/build-lay
 const ROLES: [Role; 3] = [Role::Splitter, Role::Featurizer, Role::Reducer];
 
 /// Variables a function may set beyond `env_vars(role)`: optional by design.
-const OPTIONAL_VARS: &[(Role, &str)] = &[(Role::Splitter, "PCA_VARIANCE")];
+const OPTIONAL_VARS: &[(Role, &str)] = &[(Role::Splitter, "PCA_VARIANCE"), (Role::Reducer, "PCA_VARIANCE")];
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: one per concept.
@@ -469,7 +469,8 @@ fn sqs_event_sources_report_batch_item_failures() {
              (SAM attaches AWSLambdaSQSQueueExecutionRole, SQS access on every queue)"
         );
         let events = sqs_mappings(t, id);
-        let expected = if role == Role::Splitter { 0 } else { 1 };
+        // Featurizer: shards and inbox notifications; reducer: reduces and refits.
+        let expected = if role == Role::Splitter { 0 } else { 2 };
         assert_eq!(
             events.len(),
             expected,
@@ -482,8 +483,8 @@ fn sqs_event_sources_report_batch_item_failures() {
                  message makes the whole batch retry"
             );
         }
-        if role == Role::Featurizer {
-            let max = &events[0]["ScalingConfig"]["MaximumConcurrency"];
+        for event in events.iter().filter(|_| role == Role::Featurizer) {
+            let max = &event["ScalingConfig"]["MaximumConcurrency"];
             assert!(
                 !max.is_null(),
                 "{id}: its SQS event needs ScalingConfig.MaximumConcurrency (bounds the fan-out)"

@@ -9,7 +9,9 @@ use shared::aws_lambda_events::event::sqs::SqsEvent;
 use shared::config::Config;
 use shared::retry::{RetryPolicy, Retrying};
 use shared::featurizer::ShardFeaturizer;
-use shared::lambda::{deadline_instant, handle_shard_batch};
+use shared::ingest::{IngestSettings, Ingestor};
+use shared::lambda::{deadline_instant, handle_featurizer_batch};
+use shared::listing::ImageFilter;
 use shared::model::{Model, ModelSpec};
 use shared::telemetry::{init_tracing, LogFormat};
 
@@ -37,6 +39,24 @@ async fn main() -> Result<(), Error> {
         feature_dim = model.feature_dim(),
         "model loaded"
     );
+    // Continuous ingestion (the ingest queue's S3 notifications), when a refit queue is set.
+    let ingestor = match &config.refit_queue_url {
+        Some(url) => Some(Ingestor::new(
+            store.clone(),
+            store.clone(),
+            SqsQueue::new(sqs_client(&aws), url),
+            shared::featurizer::Engine::Model(model.clone()),
+            IngestSettings {
+                inbox: config.inbox_prefix.clone(),
+                filter: ImageFilter::new(&config.run_defaults.image_glob)?,
+                max_pixels: config.run_defaults.max_pixels,
+                threads: config.featurizer.worker_threads,
+                fetch_concurrency: config.featurizer.fetch_concurrency,
+                quiet_s: config.quiet_secs,
+            },
+        )),
+        None => None,
+    };
     let featurizer = ShardFeaturizer::new(
         store.clone(),
         store,
@@ -44,13 +64,14 @@ async fn main() -> Result<(), Error> {
         model,
         config.featurizer.clone(),
     );
-    let featurizer = &featurizer;
+    let (featurizer, ingestor) = (&featurizer, ingestor.as_ref());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         tracing::debug!(deadline_ms = event.context.deadline, "invocation deadline");
         let deadline = deadline_instant(event.context.deadline);
         Ok::<_, Error>(
-            handle_shard_batch(
+            handle_featurizer_batch(
                 featurizer,
+                ingestor,
                 event.payload,
                 &event.context.request_id,
                 deadline,

@@ -8,7 +8,7 @@ use shared::aws::{s3_client, sdk_config, S3Store};
 use shared::aws_lambda_events::event::sqs::SqsEvent;
 use shared::config::Config;
 use shared::retry::{RetryPolicy, Retrying};
-use shared::lambda::handle_reduce_batch;
+use shared::lambda::{handle_reducer_batch, Refitter};
 use shared::reducer::Reducer;
 use shared::telemetry::{init_tracing, LogFormat};
 
@@ -22,10 +22,24 @@ async fn main() -> Result<(), Error> {
         RetryPolicy::default(),
     );
     // The images are in the same bucket: the report's thumbnails are read from it.
-    let reducer = Reducer::new(store.clone(), config.reducer.clone()).with_input(store);
-    let reducer = &reducer;
+    let reducer = Reducer::new(store.clone(), config.reducer.clone()).with_input(store.clone());
+    // Collections (the refit queue): refitted once quiet, or at once when asked.
+    let refitter = Refitter {
+        store,
+        inbox: config.inbox_prefix.clone(),
+        quiet_ms: u64::from(config.quiet_secs) * 1000,
+        options: shared::collection::RefitOptions {
+            pca: config.run_defaults.pca.clone(),
+            concurrency: config.reducer.concurrency,
+            ..Default::default()
+        },
+    };
+    let (reducer, refitter) = (&reducer, &refitter);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<_, Error>(handle_reduce_batch(reducer, event.payload, &event.context.request_id).await)
+        Ok::<_, Error>(
+            handle_reducer_batch(reducer, Some(refitter), event.payload, &event.context.request_id)
+                .await,
+        )
     }))
     .await
 }

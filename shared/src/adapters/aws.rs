@@ -132,6 +132,8 @@ pub enum StoreCall {
     PutIfMatch,
     /// [`ObjectStore::exists`].
     Exists,
+    /// [`ObjectStore::head`].
+    Head,
     /// [`ObjectStore::delete`].
     Delete,
     /// [`ObjectStore::list`].
@@ -167,6 +169,7 @@ pub fn s3_access(call: StoreCall) -> S3Access {
         StoreCall::GetVersioned => object("GetObject", "s3:GetObject", true),
         // HeadObject has no IAM action of its own.
         StoreCall::Exists => object("HeadObject", "s3:GetObject", true),
+        StoreCall::Head => object("HeadObject", "s3:GetObject", true),
         StoreCall::Put => object("PutObject", "s3:PutObject", false),
         // Conditional writes (If-None-Match / If-Match) need only s3:PutObject.
         StoreCall::PutIfAbsent => object("PutObject If-None-Match", "s3:PutObject", false),
@@ -357,6 +360,21 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn head(&self, key: &str) -> Result<String, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(output.e_tag().unwrap_or_default().to_string()),
+            Err(e) if status_of(&e) == Some(404) => Err(StoreError::NotFound(key.to_string())),
+            Err(e) => Err(remote("HeadObject", key, e)),
+        }
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.client
             .delete_object()
@@ -421,6 +439,16 @@ const SEND_ATTEMPTS: u32 = 5;
 
 impl Queue for SqsQueue {
     async fn send_all(&self, bodies: Vec<String>) -> Result<(), QueueError> {
+        self.send_batches(bodies, None).await
+    }
+
+    async fn send_delayed(&self, bodies: Vec<String>, delay_s: u32) -> Result<(), QueueError> {
+        self.send_batches(bodies, Some(delay_s.min(900) as i32)).await
+    }
+}
+
+impl SqsQueue {
+    async fn send_batches(&self, bodies: Vec<String>, delay_s: Option<i32>) -> Result<(), QueueError> {
         let total = bodies.len();
         // SendMessageBatch takes 10 entries; retry only the entries that failed.
         for chunk in bodies.chunks(10) {
@@ -443,6 +471,7 @@ impl Queue for SqsQueue {
                         SendMessageBatchRequestEntry::builder()
                             .id(id.clone())
                             .message_body(body.as_str())
+                            .set_delay_seconds(delay_s)
                             .build()
                     })
                     .collect::<Result<Vec<_>, _>>()

@@ -461,6 +461,10 @@ impl<S: ObjectStore> ObjectStore for CheckedStore<S> {
         self.call(StoreCall::Exists, key, self.inner.exists(key), missing)
             .await
     }
+    async fn head(&self, key: &str) -> Result<String, StoreError> {
+        self.call(StoreCall::Head, key, self.inner.head(key), not_found)
+            .await
+    }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.call(StoreCall::Delete, key, self.inner.delete(key), never)
             .await
@@ -509,6 +513,10 @@ impl<Q: Queue> Queue for CheckedQueue<Q> {
     async fn send_all(&self, bodies: Vec<String>) -> Result<(), QueueError> {
         self.check(QueueCall::SendAll)?;
         self.inner.send_all(bodies).await
+    }
+    async fn send_delayed(&self, bodies: Vec<String>, delay_s: u32) -> Result<(), QueueError> {
+        self.check(QueueCall::SendAll)?;
+        self.inner.send_delayed(bodies, delay_s).await
     }
 }
 

@@ -114,6 +114,9 @@ impl<S: ObjectStore> ObjectStore for Retrying<S> {
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         self.policy.run("exists", key, || self.inner.exists(key)).await
     }
+    async fn head(&self, key: &str) -> Result<String, StoreError> {
+        self.policy.run("head", key, || self.inner.head(key)).await
+    }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.policy.run("delete", key, || self.inner.delete(key)).await
     }

@@ -351,7 +351,7 @@ pub fn failure_key(layout: &RunLayout, shard: usize) -> String {
 
 /// What turns a shard's images into feature vectors.
 #[derive(Clone)]
-enum Engine {
+pub enum Engine {
     /// The CNN.
     Model(Model),
     /// Seeded random vectors, no decoding and no CNN: `featurize simulate` drives the real
@@ -366,6 +366,34 @@ enum Engine {
 pub const SYNTHETIC_MODEL_ID: &str = "synthetic-features";
 
 impl Engine {
+    /// Features of encoded images (each its bytes, or why it could not be read), in order,
+    /// on `threads` threads: the very code path of a shard, so the same bytes give the same
+    /// features bit for bit. `paths` seed the synthetic engine.
+    pub fn featurize(
+        &self,
+        paths: &[String],
+        images: &[Result<Bytes, String>],
+        threads: usize,
+        max_pixels: u64,
+    ) -> Result<Vec<ImageOutcome>> {
+        match self {
+            Engine::Model(model) => Ok(featurize_images(model, images, threads, max_pixels, None, None)?.outcomes),
+            Engine::Synthetic { dim } => Ok(paths
+                .iter()
+                .zip(images)
+                .map(|(path, image)| match image {
+                    Ok(_) => ImageOutcome::Features(synthetic_features(path, *dim)),
+                    Err(reason) => ImageOutcome::Failed(ImageErrorKind::Fetch, reason.clone()),
+                })
+                .collect()),
+        }
+    }
+
+    /// The feature dimension.
+    pub fn dim(&self) -> usize {
+        self.feature_dim()
+    }
+
     fn sha256(&self) -> &str {
         match self {
             Engine::Model(model) => model.sha256(),

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::error::{Error, Result};
+use crate::collection::{refit, RefitMessage, RefitOptions, RefitOutcome};
 use crate::featurizer::ShardFeaturizer;
+use crate::ingest::{parse_ingest_body, IngestBody, Ingestor};
 use crate::layout::REQUESTS_PREFIX;
 use crate::manifest::{ReduceMessage, RunRequest, ShardMessage};
 use crate::queue::Queue;
@@ -86,6 +88,138 @@ pub async fn handle_shard_batch<S: ObjectStore, Q: Queue>(
                 response.batch_item_failures.push(failure(&id));
             }
         }
+    }
+    response
+}
+
+/// Featurizer on both of its queues: shard messages (batch runs) and S3 event notifications
+/// of the ingest queue (continuous ingestion), told apart by their bodies, each record on its
+/// own. The S3 records of an invocation are ingested together (one delta per collection);
+/// if that fails (transiently), they all are reported failed and retried. An `s3:TestEvent`
+/// is acknowledged; a body that is neither is a failed record (it ends in the DLQ).
+pub async fn handle_featurizer_batch<S, Q, I, O, R>(
+    featurizer: &ShardFeaturizer<S, Q>,
+    ingestor: Option<&Ingestor<I, O, R>>,
+    event: SqsEvent,
+    request_id: &str,
+    deadline: Option<Instant>,
+) -> SqsBatchResponse
+where
+    S: ObjectStore,
+    Q: Queue,
+    I: ObjectStore,
+    O: ObjectStore,
+    R: Queue,
+{
+    let mut response = SqsBatchResponse::default();
+    let mut shard_records = Vec::new();
+    let mut s3_ids = Vec::new();
+    let mut keys = Vec::new();
+    for message in event.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        match message.body.as_deref().and_then(parse_ingest_body) {
+            None => shard_records.push(message),
+            Some(Ok(IngestBody::S3Test)) => info!(message_id = %id, "s3:TestEvent acknowledged"),
+            Some(Ok(IngestBody::S3(k))) => {
+                s3_ids.push(id);
+                keys.extend(k);
+            }
+            Some(Err(e)) => {
+                error!(message_id = %id, error = %e, "unreadable S3 notification");
+                response.batch_item_failures.push(failure(&id));
+            }
+        }
+    }
+    if !s3_ids.is_empty() {
+        let result = match ingestor {
+            Some(ingestor) => ingestor.ingest(&keys).await,
+            None => Err(Error::Config(
+                "S3 notifications arrived, but ingestion is not configured (REFIT_QUEUE_URL)".into(),
+            )),
+        };
+        match result {
+            Ok(outcome) => info!(request_id, records = s3_ids.len(), ?outcome, "ingest batch processed"),
+            Err(e) => {
+                error!(request_id, error = %e, "ingest batch failed; its records will be retried");
+                response
+                    .batch_item_failures
+                    .extend(s3_ids.iter().map(|id| failure(id)));
+            }
+        }
+    }
+    if !shard_records.is_empty() {
+        let mut shards = SqsEvent::default();
+        shards.records = shard_records;
+        let done = handle_shard_batch(featurizer, shards, request_id, deadline).await;
+        response.batch_item_failures.extend(done.batch_item_failures);
+    }
+    response
+}
+
+/// How the reducer refits collections (refit queue).
+#[derive(Debug, Clone)]
+pub struct Refitter<S> {
+    /// The bucket (inbox and collections).
+    pub store: S,
+    /// The inbox prefix.
+    pub inbox: String,
+    /// Quiet time (ms) a non-forced refit waits for.
+    pub quiet_ms: u64,
+    /// The PCA and publishing options.
+    pub options: RefitOptions,
+}
+
+impl<S: ObjectStore> Refitter<S> {
+    /// Handles one refit message.
+    pub async fn process(&self, message: &RefitMessage) -> Result<RefitOutcome> {
+        let mut options = self.options.clone();
+        options.quiet_ms = (!message.force).then_some(self.quiet_ms);
+        refit(&self.store, &self.store, &self.inbox, &message.collection, &options).await
+    }
+}
+
+/// Reducer on both of its queues: reduce messages (batch runs) and refit messages
+/// (collections), told apart by their bodies, each record on its own.
+pub async fn handle_reducer_batch<S: ObjectStore>(
+    reducer: &Reducer<S>,
+    refitter: Option<&Refitter<S>>,
+    event: SqsEvent,
+    request_id: &str,
+) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    let mut reduce_records = Vec::new();
+    for message in event.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        let refit_message = message
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .filter(|v| v.get("collection").is_some());
+        let Some(body) = refit_message else {
+            reduce_records.push(message);
+            continue;
+        };
+        let result = async {
+            let message: RefitMessage = serde_json::from_value(body)?;
+            let refitter = refitter.ok_or_else(|| {
+                Error::Config("a refit message arrived, but refits are not configured".into())
+            })?;
+            refitter.process(&message).await
+        }
+        .await;
+        match result {
+            Ok(outcome) => info!(message_id = %id, request_id, ?outcome, "refit message processed"),
+            Err(e) => {
+                error!(message_id = %id, request_id, error = %e, "refit failed; it will be retried");
+                response.batch_item_failures.push(failure(&id));
+            }
+        }
+    }
+    if !reduce_records.is_empty() {
+        let mut reduces = SqsEvent::default();
+        reduces.records = reduce_records;
+        let done = handle_reduce_batch(reducer, reduces, request_id).await;
+        response.batch_item_failures.extend(done.batch_item_failures);
     }
     response
 }

@@ -2,7 +2,9 @@
 //! featurizer, the reducer, a run's status, the embedded (local) driver and the Lambda glue —
 //! all generic over the ports.
 
+pub mod collection;
 pub mod featurizer;
+pub mod ingest;
 pub mod lambda;
 pub mod listing;
 pub mod local;

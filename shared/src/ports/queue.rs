@@ -40,6 +40,17 @@ pub enum QueueError {
 pub trait Queue: Send + Sync {
     /// Sends every body; retries what failed; errors only if some could not be sent at all.
     fn send_all(&self, bodies: Vec<String>) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Like [`Queue::send_all`], each message delivered no sooner than `delay_s` seconds from
+    /// now (SQS `DelaySeconds`, at most 900). A queue without delays delivers them at once
+    /// (the default); its consumer then checks the time itself.
+    fn send_delayed(
+        &self,
+        bodies: Vec<String>,
+        delay_s: u32,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send {
+        let _ = delay_s;
+        self.send_all(bodies)
+    }
 }
 
 /// A queue whose waiting messages a driver can take itself (the simulation, tests): what a
@@ -104,6 +115,9 @@ impl Drain for InProcessQueue {
 impl<T: Queue> Queue for &T {
     async fn send_all(&self, bodies: Vec<String>) -> Result<(), QueueError> {
         (**self).send_all(bodies).await
+    }
+    async fn send_delayed(&self, bodies: Vec<String>, delay_s: u32) -> Result<(), QueueError> {
+        (**self).send_delayed(bodies, delay_s).await
     }
 }
 

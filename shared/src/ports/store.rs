@@ -107,6 +107,12 @@ pub trait ObjectStore: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Whether an object exists.
     fn exists(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The entity tag of an object's current content, without its body (S3 HeadObject;
+    /// [`StoreError::NotFound`] when it is gone). The same tag [`ObjectStore::get_versioned`]
+    /// gives. By default it reads the object; the S3 adapter makes a HEAD request.
+    fn head(&self, key: &str) -> impl Future<Output = Result<String, StoreError>> + Send {
+        async move { Ok(self.get_versioned(key).await?.etag) }
+    }
     /// Deletes an object (no error if it is already gone).
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Lists every object under a prefix, all pages, sorted by key.

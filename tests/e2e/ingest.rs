@@ -1,0 +1,476 @@
+//! Continuous ingestion (issue 11): images dropped into the bucket's inbox are featurized as
+//! they land and the collection's view is kept current; `featurize watch` does the same on a
+//! local folder. Each is checked against a batch run over the same final set of images:
+//! exactly the live images, one row each, bit-identical features, the same PCA (1e-6).
+//!
+//! On moto, the bucket's real S3 → SQS notifications (ObjectCreated / ObjectRemoved on the
+//! inbox prefix; moto's carry no `sequencer`) feed the featurizer's handler through an
+//! event-source-mapping loop (batches of up to 100 records); the refit queue is pumped into
+//! the reducer's handler, which refits once the collection has been quiet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::types::{
+    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
+    QueueConfiguration, S3KeyFilter,
+};
+use futures::stream::{self, StreamExt};
+use shared::aws::{S3Store, SqsQueue};
+use shared::collection::{
+    collection_status, read_current, CollectionLayout, CurrentPointer, RefitOptions,
+};
+use shared::featurizer::{Engine, ShardFeaturizer};
+use shared::ingest::{IngestSettings, Ingestor};
+use shared::lambda::{handle_featurizer_batch, handle_reducer_batch, Refitter};
+use shared::listing::ImageFilter;
+use shared::manifest::{ImageError, PcaOptions, RunRequest};
+use shared::parquet_io::{read_rows, Dataset, VectorRow};
+use shared::pca::PcaModel;
+use shared::store::{Bytes, FsStore, ObjectStore};
+
+use crate::aws::Stack;
+use crate::common::*;
+
+const K: usize = 4;
+const INBOX: &str = "inbox/";
+
+/// Rows of every part of a Parquet folder in a store.
+async fn read_folder<S: ObjectStore>(store: &S, prefix: &str, dataset: Dataset) -> Vec<VectorRow> {
+    let mut rows = Vec::new();
+    for object in store.list(prefix).await.unwrap() {
+        if object.key.ends_with(".parquet") {
+            rows.extend(read_rows(dataset, store.get(&object.key).await.unwrap()).unwrap());
+        }
+    }
+    rows
+}
+
+/// The published view of a collection: pointer, Results, Results_PCA, model, errors.
+struct View {
+    pointer: CurrentPointer,
+    features: BTreeMap<String, VectorRow>,
+    pca: BTreeMap<String, VectorRow>,
+    model: PcaModel,
+    errors: Vec<ImageError>,
+}
+
+async fn read_view<S: ObjectStore>(store: &S, collection: &str) -> View {
+    let layout = CollectionLayout::new(collection);
+    let (pointer, _) = read_current(store, &layout).await.unwrap().expect("a published view");
+    assert!(
+        store.exists(&layout.success(&pointer.snapshot)).await.unwrap(),
+        "the pointed-at snapshot is complete"
+    );
+    let by_path = |rows: Vec<VectorRow>| {
+        let n = rows.len();
+        let map: BTreeMap<String, VectorRow> = rows.into_iter().map(|r| (r.path.clone(), r)).collect();
+        assert_eq!(map.len(), n, "one row per path");
+        map
+    };
+    let features = by_path(read_folder(store, &pointer.results, Dataset::Features).await);
+    let pca = by_path(read_folder(store, &pointer.results_pca, Dataset::Pca).await);
+    let model = serde_json::from_slice(
+        &store.get(pointer.pca_model.as_ref().expect("a PCA")).await.unwrap(),
+    )
+    .unwrap();
+    let errors = serde_json::from_slice(&store.get(&pointer.errors).await.unwrap()).unwrap();
+    View {
+        pointer,
+        features,
+        pca,
+        model,
+        errors,
+    }
+}
+
+/// A batch run (`featurize run`'s embedded pipeline) over `folder`: its features, PCA rows and model.
+fn batch_run(folder: &Path, k: usize) -> (BTreeMap<String, VectorRow>, BTreeMap<String, VectorRow>, PcaModel) {
+    let out = tempfile::tempdir().unwrap();
+    let request = RunRequest {
+        k: Some(k),
+        // The empty image is an error in both; it must not fail the batch run.
+        max_error_rate: Some(1.0),
+        ..serde_json::from_value(serde_json::json!({"input_prefix": ""})).unwrap()
+    };
+    let report = run_local_blocking(folder, out.path(), request);
+    let run = report.split.run_id.clone();
+    let store = FsStore::new(out.path());
+    runtime().block_on(async {
+        let features = read_folder(&store, &format!("Results/{run}/"), Dataset::Features).await;
+        let pca = read_folder(&store, &format!("Results_PCA/{run}/"), Dataset::Pca).await;
+        let model: PcaModel = serde_json::from_slice(
+            &store.get(&format!("runs/{run}/pca_model.json")).await.unwrap(),
+        )
+        .unwrap();
+        (
+            features.into_iter().map(|r| (r.path.clone(), r)).collect(),
+            pca.into_iter().map(|r| (r.path.clone(), r)).collect(),
+            model,
+        )
+    })
+}
+
+/// The view equals the batch run: same paths and labels, bit-identical features, the PCA
+/// within 1e-6 (explained variance, components up to sign) and projections to match.
+fn assert_view_matches_batch(view: &View, folder: &Path) {
+    let (features, pca, model) = batch_run(folder, K);
+    assert_eq!(
+        view.features.keys().collect::<Vec<_>>(),
+        features.keys().collect::<Vec<_>>(),
+        "the view holds exactly the batch run's images"
+    );
+    for (path, row) in &features {
+        let ours = &view.features[path];
+        assert_eq!(ours.label, row.label, "{path}");
+        assert!(
+            ours.values.len() == row.values.len()
+                && ours.values.iter().zip(&row.values).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{path}: features are not bit-identical to the batch run's"
+        );
+    }
+    assert_eq!(view.model.k, model.k);
+    assert_eq!(view.model.n, model.n);
+    for (a, b) in view.model.explained_variance_ratio.iter().zip(&model.explained_variance_ratio) {
+        assert!((a - b).abs() < 1e-6, "explained variance ratio {a} vs {b}");
+    }
+    for (a, b) in view.model.explained_variance.iter().zip(&model.explained_variance) {
+        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "explained variance {a} vs {b}");
+    }
+    let mut signs = Vec::new();
+    for (i, (a, b)) in view.model.components.iter().zip(&model.components).enumerate() {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let sign = dot.signum();
+        let worst = a.iter().zip(b).map(|(x, y)| (x - sign * y).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-6, "component {i} differs by {worst:e} (up to sign)");
+        signs.push(sign as f32);
+    }
+    for (a, b) in view.model.mean.iter().zip(&model.mean) {
+        assert!((a - b).abs() < 1e-6, "mean {a} vs {b}");
+    }
+    let scale = model.explained_variance[0].sqrt() as f32;
+    for (path, row) in &pca {
+        let ours = &view.pca[path];
+        assert_eq!(ours.values.len(), row.values.len(), "{path}");
+        for ((a, b), s) in ours.values.iter().zip(&row.values).zip(&signs) {
+            assert!((a - s * b).abs() <= 1e-5 * scale, "{path}: pca {a} vs {b}");
+        }
+    }
+}
+
+/// The featurizer's event-source mapping on the ingest queue: up to 100 records per
+/// invocation (10 per receive, as SQS; gathered as the batching window would), failures left
+/// for redelivery. Returns the bodies processed.
+async fn pump_ingest(
+    stack: &Stack,
+    queue: &str,
+    featurizer: &ShardFeaturizer<S3Store, SqsQueue>,
+    ingestor: &Ingestor<S3Store, S3Store, SqsQueue>,
+) -> Vec<String> {
+    let mut bodies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(Instant::now() < deadline, "the ingest queue did not drain");
+        let mut messages = Vec::new();
+        while messages.len() < 100 {
+            let got = stack.receive(queue, 10).await;
+            if got.is_empty() {
+                break;
+            }
+            messages.extend(got);
+        }
+        if messages.is_empty() {
+            if stack.depth(queue).await == (0, 0) {
+                return bodies;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        let event = stack.sqs_event(&messages, queue).await;
+        let response = handle_featurizer_batch(featurizer, Some(ingestor), event, "it", None).await;
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "no record fails: {:?}",
+            response.batch_item_failures
+        );
+        for m in &messages {
+            bodies.push(m.body().unwrap().to_string());
+            stack.delete(queue, m.receipt_handle().unwrap()).await;
+        }
+    }
+}
+
+async fn upload_all(store: &S3Store, files: &[(String, Vec<u8>)]) {
+    stream::iter(files.iter().map(|(key, bytes)| async move {
+        store.put(key, Bytes::from(bytes.clone())).await.unwrap();
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<()>>()
+    .await;
+}
+
+/// Downloads the live images of a collection into `<dir>/<collection>/…` (for the batch run).
+async fn download_collection(store: &S3Store, collection: &str, dir: &Path) -> usize {
+    let prefix = format!("{INBOX}{collection}/");
+    let objects = store.list(&prefix).await.unwrap();
+    for o in &objects {
+        let path = dir.join(collection).join(o.key.strip_prefix(&prefix).unwrap());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, store.get(&o.key).await.unwrap()).unwrap();
+    }
+    objects.len()
+}
+
+#[test]
+fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
+    runtime().block_on(async {
+        let stack = Stack::new("ingest").await;
+        let ingest_queue = stack.make_queue("ingest").await;
+        let refit_queue = stack.make_queue("refit").await;
+        // The template's wiring: ObjectCreated and ObjectRemoved under the inbox → the ingest queue.
+        let filter = NotificationConfigurationFilter::builder()
+            .key(
+                S3KeyFilter::builder()
+                    .filter_rules(FilterRule::builder().name(FilterRuleName::Prefix).value(INBOX).build())
+                    .build(),
+            )
+            .build();
+        let notification = QueueConfiguration::builder()
+            .queue_arn(stack.queue_arn(&ingest_queue).await)
+            .events(Event::from("s3:ObjectCreated:*"))
+            .events(Event::from("s3:ObjectRemoved:*"))
+            .filter(filter)
+            .build()
+            .unwrap();
+        stack
+            .s3
+            .put_bucket_notification_configuration()
+            .bucket(&stack.bucket)
+            .notification_configuration(
+                NotificationConfiguration::builder().queue_configurations(notification).build(),
+            )
+            .send()
+            .await
+            .expect("bucket notification");
+        let store = stack.store();
+        let featurizer = stack.featurizer(store.clone());
+        let ingestor = Ingestor::new(
+            store.clone(),
+            store.clone(),
+            SqsQueue::new(stack.sqs.clone(), &refit_queue),
+            Engine::Model(model()),
+            IngestSettings {
+                inbox: INBOX.into(),
+                filter: ImageFilter::new("*.{jpg,jpeg,png}").unwrap(),
+                max_pixels: 50_000_000,
+                threads: 2,
+                fetch_concurrency: 16,
+                quiet_s: 1,
+            },
+        );
+        let reducer = stack.reducer(store.clone());
+        let refitter = Refitter {
+            store: store.clone(),
+            inbox: INBOX.into(),
+            quiet_ms: 1000,
+            options: RefitOptions {
+                pca: PcaOptions { k: K, ..Default::default() },
+                ..Default::default()
+            },
+        };
+        let pump_refits = || {
+            let (stack, refit_queue, reducer, refitter) = (&stack, &refit_queue, &reducer, &refitter);
+            async move {
+                // Delayed refit messages arrive after the quiet time; the reducer refits once.
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                stack
+                    .pump_queue(refit_queue, 10, |event| async move {
+                        handle_reducer_batch(reducer, Some(refitter), event, "it").await
+                    })
+                    .await
+            }
+        };
+
+        // Burst 1, one bulk upload of 1,020 keys: 20 distinct images under their own names,
+        // and 1,000 more keys holding copies of them.
+        let distinct = fruit_images(4, 5);
+        let mut burst: Vec<(String, Vec<u8>)> = distinct
+            .iter()
+            .map(|(p, b)| (format!("{INBOX}fruits/{p}"), b.clone()))
+            .collect();
+        for i in 0..1000 {
+            let (p, b) = &distinct[i % distinct.len()];
+            let label = p.split('/').next().unwrap();
+            burst.push((format!("{INBOX}fruits/{label}/bulk-{i:04}.jpg"), b.clone()));
+        }
+        let started = Instant::now();
+        upload_all(&store, &burst).await;
+        let first_bodies = pump_ingest(&stack, &ingest_queue, &featurizer, &ingestor).await;
+        assert!(pump_refits().await >= 1, "refit messages were sent");
+        let view = read_view(&store, "fruits").await;
+        println!("burst of {} keys: published in {:.1} s", burst.len(), started.elapsed().as_secs_f64());
+        assert_eq!(view.features.len(), 1020, "every key of the bulk upload has its row");
+        assert_eq!(view.pca.len(), 1020);
+        assert!(view.errors.is_empty(), "{:?}", view.errors);
+
+        // Burst 2: a key uploaded twice with different content, deletes, a non-image, an
+        // empty object, and a `_refit`-free quiet refit.
+        let twice = format!("{INBOX}fruits/{}", distinct[0].0.replace(".jpg", "-twice.jpg"));
+        store.put(&twice, Bytes::from(distinct[1].1.clone())).await.unwrap();
+        let new_image = fruit_images(5, 1).pop().unwrap();
+        store.put(&twice, Bytes::from(new_image.1.clone())).await.unwrap();
+        let deleted: Vec<String> = (0..1000).step_by(10).map(|i| burst[20 + i].0.clone()).collect();
+        for key in &deleted {
+            store.delete(key).await.unwrap();
+        }
+        store.put(&format!("{INBOX}fruits/notes.txt"), Bytes::from_static(b"not an image")).await.unwrap();
+        let empty = format!("{INBOX}fruits/{}/empty.jpg", distinct[0].0.split('/').next().unwrap());
+        store.put(&empty, Bytes::new()).await.unwrap();
+        pump_ingest(&stack, &ingest_queue, &featurizer, &ingestor).await;
+        // Every event of burst 1 delivered again (late and out of order): they change nothing.
+        let sender = SqsQueue::new(stack.sqs.clone(), &ingest_queue);
+        use shared::queue::Queue;
+        let mut again = first_bodies.clone();
+        again.reverse();
+        sender.send_all(again).await.unwrap();
+        pump_ingest(&stack, &ingest_queue, &featurizer, &ingestor).await;
+        assert!(pump_refits().await >= 1);
+
+        let view = read_view(&store, "fruits").await;
+        let live: BTreeSet<String> = store
+            .list(&format!("{INBOX}fruits/"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key.strip_prefix(&format!("{INBOX}fruits/")).unwrap().to_string())
+            .filter(|p| p.ends_with(".jpg") && !p.ends_with("empty.jpg"))
+            .collect();
+        assert_eq!(
+            view.features.keys().cloned().collect::<BTreeSet<_>>(),
+            live,
+            "the view holds exactly the live images"
+        );
+        assert_eq!(live.len(), 1020 - deleted.len() + 1);
+        let twice_path = twice.strip_prefix(&format!("{INBOX}fruits/")).unwrap();
+        assert_eq!(view.errors.len(), 1, "{:?}", view.errors);
+        assert!(view.errors[0].path.ends_with("empty.jpg"), "{:?}", view.errors);
+        assert_eq!(serde_json::to_value(view.errors[0].kind).unwrap(), "empty");
+        assert!(view.pointer.seq >= 2);
+
+        // The status shows it, with nothing pending.
+        let status = collection_status(&store, "fruits").await.unwrap();
+        assert_eq!(status.pending_deltas, 0);
+        assert_eq!(status.summary.as_ref().unwrap().rows, live.len());
+        // Old snapshots expire: at most KEEP_SNAPSHOTS folders remain.
+        let snapshots: BTreeSet<String> = store
+            .list(&CollectionLayout::new("fruits").snapshots_prefix())
+            .await
+            .unwrap()
+            .iter()
+            .map(|o| o.key.split('/').nth(3).unwrap().to_string())
+            .collect();
+        assert!(snapshots.len() <= shared::collection::KEEP_SNAPSHOTS, "{snapshots:?}");
+
+        // Against a batch run over the same final set.
+        let dir = tempfile::tempdir().unwrap();
+        download_collection(&store, "fruits", dir.path()).await;
+        std::fs::remove_file(dir.path().join("fruits/notes.txt")).unwrap();
+        let folder = dir.path().join("fruits");
+        let twice_row = view.features[twice_path].values.clone();
+        tokio::task::spawn_blocking(move || {
+            let _keep = dir;
+            assert_view_matches_batch(&view, &folder);
+        })
+        .await
+        .unwrap();
+        // The key uploaded twice holds the second content's features.
+        let expected = Engine::Model(model())
+            .featurize(&["x".into()], &[Ok(Bytes::from(new_image.1))], 1, 50_000_000)
+            .unwrap();
+        match &expected[0] {
+            shared::featurizer::ImageOutcome::Features(f) => assert_eq!(f, &twice_row),
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn watch_follows_a_folder_and_finishes_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("in/photos");
+    let out = dir.path().join("out");
+    let images = fruit_images(3, 3);
+    let (initial, later) = images.split_at(6);
+    write_tree(&folder, initial);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_featurize"))
+        .args(["watch", "--quiet", "1", "--debounce-ms", "300", "-j", "2", "--k", &K.to_string()])
+        .arg("--input")
+        .arg(&folder)
+        .arg("--output")
+        .arg(&out)
+        .arg("--model")
+        .arg(shared_dir().join("models/mobilenet_v2_features.onnx"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let current = out.join("collections/photos/current.json");
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for("the first view", &|| current.is_file());
+    let seq = |p: &Path| -> u64 {
+        serde_json::from_slice::<CurrentPointer>(&std::fs::read(p).unwrap()).unwrap().seq
+    };
+    let first = seq(&current);
+
+    // Changes: new files, one replaced, one deleted, a non-image, an empty file, and a file
+    // written in two halves (the debouncer waits for it).
+    write_tree(&folder, later);
+    std::fs::write(folder.join(&initial[0].0), &later[0].1).unwrap();
+    std::fs::remove_file(folder.join(&initial[1].0)).unwrap();
+    std::fs::write(folder.join("notes.txt"), b"not an image").unwrap();
+    std::fs::write(folder.join(initial[2].0.replace(".jpg", "-empty.jpg")), b"").unwrap();
+    let half = folder.join(initial[3].0.replace(".jpg", "-slow.jpg"));
+    let bytes = &initial[4].1;
+    std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&half).unwrap();
+        f.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "watch did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(exit.success(), "exit {exit:?}\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("Results_PCA") && stdout.contains("collections/photos/snapshots/"), "{stdout}");
+    assert!(seq(&current) > first, "a refit published the changes");
+
+    let store = FsStore::new(&out);
+    let view = runtime().block_on(read_view(&store, "photos"));
+    assert_eq!(view.errors.len(), 1, "the empty file: {:?}", view.errors);
+    assert!(view.errors[0].path.ends_with("-empty.jpg"));
+    assert!(view.features.contains_key(&initial[3].0.replace(".jpg", "-slow.jpg")));
+    assert!(!view.features.contains_key(&initial[1].0), "the deleted file is gone");
+    std::fs::remove_file(folder.join("notes.txt")).unwrap();
+    assert_view_matches_batch(&view, &folder);
+}
