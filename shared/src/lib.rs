@@ -15,6 +15,7 @@ pub mod config;
 pub mod cost;
 pub mod engine;
 pub mod error;
+pub mod glibc;
 pub mod layout;
 pub mod manifest;
 pub mod parquet_io;
