@@ -5,10 +5,9 @@
 #![recursion_limit = "256"]
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use shared::aws::{s3_client, sdk_config, sqs_client, S3Store, SqsQueue};
+use shared::aws::{sdk_config, sqs_client, SqsQueue};
 use shared::config::Config;
-use shared::retry::{RetryPolicy, Retrying};
-use shared::lambda::{handle_splitter_event, parse_splitter_event};
+use shared::lambda::{deployed_store, handle_splitter_event, parse_splitter_event};
 use shared::splitter::Splitter;
 use shared::telemetry::{init_tracing, LogFormat};
 
@@ -17,11 +16,7 @@ async fn main() -> Result<(), Error> {
     init_tracing(LogFormat::from_env(), "info");
     let config = Config::from_env()?;
     let aws = sdk_config().await;
-    // Transient S3 failures (throttling, 5xx, dropped connections) are retried here too.
-    let store = Retrying::new(
-        S3Store::new(s3_client(&aws), &config.bucket),
-        RetryPolicy::default(),
-    );
+    let store = deployed_store(&config, &aws);
     let sqs = sqs_client(&aws);
     let shard_queue = SqsQueue::new(sqs.clone(), config.shard_queue_url()?);
     let reduce_queue = SqsQueue::new(sqs, config.reduce_queue_url()?);

@@ -9,7 +9,14 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tracing::{error, info, info_span, warn, Instrument};
 
+use crate::aws::{s3_client, sqs_client, S3Store, SdkConfig, SqsQueue};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::featurizer::Engine;
+use crate::ingest::IngestSettings;
+use crate::listing::ImageFilter;
+use crate::model::{Model, ModelSpec};
+use crate::retry::{RetryPolicy, Retrying};
 use crate::collection::{refit, RefitMessage, RefitOptions, RefitOutcome};
 use crate::featurizer::ShardFeaturizer;
 use crate::ingest::{parse_ingest_body, IngestBody, Ingestor};
@@ -170,6 +177,21 @@ pub struct Refitter<S> {
 }
 
 impl<S: ObjectStore> Refitter<S> {
+    /// The reducer's refitter, as its configuration (`INBOX_PREFIX`, `QUIET_SECS`, the run
+    /// defaults' PCA, `REDUCE_CONCURRENCY`) describes it.
+    pub fn from_config(store: S, config: &Config) -> Self {
+        Self {
+            store,
+            inbox: config.inbox_prefix.clone(),
+            quiet_ms: u64::from(config.quiet_secs) * 1000,
+            options: RefitOptions {
+                pca: config.run_defaults.pca.clone(),
+                concurrency: config.reducer.concurrency,
+                ..Default::default()
+            },
+        }
+    }
+
     /// Handles one refit message.
     pub async fn process(&self, message: &RefitMessage) -> Result<RefitOutcome> {
         let mut options = self.options.clone();
@@ -478,5 +500,87 @@ mod tests {
         let sqs: SqsEvent =
             serde_json::from_str(include_str!("../../../tests/events/sqs-reduce.json")).unwrap();
         let _: ReduceMessage = parse_body(&sqs.records[0]).unwrap();
+    }
+}
+
+/// The bucket as the deployed functions see it: S3, transient failures (throttling, 5xx,
+/// dropped connections) retried.
+pub type DeployedStore = Retrying<S3Store>;
+
+/// The bucket named in the configuration, through the retry layer.
+pub fn deployed_store(config: &Config, aws: &SdkConfig) -> DeployedStore {
+    Retrying::new(
+        S3Store::new(s3_client(aws), &config.bucket),
+        RetryPolicy::default(),
+    )
+}
+
+/// Loads the model the configuration names (`MODEL_PATH`, with `MODEL_SPEC_PATH` when that
+/// file exists), once per container: every invocation reuses the optimized plan.
+pub fn load_model(config: &Config) -> Result<Model> {
+    let spec_path = Some(config.model_spec_path.as_path()).filter(|p| p.is_file());
+    let spec = ModelSpec::for_model(&config.model_path, spec_path)?;
+    let model = Model::load(&config.model_path, spec)?;
+    info!(
+        load_ms = model.load_time().as_millis() as u64,
+        feature_dim = model.feature_dim(),
+        "model loaded"
+    );
+    Ok(model)
+}
+
+/// The featurizer function: the shard featurizer (batch runs) and, when a refit queue is
+/// configured, the ingestor (continuous ingestion), sharing one model.
+pub struct FeaturizerFunction {
+    featurizer: ShardFeaturizer<DeployedStore, SqsQueue>,
+    ingestor: Option<Ingestor<DeployedStore, DeployedStore, SqsQueue>>,
+}
+
+impl FeaturizerFunction {
+    /// Builds both handlers from the configuration, loading the model.
+    pub fn from_config(config: &Config, aws: &SdkConfig) -> Result<Self> {
+        let store = deployed_store(config, aws);
+        let model = load_model(config)?;
+        let ingestor = match &config.refit_queue_url {
+            Some(url) => Some(Ingestor::new(
+                store.clone(),
+                store.clone(),
+                SqsQueue::new(sqs_client(aws), url),
+                Engine::Model(model.clone()),
+                IngestSettings {
+                    inbox: config.inbox_prefix.clone(),
+                    filter: ImageFilter::new(&config.run_defaults.image_glob)?,
+                    max_pixels: config.run_defaults.max_pixels,
+                    threads: config.featurizer.worker_threads,
+                    fetch_concurrency: config.featurizer.fetch_concurrency,
+                    quiet_s: config.quiet_secs,
+                },
+            )),
+            None => None,
+        };
+        let reduce_queue = SqsQueue::new(sqs_client(aws), config.reduce_queue_url()?);
+        let featurizer = ShardFeaturizer::new(
+            store.clone(),
+            store,
+            reduce_queue,
+            model,
+            config.featurizer.clone(),
+        );
+        Ok(Self {
+            featurizer,
+            ingestor,
+        })
+    }
+
+    /// One invocation: its SQS records, the invocation's deadline (ms since the epoch).
+    pub async fn handle(&self, event: SqsEvent, request_id: &str, deadline_ms: u64) -> SqsBatchResponse {
+        handle_featurizer_batch(
+            &self.featurizer,
+            self.ingestor.as_ref(),
+            event,
+            request_id,
+            deadline_instant(deadline_ms),
+        )
+        .await
     }
 }
