@@ -108,9 +108,9 @@ impl ModelArgs {
     }
 }
 
-/// Options of a run, shared by `run` and `submit`.
+/// The PCA's options, shared by runs (`run`, `submit`) and collections (`watch`, `refit`).
 #[derive(Args, Clone)]
-struct RunOptionArgs {
+struct PcaArgs {
     /// Number of principal components.
     #[arg(long, default_value_t = 50, conflicts_with = "variance")]
     k: usize,
@@ -120,6 +120,27 @@ struct RunOptionArgs {
     /// Projection: centered = (x - mean) @ components.T (scikit-learn); uncentered = components @ x (Spark ML).
     #[arg(long, default_value = "centered", value_parser = parse_convention)]
     convention: PcaConvention,
+}
+
+impl PcaArgs {
+    /// A collection's refit options with these PCA settings.
+    fn refit_options(&self) -> shared::collection::RefitOptions {
+        shared::collection::RefitOptions {
+            pca: shared::manifest::PcaOptions {
+                k: self.k,
+                variance: self.variance,
+                convention: self.convention,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// Options of a run, shared by `run` and `submit`.
+#[derive(Args, Clone)]
+struct RunOptionArgs {
+    #[command(flatten)]
+    pca: PcaArgs,
     /// Images per shard.
     #[arg(long, default_value_t = shared::manifest::DEFAULT_SHARD_SIZE)]
     shard_size: usize,
@@ -145,9 +166,9 @@ impl RunOptionArgs {
         RunRequest {
             input_prefix,
             run_id: self.run_id.clone(),
-            k: self.variance.is_none().then_some(self.k),
-            variance: self.variance,
-            convention: Some(self.convention),
+            k: self.pca.variance.is_none().then_some(self.pca.k),
+            variance: self.pca.variance,
+            convention: Some(self.pca.convention),
             shard_size: Some(self.shard_size),
             shard_count: self.shards,
             image_glob: Some(self.glob.clone()),
@@ -848,32 +869,6 @@ fn open(target: &str) {
     }
 }
 
-#[derive(Args, Clone)]
-struct CollectionPcaArgs {
-    /// Number of principal components.
-    #[arg(long, default_value_t = 50, conflicts_with = "variance")]
-    k: usize,
-    /// Instead of k: the fewest components that explain this share of the variance.
-    #[arg(long)]
-    variance: Option<f64>,
-    /// Projection convention (centered: scikit-learn; uncentered: Spark ML).
-    #[arg(long, default_value = "centered", value_parser = parse_convention)]
-    convention: PcaConvention,
-}
-
-impl CollectionPcaArgs {
-    fn options(&self) -> shared::collection::RefitOptions {
-        shared::collection::RefitOptions {
-            pca: shared::manifest::PcaOptions {
-                k: self.k,
-                variance: self.variance,
-                convention: self.convention,
-            },
-            ..Default::default()
-        }
-    }
-}
-
 #[derive(Args)]
 struct WatchArgs {
     /// The folder to watch: the collection (its name); an image's label is its parent folder's name.
@@ -895,7 +890,7 @@ struct WatchArgs {
     #[arg(long, default_value_t = 50_000_000)]
     max_pixels: u64,
     #[command(flatten)]
-    pca: CollectionPcaArgs,
+    pca: PcaArgs,
     #[command(flatten)]
     model: ModelArgs,
     /// Inference threads (default: all cores).
@@ -927,7 +922,7 @@ struct RefitArgs {
     #[arg(long)]
     endpoint_url: Option<String>,
     #[command(flatten)]
-    pca: CollectionPcaArgs,
+    pca: PcaArgs,
 }
 
 fn print_refit(outcome: &shared::collection::RefitOutcome, store_describe: &dyn Fn(&str) -> String) {
@@ -962,7 +957,7 @@ fn print_refit(outcome: &shared::collection::RefitOutcome, store_describe: &dyn 
 
 async fn refit_cmd(args: RefitArgs) -> Result<ExitCode> {
     use shared::store::ObjectStore;
-    let options = args.pca.options();
+    let options = args.pca.refit_options();
     if let Some(out) = &args.output {
         let input = args.input.as_ref().context("--input DIR (the watched folder) is required with --output")?;
         let (root, name) = collection_root(input)?;
@@ -1039,7 +1034,7 @@ async fn watch(args: WatchArgs) -> Result<ExitCode> {
         quiet_s: args.quiet.ceil() as u32,
     };
     let ingestor = Ingestor::new(input.clone(), output.clone(), &queue, shared::featurizer::Engine::Model(model), settings);
-    let options = args.pca.options();
+    let options = args.pca.refit_options();
     let layout = CollectionLayout::new(&collection);
 
     // Start from what is there: every file, and every path the published view still has

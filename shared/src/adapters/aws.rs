@@ -346,17 +346,10 @@ impl ObjectStore for S3Store {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        match self.head(key).await {
             Ok(_) => Ok(true),
-            Err(e) if status_of(&e) == Some(404) => Ok(false),
-            Err(e) => Err(remote("HeadObject", key, e)),
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
