@@ -43,7 +43,9 @@ target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
 # Per-architecture target folders, if the builds were kept apart (default: the same one).
 declare -A dir=([arm64]="${CARGO_TARGET_DIR_ARM64:-$target_dir}" [x86_64]="${CARGO_TARGET_DIR_X86_64:-$target_dir}")
 
-# pyarrow (the test suite's pin) for reading the Parquet outputs.
+# pyarrow (the test suite's pin) for reading the Parquet outputs (in .venv-deploy, which the
+# setup step makes; made here too when SKIP_SETUP=1 runs in a clone that has none).
+[ -x .venv-deploy/bin/python ] || python3 -m venv .venv-deploy
 if ! .venv-deploy/bin/python -c 'import pyarrow' 2>/dev/null; then
   .venv-deploy/bin/python -m pip install --quiet --disable-pip-version-check \
     "$(grep -E '^pyarrow==' infra/requirements-test.txt)"

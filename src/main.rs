@@ -951,7 +951,7 @@ fn print_refit(outcome: &shared::collection::RefitOutcome, store_describe: &dyn 
         RefitOutcome::NotQuiet { since_change_ms } => {
             println!("not quiet yet: last change {since_change_ms} ms ago")
         }
-        RefitOutcome::LostRace => println!("another refit published first"),
+        RefitOutcome::LostRace => println!("other refits kept publishing first ({} times): run it again", shared::collection::REFIT_ATTEMPTS),
     }
 }
 
@@ -1213,12 +1213,16 @@ fn walkdir_files(dir: &std::path::Path) -> Vec<PathBuf> {
 }
 
 async fn collection_status_cmd(collection: &str, output: Option<&PathBuf>, bucket: Option<&String>, endpoint: Option<&str>, json: bool) -> Result<ExitCode> {
-    let status = match (output, bucket) {
-        (Some(dir), _) => shared::collection::collection_status(&shared::store::FsStore::new(dir), collection).await?,
+    use shared::store::ObjectStore;
+    let (status, describe): (_, Box<dyn Fn(&str) -> String>) = match (output, bucket) {
+        (Some(dir), _) => {
+            let store = shared::store::FsStore::new(dir);
+            (shared::collection::collection_status(&store, collection).await?, Box::new(move |k: &str| store.describe(k)))
+        }
         (None, Some(bucket)) => {
             let sdk = shared::aws::sdk_config_with_endpoint(endpoint).await;
             let store = shared::aws::S3Store::new(shared::aws::s3_client(&sdk), bucket);
-            shared::collection::collection_status(&store, collection).await?
+            (shared::collection::collection_status(&store, collection).await?, Box::new(move |k: &str| store.describe(k)))
         }
         (None, None) => bail!("give --output DIR (local collection) or --bucket B (deployed stack)"),
     };
@@ -1234,8 +1238,8 @@ async fn collection_status_cmd(collection: &str, output: Option<&PathBuf>, bucke
                 println!("  rows {}  errors {}  PCA k = {}  cumulative explained variance {:.4}", s.rows, s.errors, s.k, s.cumulative_explained_variance);
                 println!("  last refit: {} deltas, {} changed paths (+{} ~{} -{}), fit {:.3} s, publish {:.3} s", s.deltas, s.changed_paths, s.added, s.replaced, s.removed, s.fit_s, s.publish_s);
             }
-            println!("  Results      {}", p.results);
-            println!("  Results_PCA  {}", p.results_pca);
+            println!("  Results      {}", describe(&p.results));
+            println!("  Results_PCA  {}", describe(&p.results_pca));
         }
         (None, _) => println!("  nothing published yet"),
     }

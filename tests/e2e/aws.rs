@@ -102,43 +102,39 @@ impl Stack {
             .queue(&format!("{unique}-reduce"), Some(&reduce_dlq))
             .await;
         stack.requests_queue = stack.queue(&format!("{unique}-requests"), None).await;
-        let filter = NotificationConfigurationFilter::builder()
-            .key(
-                S3KeyFilter::builder()
-                    .filter_rules(
-                        FilterRule::builder()
-                            .name(FilterRuleName::Prefix)
-                            .value("runs/requests/")
-                            .build(),
-                    )
-                    .filter_rules(
-                        FilterRule::builder()
-                            .name(FilterRuleName::Suffix)
-                            .value(".json")
-                            .build(),
-                    )
-                    .build(),
-            )
-            .build();
-        let notification = QueueConfiguration::builder()
-            .queue_arn(stack.arn(&stack.requests_queue).await)
-            .events(Event::S3ObjectCreated)
-            .filter(filter)
-            .build()
-            .unwrap();
+        let requests_queue = stack.requests_queue.clone();
         stack
-            .s3
+            .notify(&requests_queue, "runs/requests/", Some(".json"), &[Event::S3ObjectCreated])
+            .await;
+        stack
+    }
+
+    /// Has the bucket send S3 event notifications for `events` on keys under `prefix` (and
+    /// ending with `suffix`) to a queue, as the template's notification configuration does.
+    /// It replaces the bucket's notification configuration.
+    pub(crate) async fn notify(&self, queue_url: &str, prefix: &str, suffix: Option<&str>, events: &[Event]) {
+        let mut key = S3KeyFilter::builder()
+            .filter_rules(FilterRule::builder().name(FilterRuleName::Prefix).value(prefix).build());
+        if let Some(suffix) = suffix {
+            key = key.filter_rules(FilterRule::builder().name(FilterRuleName::Suffix).value(suffix).build());
+        }
+        let mut notification = QueueConfiguration::builder()
+            .queue_arn(self.arn(queue_url).await)
+            .filter(NotificationConfigurationFilter::builder().key(key.build()).build());
+        for event in events {
+            notification = notification.events(event.clone());
+        }
+        self.s3
             .put_bucket_notification_configuration()
-            .bucket(&stack.bucket)
+            .bucket(&self.bucket)
             .notification_configuration(
                 NotificationConfiguration::builder()
-                    .queue_configurations(notification)
+                    .queue_configurations(notification.build().unwrap())
                     .build(),
             )
             .send()
             .await
             .expect("bucket notification");
-        stack
     }
 
     async fn queue(&self, name: &str, dlq: Option<&str>) -> String {
@@ -159,6 +155,7 @@ impl Stack {
             .to_string()
     }
 
+    /// A queue's ARN.
     async fn arn(&self, url: &str) -> String {
         let attributes = self
             .sqs
@@ -325,11 +322,6 @@ impl Stack {
             .await
             .expect("visibility timeout");
         url
-    }
-
-    /// A queue's ARN.
-    pub(crate) async fn queue_arn(&self, url: &str) -> String {
-        self.arn(url).await
     }
 
     /// The `SqsEvent` Lambda would deliver for these messages of queue `url`.

@@ -12,10 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::types::{
-    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
-    QueueConfiguration, S3KeyFilter,
-};
+use aws_sdk_s3::types::Event;
 use futures::stream::{self, StreamExt};
 use shared::aws::{S3Store, SqsQueue};
 use shared::collection::{
@@ -229,30 +226,14 @@ fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
         let ingest_queue = stack.make_queue("ingest").await;
         let refit_queue = stack.make_queue("refit").await;
         // The template's wiring: ObjectCreated and ObjectRemoved under the inbox → the ingest queue.
-        let filter = NotificationConfigurationFilter::builder()
-            .key(
-                S3KeyFilter::builder()
-                    .filter_rules(FilterRule::builder().name(FilterRuleName::Prefix).value(INBOX).build())
-                    .build(),
-            )
-            .build();
-        let notification = QueueConfiguration::builder()
-            .queue_arn(stack.queue_arn(&ingest_queue).await)
-            .events(Event::from("s3:ObjectCreated:*"))
-            .events(Event::from("s3:ObjectRemoved:*"))
-            .filter(filter)
-            .build()
-            .unwrap();
         stack
-            .s3
-            .put_bucket_notification_configuration()
-            .bucket(&stack.bucket)
-            .notification_configuration(
-                NotificationConfiguration::builder().queue_configurations(notification).build(),
+            .notify(
+                &ingest_queue,
+                INBOX,
+                None,
+                &[Event::from("s3:ObjectCreated:*"), Event::from("s3:ObjectRemoved:*")],
             )
-            .send()
-            .await
-            .expect("bucket notification");
+            .await;
         let store = stack.store();
         let featurizer = stack.featurizer(store.clone());
         let ingestor = Ingestor::new(
@@ -362,6 +343,40 @@ fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
         let status = collection_status(&store, "fruits").await.unwrap();
         assert_eq!(status.pending_deltas, 0);
         assert_eq!(status.summary.as_ref().unwrap().rows, live.len());
+
+        // The CLI on the stack: `refit --refit-queue-url` asks the reducer for a refit (a
+        // forced message: no quiet time), `status --collection` shows the published view.
+        let cli = |args: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_featurize"))
+                .args(args)
+                .args(["--collection", "fruits", "--bucket", &stack.bucket, "--endpoint-url", &crate::aws::endpoint()])
+                .envs([("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+            text
+        };
+        let requested = cli(&["refit", "--refit-queue-url", &refit_queue]);
+        assert!(requested.contains("refit of fruits requested"), "{requested}");
+        let messages = stack.receive(&refit_queue, 10).await;
+        assert_eq!(messages.len(), 1, "one refit message");
+        let message: shared::collection::RefitMessage = serde_json::from_str(messages[0].body().unwrap()).unwrap();
+        assert_eq!(message, shared::collection::RefitMessage { collection: "fruits".into(), force: true });
+        // Handled as the reducer would: nothing changed since the last refit.
+        let event = stack.sqs_event(&messages, &refit_queue).await;
+        let response = handle_reducer_batch(&reducer, Some(&refitter), event, "it").await;
+        assert!(response.batch_item_failures.is_empty());
+        stack.delete(&refit_queue, messages[0].receipt_handle().unwrap()).await;
+        let shown = cli(&["status"]);
+        println!("featurize status --collection fruits:\n{shown}");
+        assert!(shown.contains(&format!("rows {}  errors 1", live.len())), "{shown}");
+        assert!(shown.contains("pending    nothing: the view is current"), "{shown}");
+        assert!(shown.contains(&format!("(refit {})", view.pointer.seq)), "{shown}");
+        assert!(
+            shown.contains(&format!("Results      s3://{}/collections/fruits/snapshots/", stack.bucket)),
+            "{shown}"
+        );
         // Old snapshots expire: at most KEEP_SNAPSHOTS folders remain.
         let snapshots: BTreeSet<String> = store
             .list(&CollectionLayout::new("fruits").snapshots_prefix())

@@ -1,5 +1,6 @@
 //! Fault injection: adapters over the object store and the queue that crash after a chosen
-//! step, fail a share of calls as S3 does under load (503 SlowDown, with latency), pause
+//! step, fail a share of calls as S3 does under load (503 SlowDown, with latency), deny the
+//! calls on some keys as a missing permission does (403 AccessDenied, permanent), pause
 //! before a step so that a test can interleave two attempts, or lose the messages sent.
 //!
 //! One [`Faults`] plan is shared by the store and the queue of one handler, so that "step"
@@ -25,6 +26,10 @@ struct Plan {
     latency: Duration,
     /// Pause before this mutating step (0-based) until resumed.
     pause_before: Option<usize>,
+    /// Pause before the first mutating step on a key containing this, until resumed.
+    pause_before_key: Option<String>,
+    /// Every call on a key containing this fails with a permanent 403 AccessDenied.
+    deny: Option<String>,
     /// Sends succeed but deliver nothing.
     drop_sends: bool,
 }
@@ -116,6 +121,30 @@ impl Faults {
         )
     }
 
+    /// The handler stops before its first mutating step on a key containing `key_part`
+    /// (e.g. the pointer it publishes last) until [`Faults::resume`].
+    pub fn pause_before_key(key_part: &str) -> Self {
+        Self::with_plan(
+            Plan {
+                pause_before_key: Some(key_part.to_string()),
+                ..Plan::default()
+            },
+            0,
+        )
+    }
+
+    /// Every call on a key containing `key_part` fails with a permanent "403 AccessDenied",
+    /// as on S3 when the role, a bucket policy or a KMS key refuses that object.
+    pub fn deny(key_part: &str) -> Self {
+        Self::with_plan(
+            Plan {
+                deny: Some(key_part.to_string()),
+                ..Plan::default()
+            },
+            0,
+        )
+    }
+
     /// Every message sent is lost (the send itself succeeds).
     pub fn drop_sends() -> Self {
         Self::with_plan(
@@ -195,6 +224,15 @@ impl Faults {
             return Err(Self::error(op, key, "injected crash: the handler is dead"));
         }
         let plan = &self.state.plan;
+        if plan.deny.as_deref().is_some_and(|d| key.contains(d)) {
+            self.state.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Remote {
+                op,
+                key: key.to_string(),
+                transient: false,
+                source: "injected 403 AccessDenied: Access Denied".into(),
+            });
+        }
         if !plan.latency.is_zero() {
             tokio::time::sleep(plan.latency).await;
         }
@@ -213,7 +251,9 @@ impl Faults {
         self.before_call(op, key).await?;
         let plan = &self.state.plan;
         let step = self.steps();
-        if plan.pause_before == Some(step) && !*self.state.resumed.borrow() {
+        let pause_here = plan.pause_before == Some(step)
+            || plan.pause_before_key.as_deref().is_some_and(|k| key.contains(k));
+        if pause_here && !*self.state.resumed.borrow() {
             self.state.paused.send_replace(true);
             let mut rx = self.state.resumed.subscribe();
             let _ = rx.wait_for(|r| *r).await;
@@ -282,6 +322,10 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         self.faults.before_call("exists", key).await?;
         self.inner.exists(key).await
+    }
+    async fn head(&self, key: &str) -> Result<String, StoreError> {
+        self.faults.before_call("head", key).await?;
+        self.inner.head(key).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.write("delete", key, self.inner.delete(key)).await
@@ -378,6 +422,27 @@ mod tests {
         let (a, failed) = run(7);
         assert_eq!(a, run(7).0, "same seed, same faults");
         assert!((15..=45).contains(&failed), "{failed} of 100 failed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn denied_keys_fail_permanently_and_others_pass() {
+        let dir = tempfile_dir("deny");
+        let faults = Faults::deny("secret/");
+        let store = faults.store(FsStore::new(&dir));
+        block(async {
+            store.put("open/a", Bytes::from_static(b"1")).await.unwrap();
+            assert_eq!(store.head("open/a").await.unwrap(), store.get_versioned("open/a").await.unwrap().etag);
+            for e in [
+                store.get("secret/b").await.unwrap_err(),
+                store.head("secret/b").await.unwrap_err(),
+                store.put("secret/b", Bytes::new()).await.unwrap_err(),
+            ] {
+                assert!(!e.is_transient(), "{e}");
+                assert!(e.to_string().contains("AccessDenied"), "{e}");
+            }
+        });
+        assert_eq!(faults.injected(), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

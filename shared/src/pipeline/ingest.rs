@@ -20,6 +20,7 @@ use crate::error::Result;
 use crate::featurizer::{Engine, ImageOutcome};
 use crate::lambda::{decode_s3_key, S3Notification};
 use crate::listing::ImageFilter;
+use crate::manifest::ImageErrorKind;
 use crate::parquet_io::VectorRow;
 use crate::queue::Queue;
 use crate::store::{ObjectStore, StoreError};
@@ -86,7 +87,7 @@ pub struct IngestOutcome {
     pub keys: usize,
     /// Featurized (one row each in the next view).
     pub upserts: usize,
-    /// Permanent failures (the collection's error list).
+    /// Permanent failures, unreadable or not featurizable (the collection's error list).
     pub failed: usize,
     /// Gone when read.
     pub removed: usize,
@@ -117,7 +118,11 @@ struct Item {
 }
 
 enum State {
+    /// Its bytes and ETag.
     Read(Bytes, String),
+    /// A permanent read failure: its ETag if a HEAD gave one, and why.
+    Unreadable(Option<String>, String),
+    /// Deleted.
     Gone,
 }
 
@@ -149,7 +154,8 @@ impl<I: ObjectStore, S: ObjectStore, Q: Queue> Ingestor<I, S, Q> {
     }
 
     /// Processes a batch of changed keys (in any order, duplicates allowed). Errors only on
-    /// transient failures (the batch is then retried whole; it is idempotent).
+    /// transient failures (the batch is then retried whole; it is idempotent); a key that
+    /// cannot be read for good (access denied) becomes a failed entry, like a corrupt image.
     pub async fn ingest(&self, keys: &[String]) -> Result<IngestOutcome> {
         let mut outcome = IngestOutcome::default();
         let mut distinct: Vec<&String> = keys.iter().collect();
@@ -181,9 +187,18 @@ impl<I: ObjectStore, S: ObjectStore, Q: Queue> Ingestor<I, S, Q> {
                 let state = match self.input.get_versioned(&key).await {
                     Ok(v) => State::Read(v.body, v.etag),
                     Err(StoreError::NotFound(_)) => State::Gone,
-                    // Anything else (throttling, 5xx, access denied) fails the batch, which
-                    // SQS delivers again and dead-letters after maxReceiveCount, as a shard.
-                    Err(e) => return Err(e.into()),
+                    // Throttling, 5xx, timeouts: the batch fails and SQS delivers it again
+                    // (it is idempotent), dead-lettering it after maxReceiveCount.
+                    Err(e) if e.is_transient() => return Err(e.into()),
+                    // Access denied and the like: this object's fault, not the batch's. It
+                    // goes to the collection's error list, under its ETag when a HEAD still
+                    // gives one (e.g. a KMS key that refuses only the body).
+                    Err(e) => match self.input.head(&key).await {
+                        Ok(etag) => State::Unreadable(Some(etag), e.to_string()),
+                        Err(StoreError::NotFound(_)) => State::Gone,
+                        Err(h) if h.is_transient() => return Err(h.into()),
+                        Err(_) => State::Unreadable(None, e.to_string()),
+                    },
                 };
                 Ok(Item {
                     collection,
@@ -259,6 +274,17 @@ impl<I: ObjectStore, S: ObjectStore, Q: Queue> Ingestor<I, S, Q> {
                         etag,
                         kind: *kind,
                         reason: reason.clone(),
+                    }
+                }
+                (State::Unreadable(etag, reason), _) => {
+                    outcome.failed += 1;
+                    DeltaEntry::Failed {
+                        path: item.path,
+                        label: item.label,
+                        // No ETag: the refit, which cannot HEAD it either, takes this entry.
+                        etag: etag.unwrap_or_default(),
+                        kind: ImageErrorKind::Fetch,
+                        reason,
                     }
                 }
                 _ => {

@@ -192,11 +192,19 @@ impl<S: ObjectStore> Refitter<S> {
         }
     }
 
-    /// Handles one refit message.
+    /// Handles one refit message. A refit that kept losing the race for the pointer is an
+    /// error, so that the message is delivered again rather than its changes left waiting.
     pub async fn process(&self, message: &RefitMessage) -> Result<RefitOutcome> {
         let mut options = self.options.clone();
         options.quiet_ms = (!message.force).then_some(self.quiet_ms);
-        refit(&self.store, &self.store, &self.inbox, &message.collection, &options).await
+        match refit(&self.store, &self.store, &self.inbox, &message.collection, &options).await? {
+            RefitOutcome::LostRace => Err(Error::RunState(format!(
+                "collection {}: other refits published first {} times in a row",
+                message.collection,
+                crate::collection::REFIT_ATTEMPTS
+            ))),
+            outcome => Ok(outcome),
+        }
     }
 }
 
