@@ -49,7 +49,9 @@ enum Command {
     /// Write (or regenerate) a run's HTML report and print its path, or a presigned URL on S3.
     Report(ReportArgs),
     /// Resume a run: featurize the shards that are not done, then reduce (also recovers a run
-    /// that `status` reports stuck: a lost reduce message, a dead reducer).
+    /// that `status` reports stuck: a lost reduce message, a dead reducer). With --output, here,
+    /// reading the input folder recorded in the manifest; with --bucket, by sending the missing
+    /// shards or the reduce to the stack's queues.
     Resume(ResumeArgs),
     /// Simulate a run of N images at scale (synthetic features, no CNN): time, memory,
     /// requests and bytes per stage.
@@ -243,21 +245,28 @@ struct SubmitArgs {
     options: RunOptionArgs,
 }
 
+/// Where a run or a collection lives: an output folder here (embedded runs, `featurize
+/// watch`), or a deployed stack's bucket.
+#[derive(Args)]
+struct LocationArgs {
+    /// A local output folder (`featurize run --output`, `featurize watch --output`).
+    #[arg(long, conflicts_with = "bucket")]
+    output: Option<PathBuf>,
+    /// The data bucket of a deployed stack.
+    #[arg(long, env = "BUCKET")]
+    bucket: Option<String>,
+    /// S3/SQS endpoint (an emulator such as moto).
+    #[arg(long)]
+    endpoint_url: Option<String>,
+}
+
 #[derive(Args)]
 struct ResumeArgs {
     /// The run id.
     #[arg(long)]
     run: String,
-    /// A local output folder (embedded runs): the run is finished here, reading the input
-    /// folder recorded in its manifest.
-    #[arg(long, conflicts_with = "bucket")]
-    output: Option<PathBuf>,
-    /// The data bucket (deployed runs): missing shards or the reduce are sent to the queues.
-    #[arg(long, env = "BUCKET")]
-    bucket: Option<String>,
-    /// S3/SQS endpoint (an emulator).
-    #[arg(long)]
-    endpoint_url: Option<String>,
+    #[command(flatten)]
+    at: LocationArgs,
     /// The shard queue URL (deployed runs).
     #[arg(long, env = "SHARD_QUEUE_URL")]
     shard_queue_url: Option<String>,
@@ -279,15 +288,8 @@ struct StatusArgs {
     /// A collection (continuous ingestion): its published view and what waits for the next refit.
     #[arg(long)]
     collection: Option<String>,
-    /// A local output folder (embedded runs).
-    #[arg(long, conflicts_with = "bucket")]
-    output: Option<PathBuf>,
-    /// The data bucket (deployed runs).
-    #[arg(long, env = "BUCKET")]
-    bucket: Option<String>,
-    /// S3 endpoint (an emulator).
-    #[arg(long)]
-    endpoint_url: Option<String>,
+    #[command(flatten)]
+    at: LocationArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -315,15 +317,8 @@ struct ReportArgs {
     /// The run id.
     #[arg(long)]
     run: String,
-    /// A local output folder (embedded runs): the report is OUT/runs/<run>/report.html.
-    #[arg(long, conflicts_with = "bucket")]
-    output: Option<PathBuf>,
-    /// The data bucket (deployed runs): prints a presigned URL of runs/<run>/report.html.
-    #[arg(long, env = "BUCKET")]
-    bucket: Option<String>,
-    /// S3 endpoint (an emulator).
-    #[arg(long)]
-    endpoint_url: Option<String>,
+    #[command(flatten)]
+    at: LocationArgs,
     /// Build the report again from the run's outputs and images, even if one exists (it
     /// is built when missing anyway).
     #[arg(long)]
@@ -507,7 +502,7 @@ fn file_sha256(path: &std::path::Path) -> Result<String> {
 
 async fn resume(args: ResumeArgs) -> Result<ExitCode> {
     use shared::aws::{s3_client, sqs_client, S3Store, SqsQueue};
-    match (&args.output, &args.bucket) {
+    match (&args.at.output, &args.at.bucket) {
         (Some(output), _) => {
             let model = args.model.load()?;
             let report = shared::local::resume_local(
@@ -555,7 +550,7 @@ async fn resume(args: ResumeArgs) -> Result<ExitCode> {
             };
             let aws = AwsArgs {
                 bucket: bucket.clone(),
-                endpoint_url: args.endpoint_url.clone(),
+                endpoint_url: args.at.endpoint_url.clone(),
             };
             let sdk = aws.sdk().await;
             let store = Retrying::new(S3Store::new(s3_client(&sdk), bucket), RetryPolicy::default());
@@ -583,9 +578,9 @@ async fn status(args: StatusArgs) -> Result<ExitCode> {
     if let Some(collection) = &args.collection {
         return collection_status_cmd(
             collection,
-            args.output.as_ref(),
-            args.bucket.as_ref(),
-            args.endpoint_url.as_deref(),
+            args.at.output.as_ref(),
+            args.at.bucket.as_ref(),
+            args.at.endpoint_url.as_deref(),
             args.json,
         )
         .await;
@@ -600,12 +595,12 @@ async fn status(args: StatusArgs) -> Result<ExitCode> {
     if !(args.interval > 0.0 && args.interval.is_finite()) {
         bail!("--interval must be a positive number of seconds, got {}", args.interval);
     }
-    match (&args.output, &args.bucket) {
+    match (&args.at.output, &args.at.bucket) {
         (Some(dir), _) => status_on(&shared::store::FsStore::new(dir), &args, policy).await,
         (None, Some(bucket)) => {
             let aws = AwsArgs {
                 bucket: bucket.clone(),
-                endpoint_url: args.endpoint_url.clone(),
+                endpoint_url: args.at.endpoint_url.clone(),
             };
             let sdk = aws.sdk().await;
             let store = shared::aws::S3Store::new(shared::aws::s3_client(&sdk), bucket);
@@ -793,7 +788,7 @@ async fn report(args: ReportArgs) -> Result<ExitCode> {
     use shared::store::ObjectStore;
     let layout = shared::layout::RunLayout::new(&args.run);
     shared::manifest::validate_run_id(&args.run)?;
-    match (&args.output, &args.bucket) {
+    match (&args.at.output, &args.at.bucket) {
         (Some(dir), _) => {
             let path = dir.join(layout.report());
             if args.regenerate || !path.is_file() {
@@ -831,7 +826,7 @@ async fn report(args: ReportArgs) -> Result<ExitCode> {
         (None, Some(bucket)) => {
             let aws = AwsArgs {
                 bucket: bucket.clone(),
-                endpoint_url: args.endpoint_url.clone(),
+                endpoint_url: args.at.endpoint_url.clone(),
             };
             let sdk = aws.sdk().await;
             let s3 = shared::aws::S3Store::new(shared::aws::s3_client(&sdk), bucket);
@@ -903,24 +898,18 @@ struct RefitArgs {
     /// The collection.
     #[arg(long)]
     collection: String,
-    /// A local output folder (`featurize watch --output`).
-    #[arg(long, conflicts_with = "bucket", requires = "input")]
-    output: Option<PathBuf>,
-    /// The watched folder (local collections): where the refit checks each changed file.
-    #[arg(long)]
+    #[command(flatten)]
+    at: LocationArgs,
+    /// The watched folder (local collections, with --output): where the refit checks each
+    /// changed file.
+    #[arg(long, requires = "output")]
     input: Option<PathBuf>,
-    /// The data bucket (deployed stacks).
-    #[arg(long, env = "BUCKET")]
-    bucket: Option<String>,
     /// The inbox prefix in the bucket.
     #[arg(long, default_value = "inbox/")]
     inbox_prefix: String,
     /// Send a refit request to the stack's refit queue instead of refitting here.
     #[arg(long, env = "REFIT_QUEUE_URL")]
     refit_queue_url: Option<String>,
-    /// S3/SQS endpoint (an emulator).
-    #[arg(long)]
-    endpoint_url: Option<String>,
     #[command(flatten)]
     pca: PcaArgs,
 }
@@ -958,7 +947,7 @@ fn print_refit(outcome: &shared::collection::RefitOutcome, store_describe: &dyn 
 async fn refit_cmd(args: RefitArgs) -> Result<ExitCode> {
     use shared::store::ObjectStore;
     let options = args.pca.refit_options();
-    if let Some(out) = &args.output {
+    if let Some(out) = &args.at.output {
         let input = args.input.as_ref().context("--input DIR (the watched folder) is required with --output")?;
         let (root, name) = collection_root(input)?;
         if name != args.collection {
@@ -969,10 +958,10 @@ async fn refit_cmd(args: RefitArgs) -> Result<ExitCode> {
         print_refit(&outcome, &|k| output.describe(k));
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(bucket) = &args.bucket else {
+    let Some(bucket) = &args.at.bucket else {
         bail!("give --output DIR --input DIR (local collection) or --bucket B (deployed stack)");
     };
-    let sdk = shared::aws::sdk_config_with_endpoint(args.endpoint_url.as_deref()).await;
+    let sdk = shared::aws::sdk_config_with_endpoint(args.at.endpoint_url.as_deref()).await;
     if let Some(url) = &args.refit_queue_url {
         use shared::queue::Queue;
         let queue = shared::aws::SqsQueue::new(shared::aws::sqs_client(&sdk), url);
