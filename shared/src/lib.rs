@@ -23,6 +23,8 @@ pub mod pipeline;
 pub mod ports;
 pub mod report;
 pub mod telemetry;
+#[cfg(test)]
+mod test_util;
 
 pub use adapters::{aws, counting, faults, iam, retry};
 pub use engine::{executor, model, pca, preprocess, stats};

@@ -371,13 +371,7 @@ mod tests {
     use crate::queue::InProcessQueue;
     use crate::store::FsStore;
 
-    fn block<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::test_util::block;
 
     #[test]
     fn a_crash_stops_everything_after_the_chosen_step() {

@@ -1228,13 +1228,7 @@ mod tests {
         assert!(!valid_collection(".."));
     }
 
-    fn block<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::test_util::block;
 
     /// Ingest (synthetic features) → refit → changes → refit, on a local store: the view
     /// holds exactly the live files, the running sums equal the statistics of the live rows,

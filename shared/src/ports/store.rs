@@ -370,12 +370,7 @@ impl ObjectStore for FsStore {
 mod tests {
     use super::*;
 
-    fn block<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::test_util::block;
 
     #[test]
     fn concurrent_creates_have_one_winner_with_complete_content() {
