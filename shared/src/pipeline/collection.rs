@@ -678,16 +678,20 @@ async fn refit_once<S: ObjectStore, I: ObjectStore>(
         }
     }
     let prev_id = previous_snapshot.clone().unwrap_or_default();
-    let leaving_rows: Vec<Vec<VectorRow>> = stream::iter(leaving.iter().map(|(part, paths)| {
-        let key = format!("{}{part}", layout.results_prefix(&prev_id));
-        async move {
-            let rows = parquet_io::read_rows(Dataset::Features, output.get(&key).await?)?;
-            Ok::<_, Error>(rows.into_iter().filter(|r| paths.contains(&r.path)).collect())
-        }
-    }))
-    .buffered(concurrency)
-    .try_collect()
-    .await?;
+    // Each part holding a leaving row is read once: (the rows it keeps, the rows leaving).
+    let mut split: HashMap<String, (Vec<VectorRow>, Vec<VectorRow>)> =
+        stream::iter(leaving.iter().map(|(part, paths)| {
+            let key = format!("{}{part}", layout.results_prefix(&prev_id));
+            async move {
+                let rows = parquet_io::read_rows(Dataset::Features, output.get(&key).await?)?;
+                let (gone, kept): (Vec<VectorRow>, Vec<VectorRow>) =
+                    rows.into_iter().partition(|r| paths.contains(&r.path));
+                Ok::<_, Error>((part.clone(), (kept, gone)))
+            }
+        }))
+        .buffered(concurrency)
+        .try_collect()
+        .await?;
     // New rows, from the deltas that hold the winning entries.
     let wanted: BTreeSet<usize> = decisions
         .iter()
@@ -767,9 +771,9 @@ async fn refit_once<S: ObjectStore, I: ObjectStore>(
             }
         }
     }
-    let leaving_refs: Vec<&[f32]> = leaving_rows
-        .iter()
-        .flatten()
+    let leaving_refs: Vec<&[f32]> = split
+        .values()
+        .flat_map(|(_, gone)| gone)
         .map(|r| r.values.as_slice())
         .collect();
     let arriving_refs: Vec<&[f32]> = arriving.iter().map(|r| r.values.as_slice()).collect();
@@ -795,6 +799,7 @@ async fn refit_once<S: ObjectStore, I: ObjectStore>(
         (None, None) => RunningSums::new(Vec::new()),
     };
     sums.remove(&leaving_refs)?;
+    drop(leaving_refs);
     sums.add(&arriving_refs)?;
     let stats = sums.to_stats();
     let mut warnings = Vec::new();
@@ -832,7 +837,6 @@ async fn refit_once<S: ObjectStore, I: ObjectStore>(
     let publish_start = Instant::now();
     let seq = seq + 1;
     let snapshot = format!("{seq:08}-{:08x}", fastrand::u32(..));
-    let mut leaving_by_part = leaving;
     // Parts of the previous snapshot: carried over, without their leaving rows.
     let old_parts: Vec<(String, usize)> = index.parts.iter().map(|(p, n)| (p.clone(), *n)).collect();
     let model_ref = model.as_ref();
@@ -840,20 +844,22 @@ async fn refit_once<S: ObjectStore, I: ObjectStore>(
     let snapshot_ref = &snapshot;
     let prev_ref = &prev_id;
     let carried: Vec<(String, String, usize)> = stream::iter(old_parts.into_iter().map(|(part, _)| {
-        let drop = leaving_by_part.remove(&part).unwrap_or_default();
+        // Parts that lose rows were read above; the others are copied as they are.
+        let kept = split.remove(&part).map(|(kept, _)| kept);
         async move {
-            let bytes = output
-                .get(&format!("{}{part}", layout_ref.results_prefix(prev_ref)))
-                .await?;
-            let rows = parquet_io::read_rows(Dataset::Features, bytes.clone())?;
-            let (name, rows, bytes) = if drop.is_empty() {
-                (part.clone(), rows, bytes)
-            } else {
-                let kept: Vec<VectorRow> =
-                    rows.into_iter().filter(|r| !drop.contains(&r.path)).collect();
-                let name = format!("{}-r{seq}", part.trim_end_matches(".parquet")) + ".parquet";
-                let bytes = parquet_io::write_rows(Dataset::Features, &kept)?;
-                (name, kept, bytes)
+            let (name, rows, bytes) = match kept {
+                None => {
+                    let bytes = output
+                        .get(&format!("{}{part}", layout_ref.results_prefix(prev_ref)))
+                        .await?;
+                    let rows = parquet_io::read_rows(Dataset::Features, bytes.clone())?;
+                    (part.clone(), rows, bytes)
+                }
+                Some(kept) => {
+                    let name = format!("{}-r{seq}", part.trim_end_matches(".parquet")) + ".parquet";
+                    let bytes = parquet_io::write_rows(Dataset::Features, &kept)?;
+                    (name, kept, bytes)
+                }
             };
             if !rows.is_empty() {
                 publish_part(output, layout_ref, snapshot_ref, &name, bytes, &rows, model_ref)
@@ -1235,7 +1241,6 @@ mod tests {
     /// redelivered events change nothing, and a refit racing on a stale pointer loses.
     #[test]
     fn refits_follow_changes_and_keep_one_row_per_live_file() {
-        use crate::ingest::{IngestSettings, Ingestor};
         use crate::queue::InProcessQueue;
         use crate::store::FsStore;
         block(async {
@@ -1243,20 +1248,7 @@ mod tests {
             let input = FsStore::new(dir.path().join("in"));
             let output = FsStore::new(dir.path().join("out"));
             let queue = InProcessQueue::new();
-            let ingestor = Ingestor::new(
-                input.clone(),
-                output.clone(),
-                &queue,
-                crate::featurizer::Engine::Synthetic { dim: 6 },
-                IngestSettings {
-                    inbox: "inbox/".into(),
-                    filter: crate::listing::ImageFilter::new("*.jpg").unwrap(),
-                    max_pixels: 1 << 20,
-                    threads: 1,
-                    fetch_concurrency: 4,
-                    quiet_s: 0,
-                },
-            );
+            let ingestor = synthetic_ingestor(input.clone(), output.clone(), &queue);
             let keys: Vec<String> = (0..8).map(|i| format!("inbox/c/l{}/{i}.jpg", i % 2)).collect();
             for k in &keys {
                 input.put(k, Bytes::from(k.clone())).await.unwrap();
@@ -1268,10 +1260,7 @@ mod tests {
             let first = ingestor.ingest(&all).await.unwrap();
             assert_eq!((first.upserts, first.ignored), (8, 2));
             assert_eq!(queue.len(), 1, "one delayed refit message per collection");
-            let options = RefitOptions {
-                pca: PcaOptions { k: 2, ..Default::default() },
-                ..Default::default()
-            };
+            let options = k2();
             // Not quiet yet with a long quiet time.
             let patient = RefitOptions { quiet_ms: Some(3_600_000), ..options.clone() };
             assert!(matches!(
