@@ -102,6 +102,21 @@ enum Step {
     },
     /// Depthwise convolution (bias and clamp fused).
     Depthwise { src: ValueId, dst: ValueId, op: Depthwise },
+    /// An inverted-residual block run one output row at a time: the convolution before the
+    /// depthwise one (`expand`: a 1x1 expansion, or the stem before the first block), the
+    /// depthwise convolution, then the 1x1 projection
+    /// (`project`, `clamp`, `residual`), as [`fuse_blocks`] found them. The expanded tensor
+    /// only exists as a ring of `kh` rows and the depthwise one as a single row, so neither
+    /// leaves the cache (unfused, the early blocks write and read back megabytes per image).
+    Block {
+        src: ValueId,
+        dst: ValueId,
+        expand: Expand,
+        dw: Depthwise,
+        project: PackedB,
+        clamp: Clamp,
+        residual: Option<ValueId>,
+    },
     /// Per-channel `clamp(x * mul + add)`.
     Affine {
         src: ValueId,
@@ -119,9 +134,9 @@ enum Step {
 impl Step {
     fn reads(&self) -> Vec<ValueId> {
         match self {
-            Step::Pointwise { src, residual, .. } | Step::Dense { src, residual, .. } => {
-                std::iter::once(*src).chain(*residual).collect()
-            }
+            Step::Pointwise { src, residual, .. }
+            | Step::Dense { src, residual, .. }
+            | Step::Block { src, residual, .. } => std::iter::once(*src).chain(*residual).collect(),
             Step::Depthwise { src, .. } | Step::Affine { src, .. } | Step::Pool { src, .. } => {
                 vec![*src]
             }
@@ -134,6 +149,7 @@ impl Step {
             Step::Pointwise { dst, .. }
             | Step::Dense { dst, .. }
             | Step::Depthwise { dst, .. }
+            | Step::Block { dst, .. }
             | Step::Affine { dst, .. }
             | Step::Add { dst, .. }
             | Step::Pool { dst, .. } => *dst,
@@ -146,6 +162,7 @@ impl Step {
             Step::Pointwise { .. } => "pointwise conv (GEMM + epilogue)",
             Step::Dense { .. } => "dense conv (im2col + GEMM)",
             Step::Depthwise { .. } => "depthwise conv (+ epilogue)",
+            Step::Block { .. } => "fused block (1x1 + depthwise + 1x1)",
             Step::Affine { .. } => "per-channel affine",
             Step::Add { .. } => "add",
             Step::Pool { .. } => "global average pool",
@@ -159,9 +176,37 @@ impl Step {
                 values[*dst].h * values[*dst].w * b.k() * b.n()
             }
             Step::Depthwise { dst, op, .. } => values[*dst].len() * op.kh * op.kw,
+            Step::Block {
+                src,
+                dst,
+                expand,
+                dw,
+                project,
+                ..
+            } => {
+                let x = values[*src];
+                let expand = match expand {
+                    Expand::None => 0,
+                    Expand::Pointwise(b, _) => x.h * x.w * b.k() * b.n(),
+                    Expand::Dense(g, b, _) => g.oh * g.ow * b.k() * b.n(),
+                };
+                let out = values[*dst];
+                expand + out.h * out.w * (dw.c * dw.kh * dw.kw + project.k() * project.n())
+            }
             _ => 0,
         }
     }
+}
+
+/// What makes a [`Step::Block`]'s depthwise input rows.
+#[derive(Debug)]
+enum Expand {
+    /// Nothing: the block's input is the depthwise input.
+    None,
+    /// A 1x1 convolution (GEMM) and its clamp.
+    Pointwise(PackedB, Clamp),
+    /// A dense convolution (im2col + GEMM, the stem) and its clamp.
+    Dense(Im2Col, PackedB, Clamp),
 }
 
 /// How far the epilogue of the step that made an outlet has gone, so that what follows it in
@@ -450,6 +495,9 @@ impl<'m> Builder<'m> {
                 Step::Dense { src, dst, geometry, b, clamp: Clamp::NONE, residual: None }
             }
         } else if group == cin && cout == cin {
+            if kh > kernels::MAX_KH {
+                return unsupported(format!("depthwise kernel of height {kh}"));
+            }
             let mut weights = vec![0.0; kh * kw * cin];
             for ch in 0..cin {
                 for y in 0..kh {
@@ -696,6 +744,16 @@ impl Executor {
     /// Compiles a decluttered tract graph of one `[1, H, W, C]` f32 input and one output
     /// for the kernels of `isa`, or says why it cannot.
     pub fn compile(model: &TypedModel, isa: Isa) -> Result<Self, Unsupported> {
+        Self::compile_with(model, isa, FUSE_MIN_BYTES)
+    }
+
+    /// [`Executor::compile`], fusing the blocks whose depthwise input has at least
+    /// `fuse_min_bytes` (see [`fuse_blocks`]).
+    fn compile_with(
+        model: &TypedModel,
+        isa: Isa,
+        fuse_min_bytes: usize,
+    ) -> Result<Self, Unsupported> {
         if !isa.available() {
             return unsupported(format!("this CPU has no {}", isa.name()));
         }
@@ -742,11 +800,13 @@ impl Executor {
             return unsupported("nothing to compute");
         }
         let Builder { steps, values, .. } = b;
+        let steps = fuse_blocks(steps, &values, output, fuse_min_bytes);
         let (slot_of, slot_len) = plan_slots(&steps, &values, input, output);
         let scratch_len = steps
             .iter()
             .map(|s| match s {
                 Step::Dense { geometry, .. } => geometry.oh * geometry.ow * geometry.patch_len(),
+                Step::Block { expand, dw, .. } => block_scratch(expand, dw).iter().sum(),
                 _ => 0,
             })
             .max()
@@ -794,6 +854,124 @@ impl Executor {
             scratch: vec![0.0; self.scratch_len],
         }
     }
+}
+
+/// The smallest expanded tensor (bytes) whose block [`fuse_blocks`] fuses: below it the
+/// tensor stays in L2 between the steps anyway, and whole-tensor GEMMs use the cores better
+/// than row-sized ones.
+const FUSE_MIN_BYTES: usize = 1 << 20;
+
+/// Replaces each inverted-residual block, `[pointwise (expansion)] -> depthwise -> pointwise
+/// (projection)` whose intermediate tensors have no other reader, by one [`Step::Block`],
+/// when the tensor the depthwise convolution reads is at least `min_bytes`.
+fn fuse_blocks(steps: Vec<Step>, values: &[Value], output: ValueId, min_bytes: usize) -> Vec<Step> {
+    let mut readers = vec![0usize; values.len()];
+    for s in &steps {
+        for r in s.reads() {
+            readers[r] += 1;
+        }
+    }
+    readers[output] += 1;
+    let internal = |v: ValueId| readers[v] == 1 && values[v].len() * 4 >= min_bytes;
+    let mut steps: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(steps.len());
+    let mut i = 0;
+    while i < steps.len() {
+        let at = |j: usize| steps.get(j).and_then(Option::as_ref);
+        // (steps taken, with an expansion)
+        let shape = match (at(i), at(i + 1), at(i + 2)) {
+            (
+                Some(
+                    Step::Pointwise {
+                        dst: e,
+                        residual: None,
+                        ..
+                    }
+                    | Step::Dense {
+                        dst: e,
+                        residual: None,
+                        ..
+                    },
+                ),
+                Some(Step::Depthwise { src, dst: d, .. }),
+                Some(Step::Pointwise { src: p, .. }),
+            ) if src == e && p == d && internal(*e) && readers[*d] == 1 => Some((3, true)),
+            (
+                Some(Step::Depthwise { src, dst: d, .. }),
+                Some(Step::Pointwise { src: p, .. }),
+                _,
+            ) if p == d && readers[*d] == 1 && values[*src].len() * 4 >= min_bytes => {
+                Some((2, false))
+            }
+            _ => None,
+        };
+        let Some((taken, with_expand)) = shape else {
+            out.push(steps[i].take().expect("each step once"));
+            i += 1;
+            continue;
+        };
+        let mut take = |j: usize| steps[i + j].take().expect("each step once");
+        let (src, expand, first) = if with_expand {
+            match take(0) {
+                Step::Pointwise { src, b, clamp, .. } => {
+                    (Some(src), Expand::Pointwise(b, clamp), 1)
+                }
+                Step::Dense {
+                    src,
+                    geometry,
+                    b,
+                    clamp,
+                    ..
+                } => (Some(src), Expand::Dense(geometry, b, clamp), 1),
+                _ => unreachable!("matched above"),
+            }
+        } else {
+            (None, Expand::None, 0)
+        };
+        let Step::Depthwise {
+            src: dw_src,
+            op: dw,
+            ..
+        } = take(first)
+        else {
+            unreachable!()
+        };
+        let Step::Pointwise {
+            dst,
+            b: project,
+            clamp,
+            residual,
+            ..
+        } = take(first + 1)
+        else {
+            unreachable!()
+        };
+        out.push(Step::Block {
+            src: src.unwrap_or(dw_src),
+            dst,
+            expand,
+            dw,
+            project,
+            clamp,
+            residual,
+        });
+        i += taken;
+    }
+    out
+}
+
+/// Floats of a [`Step::Block`]'s scratch: the ring of `kh` expanded rows (none without an
+/// expansion), one depthwise output row, and one row of im2col patches (a dense expansion).
+fn block_scratch(expand: &Expand, dw: &Depthwise) -> [usize; 3] {
+    let ring = match expand {
+        Expand::None => 0,
+        _ => dw.kh * dw.w * dw.c,
+    };
+    let patches = match expand {
+        Expand::Dense(g, ..) => g.ow * g.patch_len(),
+        _ => 0,
+    };
+    [ring, dw.ow * dw.c, patches]
 }
 
 /// Assigns each value a buffer slot: a slot is reused once every reader of its value has run
@@ -910,6 +1088,29 @@ impl ExecutorSession {
                     );
                 }
                 Step::Depthwise { src, op, .. } => op.run(slot(*src), out),
+                Step::Block {
+                    src,
+                    expand,
+                    dw,
+                    project,
+                    clamp,
+                    residual,
+                    ..
+                } => {
+                    let [ring_len, row_len, patches_len] = block_scratch(expand, dw);
+                    let (ring, rest) = self.scratch.split_at_mut(ring_len);
+                    let (dw_row, rest) = rest.split_at_mut(row_len);
+                    run_block(
+                        slot(*src),
+                        ex.values[*src],
+                        expand,
+                        dw,
+                        (project, *clamp),
+                        residual.map(slot),
+                        (ring, dw_row, &mut rest[..patches_len]),
+                        out,
+                    );
+                }
                 Step::Affine { src, mul, add, clamp, .. } => {
                     let c = mul.len();
                     for (o, x) in out.chunks_exact_mut(c).zip(slot(*src).chunks_exact(c)) {
@@ -942,6 +1143,67 @@ impl ExecutorSession {
             }
         }
         self.slots[ex.slot_of[ex.output]][..ex.output_len()].to_vec()
+    }
+}
+
+/// Runs a [`Step::Block`] one output row at a time: the expanded rows the depthwise row needs
+/// (each computed once, kept in a ring of `kh` rows: a row is overwritten only once every
+/// later output row is past it), the depthwise row, then its projection (+ the residual's
+/// row) into `out`. `scratch` is the ring, the depthwise row and a row of patches
+/// ([`block_scratch`]).
+#[allow(clippy::too_many_arguments)]
+fn run_block(
+    src: &[f32],
+    x: Value,
+    expand: &Expand,
+    dw: &Depthwise,
+    (project, clamp): (&PackedB, Clamp),
+    residual: Option<&[f32]>,
+    (ring, dw_row, patches): (&mut [f32], &mut [f32], &mut [f32]),
+    out: &mut [f32],
+) {
+    let line = dw.w * dw.c;
+    let out_row = dw.ow * project.n();
+    let mut next = 0;
+    for oy in 0..dw.oh {
+        let need = dw.input_rows(oy..oy + 1);
+        let mut rows: [&[f32]; kernels::MAX_KH] = [&[]; kernels::MAX_KH];
+        if let Expand::None = expand {
+            for (r, iy) in rows.iter_mut().zip(need.clone()) {
+                *r = &src[iy * line..(iy + 1) * line];
+            }
+        } else {
+            while next < need.end {
+                let at = (next % dw.kh) * line;
+                let ring_row = &mut ring[at..at + line];
+                match expand {
+                    Expand::Pointwise(b, c) => {
+                        let a = &src[next * x.w * x.c..(next + 1) * x.w * x.c];
+                        kernels::gemm(a, x.w, x.c, b, *c, None, ring_row);
+                    }
+                    Expand::Dense(g, b, c) => {
+                        g.run_rows(src, next..next + 1, patches);
+                        kernels::gemm(patches, g.ow, g.patch_len(), b, *c, None, ring_row);
+                    }
+                    Expand::None => unreachable!("handled above"),
+                }
+                next += 1;
+            }
+            for (r, iy) in rows.iter_mut().zip(need.clone()) {
+                *r = &ring[(iy % dw.kh) * line..][..line];
+            }
+        }
+        dw.run_rows(&rows[..need.len()], need.start, oy..oy + 1, dw_row);
+        let res = residual.map(|r| &r[oy * out_row..(oy + 1) * out_row]);
+        kernels::gemm(
+            dw_row,
+            dw.ow,
+            dw.c,
+            project,
+            clamp,
+            res,
+            &mut out[oy * out_row..(oy + 1) * out_row],
+        );
     }
 }
 

@@ -169,6 +169,190 @@ fn every_mobilenet_v2_layer_matches_tract() {
     }
 }
 
+/// What comes before a test block's depthwise convolution: nothing, a 1x1 expansion to
+/// `c` channels, or a dense KxK convolution (a stem) to `c` channels with a stride.
+#[derive(Debug, Clone, Copy)]
+enum Before {
+    Nothing,
+    Expand(usize),
+    Stem { c: usize, k: usize, stride: usize },
+}
+
+/// An inverted-residual block as tract reads it: [1x1 expansion or a stem, + ReLU6] ->
+/// depthwise 3x3 + ReLU6 (stride `stride`) -> 1x1 projection (linear) [+ the block's input].
+fn block_model(
+    h: usize,
+    cin: usize,
+    before: Before,
+    cout: usize,
+    stride: usize,
+    seed: u64,
+) -> TypedModel {
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact([1, h, h, cin])).unwrap();
+    let zero = m.add_const("zero", tensor4(&[[[[0f32]]]])).unwrap();
+    let six = m.add_const("six", tensor4(&[[[[6f32]]]])).unwrap();
+    #[allow(clippy::too_many_arguments)]
+    let conv = |m: &mut TypedModel,
+                y: OutletId,
+                name: &str,
+                (cin, cout): (usize, usize),
+                k: usize,
+                s: usize,
+                depthwise: bool,
+                relu6: bool,
+                seed: u64| {
+        let ig = if depthwise { 1 } else { cin };
+        let fan_in = (ig * k * k) as f32;
+        let kernel = Tensor::from_shape(
+            &[cout, ig, k, k],
+            &random(cout * ig * k * k, seed, 2.0 / fan_in.sqrt()),
+        )
+        .unwrap();
+        let bias = Tensor::from_shape(&[cout], &random(cout, seed + 1, 1.0)).unwrap();
+        let (before, after) = if k == 1 {
+            (0, 0)
+        } else if s == 2 {
+            (0, 1)
+        } else {
+            (1, 1)
+        };
+        let op = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NHWC,
+                kernel_shape: tvec![k, k],
+                padding: PaddingSpec::Explicit(tvec![before, before], tvec![after, after]),
+                dilations: None,
+                strides: Some(tvec![s, s]),
+                input_channels: cin,
+                output_channels: cout,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: if depthwise { cin } else { 1 },
+            q_params: None,
+        };
+        let kc = m.add_const(format!("{name}.kernel"), kernel).unwrap();
+        let bc = m.add_const(format!("{name}.bias"), bias).unwrap();
+        let mut y = m.wire_node(name, op, &[y, kc, bc]).unwrap()[0];
+        if relu6 {
+            y = m
+                .wire_node(format!("{name}.max"), math::max(), &[y, zero])
+                .unwrap()[0];
+            y = m
+                .wire_node(format!("{name}.min"), math::min(), &[y, six])
+                .unwrap()[0];
+        }
+        y
+    };
+    let (mut y, c, residual) = match before {
+        Before::Nothing => (x, cin, stride == 1 && cin == cout),
+        Before::Expand(e) => (
+            conv(&mut m, x, "expand", (cin, e), 1, 1, false, true, seed),
+            e,
+            stride == 1 && cin == cout,
+        ),
+        Before::Stem { c, k, stride: s } => (
+            conv(&mut m, x, "stem", (cin, c), k, s, false, true, seed),
+            c,
+            false,
+        ),
+    };
+    y = conv(&mut m, y, "dw", (c, c), 3, stride, true, true, seed + 10);
+    y = conv(
+        &mut m,
+        y,
+        "project",
+        (c, cout),
+        1,
+        1,
+        false,
+        false,
+        seed + 20,
+    );
+    if residual {
+        y = m.wire_node("residual", math::add(), &[y, x]).unwrap()[0];
+    }
+    m.select_output_outlets(&[y]).unwrap();
+    m.into_decluttered().unwrap()
+}
+
+#[test]
+fn fused_blocks_match_tract() {
+    // MobileNetV2's large blocks, and small ones with channel counts off the vector width
+    // (masked lanes) and odd sizes (border pixels, last rows).
+    use Before::*;
+    let blocks = [
+        (
+            224,
+            3,
+            Stem {
+                c: 32,
+                k: 3,
+                stride: 2,
+            },
+            16,
+            1,
+        ),
+        (112, 32, Nothing, 16, 1),
+        (112, 16, Expand(96), 24, 2),
+        (56, 24, Expand(144), 24, 1),
+        (56, 24, Expand(144), 32, 2),
+        (28, 32, Expand(192), 32, 1),
+        (9, 8, Expand(20), 8, 1),
+        (10, 5, Expand(17), 6, 2),
+        (11, 7, Nothing, 7, 1),
+        (7, 3, Nothing, 5, 2),
+        (
+            13,
+            3,
+            Stem {
+                c: 17,
+                k: 3,
+                stride: 2,
+            },
+            9,
+            2,
+        ),
+        (
+            12,
+            4,
+            Stem {
+                c: 8,
+                k: 3,
+                stride: 1,
+            },
+            8,
+            1,
+        ),
+    ];
+    for (i, &(h, cin, before, cout, stride)) in blocks.iter().enumerate() {
+        let model = block_model(h, cin, before, cout, stride, 100 * i as u64);
+        let x = random(h * h * cin, 7 + i as u64, 1.0);
+        let theirs = tract_run(&model, &Tensor::from_shape(&[1, h, h, cin], &x).unwrap());
+        for isa in Isa::all_available() {
+            let what = format!("block {:?} {isa:?}", blocks[i]);
+            let ex = Arc::new(
+                Executor::compile_with(&model, isa, 0).unwrap_or_else(|e| panic!("{what}: {e}")),
+            );
+            assert_eq!(ex.step_kinds().len(), 1, "{what}: {:?}", ex.step_kinds());
+            assert_eq!(
+                ex.step_kinds()[0].0,
+                "fused block (1x1 + depthwise + 1x1)",
+                "{what}"
+            );
+            assert_close(&ex.session().run(&x), &theirs, &what);
+            // And unfused, the same.
+            let unfused = Arc::new(Executor::compile_with(&model, isa, usize::MAX).unwrap());
+            assert!(unfused.step_kinds().len() >= 2, "{what}");
+            assert_close(
+                &unfused.session().run(&x),
+                &theirs,
+                &format!("{what} unfused"),
+            );
+        }
+    }
+}
+
 #[test]
 fn unknown_ops_are_refused() {
     let mut m = TypedModel::default();
@@ -234,8 +418,14 @@ fn mobilenet_v2_matches_tract() {
         assert_eq!(native.engine_name(), format!("native ({})", isa.name()));
         assert_eq!(native.feature_dim(), 1280);
         let kinds = native.executor().unwrap().step_kinds();
-        // 52 convolutions, 10 residual adds fused, and the pool.
-        assert_eq!(kinds.len(), 53, "{kinds:?}");
+        // 52 convolutions (10 residual adds fused into them) and the pool: 53 steps, less 8
+        // for the four blocks fused at 112x112 and 56x56 (the stem fused into the first).
+        assert_eq!(kinds.len(), 45, "{kinds:?}");
+        let fused = kinds
+            .iter()
+            .filter(|(k, _)| k.starts_with("fused block"))
+            .count();
+        assert_eq!(fused, 4, "{kinds:?}");
         let mut session = native.session().unwrap();
         for (x, theirs) in inputs.iter().zip(&expected) {
             let ours = session.infer(x).unwrap();

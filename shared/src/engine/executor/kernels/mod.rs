@@ -12,6 +12,8 @@
 //! the reference the SIMD ones are tested against, besides tract itself (see the executor's
 //! tests).
 
+use std::ops::Range;
+
 /// Instruction set of the kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Isa {
@@ -322,7 +324,6 @@ fn tile_portable(t: &Tile, out: &mut [f32]) {
 
 /// For output index `o` along one axis: the first input index `o*stride - pad` (may be
 /// negative) and the kernel taps `k0..k1` that fall inside `0..size`.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn taps(o: usize, stride: usize, pad: usize, size: usize, k: usize) -> (isize, usize, usize) {
     let i0 = (o * stride) as isize - pad as isize;
@@ -365,22 +366,89 @@ pub struct Depthwise {
 impl Depthwise {
     /// Runs it: `x` is `h*w*c`, `out` is `oh*ow*c`.
     pub fn run(&self, x: &[f32], out: &mut [f32]) {
-        assert!(x.len() >= self.h * self.w * self.c, "depthwise input is too short");
-        assert!(out.len() >= self.oh * self.ow * self.c, "depthwise output is too short");
+        assert!(
+            x.len() >= self.h * self.w * self.c,
+            "depthwise input is too short"
+        );
+        let rows: Vec<&[f32]> = x.chunks_exact(self.w * self.c).take(self.h).collect();
+        self.run_rows(&rows, 0, 0..self.oh, out);
+    }
+
+    /// Input rows `first..last` (inside the padding's reach) that output rows `oys` read.
+    pub fn input_rows(&self, oys: Range<usize>) -> Range<usize> {
+        if oys.is_empty() {
+            return 0..0;
+        }
+        let (y0, ky0, _) = taps(oys.start, self.stride.0, self.pad.0, self.h, self.kh);
+        let (y1, _, ky1) = taps(oys.end - 1, self.stride.0, self.pad.0, self.h, self.kh);
+        (y0 + ky0 as isize) as usize
+            ..((y1 + ky1 as isize) as usize).max((y0 + ky0 as isize) as usize)
+    }
+
+    /// Output rows `oys` from input rows given one by one: `rows[i]` is input row `row0 + i`
+    /// (`w*c` values; every row in [`Depthwise::input_rows`] of `oys` must be there), and
+    /// `out` holds the output rows `oys` (`oys.len()*ow*c` values). The rows can live
+    /// anywhere, e.g. in a ring of the few rows a fused block keeps.
+    pub fn run_rows(&self, rows: &[&[f32]], row0: usize, oys: Range<usize>, out: &mut [f32]) {
+        let need = self.input_rows(oys.clone());
+        assert!(
+            need.is_empty() || (need.start >= row0 && need.end <= row0 + rows.len()),
+            "depthwise rows {need:?} are not all in {row0}..{}",
+            row0 + rows.len()
+        );
+        for iy in need.clone() {
+            assert!(
+                rows[iy - row0].len() >= self.w * self.c,
+                "depthwise input row is too short"
+            );
+        }
+        assert!(oys.end <= self.oh, "depthwise output rows");
+        assert!(
+            out.len() >= oys.len() * self.ow * self.c,
+            "depthwise output is too short"
+        );
         assert_eq!(self.weights.len(), self.kh * self.kw * self.c);
         assert_eq!(self.bias.len(), self.c);
+        assert!(self.stride.0 >= 1 && self.stride.1 >= 1);
         assert!(self.isa.available(), "this CPU has no {}", self.isa.name());
-        match self.isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the ISA is available (asserted above); the kernel checks its bounds
-            // (x86::check_depthwise).
-            Isa::Avx512 => unsafe { x86::avx512::depthwise(self, x, out) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Isa::Avx2 => unsafe { x86::avx2::depthwise(self, x, out) },
-            _ => depthwise_portable(self, x, out),
+        assert!(self.kh <= MAX_KH, "depthwise kernel taller than {MAX_KH}");
+        let row_len = self.ow * self.c;
+        for (r, oy) in oys.clone().enumerate() {
+            // This output row's kernel rows (only the taps inside the input are read; their
+            // lengths were checked above).
+            let (y0, ky0, ky1) = taps(oy, self.stride.0, self.pad.0, self.h, self.kh);
+            let mut t = RowTaps {
+                rows: [&[]; MAX_KH],
+                ky0,
+                ky1,
+            };
+            for ky in ky0..ky1 {
+                t.rows[ky] = rows[(y0 + ky as isize) as usize - row0];
+            }
+            let orow = &mut out[r * row_len..(r + 1) * row_len];
+            match self.isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the ISA is available and every row pointer the kernel reads points
+                // at a whole input row (both asserted above).
+                Isa::Avx512 => unsafe { x86::avx512::depthwise_row(self, &t, orow) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Isa::Avx2 => unsafe { x86::avx2::depthwise_row(self, &t, orow) },
+                _ => depthwise_portable(self, &t, orow),
+            }
         }
     }
+}
+
+/// The tallest depthwise kernel the kernels take (the executor leaves taller ones to tract).
+pub const MAX_KH: usize = 8;
+
+/// The kernel rows of one output row: `rows[ky]` is input row `oy*stride - pad + ky` for
+/// `ky0 <= ky < ky1` (the rows inside the input; at least `w*c` values each), empty elsewhere.
+struct RowTaps<'a> {
+    rows: [&'a [f32]; MAX_KH],
+    ky0: usize,
+    ky1: usize,
 }
 
 #[inline(always)]
@@ -388,60 +456,49 @@ fn madd(a: f32, b: f32, c: f32) -> f32 {
     a * b + c
 }
 
-/// The depthwise convolution in safe Rust, in chunks of 16 channels.
-fn depthwise_portable(d: &Depthwise, x: &[f32], out: &mut [f32]) {
+/// One output row of the depthwise convolution in plain Rust, in chunks of 16 channels.
+fn depthwise_portable(d: &Depthwise, t: &RowTaps, o: &mut [f32]) {
     const L: usize = 16;
     let c = d.c;
     let chunks = c / L;
-    for oy in 0..d.oh {
-        // The kernel rows inside the input for this output row.
-        let y0 = (oy * d.stride.0) as isize - d.pad.0 as isize;
-        let ky0 = (-y0).max(0) as usize;
-        let ky1 = ((d.h as isize - y0).min(d.kh as isize)).max(0) as usize;
-        for ox in 0..d.ow {
-            let x0 = (ox * d.stride.1) as isize - d.pad.1 as isize;
-            let kx0 = (-x0).max(0) as usize;
-            let kx1 = ((d.w as isize - x0).min(d.kw as isize)).max(0) as usize;
-            let o = &mut out[(oy * d.ow + ox) * c..(oy * d.ow + ox + 1) * c];
-            for chunk in 0..chunks {
-                let c0 = chunk * L;
-                let mut acc = [0.0f32; L];
-                for ky in ky0..ky1 {
-                    let iy = (y0 + ky as isize) as usize;
-                    for kx in kx0..kx1 {
-                        let ix = (x0 + kx as isize) as usize;
-                        let xi: &[f32; L] = x[(iy * d.w + ix) * c + c0..][..L]
-                            .try_into()
-                            .expect("16 values");
-                        let wi: &[f32; L] = d.weights[(ky * d.kw + kx) * c + c0..][..L]
-                            .try_into()
-                            .expect("16 values");
-                        for l in 0..L {
-                            acc[l] = madd(xi[l], wi[l], acc[l]);
-                        }
+    let row = |ky: usize| t.rows[ky];
+    for ox in 0..d.ow {
+        let x0 = (ox * d.stride.1) as isize - d.pad.1 as isize;
+        let kx0 = (-x0).max(0) as usize;
+        let kx1 = ((d.w as isize - x0).min(d.kw as isize)).max(0) as usize;
+        let o = &mut o[ox * c..(ox + 1) * c];
+        for chunk in 0..chunks {
+            let c0 = chunk * L;
+            let mut acc = [0.0f32; L];
+            for ky in t.ky0..t.ky1 {
+                let x = row(ky);
+                for kx in kx0..kx1 {
+                    let ix = (x0 + kx as isize) as usize;
+                    let xi: &[f32; L] = x[ix * c + c0..][..L].try_into().expect("16 values");
+                    let wi: &[f32; L] = d.weights[(ky * d.kw + kx) * c + c0..][..L]
+                        .try_into()
+                        .expect("16 values");
+                    for l in 0..L {
+                        acc[l] = madd(xi[l], wi[l], acc[l]);
                     }
                 }
-                let bias: &[f32; L] = d.bias[c0..c0 + L].try_into().expect("16 values");
-                let dst: &mut [f32; L] = (&mut o[c0..c0 + L]).try_into().expect("16 values");
-                for l in 0..L {
-                    dst[l] = (acc[l] + bias[l]).max(d.clamp.lo).min(d.clamp.hi);
+            }
+            let bias: &[f32; L] = d.bias[c0..c0 + L].try_into().expect("16 values");
+            let dst: &mut [f32; L] = (&mut o[c0..c0 + L]).try_into().expect("16 values");
+            for l in 0..L {
+                dst[l] = (acc[l] + bias[l]).max(d.clamp.lo).min(d.clamp.hi);
+            }
+        }
+        for ch in chunks * L..c {
+            let mut acc = 0.0f32;
+            for ky in t.ky0..t.ky1 {
+                let x = row(ky);
+                for kx in kx0..kx1 {
+                    let ix = (x0 + kx as isize) as usize;
+                    acc = madd(x[ix * c + ch], d.weights[(ky * d.kw + kx) * c + ch], acc);
                 }
             }
-            for ch in chunks * L..c {
-                let mut acc = 0.0f32;
-                for ky in ky0..ky1 {
-                    let iy = (y0 + ky as isize) as usize;
-                    for kx in kx0..kx1 {
-                        let ix = (x0 + kx as isize) as usize;
-                        acc = madd(
-                            x[(iy * d.w + ix) * c + ch],
-                            d.weights[(ky * d.kw + kx) * c + ch],
-                            acc,
-                        );
-                    }
-                }
-                o[ch] = (acc + d.bias[ch]).max(d.clamp.lo).min(d.clamp.hi);
-            }
+            o[ch] = (acc + d.bias[ch]).max(d.clamp.lo).min(d.clamp.hi);
         }
     }
 }
@@ -477,13 +534,22 @@ impl Im2Col {
 
     /// Writes the `oh*ow` patches (zero where the kernel is over the padding) into `out`.
     pub fn run(&self, x: &[f32], out: &mut [f32]) {
+        self.run_rows(x, 0..self.oh, out);
+    }
+
+    /// Writes the patches of output rows `oys` into `out` (`oys.len()*ow` patches).
+    pub fn run_rows(&self, x: &[f32], oys: Range<usize>, out: &mut [f32]) {
         let (c, pl) = (self.c, self.patch_len());
         assert!(x.len() >= self.h * self.w * c, "im2col input is too short");
-        assert!(out.len() >= self.oh * self.ow * pl, "im2col output is too short");
+        assert!(oys.end <= self.oh, "im2col output rows");
+        assert!(
+            out.len() >= oys.len() * self.ow * pl,
+            "im2col output is too short"
+        );
         let run = self.kw * c;
-        for oy in 0..self.oh {
+        for (r, oy) in oys.enumerate() {
             for ox in 0..self.ow {
-                let patch = &mut out[(oy * self.ow + ox) * pl..][..pl];
+                let patch = &mut out[(r * self.ow + ox) * pl..][..pl];
                 let ix0 = (ox * self.stride.1) as isize - self.pad.1 as isize;
                 let inside_x = ix0 >= 0 && ix0 as usize + self.kw <= self.w;
                 for ky in 0..self.kh {

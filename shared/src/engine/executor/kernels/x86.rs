@@ -7,10 +7,10 @@
 //!
 //! Safety, for every kernel here: the caller ([`super::gemm`], [`super::Depthwise::run`])
 //! has checked that the CPU supports the ISA; the bounds each kernel relies on are checked
-//! at its top (once per call, not per load), as its comment says. Masked lanes neither load
+//! by its caller or at its top (once per call, not per load), as its comment says. Masked lanes neither load
 //! nor store, and do not fault.
 
-use super::{taps, Depthwise, Tile};
+use super::{Depthwise, RowTaps, Tile};
 
 /// Bounds of a GEMM tile (checked once per tile, so the loop needs no checks): row
 /// `r < rows` of A is `a[r*lda .. r*lda + k]`; rows `rows..MR` re-read row 0 and are never
@@ -29,17 +29,6 @@ fn check_tile(t: &Tile, out: &[f32], mr: usize, cols_max: usize) {
     }
 }
 
-/// Bounds of a depthwise convolution: `x` holds `h*w*c` values, `out` `oh*ow*c`, the
-/// weights `kh*kw*c`, the bias `c`; the output size is what the padding allows (every
-/// kernel tap the kernels read is inside the input, see [`taps`]).
-fn check_depthwise(d: &Depthwise, x: &[f32], out: &[f32]) {
-    assert!(x.len() >= d.h * d.w * d.c, "depthwise input is too short");
-    assert!(out.len() >= d.oh * d.ow * d.c, "depthwise output is too short");
-    assert_eq!(d.weights.len(), d.kh * d.kw * d.c);
-    assert_eq!(d.bias.len(), d.c);
-    assert!(d.stride.0 >= 1 && d.stride.1 >= 1);
-}
-
 /// The kernels of one ISA, expanded in a module that defines `V` (a vector of `L` f32), `M`
 /// (a lane mask), `mask(n)` (lanes `0..n`), `zero`, `splat`, `load`, `load_masked`,
 /// `store`, `store_masked`, `add`, `fma(a, b, c) = a*b + c`, `min`, `max`, and the tile
@@ -47,7 +36,8 @@ fn check_depthwise(d: &Depthwise, x: &[f32], out: &[f32]) {
 /// last panel) and `DW_OB` (output pixels per depthwise block).
 macro_rules! simd_kernels {
     ($feature:tt) => {
-        use super::{check_depthwise, check_tile, taps, Depthwise, Tile};
+        use super::super::taps;
+        use super::{check_tile, Depthwise, RowTaps, Tile};
 
         /// Loads `L` values, or lanes `0..` of `m` when `masked`.
         #[inline(always)]
@@ -126,21 +116,18 @@ macro_rules! simd_kernels {
             }
         }
 
-        /// A depthwise convolution, channels-last, vectorised over channels. 3x3 kernels run
-        /// in blocks of `DW_OB` output pixels along the row (the input rows they share are
-        /// loaded once, the three weights of a kernel row once per block) wherever the
-        /// kernel columns are all inside the input; the border pixels, and other kernel
-        /// sizes, one pixel at a time over the taps inside the input.
+        /// One output row of a depthwise convolution, channels-last, vectorised over
+        /// channels. 3x3 kernels run in blocks of `DW_OB` output pixels along the row (the
+        /// input rows they share are loaded once, the three weights of a kernel row once per
+        /// block) wherever the kernel columns are all inside the input; the border pixels,
+        /// and other kernel sizes, one pixel at a time over the taps inside the input.
         ///
         /// # Safety
-        /// The CPU must support the module's ISA (bounds: [`check_depthwise`]).
+        /// The CPU must support the module's ISA; each row of `t.ky0..t.ky1` must be a whole
+        /// input row (`w*c` values), `out` must hold `ow*c` values, the weights
+        /// `kh*kw*c` and the bias `c` ([`Depthwise::run_rows`] checks all of it).
         #[target_feature(enable = $feature)]
-        pub(in super::super) unsafe fn depthwise(
-            d: &Depthwise,
-            x: &[f32],
-            out: &mut [f32],
-        ) {
-            check_depthwise(d, x, out);
+        pub(in super::super) unsafe fn depthwise_row(d: &Depthwise, t: &RowTaps, out: &mut [f32]) {
             let (sx, px) = (d.stride.1, d.pad.1);
             // Output columns whose three kernel columns are inside the input.
             let (lo_ox, hi_ox) = if d.kh == 3 && d.kw == 3 && d.w + px >= 3 {
@@ -150,54 +137,47 @@ macro_rules! simd_kernels {
             } else {
                 (0, 0)
             };
-            for oy in 0..d.oh {
-                let (y0, ky0, ky1) = taps(oy, d.stride.0, d.pad.0, d.h, d.kh);
-                let mut ox = 0;
-                while ox < d.ow {
-                    if ox >= lo_ox && ox + DW_OB <= hi_ox {
-                        match sx {
-                            1 => dw_block::<DW_OB, 1>(d, x, out, oy, ox, y0, ky0, ky1),
-                            2 => dw_block::<DW_OB, 2>(d, x, out, oy, ox, y0, ky0, ky1),
-                            _ => dw_block_any::<DW_OB>(d, x, out, oy, ox, y0, ky0, ky1),
-                        }
-                        ox += DW_OB;
-                    } else if ox >= lo_ox && ox + 4 <= hi_ox && DW_OB > 4 {
-                        // Rows too short for a whole block (7x7): blocks of 4.
-                        match sx {
-                            1 => dw_block::<4, 1>(d, x, out, oy, ox, y0, ky0, ky1),
-                            2 => dw_block::<4, 2>(d, x, out, oy, ox, y0, ky0, ky1),
-                            _ => dw_block_any::<4>(d, x, out, oy, ox, y0, ky0, ky1),
-                        }
-                        ox += 4;
-                    } else if ox >= lo_ox && ox < hi_ox {
-                        dw_block_any::<1>(d, x, out, oy, ox, y0, ky0, ky1);
-                        ox += 1;
-                    } else {
-                        dw_pixel(d, x, out, oy, ox, y0, ky0, ky1);
-                        ox += 1;
+            let orow = out.as_mut_ptr();
+            let mut ox = 0;
+            while ox < d.ow {
+                if ox >= lo_ox && ox + DW_OB <= hi_ox {
+                    match sx {
+                        1 => dw_block::<DW_OB, 1>(d, t, orow, ox),
+                        2 => dw_block::<DW_OB, 2>(d, t, orow, ox),
+                        _ => dw_block_any::<DW_OB>(d, t, orow, ox),
                     }
+                    ox += DW_OB;
+                } else if ox >= lo_ox && ox + 4 <= hi_ox && DW_OB > 4 {
+                    // Rows too short for a whole block (7x7): blocks of 4.
+                    match sx {
+                        1 => dw_block::<4, 1>(d, t, orow, ox),
+                        2 => dw_block::<4, 2>(d, t, orow, ox),
+                        _ => dw_block_any::<4>(d, t, orow, ox),
+                    }
+                    ox += 4;
+                } else if ox >= lo_ox && ox < hi_ox {
+                    dw_block_any::<1>(d, t, orow, ox);
+                    ox += 1;
+                } else {
+                    dw_pixel(d, t, orow, ox);
+                    ox += 1;
                 }
             }
         }
 
-        /// `OB` output pixels `ox..ox + OB` of row `oy`, stride `S` along the row, all three
-        /// kernel columns inside the input; kernel rows `ky0..ky1`.
+        /// `OB` output pixels `ox..ox + OB` of one output row (`orow`), stride `S` along the
+        /// row, all three kernel columns inside the input.
         #[inline(always)]
-        #[allow(clippy::too_many_arguments)]
         unsafe fn dw_block<const OB: usize, const S: usize>(
             d: &Depthwise,
-            x: &[f32],
-            out: &mut [f32],
-            oy: usize,
+            t: &RowTaps,
+            orow: *mut f32,
             ox: usize,
-            y0: isize,
-            ky0: usize,
-            ky1: usize,
         ) {
             let c = d.c;
             let x0 = ox * S - d.pad.1;
-            let (xp, wp, bp) = (x.as_ptr(), d.weights.as_ptr(), d.bias.as_ptr());
-            let op = out.as_mut_ptr().add((oy * d.ow + ox) * c);
+            let (wp, bp) = (d.weights.as_ptr(), d.bias.as_ptr());
+            let op = orow.add(ox * c);
             let lo = splat(d.clamp.lo);
             let hi = splat(d.clamp.hi);
             let full = c / L;
@@ -205,9 +185,9 @@ macro_rules! simd_kernels {
                 let c0 = chunk * L;
                 let m = mask(c - c0);
                 if chunk >= full {
-                    dw_chunk::<OB, S>(d, xp, wp, bp, op, c0, m, true, y0, x0, ky0, ky1, lo, hi);
+                    dw_chunk::<OB, S>(d, t, wp, bp, op, c0, m, true, x0, lo, hi);
                 } else {
-                    dw_chunk::<OB, S>(d, xp, wp, bp, op, c0, m, false, y0, x0, ky0, ky1, lo, hi);
+                    dw_chunk::<OB, S>(d, t, wp, bp, op, c0, m, false, x0, lo, hi);
                 }
             }
         }
@@ -217,25 +197,22 @@ macro_rules! simd_kernels {
         #[allow(clippy::too_many_arguments)]
         unsafe fn dw_chunk<const OB: usize, const S: usize>(
             d: &Depthwise,
-            xp: *const f32,
+            t: &RowTaps,
             wp: *const f32,
             bp: *const f32,
             op: *mut f32,
             c0: usize,
             m: M,
             masked: bool,
-            y0: isize,
             x0: usize,
-            ky0: usize,
-            ky1: usize,
             lo: V,
             hi: V,
         ) {
             let c = d.c;
             let bias = ld(bp.add(c0), m, masked);
             let mut acc = [bias; OB];
-            for ky in ky0..ky1 {
-                let row = xp.add(((y0 + ky as isize) as usize * d.w + x0) * c + c0);
+            for ky in t.ky0..t.ky1 {
+                let row = t.rows[ky].as_ptr().add(x0 * c + c0);
                 let w = wp.add(ky * 3 * c + c0);
                 let (w0, w1, w2) = (ld(w, m, masked), ld(w.add(c), m, masked), ld(w.add(2 * c), m, masked));
                 for (j, a) in acc.iter_mut().enumerate() {
@@ -252,22 +229,17 @@ macro_rules! simd_kernels {
 
         /// [`dw_block`] for any stride.
         #[inline(always)]
-        #[allow(clippy::too_many_arguments)]
         unsafe fn dw_block_any<const OB: usize>(
             d: &Depthwise,
-            x: &[f32],
-            out: &mut [f32],
-            oy: usize,
+            t: &RowTaps,
+            orow: *mut f32,
             ox: usize,
-            y0: isize,
-            ky0: usize,
-            ky1: usize,
         ) {
             let c = d.c;
             let s = d.stride.1;
             let x0 = ox * s - d.pad.1;
-            let (xp, wp, bp) = (x.as_ptr(), d.weights.as_ptr(), d.bias.as_ptr());
-            let op = out.as_mut_ptr().add((oy * d.ow + ox) * c);
+            let (wp, bp) = (d.weights.as_ptr(), d.bias.as_ptr());
+            let op = orow.add(ox * c);
             let lo = splat(d.clamp.lo);
             let hi = splat(d.clamp.hi);
             let full = c / L;
@@ -277,8 +249,8 @@ macro_rules! simd_kernels {
                 let m = mask(c - c0);
                 let bias = ld(bp.add(c0), m, masked);
                 let mut acc = [bias; OB];
-                for ky in ky0..ky1 {
-                    let row = xp.add(((y0 + ky as isize) as usize * d.w + x0) * c + c0);
+                for ky in t.ky0..t.ky1 {
+                    let row = t.rows[ky].as_ptr().add(x0 * c + c0);
                     for kx in 0..3 {
                         let wv = ld(wp.add((ky * 3 + kx) * c + c0), m, masked);
                         for (j, a) in acc.iter_mut().enumerate() {
@@ -294,21 +266,11 @@ macro_rules! simd_kernels {
 
         /// One output pixel, over the kernel taps inside the input (any kernel size).
         #[inline(always)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn dw_pixel(
-            d: &Depthwise,
-            x: &[f32],
-            out: &mut [f32],
-            oy: usize,
-            ox: usize,
-            y0: isize,
-            ky0: usize,
-            ky1: usize,
-        ) {
+        unsafe fn dw_pixel(d: &Depthwise, t: &RowTaps, orow: *mut f32, ox: usize) {
             let c = d.c;
             let (x0, kx0, kx1) = taps(ox, d.stride.1, d.pad.1, d.w, d.kw);
-            let (xp, wp, bp) = (x.as_ptr(), d.weights.as_ptr(), d.bias.as_ptr());
-            let op = out.as_mut_ptr().add((oy * d.ow + ox) * c);
+            let (wp, bp) = (d.weights.as_ptr(), d.bias.as_ptr());
+            let op = orow.add(ox * c);
             let lo = splat(d.clamp.lo);
             let hi = splat(d.clamp.hi);
             let full = c / L;
@@ -317,11 +279,11 @@ macro_rules! simd_kernels {
                 let masked = chunk >= full;
                 let m = mask(c - c0);
                 let mut acc = ld(bp.add(c0), m, masked);
-                for ky in ky0..ky1 {
-                    let iy = (y0 + ky as isize) as usize;
+                for ky in t.ky0..t.ky1 {
+                    let row = t.rows[ky].as_ptr();
                     for kx in kx0..kx1 {
                         let ix = (x0 + kx as isize) as usize;
-                        let xv = ld(xp.add((iy * d.w + ix) * c + c0), m, masked);
+                        let xv = ld(row.add(ix * c + c0), m, masked);
                         let wv = ld(wp.add((ky * d.kw + kx) * c + c0), m, masked);
                         acc = fma(xv, wv, acc);
                     }
