@@ -12,7 +12,9 @@
 //! Execution: pointwise convolutions are GEMMs on the activations as they lie (one row per
 //! pixel), dense ones GEMMs on im2col patches, depthwise ones a channel-vectorised kernel; the
 //! bias, clamp and residual add that follow a convolution in the graph are fused into its
-//! store (see [`kernels`]). Buffers are reused by liveness.
+//! store (see [`kernels`]). The early inverted-residual blocks, whose expanded tensors are
+//! megabytes, run fused one output row at a time ([`Step::Block`], [`fuse_blocks`]), so that
+//! those tensors never leave the cache. Buffers are reused by liveness.
 
 pub mod kernels;
 
