@@ -23,11 +23,10 @@ struct Layer {
     residual: bool,
 }
 
-/// The layer as a tract graph on a `[1, h, h, cin]` input, the way ONNX MobileNetV2 reads
-/// once loaded: Conv (OIHW kernel, bias), then Max 0 / Min 6, then Add of the input.
-fn layer_model(l: Layer, seed: u64) -> TypedModel {
-    let mut m = TypedModel::default();
-    let x = m.add_source("x", f32::fact([1, l.h, l.h, l.cin])).unwrap();
+/// Wires layer `l` (its convolution, then its ReLU6; not its residual) onto `x`, as ONNX
+/// MobileNetV2 reads once loaded: Conv (OIHW kernel, bias), then Max 0 / Min 6. Node names
+/// start with `name`.
+fn wire_conv(m: &mut TypedModel, x: OutletId, name: &str, l: Layer, seed: u64) -> OutletId {
     let ig = if l.depthwise { 1 } else { l.cin };
     let fan_in = (ig * l.k * l.k) as f32;
     let kernel = Tensor::from_shape(
@@ -52,15 +51,24 @@ fn layer_model(l: Layer, seed: u64) -> TypedModel {
         group: if l.depthwise { l.cin } else { 1 },
         q_params: None,
     };
-    let k = m.add_const("kernel", kernel).unwrap();
-    let b = m.add_const("bias", bias).unwrap();
-    let mut y = m.wire_node("conv", conv, &[x, k, b]).unwrap()[0];
+    let k = m.add_const(format!("{name}.kernel"), kernel).unwrap();
+    let b = m.add_const(format!("{name}.bias"), bias).unwrap();
+    let mut y = m.wire_node(name, conv, &[x, k, b]).unwrap()[0];
     if l.relu6 {
-        let zero = m.add_const("zero", tensor4(&[[[[0f32]]]])).unwrap();
-        let six = m.add_const("six", tensor4(&[[[[6f32]]]])).unwrap();
-        y = m.wire_node("relu6.max", math::max(), &[y, zero]).unwrap()[0];
-        y = m.wire_node("relu6.min", math::min(), &[y, six]).unwrap()[0];
+        let zero = m.add_const(format!("{name}.zero"), tensor4(&[[[[0f32]]]])).unwrap();
+        let six = m.add_const(format!("{name}.six"), tensor4(&[[[[6f32]]]])).unwrap();
+        y = m.wire_node(format!("{name}.max"), math::max(), &[y, zero]).unwrap()[0];
+        y = m.wire_node(format!("{name}.min"), math::min(), &[y, six]).unwrap()[0];
     }
+    y
+}
+
+/// The layer as a tract graph on a `[1, h, h, cin]` input ([`wire_conv`]), then Add of the
+/// input when it has a residual.
+fn layer_model(l: Layer, seed: u64) -> TypedModel {
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact([1, l.h, l.h, l.cin])).unwrap();
+    let mut y = wire_conv(&mut m, x, "conv", l, seed);
     if l.residual {
         y = m.wire_node("residual", math::add(), &[y, x]).unwrap()[0];
     }
@@ -190,85 +198,31 @@ fn block_model(
 ) -> TypedModel {
     let mut m = TypedModel::default();
     let x = m.add_source("x", f32::fact([1, h, h, cin])).unwrap();
-    let zero = m.add_const("zero", tensor4(&[[[[0f32]]]])).unwrap();
-    let six = m.add_const("six", tensor4(&[[[[6f32]]]])).unwrap();
-    #[allow(clippy::too_many_arguments)]
-    let conv = |m: &mut TypedModel,
-                y: OutletId,
-                name: &str,
-                (cin, cout): (usize, usize),
-                k: usize,
-                s: usize,
-                depthwise: bool,
-                relu6: bool,
-                seed: u64| {
-        let ig = if depthwise { 1 } else { cin };
-        let fan_in = (ig * k * k) as f32;
-        let kernel = Tensor::from_shape(
-            &[cout, ig, k, k],
-            &random(cout * ig * k * k, seed, 2.0 / fan_in.sqrt()),
-        )
-        .unwrap();
-        let bias = Tensor::from_shape(&[cout], &random(cout, seed + 1, 1.0)).unwrap();
-        let (before, after) = if k == 1 {
-            (0, 0)
-        } else if s == 2 {
-            (0, 1)
-        } else {
-            (1, 1)
-        };
-        let op = Conv {
-            pool_spec: PoolSpec {
-                data_format: DataFormat::NHWC,
-                kernel_shape: tvec![k, k],
-                padding: PaddingSpec::Explicit(tvec![before, before], tvec![after, after]),
-                dilations: None,
-                strides: Some(tvec![s, s]),
-                input_channels: cin,
-                output_channels: cout,
-            },
-            kernel_fmt: KernelFormat::OIHW,
-            group: if depthwise { cin } else { 1 },
-            q_params: None,
-        };
-        let kc = m.add_const(format!("{name}.kernel"), kernel).unwrap();
-        let bc = m.add_const(format!("{name}.bias"), bias).unwrap();
-        let mut y = m.wire_node(name, op, &[y, kc, bc]).unwrap()[0];
-        if relu6 {
-            y = m
-                .wire_node(format!("{name}.max"), math::max(), &[y, zero])
-                .unwrap()[0];
-            y = m
-                .wire_node(format!("{name}.min"), math::min(), &[y, six])
-                .unwrap()[0];
-        }
-        y
+    let conv = |cin, cout, k, stride, depthwise, relu6| Layer {
+        h,
+        cin,
+        cout,
+        k,
+        stride,
+        depthwise,
+        relu6,
+        residual: false,
     };
     let (mut y, c, residual) = match before {
         Before::Nothing => (x, cin, stride == 1 && cin == cout),
         Before::Expand(e) => (
-            conv(&mut m, x, "expand", (cin, e), 1, 1, false, true, seed),
+            wire_conv(&mut m, x, "expand", conv(cin, e, 1, 1, false, true), seed),
             e,
             stride == 1 && cin == cout,
         ),
         Before::Stem { c, k, stride: s } => (
-            conv(&mut m, x, "stem", (cin, c), k, s, false, true, seed),
+            wire_conv(&mut m, x, "stem", conv(cin, c, k, s, false, true), seed),
             c,
             false,
         ),
     };
-    y = conv(&mut m, y, "dw", (c, c), 3, stride, true, true, seed + 10);
-    y = conv(
-        &mut m,
-        y,
-        "project",
-        (c, cout),
-        1,
-        1,
-        false,
-        false,
-        seed + 20,
-    );
+    y = wire_conv(&mut m, y, "dw", conv(c, c, 3, stride, true, true), seed + 10);
+    y = wire_conv(&mut m, y, "project", conv(c, cout, 1, 1, false, false), seed + 20);
     if residual {
         y = m.wire_node("residual", math::add(), &[y, x]).unwrap()[0];
     }

@@ -463,9 +463,7 @@ fn depthwise_portable(d: &Depthwise, t: &RowTaps, o: &mut [f32]) {
     let chunks = c / L;
     let row = |ky: usize| t.rows[ky];
     for ox in 0..d.ow {
-        let x0 = (ox * d.stride.1) as isize - d.pad.1 as isize;
-        let kx0 = (-x0).max(0) as usize;
-        let kx1 = ((d.w as isize - x0).min(d.kw as isize)).max(0) as usize;
+        let (x0, kx0, kx1) = taps(ox, d.stride.1, d.pad.1, d.w, d.kw);
         let o = &mut o[ox * c..(ox + 1) * c];
         for chunk in 0..chunks {
             let c0 = chunk * L;
