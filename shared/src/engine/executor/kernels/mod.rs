@@ -198,6 +198,21 @@ pub fn gemm(
     residual: Option<&[f32]>,
     c: &mut [f32],
 ) {
+    gemm_sliced(a, m, lda, b, clamp, residual, c, KC_BYTES);
+}
+
+/// [`gemm`] with slices of B's panels of at most `kc_bytes`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_sliced(
+    a: &[f32],
+    m: usize,
+    lda: usize,
+    b: &PackedB,
+    clamp: Clamp,
+    residual: Option<&[f32]>,
+    c: &mut [f32],
+    kc_bytes: usize,
+) {
     let (k, n) = (b.k, b.n);
     if m == 0 || n == 0 {
         return;
@@ -211,13 +226,24 @@ pub fn gemm(
     let (mr, nr) = b.isa.tile();
     debug_assert_eq!(nr, b.nr);
     let panels = n.div_ceil(nr);
-    let run = |i: usize, rows: usize, p: usize, c: &mut [f32]| {
+    // Slices of the reduction: a panel of B is `k * nr` values, more than L1 holds for the
+    // deep layers (k = 576 is 74 KB with AVX-512). Cut into slices of at most
+    // `kc_bytes / (nr * 4)` rows, each slice stays in L1 while every row tile of the block
+    // streams past it; each slice's tiles start from the sums the previous one stored in C,
+    // and only the last adds the bias, clamps and adds the residual. The sums are the same
+    // f32 values in the same order as in one pass (a stored sum reloads exactly), so the
+    // result does not depend on the slicing.
+    let slices = (k * nr * 4).div_ceil(kc_bytes).max(1);
+    let kc = k.div_ceil(slices);
+    let run = |i: usize, rows: usize, p: usize, k0: usize, c: &mut [f32]| {
         let j0 = p * nr;
+        let k1 = (k0 + kc).min(k);
+        let panel = &b.data[p * k * nr..(p + 1) * k * nr];
         let tile = Tile {
-            a: &a[i * lda..],
+            a: &a[i * lda + k0..],
             lda,
-            k,
-            panel: &b.data[p * k * nr..(p + 1) * k * nr],
+            k: k1 - k0,
+            panel: &panel[k0 * nr..k1 * nr],
             nr,
             bias: &b.bias[j0..j0 + nr],
             clamp,
@@ -225,6 +251,8 @@ pub fn gemm(
             cols: nr.min(n - j0),
             ldc: n,
             residual: residual.map(|r| &r[i * n + j0..]),
+            load_c: k0 > 0,
+            finish: k1 == k,
         };
         run_tile(b.isa, &tile, &mut c[i * n + j0..]);
     };
@@ -238,12 +266,19 @@ pub fn gemm(
     for i0 in (0..m).step_by(mc) {
         let i1 = (i0 + mc).min(m);
         for p in 0..panels {
-            for i in (i0..i1).step_by(mr) {
-                run(i, mr.min(i1 - i), p, c);
+            for k0 in (0..k).step_by(kc) {
+                for i in (i0..i1).step_by(mr) {
+                    run(i, mr.min(i1 - i), p, k0, c);
+                }
             }
         }
     }
 }
+
+/// Bytes of a slice of a B panel in [`gemm`] (at most): 32 KB, which stays in a 48 KB L1
+/// beside a tile's rows of A (7 rows of 256 values with AVX-512; AVX2's panels are half as
+/// wide, so its slices are twice as deep).
+const KC_BYTES: usize = 32 * 1024;
 
 /// Runs one tile with the kernel of `isa` (a narrower one for a last panel of at most half
 /// the tile's columns).
@@ -293,6 +328,11 @@ struct Tile<'a> {
     cols: usize,
     ldc: usize,
     residual: Option<&'a [f32]>,
+    /// Start from the partial sums in the output (a later slice of the reduction) instead
+    /// of zero.
+    load_c: bool,
+    /// The last slice: add the bias, clamp, add the residual (else store the bare sums).
+    finish: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -302,6 +342,11 @@ fn tile_portable(t: &Tile, out: &mut [f32]) {
     const MR: usize = 4;
     const NR: usize = 16;
     let mut acc = [[0.0f32; NR]; MR];
+    if t.load_c {
+        for (r, row) in acc.iter_mut().enumerate().take(t.rows) {
+            row[..t.cols].copy_from_slice(&out[r * t.ldc..r * t.ldc + t.cols]);
+        }
+    }
     for p in 0..t.k {
         let b = &t.panel[p * t.nr..p * t.nr + NR];
         for (r, row) in acc.iter_mut().enumerate().take(t.rows) {
@@ -313,11 +358,15 @@ fn tile_portable(t: &Tile, out: &mut [f32]) {
     }
     for (r, row) in acc.iter().enumerate().take(t.rows) {
         for (j, x) in row.iter().enumerate().take(t.cols) {
-            let mut v = (x + t.bias[j]).max(t.clamp.lo).min(t.clamp.hi);
-            if let Some(res) = t.residual {
-                v += res[r * t.ldc + j];
-            }
-            out[r * t.ldc + j] = v;
+            out[r * t.ldc + j] = if t.finish {
+                let mut v = (x + t.bias[j]).max(t.clamp.lo).min(t.clamp.hi);
+                if let Some(res) = t.residual {
+                    v += res[r * t.ldc + j];
+                }
+                v
+            } else {
+                *x
+            };
         }
     }
 }
@@ -652,7 +701,9 @@ mod tests {
             (49, 320, 1280),
             (12544, 27, 32),
         ];
+        // Deep reductions cut into slices (uneven, with ragged rows and columns).
         shapes.extend([(13, 27, 32), (8, 16, 24), (1, 5, 1), (29, 144, 33), (25, 7, 9), (14, 3, 40)]);
+        shapes.extend([(29, 1000, 33), (10, 513, 17), (3, 2049, 5)]);
         for isa in Isa::all_available() {
             for (s, &(m, k, n)) in shapes.iter().enumerate() {
                 let a = random(m * k, s as u64);
@@ -673,6 +724,32 @@ mod tests {
                             "{isa:?} {m}x{k}x{n} at {i}: {x} vs {y}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn slicing_the_reduction_changes_no_bit() {
+        // Each slice starts from the f32 sums the previous one stored: one pass and any
+        // slicing add the same values in the same order.
+        for isa in Isa::all_available() {
+            for (s, &(m, k, n)) in [(49, 960, 160), (29, 1000, 33), (10, 513, 17)].iter().enumerate() {
+                let a = random(m * k, 400 + s as u64);
+                let w = random(k * n, 500 + s as u64);
+                let bias = random(n, 600 + s as u64);
+                let res = random(m * n, 700 + s as u64);
+                let packed = PackedB::new(isa, k, n, |p, j| w[p * n + j], &bias);
+                let clamp = Clamp { lo: -0.5, hi: 0.5 };
+                let mut whole = vec![f32::NAN; m * n];
+                gemm_sliced(&a, m, k, &packed, clamp, Some(&res), &mut whole, usize::MAX);
+                for kc_bytes in [4096, 16 * 1024, KC_BYTES] {
+                    let mut sliced = vec![f32::NAN; m * n];
+                    gemm_sliced(&a, m, k, &packed, clamp, Some(&res), &mut sliced, kc_bytes);
+                    assert!(
+                        whole.iter().zip(&sliced).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{isa:?} {m}x{k}x{n}, slices of {kc_bytes} bytes"
+                    );
                 }
             }
         }

@@ -58,9 +58,11 @@ macro_rules! simd_kernels {
             }
         }
 
-        /// One GEMM tile of `MR` rows x `NV` vectors: `MR * NV` accumulators in registers,
+        /// One GEMM tile of `MR` rows x `NV` vectors: `MR * NV` accumulators in registers
+        /// (zero, or the partial sums in the output for a later slice of the reduction),
         /// each step broadcasting one value of each of the `MR` rows of A against `NV`
-        /// vectors of the B panel; bias, clamp and residual in registers before the store.
+        /// vectors of the B panel; on the last slice, bias, clamp and residual in registers
+        /// before the store (else the bare sums are stored).
         ///
         /// # Safety
         /// The CPU must support the module's ISA (bounds: [`check_tile`]).
@@ -77,7 +79,19 @@ macro_rules! simd_kernels {
                     *row = a.add(r * t.lda);
                 }
             }
+            let op = out.as_mut_ptr();
+            let mut masks = [mask(L); NV];
+            for (v, m) in masks.iter_mut().enumerate() {
+                *m = mask(t.cols.saturating_sub(v * L).min(L));
+            }
             let mut acc = [[zero(); NV]; MR];
+            if t.load_c {
+                for r in 0..MR.min(t.rows) {
+                    for v in 0..NV {
+                        acc[r][v] = load_masked(op.add(r * t.ldc + v * L), masks[v]);
+                    }
+                }
+            }
             let mut b = t.panel.as_ptr();
             for p in 0..t.k {
                 let mut bv = [zero(); NV];
@@ -92,14 +106,19 @@ macro_rules! simd_kernels {
                 }
                 b = b.add(t.nr);
             }
+            if !t.finish {
+                for r in 0..MR.min(t.rows) {
+                    for v in 0..NV {
+                        store_masked(op.add(r * t.ldc + v * L), masks[v], acc[r][v]);
+                    }
+                }
+                return;
+            }
             let lo = splat(t.clamp.lo);
             let hi = splat(t.clamp.hi);
-            let op = out.as_mut_ptr();
-            let mut masks = [mask(L); NV];
             let mut bias = [zero(); NV];
-            for v in 0..NV {
-                masks[v] = mask(t.cols.saturating_sub(v * L).min(L));
-                bias[v] = load(t.bias.as_ptr().add(v * L));
+            for (v, x) in bias.iter_mut().enumerate() {
+                *x = load(t.bias.as_ptr().add(v * L));
             }
             for r in 0..MR {
                 if r >= t.rows {
