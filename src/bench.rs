@@ -357,8 +357,8 @@ fn compare(args: &BenchArgs, model: &Model, encoded: &[Result<Bytes, String>]) -
     let mut tract_session = tract_model.as_ref().map(|m| m.session()).transpose()?;
     // The engines take turns on one CPU: this thread, and the onnxruntime process started
     // below (it inherits the mask), are pinned to the CPU this thread is on. Unpinned, the
-    // idle side's process still lands work on the other core of a 2-vCPU machine whose vCPUs
-    // share a physical core, which slowed whichever engine ran then by up to 25 %.
+    // idle side's process still lands work on the other vCPU of a 2-vCPU machine, which
+    // slowed whichever engine ran then by up to 25 % (the vCPUs share L3 and memory).
     let pinned = pin_to_current_cpu();
     let mut ort = match args.compare.as_deref() {
         Some("onnxruntime") => Onnxruntime::start(args, &model_path, &inputs)?,
