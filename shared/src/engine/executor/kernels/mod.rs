@@ -132,6 +132,9 @@ pub struct PackedB {
     nr: usize,
     data: Vec<f32>,
     bias: Vec<f32>,
+    /// Rows of a panel per slice of the reduction in [`gemm`]: `k` cut into the fewest even
+    /// slices of at most [`KC_BYTES`].
+    kc: usize,
 }
 
 impl PackedB {
@@ -153,6 +156,7 @@ impl PackedB {
                 padded_bias[j] = bias[j];
             }
         }
+        let slices = (k * nr * 4).div_ceil(KC_BYTES).max(1);
         Self {
             isa,
             k,
@@ -160,7 +164,16 @@ impl PackedB {
             nr,
             data,
             bias: padded_bias,
+            kc: k.div_ceil(slices).max(1),
         }
+    }
+
+    /// The same, with slices of the reduction of at most `bytes` (the tests' other slicings).
+    #[cfg(test)]
+    fn with_slices_of(mut self, bytes: usize) -> Self {
+        let slices = (self.k * self.nr * 4).div_ceil(bytes).max(1);
+        self.kc = self.k.div_ceil(slices).max(1);
+        self
     }
 
     /// Rows (the reduction length).
@@ -198,21 +211,6 @@ pub fn gemm(
     residual: Option<&[f32]>,
     c: &mut [f32],
 ) {
-    gemm_sliced(a, m, lda, b, clamp, residual, c, KC_BYTES);
-}
-
-/// [`gemm`] with slices of B's panels of at most `kc_bytes`.
-#[allow(clippy::too_many_arguments)]
-fn gemm_sliced(
-    a: &[f32],
-    m: usize,
-    lda: usize,
-    b: &PackedB,
-    clamp: Clamp,
-    residual: Option<&[f32]>,
-    c: &mut [f32],
-    kc_bytes: usize,
-) {
     let (k, n) = (b.k, b.n);
     if m == 0 || n == 0 {
         return;
@@ -226,15 +224,14 @@ fn gemm_sliced(
     let (mr, nr) = b.isa.tile();
     debug_assert_eq!(nr, b.nr);
     let panels = n.div_ceil(nr);
-    // Slices of the reduction: a panel of B is `k * nr` values, more than L1 holds for the
-    // deep layers (k = 576 is 74 KB with AVX-512). Cut into slices of at most
-    // `kc_bytes / (nr * 4)` rows, each slice stays in L1 while every row tile of the block
-    // streams past it; each slice's tiles start from the sums the previous one stored in C,
-    // and only the last adds the bias, clamps and adds the residual. The sums are the same
-    // f32 values in the same order as in one pass (a stored sum reloads exactly), so the
-    // result does not depend on the slicing.
-    let slices = (k * nr * 4).div_ceil(kc_bytes).max(1);
-    let kc = k.div_ceil(slices);
+    // Slices of the reduction (`PackedB::kc`): a panel of B is `k * nr` values, more than L1
+    // holds for the deep layers (k = 576 is 74 KB with AVX-512). Cut into slices of `kc`
+    // rows, each slice stays in L1 while every row tile of the block streams past it; each
+    // slice's tiles start from the sums the previous one stored in C, and only the last adds
+    // the bias, clamps and adds the residual. The sums are the same f32 values in the same
+    // order as in one pass (a stored sum reloads exactly), so the result does not depend on
+    // the slicing.
+    let kc = b.kc;
     let run = |i: usize, rows: usize, p: usize, k0: usize, c: &mut [f32]| {
         let j0 = p * nr;
         let k1 = (k0 + kc).min(k);
@@ -266,7 +263,8 @@ fn gemm_sliced(
     for i0 in (0..m).step_by(mc) {
         let i1 = (i0 + mc).min(m);
         for p in 0..panels {
-            for k0 in (0..k).step_by(kc) {
+            // (k = 0: one empty slice, which still writes the bias.)
+            for k0 in (0..k.max(1)).step_by(kc) {
                 for i in (i0..i1).step_by(mr) {
                     run(i, mr.min(i1 - i), p, k0, c);
                 }
@@ -703,7 +701,7 @@ mod tests {
         ];
         // Deep reductions cut into slices (uneven, with ragged rows and columns).
         shapes.extend([(13, 27, 32), (8, 16, 24), (1, 5, 1), (29, 144, 33), (25, 7, 9), (14, 3, 40)]);
-        shapes.extend([(29, 1000, 33), (10, 513, 17), (3, 2049, 5)]);
+        shapes.extend([(29, 1000, 33), (10, 513, 17), (3, 2049, 5), (4, 0, 5)]);
         for isa in Isa::all_available() {
             for (s, &(m, k, n)) in shapes.iter().enumerate() {
                 let a = random(m * k, s as u64);
@@ -742,10 +740,14 @@ mod tests {
                 let packed = PackedB::new(isa, k, n, |p, j| w[p * n + j], &bias);
                 let clamp = Clamp { lo: -0.5, hi: 0.5 };
                 let mut whole = vec![f32::NAN; m * n];
-                gemm_sliced(&a, m, k, &packed, clamp, Some(&res), &mut whole, usize::MAX);
+                let one_pass = packed.clone().with_slices_of(usize::MAX);
+                assert_eq!(one_pass.kc, k);
+                gemm(&a, m, k, &one_pass, clamp, Some(&res), &mut whole);
                 for kc_bytes in [4096, 16 * 1024, KC_BYTES] {
+                    let sliced_b = packed.clone().with_slices_of(kc_bytes);
+                    assert!(sliced_b.kc < k, "{kc_bytes}");
                     let mut sliced = vec![f32::NAN; m * n];
-                    gemm_sliced(&a, m, k, &packed, clamp, Some(&res), &mut sliced, kc_bytes);
+                    gemm(&a, m, k, &sliced_b, clamp, Some(&res), &mut sliced);
                     assert!(
                         whole.iter().zip(&sliced).all(|(x, y)| x.to_bits() == y.to_bits()),
                         "{isa:?} {m}x{k}x{n}, slices of {kc_bytes} bytes"
