@@ -156,7 +156,6 @@ impl PackedB {
                 padded_bias[j] = bias[j];
             }
         }
-        let slices = (k * nr * 4).div_ceil(KC_BYTES).max(1);
         Self {
             isa,
             k,
@@ -164,15 +163,14 @@ impl PackedB {
             nr,
             data,
             bias: padded_bias,
-            kc: k.div_ceil(slices).max(1),
+            kc: slice_rows(k, nr, KC_BYTES),
         }
     }
 
     /// The same, with slices of the reduction of at most `bytes` (the tests' other slicings).
     #[cfg(test)]
     fn with_slices_of(mut self, bytes: usize) -> Self {
-        let slices = (self.k * self.nr * 4).div_ceil(bytes).max(1);
-        self.kc = self.k.div_ceil(slices).max(1);
+        self.kc = slice_rows(self.k, self.nr, bytes);
         self
     }
 
@@ -277,6 +275,13 @@ pub fn gemm(
 /// beside a tile's rows of A (7 rows of 256 values with AVX-512; AVX2's panels are half as
 /// wide, so its slices are twice as deep).
 const KC_BYTES: usize = 32 * 1024;
+
+/// Rows per slice when `k` rows of `nr` floats are cut into the fewest even slices of at
+/// most `bytes`.
+fn slice_rows(k: usize, nr: usize, bytes: usize) -> usize {
+    let slices = (k * nr * 4).div_ceil(bytes).max(1);
+    k.div_ceil(slices).max(1)
+}
 
 /// Runs one tile with the kernel of `isa` (a narrower one for a last panel of at most half
 /// the tile's columns).
@@ -699,8 +704,8 @@ mod tests {
             (49, 320, 1280),
             (12544, 27, 32),
         ];
-        // Deep reductions cut into slices (uneven, with ragged rows and columns).
         shapes.extend([(13, 27, 32), (8, 16, 24), (1, 5, 1), (29, 144, 33), (25, 7, 9), (14, 3, 40)]);
+        // Deep reductions cut into slices (uneven, with ragged rows and columns), and none.
         shapes.extend([(29, 1000, 33), (10, 513, 17), (3, 2049, 5), (4, 0, 5)]);
         for isa in Isa::all_available() {
             for (s, &(m, k, n)) in shapes.iter().enumerate() {
