@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use shared::executor::kernels::{gemm, Clamp, Depthwise, Im2Col, Isa, PackedB};
+use shared::executor::kernels::{gemm, Aligned, Clamp, Depthwise, Im2Col, Isa, PackedB};
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -35,6 +35,7 @@ fn main() {
     };
     let reps: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(9);
     let relu6 = Clamp { lo: 0.0, hi: 6.0 };
+    // Tensors and weights 64-byte aligned, as the executor keeps them.
     // (h, cin, cout) of the pointwise convolutions, each with its count in the model.
     let pointwise = [
         (112, 32, 16, 1),
@@ -75,11 +76,11 @@ fn main() {
         let mut total_pw = 0.0;
         for (i, &(h, k, n, count)) in pointwise.iter().enumerate() {
             let m = h * h;
-            let a = random(m * k, i as u64);
+            let a = Aligned::from(random(m * k, i as u64));
             let w = random(k * n, 50 + i as u64);
             let bias = random(n, 90 + i as u64);
             let b = PackedB::new(isa, k, n, |p, j| w[p * n + j], &bias);
-            let mut c = vec![0.0; m * n];
+            let mut c = Aligned::zeroed(m * n);
             let ms = time(reps, || gemm(&a, m, k, &b, relu6, None, &mut c));
             total_pw += ms * count as f64;
             println!(
@@ -102,12 +103,12 @@ fn main() {
                 pad,
                 oh,
                 ow: oh,
-                weights: random(9 * c, 7 + i as u64),
-                bias: random(c, 8 + i as u64),
+                weights: random(9 * c, 7 + i as u64).into(),
+                bias: random(c, 8 + i as u64).into(),
                 clamp: relu6,
             };
-            let x = random(h * h * c, i as u64);
-            let mut out = vec![0.0; oh * oh * c];
+            let x = Aligned::from(random(h * h * c, i as u64));
+            let mut out = Aligned::zeroed(oh * oh * c);
             let ms = time(reps, || d.run(&x, &mut out));
             total_dw += ms * count as f64;
             println!(
@@ -116,11 +117,11 @@ fn main() {
             );
         }
         let g = Im2Col { h: 224, w: 224, c: 3, kh: 3, kw: 3, stride: (2, 2), pad: (0, 0), oh: 112, ow: 112 };
-        let x = random(224 * 224 * 3, 1);
+        let x = Aligned::from(random(224 * 224 * 3, 1));
         let w = random(27 * 32, 2);
         let b = PackedB::new(isa, 27, 32, |p, j| w[p * 32 + j], &[0.0; 32]);
-        let mut patches = vec![0.0; 112 * 112 * 27];
-        let mut out = vec![0.0; 112 * 112 * 32];
+        let mut patches = Aligned::zeroed(112 * 112 * 27);
+        let mut out = Aligned::zeroed(112 * 112 * 32);
         let stem = time(reps, || {
             g.run(&x, &mut patches);
             gemm(&patches, 112 * 112, 27, &b, relu6, None, &mut out);

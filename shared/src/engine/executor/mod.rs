@@ -32,7 +32,7 @@ use tract_onnx::tract_core::ops::source::TypedSource;
 use tract_onnx::tract_core::ops::konst::Const;
 
 pub use kernels::{Clamp, Isa};
-use kernels::{Depthwise, Im2Col, PackedB};
+use kernels::{Aligned, Depthwise, Im2Col, PackedB};
 
 /// Why a graph cannot run on the executor (tract then runs it).
 #[derive(Debug, Error)]
@@ -519,8 +519,8 @@ impl<'m> Builder<'m> {
                 pad,
                 oh,
                 ow,
-                weights,
-                bias,
+                weights: weights.into(),
+                bias: bias.into(),
                 clamp: Clamp::NONE,
             };
             Step::Depthwise { src, dst, op }
@@ -852,8 +852,8 @@ impl Executor {
     pub fn session(self: &Arc<Self>) -> ExecutorSession {
         ExecutorSession {
             executor: Arc::clone(self),
-            slots: self.slot_len.iter().map(|&n| vec![0.0; n]).collect(),
-            scratch: vec![0.0; self.scratch_len],
+            slots: self.slot_len.iter().map(|&n| Aligned::zeroed(n)).collect(),
+            scratch: Aligned::zeroed(self.scratch_len),
         }
     }
 }
@@ -1036,8 +1036,8 @@ fn plan_slots(
 /// One thread's runner: the executor and its buffers.
 pub struct ExecutorSession {
     executor: Arc<Executor>,
-    slots: Vec<Vec<f32>>,
-    scratch: Vec<f32>,
+    slots: Vec<Aligned>,
+    scratch: Aligned,
 }
 
 impl ExecutorSession {

@@ -147,6 +147,25 @@ macro_rules! simd_kernels {
         /// `kh*kw*c` and the bias `c` ([`Depthwise::run_rows`] checks all of it).
         #[target_feature(enable = $feature)]
         pub(in super::super) unsafe fn depthwise_row(d: &Depthwise, t: &RowTaps, out: &mut [f32]) {
+            // The channel counts of MobileNetV2 as constants: the offsets of a block's taps,
+            // `(j*S + kx)*c`, become displacements of three row pointers (a runtime `c` needs
+            // a register or a spill per offset); any other count runs the generic copy.
+            match d.c {
+                32 => depthwise_row_c::<32>(d, t, out),
+                96 => depthwise_row_c::<96>(d, t, out),
+                144 => depthwise_row_c::<144>(d, t, out),
+                192 => depthwise_row_c::<192>(d, t, out),
+                384 => depthwise_row_c::<384>(d, t, out),
+                576 => depthwise_row_c::<576>(d, t, out),
+                960 => depthwise_row_c::<960>(d, t, out),
+                _ => depthwise_row_c::<0>(d, t, out),
+            }
+        }
+
+        /// [`depthwise_row`] for `C` channels (`d.c == C`), or any count (`C == 0`).
+        #[target_feature(enable = $feature)]
+        unsafe fn depthwise_row_c<const C: usize>(d: &Depthwise, t: &RowTaps, out: &mut [f32]) {
+            debug_assert!(C == 0 || C == d.c);
             let (sx, px) = (d.stride.1, d.pad.1);
             // Output columns whose three kernel columns are inside the input.
             let (lo_ox, hi_ox) = if d.kh == 3 && d.kw == 3 && d.w + px >= 3 {
@@ -161,16 +180,16 @@ macro_rules! simd_kernels {
             while ox < d.ow {
                 if ox >= lo_ox && ox + DW_OB <= hi_ox {
                     match sx {
-                        1 => dw_block::<DW_OB, 1>(d, t, orow, ox),
-                        2 => dw_block::<DW_OB, 2>(d, t, orow, ox),
+                        1 => dw_block::<DW_OB, 1, C>(d, t, orow, ox),
+                        2 => dw_block::<DW_OB, 2, C>(d, t, orow, ox),
                         _ => dw_block_any::<DW_OB>(d, t, orow, ox),
                     }
                     ox += DW_OB;
                 } else if ox >= lo_ox && ox + 4 <= hi_ox && DW_OB > 4 {
                     // Rows too short for a whole block (7x7): blocks of 4.
                     match sx {
-                        1 => dw_block::<4, 1>(d, t, orow, ox),
-                        2 => dw_block::<4, 2>(d, t, orow, ox),
+                        1 => dw_block::<4, 1, C>(d, t, orow, ox),
+                        2 => dw_block::<4, 2, C>(d, t, orow, ox),
                         _ => dw_block_any::<4>(d, t, orow, ox),
                     }
                     ox += 4;
@@ -187,13 +206,13 @@ macro_rules! simd_kernels {
         /// `OB` output pixels `ox..ox + OB` of one output row (`orow`), stride `S` along the
         /// row, all three kernel columns inside the input.
         #[inline(always)]
-        unsafe fn dw_block<const OB: usize, const S: usize>(
+        unsafe fn dw_block<const OB: usize, const S: usize, const C: usize>(
             d: &Depthwise,
             t: &RowTaps,
             orow: *mut f32,
             ox: usize,
         ) {
-            let c = d.c;
+            let c = if C == 0 { d.c } else { C };
             let x0 = ox * S - d.pad.1;
             let (wp, bp) = (d.weights.as_ptr(), d.bias.as_ptr());
             let op = orow.add(ox * c);
@@ -204,9 +223,9 @@ macro_rules! simd_kernels {
                 let c0 = chunk * L;
                 let m = mask(c - c0);
                 if chunk >= full {
-                    dw_chunk::<OB, S>(d, t, wp, bp, op, c0, m, true, x0, lo, hi);
+                    dw_chunk::<OB, S, C>(d, t, wp, bp, op, c0, m, true, x0, lo, hi);
                 } else {
-                    dw_chunk::<OB, S>(d, t, wp, bp, op, c0, m, false, x0, lo, hi);
+                    dw_chunk::<OB, S, C>(d, t, wp, bp, op, c0, m, false, x0, lo, hi);
                 }
             }
         }
@@ -214,7 +233,7 @@ macro_rules! simd_kernels {
         /// Channels `c0..c0 + L` of [`dw_block`] (`masked`: lanes past `c` off).
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn dw_chunk<const OB: usize, const S: usize>(
+        unsafe fn dw_chunk<const OB: usize, const S: usize, const C: usize>(
             d: &Depthwise,
             t: &RowTaps,
             wp: *const f32,
@@ -227,7 +246,7 @@ macro_rules! simd_kernels {
             lo: V,
             hi: V,
         ) {
-            let c = d.c;
+            let c = if C == 0 { d.c } else { C };
             let bias = ld(bp.add(c0), m, masked);
             let mut acc = [bias; OB];
             for ky in t.ky0..t.ky1 {
