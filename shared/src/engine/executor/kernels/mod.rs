@@ -296,7 +296,10 @@ pub fn gemm(
     // order as in one pass (a stored sum reloads exactly), so the result does not depend on
     // the slicing.
     let kc = b.kc;
-    let run = |i: usize, rows: usize, p: usize, k0: usize, c: &mut [f32]| {
+    // `first`: the first row tile of a block, which prefetches the slice of B that the
+    // block runs next (the rest of this panel, else the next panel's first slice) while it
+    // computes, so that slice is on its way from L2 or L3 before its tiles need it.
+    let run = |i: usize, rows: usize, p: usize, k0: usize, first: bool, c: &mut [f32]| {
         let j0 = p * nr;
         let k1 = (k0 + kc).min(k);
         let panel = &b.data[p * k * nr..(p + 1) * k * nr];
@@ -314,6 +317,15 @@ pub fn gemm(
             residual: residual.map(|r| &r[i * n + j0..]),
             load_c: k0 > 0,
             finish: k1 == k,
+            prefetch: if !first {
+                None
+            } else if k1 < k {
+                Some(&panel[k1 * nr..(k1 + kc).min(k) * nr])
+            } else if p + 1 < panels {
+                Some(&b.data[(p + 1) * k * nr..][..kc.min(k) * nr])
+            } else {
+                None
+            },
         };
         run_tile(b.isa, &tile, &mut c[i * n + j0..]);
     };
@@ -330,7 +342,7 @@ pub fn gemm(
             // (k = 0: one empty slice, which still writes the bias.)
             for k0 in (0..k.max(1)).step_by(kc) {
                 for i in (i0..i1).step_by(mr) {
-                    run(i, mr.min(i1 - i), p, k0, c);
+                    run(i, mr.min(i1 - i), p, k0, i == i0, c);
                 }
             }
         }
@@ -402,6 +414,9 @@ struct Tile<'a> {
     load_c: bool,
     /// The last slice: add the bias, clamp, add the residual (else store the bare sums).
     finish: bool,
+    /// Rows of a B panel (`nr` values each) to prefetch into L1, one row per step of the
+    /// reduction (as many as it has); a hint only, it changes no value.
+    prefetch: Option<&'a [f32]>,
 }
 
 #[cfg(target_arch = "x86_64")]

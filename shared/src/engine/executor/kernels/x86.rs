@@ -93,7 +93,20 @@ macro_rules! simd_kernels {
                 }
             }
             let mut b = t.panel.as_ptr();
+            // (The rows to prefetch lie inside `t.prefetch`; a prefetch never faults anyway.)
+            let (pf, pf_rows) = match t.prefetch {
+                Some(rows) => (rows.as_ptr(), rows.len() / t.nr),
+                None => (b, 0),
+            };
             for p in 0..t.k {
+                if p < pf_rows {
+                    // Each 64-byte line of the row (`nr` floats: two lines with AVX-512).
+                    let mut line = 0;
+                    while line < t.nr {
+                        prefetch(pf.add(p * t.nr + line));
+                        line += 16;
+                    }
+                }
                 let mut bv = [zero(); NV];
                 for (v, x) in bv.iter_mut().enumerate() {
                     *x = load(b.add(v * L));
@@ -357,6 +370,10 @@ pub(super) mod avx512 {
         _mm512_setzero_ps()
     }
     #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    }
+    #[inline(always)]
     unsafe fn splat(x: f32) -> V {
         _mm512_set1_ps(x)
     }
@@ -416,6 +433,10 @@ pub(super) mod avx2 {
     #[inline(always)]
     unsafe fn zero() -> V {
         _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
     }
     #[inline(always)]
     unsafe fn splat(x: f32) -> V {
