@@ -415,7 +415,9 @@ struct Tile<'a> {
     /// The last slice: add the bias, clamp, add the residual (else store the bare sums).
     finish: bool,
     /// Rows of a B panel (`nr` values each) to prefetch into L1, one row per step of the
-    /// reduction (as many as it has); a hint only, it changes no value.
+    /// reduction (as many as it has); a hint only, it changes no value (the portable tile,
+    /// all that other targets compile, has none).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     prefetch: Option<&'a [f32]>,
 }
 
