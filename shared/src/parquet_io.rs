@@ -12,6 +12,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 
@@ -76,8 +77,17 @@ pub fn write_rows(dataset: Dataset, rows: &[VectorRow]) -> Result<Bytes> {
         Arc::new(vectors.finish()),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    // No dictionary for the vector column: its values are nearly all distinct, so the
+    // writer would build a dictionary only to drop it for plain pages (twice the time, and a
+    // larger file). The path and label columns keep theirs.
+    let vector_values = ColumnPath::from(vec![
+        dataset.vector_column().to_string(),
+        "list".to_string(),
+        item_field().name().clone(),
+    ]);
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(vector_values, false)
         .build();
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props))?;
@@ -165,5 +175,39 @@ mod tests {
         )
         .unwrap()
         .is_empty());
+    }
+
+    #[test]
+    fn vectors_are_plain_encoded_and_labels_use_a_dictionary() {
+        use parquet::basic::Encoding;
+        for dataset in [Dataset::Features, Dataset::Pca] {
+            let rows: Vec<VectorRow> = (0..200)
+                .map(|i| VectorRow {
+                    path: format!("l{}/{i}.jpg", i % 3),
+                    label: format!("l{}", i % 3),
+                    values: (0..16).map(|j| (i * 16 + j) as f32 * 0.37).collect(),
+                })
+                .collect();
+            let bytes = write_rows(dataset, &rows).unwrap();
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).unwrap();
+            let group = builder.metadata().row_group(0);
+            let encodings = |name: &str| -> Vec<Encoding> {
+                let column = group
+                    .columns()
+                    .iter()
+                    .find(|c| c.column_path().string().starts_with(name))
+                    .unwrap_or_else(|| panic!("no column {name}"));
+                column.encodings().collect()
+            };
+            let dictionary = |e: &[Encoding]| {
+                e.contains(&Encoding::RLE_DICTIONARY) || e.contains(&Encoding::PLAIN_DICTIONARY)
+            };
+            let vectors = encodings(dataset.vector_column());
+            assert!(!dictionary(&vectors), "{dataset:?}: {vectors:?}");
+            assert!(vectors.contains(&Encoding::PLAIN), "{dataset:?}: {vectors:?}");
+            let labels = encodings("label");
+            assert!(dictionary(&labels), "{dataset:?}: {labels:?}");
+            assert_eq!(read_rows(dataset, bytes).unwrap(), rows);
+        }
     }
 }
