@@ -49,11 +49,26 @@ impl ShardStats {
             *m /= n as f64;
         }
         let centred = Mat::<f64>::from_fn(n, dim, |i, j| f64::from(rows[i][j]) - mean[j]);
-        let m = centred.transpose() * &centred;
+        // Symmetric: the lower triangle only (half the products), mirrored. Column `j` of
+        // the column-major result, from its diagonal down, is row `j` of `comoment` there.
+        let mut m = Mat::<f64>::zeros(dim, dim);
+        faer::linalg::matmul::triangular::matmul(
+            m.as_mut(),
+            faer::linalg::matmul::triangular::BlockStructure::TriangularLower,
+            faer::Accum::Replace,
+            centred.transpose(),
+            faer::linalg::matmul::triangular::BlockStructure::Rectangular,
+            centred.as_ref(),
+            faer::linalg::matmul::triangular::BlockStructure::Rectangular,
+            1.0,
+            faer::get_global_parallelism(),
+        );
         let mut comoment = vec![0.0; dim * dim];
-        for i in 0..dim {
-            for j in 0..dim {
-                comoment[i * dim + j] = m[(i, j)];
+        for j in 0..dim {
+            let column = m.col(j);
+            for i in j..dim {
+                comoment[j * dim + i] = column[i];
+                comoment[i * dim + j] = column[i];
             }
         }
         Self {
