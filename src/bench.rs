@@ -53,6 +53,9 @@ pub struct BenchArgs {
     /// onnxruntime's.
     #[arg(long)]
     profile: bool,
+    /// With --profile: also each step of ours, in order (time, MACs and GFMA/s).
+    #[arg(long, requires = "profile")]
+    profile_steps: bool,
     /// The Python that has onnxruntime (default: .venv/bin/python if present, else python3).
     #[arg(long)]
     python: Option<PathBuf>,
@@ -408,7 +411,13 @@ fn compare(args: &BenchArgs, model: &Model, encoded: &[Result<Bytes, String>]) -
         );
     }
     if args.profile {
-        profile(model, tract_model.as_ref().unwrap_or(model), &inputs, ort.as_mut())?;
+        profile(
+            model,
+            tract_model.as_ref().unwrap_or(model),
+            &inputs,
+            ort.as_mut(),
+            args.profile_steps,
+        )?;
     }
     Ok(())
 }
@@ -420,6 +429,7 @@ fn profile(
     tract_model: &Model,
     inputs: &[Vec<f32>],
     ort: Option<&mut Onnxruntime>,
+    steps: bool,
 ) -> Result<()> {
     let n = inputs.len() as f64;
     if let Some(executor) = model.executor() {
@@ -449,6 +459,14 @@ fn profile(
             println!("    {kind:36} {count:3} x {ms:8.3}  {gflops}");
         }
         println!("    {:36}       {:8.3}", "total", total * 1000.0 / n);
+        if steps {
+            println!("  profile, ours, by step: ms per image, M multiply-adds, GFMA/s");
+            for (i, ((kind, macs), t)) in kinds.iter().zip(&times).enumerate() {
+                let ms = t.as_secs_f64() * 1000.0 / n;
+                let gfma = if *macs > 0 { format!("{:6.1}", *macs as f64 / (ms * 1e6)) } else { String::new() };
+                println!("    {i:3} {kind:36} {ms:8.3} {:7.1} {gfma}", *macs as f64 / 1e6);
+            }
+        }
     }
     if let Some(plan) = tract_model.tract_plan() {
         use shared::tract_onnx::prelude::*;
