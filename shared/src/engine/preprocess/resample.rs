@@ -234,7 +234,7 @@ fn dot_rgb(pixels: &[u8], weights: &[i32]) -> [i32; 3] {
 /// The horizontal pass, the faster way for these taps: short windows (enlarging: at most 5
 /// taps, which [`horizontal_pass`] sums one by one) by [`horizontal_pass_transposed`].
 fn resample_rows(pixels: &[u8], width: usize, rows: Range<usize>, taps: &Taps) -> Vec<u8> {
-    if taps.ksize < TRANSPOSED_MAX_KSIZE {
+    if taps.ksize < TRANSPOSED_MAX_KSIZE && width > 0 && !rows.is_empty() {
         horizontal_pass_transposed(pixels, width, rows, taps)
     } else {
         horizontal_pass(pixels, width, rows, taps)
