@@ -171,18 +171,14 @@ impl PcaModel {
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     const LANES: usize = 8;
     let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
+    let (xs, ys) = (a[..n].chunks_exact(LANES), b[..n].chunks_exact(LANES));
+    let tail: f64 = xs.remainder().iter().zip(ys.remainder()).map(|(x, y)| x * y).sum();
     let mut acc = [0.0f64; LANES];
-    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+    for (x, y) in xs.zip(ys) {
         for l in 0..LANES {
             acc[l] += x[l] * y[l];
         }
     }
-    let tail: f64 = a[n - n % LANES..]
-        .iter()
-        .zip(&b[n - n % LANES..])
-        .map(|(x, y)| x * y)
-        .sum();
     let [a0, a1, a2, a3, a4, a5, a6, a7] = acc;
     ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + tail
 }

@@ -31,9 +31,9 @@ fn check_tile(t: &Tile, out: &[f32], mr: usize, cols_max: usize) {
 
 /// The kernels of one ISA, expanded in a module that defines `V` (a vector of `L` f32), `M`
 /// (a lane mask), `mask(n)` (lanes `0..n`), `zero`, `splat`, `load`, `load_masked`,
-/// `store`, `store_masked`, `add`, `fma(a, b, c) = a*b + c`, `min`, `max`, `prefetch` (a hint into L1), and the tile
-/// shapes `GEMM_MR` (rows of a GEMM tile; its columns are 2 vectors, or 1 for a narrow
-/// last panel) and `DW_OB` (output pixels per depthwise block).
+/// `store`, `store_masked`, `add`, `fma(a, b, c) = a*b + c`, `min`, `max`, `prefetch` (a
+/// hint into L1), and the tile shapes `GEMM_MR` (rows of a GEMM tile; its columns are 2
+/// vectors, or 1 for a narrow last panel) and `DW_OB` (output pixels per depthwise block).
 macro_rules! simd_kernels {
     ($feature:tt) => {
         use super::super::taps;
