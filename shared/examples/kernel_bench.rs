@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use shared::executor::kernels::{gemm, Aligned, Clamp, Depthwise, Im2Col, Isa, PackedB};
+use shared::executor::kernels::{conv_row, gemm, Aligned, Clamp, Depthwise, Im2Col, Isa, PackedB};
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -127,6 +127,27 @@ fn main() {
             gemm(&patches, 112 * 112, 27, &b, relu6, None, &mut out);
         });
         println!("  stem (im2col + gemm) {stem:8.3}");
+        // As the fused stem block runs it: one output row at a time (a row of patches in L1).
+        let mut row_patches = Aligned::zeroed(112 * 27);
+        let rows_im2col = time(reps, || {
+            for oy in 0..112 {
+                g.run_rows(&x, oy..oy + 1, &mut row_patches);
+            }
+        });
+        let rows_gemm = time(reps, || {
+            for oy in 0..112 {
+                gemm(&row_patches, 112, 27, &b, relu6, None, &mut out[oy * 112 * 32..][..112 * 32]);
+            }
+        });
+        let rows_direct = time(reps, || {
+            for oy in 0..112 {
+                conv_row(&g, &x, oy, &b, relu6, &mut row_patches, &mut out[oy * 112 * 32..][..112 * 32]);
+            }
+        });
+        println!(
+            "  stem by rows: im2col {rows_im2col:.3}, gemm {rows_gemm:.3} ({:.1} GFMA/s); without patches (conv_row) {rows_direct:.3}",
+            112.0 * 112.0 * 27.0 * 32.0 / rows_gemm / 1e6
+        );
         println!(
             "  totals: pointwise {total_pw:.3} ms, depthwise {total_dw:.3} ms, stem {stem:.3} ms, sum {:.3} ms",
             total_pw + total_dw + stem

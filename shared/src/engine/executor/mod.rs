@@ -1184,8 +1184,7 @@ fn run_block(
                         kernels::gemm(a, x.w, x.c, b, *c, None, ring_row);
                     }
                     Expand::Dense(g, b, c) => {
-                        g.run_rows(src, next..next + 1, patches);
-                        kernels::gemm(patches, g.ow, g.patch_len(), b, *c, None, ring_row);
+                        kernels::conv_row(g, src, next, b, *c, patches, ring_row);
                     }
                     Expand::None => unreachable!("handled above"),
                 }

@@ -467,6 +467,35 @@ fn taps(o: usize, stride: usize, pad: usize, size: usize, k: usize) -> (isize, u
     (i0, k0, k1.max(k0))
 }
 
+/// The pixel counts of the blocks that cover a row of `ow` output pixels: as few blocks of at
+/// most `ob` as can cover it, as even as can be (so `ob` or `ob - 1` pixels each whenever
+/// `ow >= ob * (ob - 1)`, e.g. 7 + 7 for 14 and 8 x 7 for 56 with `ob` = 8); `ob` = 0: one
+/// pixel at a time.
+fn row_blocks(ow: usize, ob: usize) -> impl Iterator<Item = usize> {
+    let blocks = if ob == 0 { ow } else { ow.div_ceil(ob) };
+    let (base, extra) = if blocks == 0 { (0, 0) } else { (ow / blocks, ow % blocks) };
+    (0..blocks).map(move |b| base + usize::from(b < extra))
+}
+
+/// For a block of `n` output pixels from `ox` of a 3x3 depthwise row: whether its first
+/// pixel's left kernel column is off the input (`left`) and its last pixel's right one
+/// (`right`), when those are the only taps off it (else None: the block's pixels run one
+/// at a time over their taps).
+fn edges(d: &Depthwise, ox: usize, n: usize) -> Option<(bool, bool)> {
+    if n == 0 || d.kh != 3 || d.kw != 3 {
+        return None;
+    }
+    let (s, w) = (d.stride.1 as isize, d.w as isize);
+    let first = (ox * d.stride.1) as isize - d.pad.1 as isize;
+    let last = first + (n as isize - 1) * s;
+    // The first pixel's middle and right columns, the last pixel's left and middle ones and
+    // every column of the pixels between must be inside.
+    let inside = first >= -1
+        && last + 1 < w
+        && (n == 1 || (first + s >= 0 && last - s + 2 < w));
+    inside.then_some((first < 0, last + 2 >= w))
+}
+
 /// A depthwise convolution (one KxK filter per channel) on an `h x w x c` input.
 #[derive(Debug, Clone)]
 pub struct Depthwise {
@@ -672,41 +701,127 @@ impl Im2Col {
 
     /// Writes the patches of output rows `oys` into `out` (`oys.len()*ow` patches).
     pub fn run_rows(&self, x: &[f32], oys: Range<usize>, out: &mut [f32]) {
-        let (c, pl) = (self.c, self.patch_len());
-        assert!(x.len() >= self.h * self.w * c, "im2col input is too short");
+        let pl = self.patch_len();
+        assert!(x.len() >= self.h * self.w * self.c, "im2col input is too short");
         assert!(oys.end <= self.oh, "im2col output rows");
         assert!(
             out.len() >= oys.len() * self.ow * pl,
             "im2col output is too short"
         );
-        let run = self.kw * c;
         for (r, oy) in oys.enumerate() {
             for ox in 0..self.ow {
-                let patch = &mut out[(r * self.ow + ox) * pl..][..pl];
-                let ix0 = (ox * self.stride.1) as isize - self.pad.1 as isize;
-                let inside_x = ix0 >= 0 && ix0 as usize + self.kw <= self.w;
-                for ky in 0..self.kh {
-                    let iy = (oy * self.stride.0 + ky) as isize - self.pad.0 as isize;
-                    let dst = &mut patch[ky * run..][..run];
-                    if iy < 0 || iy >= self.h as isize {
+                self.patch(x, oy, ox, &mut out[(r * self.ow + ox) * pl..][..pl]);
+            }
+        }
+    }
+
+    /// Writes the patch of output pixel (`oy`, `ox`) into `patch` (`patch_len` values).
+    #[inline]
+    fn patch(&self, x: &[f32], oy: usize, ox: usize, patch: &mut [f32]) {
+        let c = self.c;
+        let run = self.kw * c;
+        let ix0 = (ox * self.stride.1) as isize - self.pad.1 as isize;
+        let inside_x = ix0 >= 0 && ix0 as usize + self.kw <= self.w;
+        for ky in 0..self.kh {
+            let iy = (oy * self.stride.0 + ky) as isize - self.pad.0 as isize;
+            let dst = &mut patch[ky * run..][..run];
+            if iy < 0 || iy >= self.h as isize {
+                dst.fill(0.0);
+            } else if inside_x {
+                // The kernel row's taps are contiguous in the input: one copy.
+                let at = (iy as usize * self.w + ix0 as usize) * c;
+                copy_short(&x[at..at + run], dst);
+            } else {
+                for kx in 0..self.kw {
+                    let ix = ix0 + kx as isize;
+                    let dst = &mut dst[kx * c..][..c];
+                    if ix < 0 || ix >= self.w as isize {
                         dst.fill(0.0);
-                    } else if inside_x {
-                        // The kernel row's taps are contiguous in the input: one copy.
-                        let at = (iy as usize * self.w + ix0 as usize) * c;
-                        copy_short(&x[at..at + run], dst);
                     } else {
-                        for kx in 0..self.kw {
-                            let ix = ix0 + kx as isize;
-                            let dst = &mut dst[kx * c..][..c];
-                            if ix < 0 || ix >= self.w as isize {
-                                dst.fill(0.0);
-                            } else {
-                                let at = (iy as usize * self.w + ix as usize) * c;
-                                dst.copy_from_slice(&x[at..at + c]);
-                            }
-                        }
+                        let at = (iy as usize * self.w + ix as usize) * c;
+                        dst.copy_from_slice(&x[at..at + c]);
                     }
                 }
+            }
+        }
+    }
+
+    /// Output pixels `lo..hi` of a row whose kernel columns are all inside the input.
+    fn inside_columns(&self) -> (usize, usize) {
+        let (s, p) = (self.stride.1, self.pad.1);
+        let lo = p.div_ceil(s).min(self.ow);
+        let hi = if self.w + p >= self.kw {
+            ((self.w + p - self.kw) / s + 1).min(self.ow)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
+}
+
+/// Output row `oy` of a dense convolution (`g`, weights `b`: `k = g.patch_len()`), as the
+/// GEMM of its im2col patches, `clamp(patches · B + bias)` into `out` (`ow x n`), but
+/// without writing the patches where it can: the taps of kernel row `ky` of consecutive
+/// output pixels are `kw * c` contiguous input values `stride * c` apart, so each kernel row
+/// is one slice of the reduction whose rows of A are read straight from the input (the
+/// stem's patches are 27 values gathered from three 9-value runs, and gathering them cost
+/// as much as a third of its GEMM). The pixels with a kernel column in the padding, and rows
+/// with a kernel row in it, go through `patches` (at least `ow * k` values) as before. The
+/// sums are the same values in the same order as the patches' GEMM (a slice's partial sums
+/// reload exactly), so the output is the same to the bit.
+pub fn conv_row(
+    g: &Im2Col,
+    x: &[f32],
+    oy: usize,
+    b: &PackedB,
+    clamp: Clamp,
+    patches: &mut [f32],
+    out: &mut [f32],
+) {
+    let (k, n) = (b.k, b.n);
+    assert_eq!(k, g.patch_len(), "weights for another kernel");
+    assert!(x.len() >= g.h * g.w * g.c, "convolution input is too short");
+    assert!(oy < g.oh, "convolution output row");
+    assert!(out.len() >= g.ow * n, "convolution output is too short");
+    let (mr, nr) = b.isa.tile();
+    let (lo, hi) = g.inside_columns();
+    let iy0 = (oy * g.stride.0) as isize - g.pad.0 as isize;
+    let rows_inside = iy0 >= 0 && iy0 as usize + g.kh <= g.h;
+    if !rows_inside || hi - lo < mr {
+        g.run_rows(x, oy..oy + 1, patches);
+        gemm(patches, g.ow, k, b, clamp, None, out);
+        return;
+    }
+    for ox in (0..lo).chain(hi..g.ow) {
+        let patch = &mut patches[..k];
+        g.patch(x, oy, ox, patch);
+        gemm(patch, 1, k, b, clamp, None, &mut out[ox * n..(ox + 1) * n]);
+    }
+    let seg = g.kw * g.c;
+    let lda = g.stride.1 * g.c;
+    for p in 0..n.div_ceil(nr) {
+        let j0 = p * nr;
+        let panel = &b.data[p * k * nr..(p + 1) * k * nr];
+        for i in (lo..hi).step_by(mr) {
+            for ky in 0..g.kh {
+                let at = ((iy0 as usize + ky) * g.w + i * g.stride.1 - g.pad.1) * g.c;
+                let tile = Tile {
+                    a: &x[at..],
+                    lda,
+                    k: seg,
+                    panel: &panel[ky * seg * nr..(ky + 1) * seg * nr],
+                    nr,
+                    bias: &b.bias[j0..j0 + nr],
+                    clamp,
+                    rows: mr.min(hi - i),
+                    cols: nr.min(n - j0),
+                    ldc: n,
+                    residual: None,
+                    load_c: ky > 0,
+                    finish: ky + 1 == g.kh,
+                    prefetch: None,
+                };
+                run_tile(b.isa, &tile, &mut out[i * n + j0..]);
             }
         }
     }
@@ -968,6 +1083,39 @@ mod tests {
                         (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
                         "{isa:?} {h}x{w}x{c} k{k} s{stride} at {i}: {a} vs {b}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conv_row_matches_the_patches_gemm_bit_for_bit() {
+        // The stem (224x224x3, 3x3 stride 2, TF padding: nothing before, one after), padding
+        // on both sides at stride 1, a 5x5 kernel, and more channels and outputs than a panel.
+        let shapes = [
+            (224, 224, 3, 3, 2, 0, 1, 32),
+            (9, 23, 3, 3, 1, 1, 1, 16),
+            (12, 30, 4, 5, 1, 2, 2, 24),
+            (11, 40, 8, 3, 2, 1, 1, 40),
+        ];
+        for (s, &(h, w, c, k, stride, pad, after, n)) in shapes.iter().enumerate() {
+            let out = |x: usize| (x + pad + after - k) / stride + 1;
+            let g = Im2Col { h, w, c, kh: k, kw: k, stride: (stride, stride), pad: (pad, pad), oh: out(h), ow: out(w) };
+            let x = random(h * w * c, 50 + s as u64);
+            let wts = random(g.patch_len() * n, 60 + s as u64);
+            let bias = random(n, 70 + s as u64);
+            let clamp = Clamp { lo: -0.5, hi: 1.5 };
+            for isa in Isa::all_available() {
+                let b = PackedB::new(isa, g.patch_len(), n, |p, j| wts[p * n + j], &bias);
+                let mut patches = vec![0.0; g.ow * g.patch_len()];
+                for oy in 0..g.oh {
+                    g.run_rows(&x, oy..oy + 1, &mut patches);
+                    let mut want = vec![0.0; g.ow * n];
+                    gemm(&patches, g.ow, g.patch_len(), &b, clamp, None, &mut want);
+                    let mut got = vec![f32::NAN; g.ow * n + 5];
+                    conv_row(&g, &x, oy, &b, clamp, &mut patches, &mut got);
+                    assert!(got[g.ow * n..].iter().all(|v| v.is_nan()), "{isa:?} wrote past the row");
+                    assert_eq!(&got[..g.ow * n], &want[..], "{isa:?} shape {s} row {oy}");
                 }
             }
         }

@@ -36,7 +36,7 @@ fn check_tile(t: &Tile, out: &[f32], mr: usize, cols_max: usize) {
 /// vectors, or 1 for a narrow last panel) and `DW_OB` (output pixels per depthwise block).
 macro_rules! simd_kernels {
     ($feature:tt) => {
-        use super::super::taps;
+        use super::super::{edges, row_blocks, taps};
         use super::{check_tile, Depthwise, RowTaps, Tile};
 
         /// Loads `L` values, or lanes `0..` of `m` when `masked`.
@@ -176,57 +176,54 @@ macro_rules! simd_kernels {
         }
 
         /// [`depthwise_row`] for `C` channels (`d.c == C`), or any count (`C == 0`).
+        ///
+        /// A 3x3 kernel at stride 1 or 2 runs the row in even blocks of `DW_OB` or
+        /// `DW_OB - 1` pixels ([`row_blocks`]); a block's first pixel may miss its left
+        /// kernel column and its last pixel its right one (the padding), so the border
+        /// pixels run in registers with their neighbours instead of one tap at a time (at
+        /// 14x14 and 7x7, two or three pixels of every row are border pixels).
         #[target_feature(enable = $feature)]
         unsafe fn depthwise_row_c<const C: usize>(d: &Depthwise, t: &RowTaps, out: &mut [f32]) {
             debug_assert!(C == 0 || C == d.c);
-            let (sx, px) = (d.stride.1, d.pad.1);
-            // Output columns whose three kernel columns are inside the input.
-            let (lo_ox, hi_ox) = if d.kh == 3 && d.kw == 3 && d.w + px >= 3 {
-                let lo = px.div_ceil(sx);
-                let hi = ((d.w + px - 3) / sx + 1).min(d.ow);
-                (lo, hi.max(lo))
-            } else {
-                (0, 0)
-            };
             let orow = out.as_mut_ptr();
+            let sx = d.stride.1;
+            let blocked = d.kh == 3 && d.kw == 3 && (sx == 1 || sx == 2);
             let mut ox = 0;
-            while ox < d.ow {
-                if ox >= lo_ox && ox + DW_OB <= hi_ox {
-                    match sx {
-                        1 => dw_block::<DW_OB, 1, C>(d, t, orow, ox),
-                        2 => dw_block::<DW_OB, 2, C>(d, t, orow, ox),
-                        _ => dw_block_any::<DW_OB>(d, t, orow, ox),
+            for n in row_blocks(d.ow, if blocked { DW_OB } else { 0 }) {
+                match edges(d, ox, n) {
+                    Some((left, right)) if n == DW_OB => match sx {
+                        1 => dw_block::<DW_OB, 1, C>(d, t, orow, ox, left, right),
+                        _ => dw_block::<DW_OB, 2, C>(d, t, orow, ox, left, right),
+                    },
+                    Some((left, right)) if n == DW_OB - 1 => match sx {
+                        1 => dw_block::<{ DW_OB - 1 }, 1, C>(d, t, orow, ox, left, right),
+                        _ => dw_block::<{ DW_OB - 1 }, 2, C>(d, t, orow, ox, left, right),
+                    },
+                    _ => {
+                        for o in ox..ox + n {
+                            dw_pixel(d, t, orow, o);
+                        }
                     }
-                    ox += DW_OB;
-                } else if ox >= lo_ox && ox + 4 <= hi_ox && DW_OB > 4 {
-                    // Rows too short for a whole block (7x7): blocks of 4.
-                    match sx {
-                        1 => dw_block::<4, 1, C>(d, t, orow, ox),
-                        2 => dw_block::<4, 2, C>(d, t, orow, ox),
-                        _ => dw_block_any::<4>(d, t, orow, ox),
-                    }
-                    ox += 4;
-                } else if ox >= lo_ox && ox < hi_ox {
-                    dw_block_any::<1>(d, t, orow, ox);
-                    ox += 1;
-                } else {
-                    dw_pixel(d, t, orow, ox);
-                    ox += 1;
                 }
+                ox += n;
             }
         }
 
         /// `OB` output pixels `ox..ox + OB` of one output row (`orow`), stride `S` along the
-        /// row, all three kernel columns inside the input.
+        /// row, 3x3 kernel; every kernel column is inside the input except, when `left`, the
+        /// first pixel's left one and, when `right`, the last pixel's right one ([`edges`]).
         #[inline(always)]
         unsafe fn dw_block<const OB: usize, const S: usize, const C: usize>(
             d: &Depthwise,
             t: &RowTaps,
             orow: *mut f32,
             ox: usize,
+            left: bool,
+            right: bool,
         ) {
             let c = if C == 0 { d.c } else { C };
-            let x0 = ox * S - d.pad.1;
+            // The first pixel's left kernel column (-1 when it is the padding).
+            let x0 = (ox * S) as isize - d.pad.1 as isize;
             let (wp, bp) = (d.weights.as_ptr(), d.bias.as_ptr());
             let op = orow.add(ox * c);
             let lo = splat(d.clamp.lo);
@@ -235,18 +232,23 @@ macro_rules! simd_kernels {
             for chunk in 0..c.div_ceil(L) {
                 let c0 = chunk * L;
                 let m = mask(c - c0);
-                if chunk >= full {
-                    dw_chunk::<OB, S, C>(d, t, wp, bp, op, c0, m, true, x0, lo, hi);
-                } else {
-                    dw_chunk::<OB, S, C>(d, t, wp, bp, op, c0, m, false, x0, lo, hi);
+                // The interior blocks (all but two of a row) compiled without the edge tests.
+                let e = (left, right);
+                match (chunk >= full, left || right) {
+                    (true, true) => dw_chunk::<OB, S, C, true>(d, t, wp, bp, op, c0, m, true, x0, e, lo, hi),
+                    (true, false) => dw_chunk::<OB, S, C, false>(d, t, wp, bp, op, c0, m, true, x0, e, lo, hi),
+                    (false, true) => dw_chunk::<OB, S, C, true>(d, t, wp, bp, op, c0, m, false, x0, e, lo, hi),
+                    (false, false) => dw_chunk::<OB, S, C, false>(d, t, wp, bp, op, c0, m, false, x0, e, lo, hi),
                 }
             }
         }
 
-        /// Channels `c0..c0 + L` of [`dw_block`] (`masked`: lanes past `c` off).
+        /// Channels `c0..c0 + L` of [`dw_block`] (`masked`: lanes past `c` off). The taps
+        /// off the input (`left`, `right`, looked at only when `EDGE`) are skipped, never
+        /// loaded: their addresses are only formed (wrapping), not read.
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn dw_chunk<const OB: usize, const S: usize, const C: usize>(
+        unsafe fn dw_chunk<const OB: usize, const S: usize, const C: usize, const EDGE: bool>(
             d: &Depthwise,
             t: &RowTaps,
             wp: *const f32,
@@ -255,7 +257,8 @@ macro_rules! simd_kernels {
             c0: usize,
             m: M,
             masked: bool,
-            x0: usize,
+            x0: isize,
+            (left, right): (bool, bool),
             lo: V,
             hi: V,
         ) {
@@ -263,55 +266,22 @@ macro_rules! simd_kernels {
             let bias = ld(bp.add(c0), m, masked);
             let mut acc = [bias; OB];
             for ky in t.ky0..t.ky1 {
-                let row = t.rows[ky].as_ptr().add(x0 * c + c0);
+                let row = t.rows[ky].as_ptr().wrapping_offset(x0 * c as isize + c0 as isize);
                 let w = wp.add(ky * 3 * c + c0);
                 let (w0, w1, w2) = (ld(w, m, masked), ld(w.add(c), m, masked), ld(w.add(2 * c), m, masked));
                 for (j, a) in acc.iter_mut().enumerate() {
-                    let p = row.add(j * S * c);
-                    *a = fma(ld(p, m, masked), w0, *a);
-                    *a = fma(ld(p.add(c), m, masked), w1, *a);
-                    *a = fma(ld(p.add(2 * c), m, masked), w2, *a);
+                    let p = row.wrapping_add(j * S * c);
+                    if !(EDGE && j == 0 && left) {
+                        *a = fma(ld(p, m, masked), w0, *a);
+                    }
+                    *a = fma(ld(p.wrapping_add(c), m, masked), w1, *a);
+                    if !(EDGE && j == OB - 1 && right) {
+                        *a = fma(ld(p.wrapping_add(2 * c), m, masked), w2, *a);
+                    }
                 }
             }
             for (j, a) in acc.iter().enumerate() {
                 st(op.add(j * c + c0), min(max(*a, lo), hi), m, masked);
-            }
-        }
-
-        /// [`dw_block`] for any stride.
-        #[inline(always)]
-        unsafe fn dw_block_any<const OB: usize>(
-            d: &Depthwise,
-            t: &RowTaps,
-            orow: *mut f32,
-            ox: usize,
-        ) {
-            let c = d.c;
-            let s = d.stride.1;
-            let x0 = ox * s - d.pad.1;
-            let (wp, bp) = (d.weights.as_ptr(), d.bias.as_ptr());
-            let op = orow.add(ox * c);
-            let lo = splat(d.clamp.lo);
-            let hi = splat(d.clamp.hi);
-            let full = c / L;
-            for chunk in 0..c.div_ceil(L) {
-                let c0 = chunk * L;
-                let masked = chunk >= full;
-                let m = mask(c - c0);
-                let bias = ld(bp.add(c0), m, masked);
-                let mut acc = [bias; OB];
-                for ky in t.ky0..t.ky1 {
-                    let row = t.rows[ky].as_ptr().add(x0 * c + c0);
-                    for kx in 0..3 {
-                        let wv = ld(wp.add((ky * 3 + kx) * c + c0), m, masked);
-                        for (j, a) in acc.iter_mut().enumerate() {
-                            *a = fma(ld(row.add((j * s + kx) * c), m, masked), wv, *a);
-                        }
-                    }
-                }
-                for (j, a) in acc.iter().enumerate() {
-                    st(op.add(j * c + c0), min(max(*a, lo), hi), m, masked);
-                }
             }
         }
 
