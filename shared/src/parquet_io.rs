@@ -9,7 +9,7 @@ use arrow_array::{Array, ArrayRef, Float32Array, ListArray, RecordBatch, StringA
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
@@ -146,6 +146,29 @@ pub fn read_rows(dataset: Dataset, bytes: Bytes) -> Result<Vec<VectorRow>> {
     Ok(rows)
 }
 
+/// The `path` column of a Parquet file of either dataset, in row order, without decoding
+/// the vectors (the reducer's checks need only the paths).
+pub fn read_paths(bytes: Bytes) -> Result<Vec<String>> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["path"]);
+    let mut paths = Vec::new();
+    for batch in builder.with_projection(mask).build()? {
+        let batch = batch?;
+        let column = batch.column_by_name("path").ok_or_else(|| {
+            Error::Arrow(arrow_schema::ArrowError::SchemaError(
+                "no column \"path\"".into(),
+            ))
+        })?;
+        let column = column.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+            Error::Arrow(arrow_schema::ArrowError::SchemaError(
+                "column \"path\" has the wrong type".into(),
+            ))
+        })?;
+        paths.extend((0..column.len()).map(|i| column.value(i).to_string()));
+    }
+    Ok(paths)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +230,8 @@ mod tests {
             assert!(vectors.contains(&Encoding::PLAIN), "{dataset:?}: {vectors:?}");
             let labels = encodings("label");
             assert!(dictionary(&labels), "{dataset:?}: {labels:?}");
+            let paths: Vec<String> = rows.iter().map(|r| r.path.clone()).collect();
+            assert_eq!(read_paths(bytes.clone()).unwrap(), paths, "{dataset:?}");
             assert_eq!(read_rows(dataset, bytes).unwrap(), rows);
         }
     }

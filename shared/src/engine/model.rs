@@ -297,16 +297,23 @@ impl Model {
         let bytes = std::fs::read(path).map_err(|e| {
             ModelError::Missing(format!("{}: {e}", path.display()))
         })?;
-        let sha256: Arc<str> = {
-            use sha2::{Digest, Sha256};
-            let hex: String = Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            hex.into()
-        };
+        // The checksum on a second thread while tract parses the file (by its path, so that
+        // tensors stored beside it are found).
+        let (sha256, parsed) = std::thread::scope(|scope| {
+            let sha256 = scope.spawn(|| {
+                use sha2::{Digest, Sha256};
+                Sha256::digest(&bytes)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            });
+            let parsed = tract_onnx::onnx().model_for_path(path);
+            let sha256 = sha256.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (sha256, parsed)
+        });
+        let sha256: Arc<str> = sha256.into();
         drop(bytes);
-        let mut model = tract("loading ONNX", tract_onnx::onnx().model_for_path(path))?;
+        let mut model = tract("loading ONNX", parsed)?;
         let input_names: Vec<String> = model
             .input_outlets()
             .map_err(|source| ModelError::Tract {

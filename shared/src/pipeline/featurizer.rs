@@ -647,11 +647,17 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
                 }),
             }
         }
-        let part = parquet_io::write_rows(Dataset::Features, &rows)?;
-        let stats = {
+        // The Parquet encoding (one thread) beside the statistics (a parallel product).
+        let (part, stats) = std::thread::scope(|scope| {
+            let part = scope.spawn(|| parquet_io::write_rows(Dataset::Features, &rows));
             let refs: Vec<&[f32]> = rows.iter().map(|r| r.values.as_slice()).collect();
-            ShardStats::from_rows(&refs, dim)
-        };
+            let stats = ShardStats::from_rows(&refs, dim);
+            let part = part
+                .join()
+                .map_err(|_| Error::RunState("the Parquet encoder panicked".into()));
+            (part, stats)
+        });
+        let part = part??;
         // The attempt's objects first, under its own keys; then the done marker, created
         // only if absent, commits exactly one attempt; then the committed part is published.
         self.output

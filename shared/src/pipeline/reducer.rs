@@ -436,10 +436,7 @@ impl<S: ObjectStore> Reducer<S> {
                 let stats_key = layout.attempt_stats(shard.id, &marker.attempt);
                 let stats = ShardStats::from_bytes(&self.store.get(&stats_key).await?, &stats_key)?;
                 let part = self.published_part(layout, &marker, token).await?;
-                let paths: Vec<String> = parquet_io::read_rows(Dataset::Features, part)?
-                    .into_iter()
-                    .map(|r| r.path)
-                    .collect();
+                let paths = parquet_io::read_paths(part)?;
                 Ok::<_, Error>((marker, errors, stats, paths))
             }))
             .buffered(concurrency);
