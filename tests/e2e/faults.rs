@@ -493,10 +493,10 @@ async fn probe_of(base: &Local, run_id: &str, last: usize) -> Local {
 /// the message is delivered again and the run completes.
 #[test]
 fn a_deadline_hit_mid_shard_writes_nothing_and_the_retry_completes() {
-    let files = fruit_images(4, 4);
+    let files = fruit_images(8, 8);
     let request = RunRequest {
         input_prefix: String::new(),
-        ..small_request(16, 5)
+        ..small_request(64, 5)
     };
     let reference = local_reference(&files, &request);
     runtime().block_on(async {
@@ -505,7 +505,9 @@ fn a_deadline_hit_mid_shard_writes_nothing_and_the_retry_completes() {
         assert_eq!(run.shards, 1);
         let message: ShardMessage = serde_json::from_str(&local.shards.pop().unwrap()).unwrap();
         let faults = Faults::new();
-        // 16 images take ~120 ms on 2 threads here; the deadline comes after ~3 of them.
+        // 64 images take 110-450 ms on 2 threads (a release build on a fast x86 to a test
+        // build on a slow one; 16 were done inside 40 ms on the fast one): the deadline
+        // comes after a few of them.
         let deadline = Instant::now() + Duration::from_millis(40);
         let result = local
             .featurizer(&faults)
@@ -997,8 +999,12 @@ fn fetching_overlaps_inference_on_a_slow_store() {
             t.fetch_wait_s >= latency.as_secs_f64() * 0.9,
             "the first image is waited for, and that wait is measured: {t:?}"
         );
+        // Downloading the shard first, the thread would wait for all of it (fetch_wait_s =
+        // fetch_s) and then infer; overlapped, at least half of the inference runs while the
+        // download goes on, whichever of the two is the slower (this machine's inference or
+        // the 40 ms GETs).
         assert!(
-            t.fetch_wait_s < 0.5 * t.fetch_s,
+            t.fetch_wait_s + 0.5 * t.infer_s <= t.fetch_s,
             "inference overlaps the download: {t:?}"
         );
         local.drain().await;
@@ -1013,7 +1019,12 @@ fn fetching_overlaps_inference_on_a_slow_store() {
                 .unwrap(),
         )
         .unwrap();
+        // The summary reports the shard's wait as a share of its wall time (how large it is
+        // depends on this machine's inference against the 40 ms GETs: checked above).
         let share = summary.timings.fetch_wait_share;
-        assert!(share > 0.0 && share < 0.5, "fetch wait share {share}");
+        assert!(
+            share > 0.0 && share < 1.0 && (share - t.fetch_wait_s / t.wall_s).abs() < 1e-9,
+            "fetch wait share {share}, shard {t:?}"
+        );
     });
 }
