@@ -473,7 +473,7 @@ fn taps(o: usize, stride: usize, pad: usize, size: usize, k: usize) -> (isize, u
 /// pixel at a time.
 fn row_blocks(ow: usize, ob: usize) -> impl Iterator<Item = usize> {
     let blocks = if ob == 0 { ow } else { ow.div_ceil(ob) };
-    let (base, extra) = if blocks == 0 { (0, 0) } else { (ow / blocks, ow % blocks) };
+    let (base, extra) = ow.checked_div(blocks).map_or((0, 0), |base| (base, ow % blocks));
     (0..blocks).map(move |b| base + usize::from(b < extra))
 }
 
