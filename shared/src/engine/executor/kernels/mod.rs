@@ -470,7 +470,8 @@ fn taps(o: usize, stride: usize, pad: usize, size: usize, k: usize) -> (isize, u
 /// The pixel counts of the blocks that cover a row of `ow` output pixels: as few blocks of at
 /// most `ob` as can cover it, as even as can be (so `ob` or `ob - 1` pixels each whenever
 /// `ow >= ob * (ob - 1)`, e.g. 7 + 7 for 14 and 8 x 7 for 56 with `ob` = 8); `ob` = 0: one
-/// pixel at a time.
+/// pixel at a time. (Used by the x86 kernels; the portable one runs pixel by pixel.)
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn row_blocks(ow: usize, ob: usize) -> impl Iterator<Item = usize> {
     let blocks = if ob == 0 { ow } else { ow.div_ceil(ob) };
     let (base, extra) = ow.checked_div(blocks).map_or((0, 0), |base| (base, ow % blocks));
@@ -481,6 +482,7 @@ fn row_blocks(ow: usize, ob: usize) -> impl Iterator<Item = usize> {
 /// pixel's left kernel column is off the input (`left`) and its last pixel's right one
 /// (`right`), when those are the only taps off it (else None: the block's pixels run one
 /// at a time over their taps).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn edges(d: &Depthwise, ox: usize, n: usize) -> Option<(bool, bool)> {
     if n == 0 || d.kh != 3 || d.kw != 3 {
         return None;
