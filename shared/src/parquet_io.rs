@@ -102,40 +102,16 @@ pub fn read_rows(dataset: Dataset, bytes: Bytes) -> Result<Vec<VectorRow>> {
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch?;
-        let column = |name: &str| {
-            batch.column_by_name(name).cloned().ok_or_else(|| {
-                Error::Arrow(arrow_schema::ArrowError::SchemaError(format!(
-                    "no column {name:?}"
-                )))
-            })
-        };
-        let cast_err = |name: &str| {
-            Error::Arrow(arrow_schema::ArrowError::SchemaError(format!(
-                "column {name:?} has the wrong type"
-            )))
-        };
-        let paths = column("path")?;
-        let paths = paths
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| cast_err("path"))?;
-        let labels = column("label")?;
-        let labels = labels
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| cast_err("label"))?;
+        let paths = column_as::<StringArray>(&batch, "path")?;
+        let labels = column_as::<StringArray>(&batch, "label")?;
         let name = dataset.vector_column();
-        let vectors = column(name)?;
-        let vectors = vectors
-            .as_any()
-            .downcast_ref::<ListArray>()
-            .ok_or_else(|| cast_err(name))?;
+        let vectors = column_as::<ListArray>(&batch, name)?;
         for i in 0..batch.num_rows() {
             let list = vectors.value(i);
             let values = list
                 .as_any()
                 .downcast_ref::<Float32Array>()
-                .ok_or_else(|| cast_err(name))?;
+                .ok_or_else(|| wrong_type(name))?;
             rows.push(VectorRow {
                 path: paths.value(i).to_string(),
                 label: labels.value(i).to_string(),
@@ -154,19 +130,30 @@ pub fn read_paths(bytes: Bytes) -> Result<Vec<String>> {
     let mut paths = Vec::new();
     for batch in builder.with_projection(mask).build()? {
         let batch = batch?;
-        let column = batch.column_by_name("path").ok_or_else(|| {
-            Error::Arrow(arrow_schema::ArrowError::SchemaError(
-                "no column \"path\"".into(),
-            ))
-        })?;
-        let column = column.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
-            Error::Arrow(arrow_schema::ArrowError::SchemaError(
-                "column \"path\" has the wrong type".into(),
-            ))
-        })?;
+        let column = column_as::<StringArray>(&batch, "path")?;
         paths.extend((0..column.len()).map(|i| column.value(i).to_string()));
     }
     Ok(paths)
+}
+
+/// Column `name` of `batch` as the Arrow array type `T`.
+fn column_as<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| {
+            Error::Arrow(arrow_schema::ArrowError::SchemaError(format!(
+                "no column {name:?}"
+            )))
+        })?
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| wrong_type(name))
+}
+
+fn wrong_type(name: &str) -> Error {
+    Error::Arrow(arrow_schema::ArrowError::SchemaError(format!(
+        "column {name:?} has the wrong type"
+    )))
 }
 
 #[cfg(test)]
