@@ -16,12 +16,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use shared::collection::{refit, RefitOptions, RefitOutcome};
-use shared::featurizer::Engine;
-use shared::ingest::{IngestSettings, Ingestor};
-use shared::listing::ImageFilter;
-use shared::queue::InProcessQueue;
-use shared::store::{Bytes, FsStore, ObjectStore};
+use pipeline::batch::inference::Engine;
+use pipeline::batch::listing::ImageFilter;
+use pipeline::continuous::collection::{refit, RefitOptions, RefitOutcome};
+use pipeline::continuous::ingest::{IngestSettings, Ingestor};
+use pipeline::ports::queue::InProcessQueue;
+use pipeline::ports::store::{Bytes, FsStore, ObjectStore};
 
 fn settings(inbox: &str, quiet_s: u32) -> Result<IngestSettings> {
     Ok(IngestSettings {
@@ -34,7 +34,7 @@ fn settings(inbox: &str, quiet_s: u32) -> Result<IngestSettings> {
     })
 }
 
-fn published(outcome: RefitOutcome) -> Result<Box<shared::collection::RefitSummary>> {
+fn published(outcome: RefitOutcome) -> Result<Box<pipeline::continuous::collection::RefitSummary>> {
     match outcome {
         RefitOutcome::Published(s) => Ok(s),
         other => bail!("expected a published refit, got {other:?}"),
@@ -49,11 +49,21 @@ async fn refit_scaling(sizes: &[usize]) -> Result<()> {
         let input = FsStore::new(dir.path().join("in"));
         let output = FsStore::new(dir.path().join("out"));
         let queue = InProcessQueue::new();
-        let ingestor = Ingestor::new(input.clone(), output.clone(), &queue, Engine::Synthetic { dim: 1280 }, settings("", 0)?);
-        let keys: Vec<String> = (0..n).map(|i| format!("c/label-{}/img-{i:06}.jpg", i % 10)).collect();
+        let ingestor = Ingestor::new(
+            input.clone(),
+            output.clone(),
+            &queue,
+            Engine::Synthetic { dim: 1280 },
+            settings("", 0)?,
+        );
+        let keys: Vec<String> = (0..n)
+            .map(|i| format!("c/label-{}/img-{i:06}.jpg", i % 10))
+            .collect();
         for key in &keys {
             // Distinct bytes per key (identical bytes in a batch are featurized once).
-            input.put(key, Bytes::from(key.clone().into_bytes())).await?;
+            input
+                .put(key, Bytes::from(key.clone().into_bytes()))
+                .await?;
         }
         for chunk in keys.chunks(1000) {
             ingestor.ingest(chunk).await?;
@@ -62,7 +72,9 @@ async fn refit_scaling(sizes: &[usize]) -> Result<()> {
         let first = published(refit(&output, &input, "", "c", &options).await?)?;
         let changed: Vec<String> = keys.iter().step_by(n / 10).take(10).cloned().collect();
         for key in &changed {
-            input.put(key, Bytes::from(format!("{key} v2").into_bytes())).await?;
+            input
+                .put(key, Bytes::from(format!("{key} v2").into_bytes()))
+                .await?;
         }
         ingestor.ingest(&changed).await?;
         let second = published(refit(&output, &input, "", "c", &options).await?)?;
@@ -75,43 +87,104 @@ async fn refit_scaling(sizes: &[usize]) -> Result<()> {
     Ok(())
 }
 
-async fn burst(n: usize) -> Result<()> {
-    use aws_sdk_s3::types::{Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter};
+/// A moto bucket whose inbox notifies an ingest queue (as the stack wires it), and a refit
+/// queue: (S3, SQS, bucket, ingest queue URL, refit queue URL).
+async fn moto_inbox() -> Result<(
+    aws_sdk_s3::Client,
+    aws_sdk_sqs::Client,
+    String,
+    String,
+    String,
+)> {
+    use aws_sdk_s3::types::{
+        Event, FilterRule, FilterRuleName, NotificationConfiguration,
+        NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter,
+    };
     let endpoint = std::env::var("MOTO_ENDPOINT").context("set MOTO_ENDPOINT (a moto server)")?;
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(&endpoint)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "moto"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "moto",
+        ))
         .load()
         .await;
-    let s3 = shared::aws::s3_client(&config);
+    let s3 = aws::sdk::s3_client(&config);
     let sqs = aws_sdk_sqs::Client::new(&config);
     let name = format!("measure-{}", std::process::id());
     s3.create_bucket().bucket(&name).send().await?;
-    let ingest_url = sqs.create_queue().queue_name(format!("{name}-ingest")).send().await?.queue_url().unwrap().to_string();
-    let refit_url = sqs.create_queue().queue_name(format!("{name}-refit")).send().await?.queue_url().unwrap().to_string();
-    let arn = sqs.get_queue_attributes().queue_url(&ingest_url).attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn).send().await?
-        .attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+    let ingest_url = sqs
+        .create_queue()
+        .queue_name(format!("{name}-ingest"))
+        .send()
+        .await?
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let refit_url = sqs
+        .create_queue()
+        .queue_name(format!("{name}-refit"))
+        .send()
+        .await?
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&ingest_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await?
+        .attributes()
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
     let filter = NotificationConfigurationFilter::builder()
-        .key(S3KeyFilter::builder().filter_rules(FilterRule::builder().name(FilterRuleName::Prefix).value("inbox/").build()).build())
+        .key(
+            S3KeyFilter::builder()
+                .filter_rules(
+                    FilterRule::builder()
+                        .name(FilterRuleName::Prefix)
+                        .value("inbox/")
+                        .build(),
+                )
+                .build(),
+        )
         .build();
-    let qc = QueueConfiguration::builder().queue_arn(arn).events(Event::from("s3:ObjectCreated:*")).events(Event::from("s3:ObjectRemoved:*")).filter(filter).build()?;
-    s3.put_bucket_notification_configuration().bucket(&name)
-        .notification_configuration(NotificationConfiguration::builder().queue_configurations(qc).build()).send().await?;
+    let qc = QueueConfiguration::builder()
+        .queue_arn(arn)
+        .events(Event::from("s3:ObjectCreated:*"))
+        .events(Event::from("s3:ObjectRemoved:*"))
+        .filter(filter)
+        .build()?;
+    s3.put_bucket_notification_configuration()
+        .bucket(&name)
+        .notification_configuration(
+            NotificationConfiguration::builder()
+                .queue_configurations(qc)
+                .build(),
+        )
+        .send()
+        .await?;
     // The test event S3 sends on configuration.
     drain(&sqs, &ingest_url).await?;
 
-    let store = shared::aws::S3Store::new(s3.clone(), &name);
-    let model_path = std::path::Path::new("../shared/models/mobilenet_v2_features.onnx");
-    let model = shared::model::Model::load(model_path, shared::model::ModelSpec::mobilenet_v2())?;
-    let ingestor = Ingestor::new(store.clone(), store.clone(), shared::aws::SqsQueue::new(sqs.clone(), &refit_url), Engine::Model(model), settings("inbox/", 0)?);
-    // n distinct images, class by class.
+    Ok((s3, sqs, name, ingest_url, refit_url))
+}
+
+/// Up to `n` distinct Fruits-360 images, 25 per class, class by class.
+fn fruit_files(n: usize) -> Result<Vec<std::path::PathBuf>> {
     let root = std::path::Path::new("../shared/data/fruits-360/Test");
     let mut files = Vec::new();
-    let mut classes: Vec<_> = std::fs::read_dir(root)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let mut classes: Vec<_> = std::fs::read_dir(root)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     classes.sort();
     'outer: for class in classes {
-        let mut images: Vec<_> = std::fs::read_dir(&class)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        let mut images: Vec<_> = std::fs::read_dir(&class)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
         images.sort();
         for image in images.into_iter().take(25) {
             files.push(image);
@@ -120,35 +193,35 @@ async fn burst(n: usize) -> Result<()> {
             }
         }
     }
-    let started = Instant::now();
-    use futures::stream::{self, StreamExt};
-    let uploads: Vec<Result<()>> = stream::iter(files.iter().map(|path| {
-        let store = store.clone();
-        async move {
-            let class = path.parent().unwrap().file_name().unwrap().to_string_lossy().to_string();
-            let key = format!("inbox/fruits/{class}/{}", path.file_name().unwrap().to_string_lossy());
-            store.put(&key, Bytes::from(std::fs::read(path)?)).await?;
-            Ok(())
-        }
-    }))
-    .buffer_unordered(32)
-    .collect()
-    .await;
-    uploads.into_iter().collect::<Result<Vec<()>>>()?;
-    let uploaded = started.elapsed();
-    // The featurizer's event-source mapping: batches of up to 100 records.
+    Ok(files)
+}
+
+/// The featurizer's event-source mapping: batches of up to 100 records until the queue is
+/// empty. Returns the number of batches.
+async fn pump_ingest<I: ObjectStore, O: ObjectStore, Q: pipeline::ports::queue::Queue>(
+    sqs: &aws_sdk_sqs::Client,
+    ingest_url: &str,
+    ingestor: &Ingestor<I, O, Q>,
+) -> Result<usize> {
     let mut batches = 0;
     loop {
         let mut keys = Vec::new();
         let mut receipts = Vec::new();
         while receipts.len() < 100 {
-            let got = sqs.receive_message().queue_url(&ingest_url).max_number_of_messages(10).send().await?;
+            let got = sqs
+                .receive_message()
+                .queue_url(ingest_url)
+                .max_number_of_messages(10)
+                .send()
+                .await?;
             let messages = got.messages();
             if messages.is_empty() {
                 break;
             }
             for m in messages {
-                if let Some(Ok(shared::ingest::IngestBody::S3(k))) = shared::ingest::parse_ingest_body(m.body().unwrap_or("")) {
+                if let Some(Ok(pipeline::continuous::ingest::IngestBody::S3(k))) =
+                    pipeline::continuous::ingest::parse_ingest_body(m.body().unwrap_or(""))
+                {
                     keys.extend(k);
                 }
                 receipts.push(m.receipt_handle().unwrap().to_string());
@@ -160,29 +233,94 @@ async fn burst(n: usize) -> Result<()> {
         ingestor.ingest(&keys).await?;
         batches += 1;
         for r in receipts {
-            sqs.delete_message().queue_url(&ingest_url).receipt_handle(r).send().await?;
+            sqs.delete_message()
+                .queue_url(ingest_url)
+                .receipt_handle(r)
+                .send()
+                .await?;
         }
     }
+    Ok(batches)
+}
+
+async fn burst(n: usize) -> Result<()> {
+    let (s3, sqs, name, ingest_url, refit_url) = moto_inbox().await?;
+    let store = aws::sdk::S3Store::new(s3.clone(), &name);
+    let model_path = std::path::Path::new("../shared/models/mobilenet_v2_features.onnx");
+    let model = engine::model::Model::load(model_path, engine::model::ModelSpec::mobilenet_v2())?;
+    let ingestor = Ingestor::new(
+        store.clone(),
+        store.clone(),
+        aws::sdk::SqsQueue::new(sqs.clone(), &refit_url),
+        Engine::Model(model),
+        settings("inbox/", 0)?,
+    );
+    let files = fruit_files(n)?;
+    let started = Instant::now();
+    use futures::stream::{self, StreamExt};
+    let uploads: Vec<Result<()>> = stream::iter(files.iter().map(|path| {
+        let store = store.clone();
+        async move {
+            let class = path
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            let key = format!(
+                "inbox/fruits/{class}/{}",
+                path.file_name().unwrap().to_string_lossy()
+            );
+            store.put(&key, Bytes::from(std::fs::read(path)?)).await?;
+            Ok(())
+        }
+    }))
+    .buffer_unordered(32)
+    .collect()
+    .await;
+    uploads.into_iter().collect::<Result<Vec<()>>>()?;
+    let uploaded = started.elapsed();
+    let batches = pump_ingest(&sqs, &ingest_url, &ingestor).await?;
     let ingested = started.elapsed();
     drain(&sqs, &refit_url).await?;
-    let summary = published(refit(&store, &store, "inbox/", "fruits", &RefitOptions::default()).await?)?;
+    let summary =
+        published(refit(&store, &store, "inbox/", "fruits", &RefitOptions::default()).await?)?;
     let total = started.elapsed();
     println!("burst of {n} distinct images on moto ({batches} ingest invocations):");
-    println!("  uploaded after {:.1} s, all featurized after {:.1} s, view published after {:.1} s", uploaded.as_secs_f64(), ingested.as_secs_f64(), total.as_secs_f64());
-    println!("  refit: {} rows, fit {:.2} s, publish {:.2} s", summary.rows, summary.fit_s, summary.publish_s);
+    println!(
+        "  uploaded after {:.1} s, all featurized after {:.1} s, view published after {:.1} s",
+        uploaded.as_secs_f64(),
+        ingested.as_secs_f64(),
+        total.as_secs_f64()
+    );
+    println!(
+        "  refit: {} rows, fit {:.2} s, publish {:.2} s",
+        summary.rows, summary.fit_s, summary.publish_s
+    );
     Ok(())
 }
 
 async fn drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<usize> {
     let mut n = 0;
     loop {
-        let got = sqs.receive_message().queue_url(url).max_number_of_messages(10).wait_time_seconds(1).send().await?;
+        let got = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await?;
         if got.messages().is_empty() {
             return Ok(n);
         }
         for m in got.messages() {
             n += 1;
-            sqs.delete_message().queue_url(url).receipt_handle(m.receipt_handle().unwrap()).send().await?;
+            sqs.delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await?;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -193,8 +331,16 @@ async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("refit") => {
-            let sizes: Vec<usize> = args[1..].iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
-            refit_scaling(if sizes.is_empty() { &[1000, 10000] } else { &sizes }).await
+            let sizes: Vec<usize> = args[1..]
+                .iter()
+                .map(|a| a.parse())
+                .collect::<Result<_, _>>()?;
+            refit_scaling(if sizes.is_empty() {
+                &[1000, 10000]
+            } else {
+                &sizes
+            })
+            .await
         }
         Some("burst") => burst(args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(500)).await,
         _ => bail!("usage: ingest_measure refit [N...] | burst [N]"),

@@ -9,23 +9,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aws::lambda::{
+    handle_reduce_batch, handle_shard_batch, handle_splitter_event, parse_splitter_event,
+};
+use aws::sdk::{s3_client, S3Store, SqsQueue};
+use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_s3::types::{
     Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
     QueueConfiguration, S3KeyFilter,
 };
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use shared::aws::{s3_client, S3Store, SqsQueue};
-use shared::aws_lambda_events::event::sqs::SqsEvent;
-use shared::featurizer::{FeaturizerSettings, ShardFeaturizer};
-use shared::lambda::{
-    handle_reduce_batch, handle_shard_batch, handle_splitter_event, parse_splitter_event,
-};
-use shared::layout::RunLayout;
-use shared::manifest::{ImageError, RunOptions, RunRequest, ShardMessage};
-use shared::parquet_io::{read_rows, Dataset, VectorRow};
-use shared::reducer::{Reducer, ReducerSettings, Summary};
-use shared::splitter::{SplitOutcome, Splitter};
-use shared::store::{Bytes, ObjectInfo, ObjectStore, StoreError, Versioned};
+use pipeline::batch::featurizer::{FeaturizerSettings, ShardFeaturizer};
+use pipeline::batch::reducer::{Reducer, ReducerSettings};
+use pipeline::batch::splitter::{SplitOutcome, Splitter};
+use pipeline::batch::summary::Summary;
+use pipeline::layout::RunLayout;
+use pipeline::manifest::{ImageError, RunOptions, RunRequest, ShardMessage};
+use pipeline::parquet_io::{read_rows, Dataset, VectorRow};
+use pipeline::ports::store::{Bytes, ObjectInfo, ObjectStore, StoreError, Versioned};
 
 use crate::common::*;
 
@@ -104,7 +105,12 @@ impl Stack {
         stack.requests_queue = stack.queue(&format!("{unique}-requests"), None).await;
         let requests_queue = stack.requests_queue.clone();
         stack
-            .notify(&requests_queue, "runs/requests/", Some(".json"), &[Event::S3ObjectCreated])
+            .notify(
+                &requests_queue,
+                "runs/requests/",
+                Some(".json"),
+                &[Event::S3ObjectCreated],
+            )
             .await;
         stack
     }
@@ -112,15 +118,34 @@ impl Stack {
     /// Has the bucket send S3 event notifications for `events` on keys under `prefix` (and
     /// ending with `suffix`) to a queue, as the template's notification configuration does.
     /// It replaces the bucket's notification configuration.
-    pub(crate) async fn notify(&self, queue_url: &str, prefix: &str, suffix: Option<&str>, events: &[Event]) {
-        let mut key = S3KeyFilter::builder()
-            .filter_rules(FilterRule::builder().name(FilterRuleName::Prefix).value(prefix).build());
+    pub(crate) async fn notify(
+        &self,
+        queue_url: &str,
+        prefix: &str,
+        suffix: Option<&str>,
+        events: &[Event],
+    ) {
+        let mut key = S3KeyFilter::builder().filter_rules(
+            FilterRule::builder()
+                .name(FilterRuleName::Prefix)
+                .value(prefix)
+                .build(),
+        );
         if let Some(suffix) = suffix {
-            key = key.filter_rules(FilterRule::builder().name(FilterRuleName::Suffix).value(suffix).build());
+            key = key.filter_rules(
+                FilterRule::builder()
+                    .name(FilterRuleName::Suffix)
+                    .value(suffix)
+                    .build(),
+            );
         }
         let mut notification = QueueConfiguration::builder()
             .queue_arn(self.arn(queue_url).await)
-            .filter(NotificationConfigurationFilter::builder().key(key.build()).build());
+            .filter(
+                NotificationConfigurationFilter::builder()
+                    .key(key.build())
+                    .build(),
+            );
         for event in events {
             notification = notification.events(event.clone());
         }
@@ -207,7 +232,10 @@ impl Stack {
         .with_model_sha256(model().sha256())
     }
 
-    pub(crate) fn featurizer<S: ObjectStore + Clone>(&self, store: S) -> ShardFeaturizer<S, SqsQueue> {
+    pub(crate) fn featurizer<S: ObjectStore + Clone>(
+        &self,
+        store: S,
+    ) -> ShardFeaturizer<S, SqsQueue> {
         ShardFeaturizer::new(
             store.clone(),
             store,
@@ -303,7 +331,7 @@ impl Stack {
     pub(crate) async fn pump_queue<F, Fut>(&self, url: &str, batch: i32, handler: F) -> usize
     where
         F: FnMut(SqsEvent) -> Fut,
-        Fut: std::future::Future<Output = shared::aws_lambda_events::event::sqs::SqsBatchResponse>,
+        Fut: std::future::Future<Output = aws_lambda_events::event::sqs::SqsBatchResponse>,
     {
         self.pump(url, batch, handler).await
     }
@@ -325,14 +353,18 @@ impl Stack {
     }
 
     /// The `SqsEvent` Lambda would deliver for these messages of queue `url`.
-    pub(crate) async fn sqs_event(&self, messages: &[aws_sdk_sqs::types::Message], url: &str) -> SqsEvent {
+    pub(crate) async fn sqs_event(
+        &self,
+        messages: &[aws_sdk_sqs::types::Message],
+        url: &str,
+    ) -> SqsEvent {
         sqs_event(messages, &self.arn(url).await)
     }
 
     async fn pump<F, Fut>(&self, url: &str, batch: i32, mut handler: F) -> usize
     where
         F: FnMut(SqsEvent) -> Fut,
-        Fut: std::future::Future<Output = shared::aws_lambda_events::event::sqs::SqsBatchResponse>,
+        Fut: std::future::Future<Output = aws_lambda_events::event::sqs::SqsBatchResponse>,
     {
         let deadline = Instant::now() + Duration::from_secs(240);
         let mut delivered = 0;
@@ -535,7 +567,10 @@ impl ObjectStore for FaultyStore {
 }
 
 /// Both datasets of a run, rows sorted by path.
-pub(crate) async fn datasets<S: ObjectStore>(store: &S, run_id: &str) -> (Vec<VectorRow>, Vec<VectorRow>) {
+pub(crate) async fn datasets<S: ObjectStore>(
+    store: &S,
+    run_id: &str,
+) -> (Vec<VectorRow>, Vec<VectorRow>) {
     let layout = RunLayout::new(run_id);
     let mut out = Vec::new();
     for (prefix, dataset) in [
@@ -569,7 +604,7 @@ pub(crate) fn local_reference(files: &[(String, Vec<u8>)], request: &RunRequest)
     write_tree(input.path(), files);
     let report = run_local_blocking(input.path(), output.path(), request.clone());
     let rt = runtime();
-    let store = shared::store::FsStore::new(output.path());
+    let store = pipeline::ports::store::FsStore::new(output.path());
     let (features, pca) = rt.block_on(datasets(&store, &report.summary.run_id));
     (features, pca, report.summary)
 }
@@ -647,7 +682,7 @@ fn lambda_pipeline_equals_the_local_mode_on_300_images() {
         {
             assert!((a - b).abs() < 1e-9);
         }
-        let status = shared::status::run_status(&stack.store(), &run.run_id)
+        let status = pipeline::batch::status::run_status(&stack.store(), &run.run_id)
             .await
             .unwrap();
         assert_eq!(
@@ -698,7 +733,7 @@ fn every_shard_message_delivered_twice() {
                 .unwrap()
             })
             .collect();
-        shared::queue::Queue::send_all(
+        pipeline::ports::queue::Queue::send_all(
             &SqsQueue::new(stack.sqs.clone(), &stack.shard_queue),
             duplicates,
         )
@@ -753,11 +788,12 @@ fn a_poison_shard_reaches_the_dlq_then_the_run_resumes() {
     let (files, request, reference) = fault_setup();
     runtime().block_on(async {
         let (stack, run) = start_run("poison", &files, &request).await;
-        let store = FaultyStore::new(stack.store()).fail("staging/*shard-00002/*part.parquet", usize::MAX);
+        let store =
+            FaultyStore::new(stack.store()).fail("staging/*shard-00002/*part.parquet", usize::MAX);
         stack.pump_shards(store, 1).await;
         let (dead, _) = stack.depth(&stack.shard_dlq).await;
         assert_eq!(dead, 1, "the poison shard is in the dead-letter queue");
-        let status = shared::status::run_status(&stack.store(), &run.run_id)
+        let status = pipeline::batch::status::run_status(&stack.store(), &run.run_id)
             .await
             .unwrap();
         assert_eq!(status.failed.len(), 1, "{status:?}");
@@ -783,7 +819,7 @@ fn a_poison_shard_reaches_the_dlq_then_the_run_resumes() {
         assert_eq!(stack.pump_shards(stack.store(), 1).await, 1);
         assert_eq!(stack.pump_reduce(stack.store()).await, 1);
         assert_same_outputs(&datasets(&stack.store(), &run.run_id).await, &reference);
-        let status = shared::status::run_status(&stack.store(), &run.run_id)
+        let status = pipeline::batch::status::run_status(&stack.store(), &run.run_id)
             .await
             .unwrap();
         assert!(status.reduced && status.failed.is_empty());
@@ -852,7 +888,7 @@ fn the_reduce_message_delivered_twice_reduces_once() {
             .await;
         let reduce_queue = SqsQueue::new(stack.sqs.clone(), &stack.reduce_queue);
         let body = body.body().unwrap().to_string();
-        shared::queue::Queue::send_all(&reduce_queue, vec![body.clone(), body])
+        pipeline::ports::queue::Queue::send_all(&reduce_queue, vec![body.clone(), body])
             .await
             .unwrap();
         // Both deliveries handled at once by two reducers, then whatever is left.

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use shared::featurizer::FeaturizerSettings;
-use shared::local::{run_local, LocalReport, LocalRun};
-use shared::manifest::RunRequest;
-use shared::model::{Model, ModelSpec};
+use engine::model::{Model, ModelSpec};
+use pipeline::batch::featurizer::FeaturizerSettings;
+use pipeline::batch::local::{run_local, LocalReport, LocalRun};
+use pipeline::manifest::RunRequest;
 
 /// `../shared` beside the repository (models, data, golden outputs).
 pub fn shared_dir() -> PathBuf {
@@ -288,4 +288,13 @@ pub fn noise_image(width: u32, height: u32, seed: u64) -> image::RgbImage {
         };
         image::Rgb([next(), next(), next()])
     })
+}
+
+/// Runs a future to completion on a fresh single-threaded runtime (time and I/O enabled).
+pub fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
 }

@@ -1,5 +1,5 @@
 //! Exactly once under concurrency and faults. The handlers run over fault-injecting adapters
-//! (`shared::faults`) on the local store and on S3 (moto): crashes after every write or send
+//! (`testkit::faults`) on the local store and on S3 (moto): crashes after every write or send
 //! step, two attempts at one shard interleaved at every step, 503 SlowDown on a share of all
 //! calls, paginated listings, real deadlines, a reducer killed mid-projection, a lost reduce
 //! message. Every scenario ends with outputs equal to a clean run (features bit-identical,
@@ -8,19 +8,19 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use shared::error::Error;
-use shared::faults::{Faults, FaultyQueue, FaultyStore};
-use shared::featurizer::{FeaturizerSettings, ShardFeaturizer, ShardOutcome};
-use shared::layout::RunLayout;
-use shared::manifest::{
+use aws::retry::{RetryPolicy, Retrying};
+use pipeline::batch::featurizer::{FeaturizerSettings, ShardFeaturizer, ShardOutcome};
+use pipeline::batch::reducer::{ReduceOutcome, Reducer, ReducerSettings};
+use pipeline::batch::splitter::{SplitOutcome, Splitter};
+use pipeline::batch::status::{run_status_with, StallPolicy};
+use pipeline::error::Error;
+use pipeline::layout::RunLayout;
+use pipeline::manifest::{
     DoneMarker, ImageError, ReduceMessage, RunOptions, RunRequest, ShardMessage,
 };
-use shared::queue::InProcessQueue;
-use shared::reducer::{ReduceOutcome, Reducer, ReducerSettings};
-use shared::retry::{RetryPolicy, Retrying};
-use shared::splitter::{SplitOutcome, Splitter};
-use shared::status::{run_status_with, StallPolicy};
-use shared::store::{FsStore, ObjectStore};
+use pipeline::ports::queue::InProcessQueue;
+use pipeline::ports::store::{FsStore, ObjectStore};
+use testkit::faults::{Faults, FaultyQueue, FaultyStore};
 
 use crate::aws::{assert_same_outputs, datasets, local_reference, small_request, Reference, Stack};
 use crate::common::*;
@@ -72,7 +72,10 @@ impl Local {
             shards: InProcessQueue::new(),
             reduces: InProcessQueue::new(),
         };
-        for (from, to) in [(&self.shards, &forked.shards), (&self.reduces, &forked.reduces)] {
+        for (from, to) in [
+            (&self.shards, &forked.shards),
+            (&self.reduces, &forked.reduces),
+        ] {
             for message in from.messages() {
                 to.push(message);
             }
@@ -126,7 +129,11 @@ impl Local {
         )
     }
 
-    async fn split(&self, faults: &Faults, request: &RunRequest) -> shared::Result<SplitOutcome> {
+    async fn split(
+        &self,
+        faults: &Faults,
+        request: &RunRequest,
+    ) -> pipeline::error::Result<SplitOutcome> {
         self.splitter(faults).handle(request).await
     }
 
@@ -135,7 +142,7 @@ impl Local {
         faults: &Faults,
         run_id: &str,
         shard: usize,
-    ) -> shared::Result<ShardOutcome> {
+    ) -> pipeline::error::Result<ShardOutcome> {
         let message = ShardMessage {
             run_id: run_id.to_string(),
             shard,
@@ -177,16 +184,19 @@ impl Local {
         );
         let got = datasets(&store, run_id).await;
         assert_same_outputs(&got, reference);
-        let errors: Vec<ImageError> = serde_json::from_slice(
-            &store.get(&RunLayout::new(run_id).errors()).await.unwrap(),
-        )
-        .unwrap();
+        let errors: Vec<ImageError> =
+            serde_json::from_slice(&store.get(&RunLayout::new(run_id).errors()).await.unwrap())
+                .unwrap();
         let mut paths: Vec<&str> = got.0.iter().map(|r| r.path.as_str()).collect();
         paths.extend(errors.iter().map(|e| e.path.as_str()));
         let total = paths.len();
         paths.sort();
         paths.dedup();
-        assert_eq!(paths.len(), total, "{what}: an image is in the outputs twice");
+        assert_eq!(
+            paths.len(),
+            total,
+            "{what}: an image is in the outputs twice"
+        );
         assert_eq!(total, reference.0.len(), "{what}: an image was lost");
     }
 }
@@ -195,7 +205,7 @@ impl Local {
 /// (the bytes the reducer checks and fits).
 fn committed_state(local: &Local, run_id: &str, shard: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let layout = RunLayout::new(run_id);
-    let marker: shared::manifest::DoneMarker = serde_json::from_slice(
+    let marker: pipeline::manifest::DoneMarker = serde_json::from_slice(
         &std::fs::read(local.output.join(layout.done_marker(shard))).expect("committed"),
     )
     .unwrap();
@@ -214,7 +224,7 @@ fn committed_state_staged(
     shard: usize,
 ) -> (Option<Vec<u8>>, Vec<u8>, Vec<u8>) {
     let layout = RunLayout::new(run_id);
-    let marker: shared::manifest::DoneMarker = serde_json::from_slice(
+    let marker: pipeline::manifest::DoneMarker = serde_json::from_slice(
         &std::fs::read(local.output.join(layout.done_marker(shard))).expect("committed"),
     )
     .unwrap();
@@ -268,15 +278,26 @@ fn crash_point_sweep_of_every_handler_loses_and_duplicates_nothing() {
         let probe = Local::new(&files);
         probe.split(&clean, &request).await.unwrap();
         let split_steps = clean.steps();
-        assert!(split_steps >= 2, "manifest + shard messages: {:?}", clean.log());
+        assert!(
+            split_steps >= 2,
+            "manifest + shard messages: {:?}",
+            clean.log()
+        );
         for n in 0..split_steps {
             let local = Local::new(&files);
             let faults = Faults::crash_after(n);
-            assert!(local.split(&faults, &request).await.is_err(), "splitter step {n}");
+            assert!(
+                local.split(&faults, &request).await.is_err(),
+                "splitter step {n}"
+            );
             let run = local.split(&Faults::new(), &request).await.unwrap();
             local.drain().await;
             local
-                .assert_clean(&run.run_id, &reference, &format!("splitter crash after step {n}"))
+                .assert_clean(
+                    &run.run_id,
+                    &reference,
+                    &format!("splitter crash after step {n}"),
+                )
                 .await;
         }
 
@@ -311,7 +332,10 @@ fn crash_point_sweep_of_every_handler_loses_and_duplicates_nothing() {
                 assert_eq!(local.reduces.len(), 1, "{what}: one reduce requested");
             }
             let (_, stats, errors) = committed_state_staged(&local, &run.run_id, last);
-            assert!((stats, errors) == (want.1.clone(), want.2.clone()), "{what}: committed");
+            assert!(
+                (stats, errors) == (want.1.clone(), want.2.clone()),
+                "{what}: committed"
+            );
             local.drain().await;
             // A crash between the commit and the publication leaves the part to the reducer.
             let part = std::fs::read(
@@ -365,11 +389,17 @@ fn crash_point_sweep_of_every_handler_loses_and_duplicates_nothing() {
                 .await
                 .unwrap();
             assert!(
-                matches!(retried, ReduceOutcome::Reduced(_) | ReduceOutcome::AlreadyReduced),
+                matches!(
+                    retried,
+                    ReduceOutcome::Reduced(_) | ReduceOutcome::AlreadyReduced
+                ),
                 "step {n}"
             );
             assert!(
-                !local.output.join(RunLayout::new(&run.run_id).staging_prefix()).exists()
+                !local
+                    .output
+                    .join(RunLayout::new(&run.run_id).staging_prefix())
+                    .exists()
                     || walkdir::WalkDir::new(local.output.join("staging"))
                         .into_iter()
                         .filter_map(|e| e.ok())
@@ -455,7 +485,10 @@ fn two_attempts_at_one_shard_interleaved_at_every_step() {
                     committed_state(&local, &run_id, last) == want,
                     "{what}: the committed shard differs from a clean attempt's"
                 );
-                assert!(!local.reduces.is_empty(), "{what}: the reduce was requested");
+                assert!(
+                    !local.reduces.is_empty(),
+                    "{what}: the reduce was requested"
+                );
                 // The reduce itself is deterministic in the committed state (checked just
                 // above); run it to the end for the corner schedules.
                 if a_pause % steps == 0 && b_pause % steps == 0 {
@@ -513,20 +546,28 @@ fn a_deadline_hit_mid_shard_writes_nothing_and_the_retry_completes() {
             .featurizer(&faults)
             .process(&message, Some(deadline), Some(1))
             .await;
-        assert!(
-            matches!(result, Err(Error::Deadline { .. })),
-            "{result:?}"
+        assert!(matches!(result, Err(Error::Deadline { .. })), "{result:?}");
+        assert_eq!(
+            faults.steps(),
+            1,
+            "only the failure record: {:?}",
+            faults.log()
         );
-        assert_eq!(faults.steps(), 1, "only the failure record: {:?}", faults.log());
         assert!(faults.log()[0].contains("failures/shard-00000.json"));
         let status = run_status_with(&local.output_store(), &run.run_id, StallPolicy::default())
             .await
             .unwrap();
         assert_eq!(status.failed.len(), 1);
-        assert!(status.failed[0].error.contains("deadline"), "{:?}", status.failed);
+        assert!(
+            status.failed[0].error.contains("deadline"),
+            "{:?}",
+            status.failed
+        );
         local.shards.push(serde_json::to_string(&message).unwrap());
         local.drain().await;
-        local.assert_clean(&run.run_id, &reference, "deadline").await;
+        local
+            .assert_clean(&run.run_id, &reference, "deadline")
+            .await;
     });
 }
 
@@ -563,7 +604,9 @@ fn a_reducer_killed_mid_projection_is_taken_over_and_fenced() {
             .process(&message, "m2")
             .await;
         assert!(
-            early.as_ref().is_err_and(|e| e.to_string().contains("being reduced")),
+            early
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("being reduced")),
             "{early:?}"
         );
         // ...and takes over once it is stale.
@@ -573,7 +616,9 @@ fn a_reducer_killed_mid_projection_is_taken_over_and_fenced() {
             .await
             .unwrap();
         assert!(matches!(taken, ReduceOutcome::Reduced(_)));
-        local.assert_clean(&run.run_id, &reference, "reducer killed mid-projection").await;
+        local
+            .assert_clean(&run.run_id, &reference, "reducer killed mid-projection")
+            .await;
 
         // Fencing: reducer m1 pauses before its first projected part, m2 takes the lock over
         // and finishes; m1 then stops at its next write.
@@ -606,7 +651,9 @@ fn a_reducer_killed_mid_projection_is_taken_over_and_fenced() {
                     .all(|s| s.contains("Results_PCA/") && s.ends_with(".parquet")),
             "the fenced reducer wrote on (model, summary or _SUCCESS?): {late:?}"
         );
-        local.assert_clean(&run.run_id, &reference, "fenced reducer").await;
+        local
+            .assert_clean(&run.run_id, &reference, "fenced reducer")
+            .await;
     });
 }
 
@@ -622,7 +669,10 @@ fn a_reduce_message_lost_after_the_claim_is_reported_and_resumed() {
             .featurize(&lost, &run.run_id, run.shards - 1)
             .await
             .unwrap();
-        assert!(outcome.sent_reduce && local.reduces.is_empty(), "the message is lost");
+        assert!(
+            outcome.sent_reduce && local.reduces.is_empty(),
+            "the message is lost"
+        );
         let policy = StallPolicy {
             claim_unanswered_after: Duration::ZERO,
             ..StallPolicy::default()
@@ -639,15 +689,34 @@ fn a_reduce_message_lost_after_the_claim_is_reported_and_resumed() {
         let model_path = shared_dir().join("models/mobilenet_v2_features.onnx");
         let output = local.output.to_str().unwrap();
         let shown = std::process::Command::new(featurize)
-            .args(["status", "--run", &run.run_id, "--output", output, "--stall-after", "0"])
+            .args([
+                "status",
+                "--run",
+                &run.run_id,
+                "--output",
+                output,
+                "--stall-after",
+                "0",
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&shown.stdout);
         assert_eq!(shown.status.code(), Some(3), "{text}");
-        assert!(text.contains(": stuck") && text.contains("stuck since"), "{text}");
+        assert!(
+            text.contains(": stuck") && text.contains("stuck since"),
+            "{text}"
+        );
 
         let resumed = std::process::Command::new(featurize)
-            .args(["resume", "--run", &run.run_id, "--output", output, "-j", "2"])
+            .args([
+                "resume",
+                "--run",
+                &run.run_id,
+                "--output",
+                output,
+                "-j",
+                "2",
+            ])
             .arg("--model")
             .arg(&model_path)
             .output()
@@ -658,7 +727,9 @@ fn a_reduce_message_lost_after_the_claim_is_reported_and_resumed() {
             String::from_utf8_lossy(&resumed.stdout),
             String::from_utf8_lossy(&resumed.stderr)
         );
-        local.assert_clean(&run.run_id, &reference, "lost reduce message").await;
+        local
+            .assert_clean(&run.run_id, &reference, "lost reduce message")
+            .await;
         let status = run_status_with(&local.output_store(), &run.run_id, policy)
             .await
             .unwrap();
@@ -697,7 +768,11 @@ fn transient_fetch_errors_fail_the_shard_and_missing_objects_are_image_errors() 
         assert!(error.to_string().contains("503 SlowDown"), "{error}");
         let layout = RunLayout::new(&run.run_id);
         assert!(
-            !local.output_store().exists(&layout.done_marker(0)).await.unwrap(),
+            !local
+                .output_store()
+                .exists(&layout.done_marker(0))
+                .await
+                .unwrap(),
             "nothing committed: the shard is retried, no image error is recorded"
         );
         // Retried with a healthy store: all shards, no errors.
@@ -708,7 +783,9 @@ fn transient_fetch_errors_fail_the_shard_and_missing_objects_are_image_errors() 
                 .unwrap();
         }
         local.drain().await;
-        local.assert_clean(&run.run_id, &reference, "transient input errors").await;
+        local
+            .assert_clean(&run.run_id, &reference, "transient input errors")
+            .await;
 
         // An image deleted after the listing is that image's error, and only that.
         let local = Local::new(&files);
@@ -737,7 +814,7 @@ fn the_reducer_refuses_a_run_whose_invariants_are_broken() {
     runtime().block_on(async {
         let (base, run, message) = ready_to_reduce(&files, &request).await;
         let layout = RunLayout::new(&run.run_id);
-        let marker = |local: &Local, shard: usize| -> shared::manifest::DoneMarker {
+        let marker = |local: &Local, shard: usize| -> pipeline::manifest::DoneMarker {
             serde_json::from_slice(
                 &std::fs::read(local.output.join(layout.done_marker(shard))).unwrap(),
             )
@@ -746,8 +823,8 @@ fn the_reducer_refuses_a_run_whose_invariants_are_broken() {
         // A row that is also in the error list.
         let local = base.fork();
         let m = marker(&local, 1);
-        let rows = shared::parquet_io::read_rows(
-            shared::parquet_io::Dataset::Features,
+        let rows = pipeline::parquet_io::read_rows(
+            pipeline::parquet_io::Dataset::Features,
             std::fs::read(local.output.join(layout.attempt_part(1, &m.attempt)))
                 .unwrap()
                 .into(),
@@ -756,7 +833,7 @@ fn the_reducer_refuses_a_run_whose_invariants_are_broken() {
         let errors = vec![ImageError {
             path: rows[0].path.clone(),
             label: rows[0].label.clone(),
-            kind: shared::manifest::ImageErrorKind::Decode,
+            kind: engine::preprocess::ImageErrorKind::Decode,
             reason: "tampered".into(),
         }];
         std::fs::write(
@@ -769,16 +846,20 @@ fn the_reducer_refuses_a_run_whose_invariants_are_broken() {
             .process(&message, "m1")
             .await;
         assert!(matches!(refused, Err(Error::Invariant(_))), "{refused:?}");
-        assert!(!local.output.join(layout.pca_model()).exists(), "nothing fitted");
+        assert!(
+            !local.output.join(layout.pca_model()).exists(),
+            "nothing fitted"
+        );
 
         // Statistics of another attempt than the rows.
         let local = base.fork();
         let stats_path = local
             .output
             .join(layout.attempt_stats(2, &marker(&local, 2).attempt));
-        let stats = shared::stats::ShardStats::from_bytes(&std::fs::read(&stats_path).unwrap(), "x")
-            .unwrap();
-        let fewer = shared::stats::ShardStats {
+        let stats =
+            engine::stats::ShardStats::from_bytes(&std::fs::read(&stats_path).unwrap(), "x")
+                .unwrap();
+        let fewer = engine::stats::ShardStats {
             count: stats.count - 1,
             ..stats
         };
@@ -788,7 +869,10 @@ fn the_reducer_refuses_a_run_whose_invariants_are_broken() {
             .process(&message, "m1")
             .await;
         let error = refused.unwrap_err().to_string();
-        assert!(error.contains("statistics of 3 rows for a part of 4"), "{error}");
+        assert!(
+            error.contains("statistics of 3 rows for a part of 4"),
+            "{error}"
+        );
         let status = run_status_with(&local.output_store(), &run.run_id, StallPolicy::default())
             .await
             .unwrap();
@@ -828,7 +912,10 @@ fn run_ids_cover_content_options_and_model() {
             ..named.clone()
         };
         let refused = local.split(&Faults::new(), &conflicting).await.unwrap_err();
-        assert!(refused.to_string().contains("already exists for other"), "{refused}");
+        assert!(
+            refused.to_string().contains("already exists for other"),
+            "{refused}"
+        );
         // Another model: the splitter records it, the featurizer refuses.
         let other_model = Local::new(&files);
         let run = Splitter::new(
@@ -873,8 +960,8 @@ fn on_s3_slowdowns_and_paginated_listings_end_as_a_clean_run() {
         let splitter = Splitter::new(
             store(),
             store(),
-            shared::aws::SqsQueue::new(stack.sqs.clone(), &stack.shard_queue),
-            shared::aws::SqsQueue::new(stack.sqs.clone(), &stack.reduce_queue),
+            aws::sdk::SqsQueue::new(stack.sqs.clone(), &stack.shard_queue),
+            aws::sdk::SqsQueue::new(stack.sqs.clone(), &stack.reduce_queue),
             RunOptions::default(),
             1280,
         )
@@ -884,7 +971,11 @@ fn on_s3_slowdowns_and_paginated_listings_end_as_a_clean_run() {
         assert_eq!(run.images, files.len(), "every page listed");
         stack.pump_shards(store(), 2).await;
         stack.pump_reduce(store()).await;
-        assert!(faults.injected() > 20, "{} faults injected", faults.injected());
+        assert!(
+            faults.injected() > 20,
+            "{} faults injected",
+            faults.injected()
+        );
         let summary = crate::aws::summary_of(&stack.store(), &run.run_id).await;
         assert_eq!(
             (summary.rows, summary.errors),
@@ -930,7 +1021,10 @@ fn on_s3_keys_with_doubled_or_leading_slashes_are_distinct_images() {
         let (features, _) = datasets(&stack.store(), &run.run_id).await;
         let paths: Vec<&str> = features.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(paths, vec!["a//b.jpg", "a/b.jpg"]);
-        assert_ne!(features[0].values, features[1].values, "two keys, two images");
+        assert_ne!(
+            features[0].values, features[1].values,
+            "two keys, two images"
+        );
         let lead = splitter
             .handle(&RunRequest {
                 input_prefix: "/lead/".into(),
@@ -942,7 +1036,9 @@ fn on_s3_keys_with_doubled_or_leading_slashes_are_distinct_images() {
         stack.pump_shards(stack.store(), 1).await;
         let summary_rows = {
             stack.pump_reduce(stack.store()).await;
-            crate::aws::summary_of(&stack.store(), &lead.run_id).await.rows
+            crate::aws::summary_of(&stack.store(), &lead.run_id)
+                .await
+                .rows
         };
         assert_eq!(summary_rows, 2, "and fetched");
     });
@@ -1011,7 +1107,7 @@ fn fetching_overlaps_inference_on_a_slow_store() {
         local
             .assert_clean(&run.run_id, &reference, "fetch overlapped with inference")
             .await;
-        let summary: shared::reducer::Summary = serde_json::from_slice(
+        let summary: pipeline::batch::summary::Summary = serde_json::from_slice(
             &local
                 .output_store()
                 .get(&RunLayout::new(&run.run_id).summary())

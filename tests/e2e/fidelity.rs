@@ -3,8 +3,8 @@
 //! `resize((224, 224), Image.BICUBIC)`, the spec's scale and offset, NHWC), on synthetic
 //! photos and noise saved as PNG and JPEG.
 
-use shared::featurizer::{featurize_images, ImageOutcome};
-use shared::store::Bytes;
+use pipeline::batch::inference::{featurize_images, ImageOutcome};
+use pipeline::ports::store::Bytes;
 
 use crate::common::*;
 
@@ -107,9 +107,9 @@ fn shrunk_photos_match_pillow_and_onnxruntime() {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         // The model's input bytes (decode + resize), ours against Pillow's.
-        let decoded = shared::preprocess::decode_rgb8(bytes, 50_000_000).unwrap();
+        let decoded = engine::preprocess::decode_rgb8(bytes, 50_000_000).unwrap();
         let resized =
-            shared::preprocess::resize_bicubic(&decoded, spec.width, spec.height).unwrap();
+            engine::preprocess::resize_bicubic(&decoded, spec.width, spec.height).unwrap();
         let pillow = from_hex(row["resized_hex"].as_str().unwrap());
         assert_eq!(resized.pixels.len(), pillow.len());
         let max_byte = resized
@@ -177,7 +177,7 @@ fn odd_formats_decode_as_pillow() {
     for (name, limit) in [("cmyk.jpg", 3u8), ("exif6.jpg", 0)] {
         let pillow = &reference[name];
         let bytes = std::fs::read(dir.path().join(name)).unwrap();
-        let ours = shared::preprocess::decode_rgb8(&bytes, 50_000_000).unwrap();
+        let ours = engine::preprocess::decode_rgb8(&bytes, 50_000_000).unwrap();
         let size = [
             pillow["size"][0].as_u64().unwrap() as u32,
             pillow["size"][1].as_u64().unwrap() as u32,
@@ -199,5 +199,87 @@ fn odd_formats_decode_as_pillow() {
             max_byte <= limit,
             "{name}: differs from Pillow's convert(\"RGB\") by {max_byte} (limit {limit})"
         );
+    }
+}
+
+/// `n` values uniform in `[-scale, scale)`, from a seed.
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n).map(|_| (rng.f32() * 2.0 - 1.0) * scale).collect()
+}
+
+/// Within 2e-5 of the largest magnitude (at least 1), as the executor's unit tests require.
+fn assert_close(ours: &[f32], theirs: &[f32], what: &str) {
+    assert_eq!(ours.len(), theirs.len(), "{what}: lengths");
+    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+    let worst = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= 2e-5 * scale,
+        "{what}: max |delta| {worst} (scale {scale})"
+    );
+}
+
+/// The real model: the native executor against tract on random inputs in the model's range,
+/// with every instruction set (moved from the engine's unit tests, which run without
+/// `../shared`).
+#[test]
+fn mobilenet_v2_matches_tract() {
+    let path = shared_dir().join("models/mobilenet_v2_features.onnx");
+    let spec = engine::model::ModelSpec::mobilenet_v2();
+    let tract_model = engine::model::Model::load_with(
+        &path,
+        spec.clone(),
+        engine::model::LoadOptions {
+            engine: engine::model::Engine::Tract,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut tract_session = tract_model.session().unwrap();
+    let inputs: Vec<Vec<f32>> = (0..2)
+        .map(|s| random(spec.input_len(), 77 + s, 1.0))
+        .collect();
+    let expected: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|x| tract_session.infer(x).unwrap())
+        .collect();
+    for isa in engine::executor::Isa::all_available() {
+        let native = engine::model::Model::load_with(
+            &path,
+            spec.clone(),
+            engine::model::LoadOptions {
+                engine: engine::model::Engine::Native(isa),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(native.engine_name(), format!("native ({})", isa.name()));
+        assert_eq!(native.feature_dim(), 1280);
+        let kinds = native.executor().unwrap().step_kinds();
+        // 52 convolutions (10 residual adds fused into them) and the pool: 53 steps, less 8
+        // for the four blocks fused at 112x112 and 56x56 (the stem fused into the first).
+        assert_eq!(kinds.len(), 45, "{kinds:?}");
+        let fused = kinds
+            .iter()
+            .filter(|(k, _)| k.starts_with("fused block"))
+            .count();
+        assert_eq!(fused, 4, "{kinds:?}");
+        let mut session = native.session().unwrap();
+        for (x, theirs) in inputs.iter().zip(&expected) {
+            let ours = session.infer(x).unwrap();
+            let dot: f64 = ours
+                .iter()
+                .zip(theirs)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+            let cos = dot / (norm(&ours) * norm(theirs));
+            assert!(cos > 0.9999999, "{isa:?}: cosine {cos}");
+            assert_close(&ours, theirs, &format!("{isa:?}"));
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! IAM enforced: the three handlers run end to end on moto, each with its store and queues
-//! wrapped by a checker ([`shared::iam`]) that evaluates every S3 and SQS call against that
+//! wrapped by a checker ([`testkit::iam`]) that evaluates every S3 and SQS call against that
 //! function's role as `template.yaml` declares it, with AWS's matching rules. The Lambda
 //! service's own calls count too: the event-source-mapping loop checks ReceiveMessage,
 //! GetQueueAttributes and DeleteMessage under the consuming function's role, and the
@@ -23,31 +23,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws::lambda::{
+    handle_featurizer_batch, handle_reduce_batch, handle_reducer_batch, handle_shard_batch,
+    handle_splitter_event, parse_splitter_event, Refitter,
+};
+use aws::sdk::{s3_client, S3Store, SqsQueue, SQS_EVENT_SOURCE_ACTIONS};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_s3::types::{
     Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
     QueueConfiguration, S3KeyFilter,
 };
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use pipeline::batch::featurizer::{FeaturizerSettings, ReduceClaim, ShardFeaturizer};
+use pipeline::batch::inference::Engine;
+use pipeline::batch::listing::ImageFilter;
+use pipeline::batch::reducer::{ReduceLock, Reducer, ReducerSettings};
+use pipeline::batch::splitter::{SplitOutcome, Splitter};
+use pipeline::continuous::collection::{collection_status, CollectionLayout, RefitOptions};
+use pipeline::continuous::ingest::{IngestSettings, Ingestor};
+use pipeline::layout::RunLayout;
+use pipeline::manifest::{ReduceMessage, RunOptions, RunRequest, ShardMessage};
+use pipeline::ports::queue::{Queue, QueueError};
+use pipeline::ports::store::{Bytes, ObjectStore};
 use serde_json::{json, Value as Json};
-use serde_yaml::Value;
-use shared::aws::{s3_client, S3Store, SqsQueue, SQS_EVENT_SOURCE_ACTIONS};
-use shared::aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use shared::featurizer::{FeaturizerSettings, ReduceClaim, ShardFeaturizer};
-use shared::iam::{CheckedQueue, CheckedStore, Effect, Policy, Role, Statement};
-use shared::collection::{collection_status, CollectionLayout, RefitOptions};
-use shared::featurizer::Engine;
-use shared::ingest::{IngestSettings, Ingestor};
-use shared::lambda::{
-    handle_featurizer_batch, handle_reduce_batch, handle_reducer_batch, handle_shard_batch,
-    handle_splitter_event, parse_splitter_event, Refitter,
-};
-use shared::listing::ImageFilter;
-use shared::layout::RunLayout;
-use shared::manifest::{ReduceMessage, RunOptions, RunRequest, ShardMessage};
-use shared::queue::{Queue, QueueError};
-use shared::reducer::{ReduceLock, Reducer, ReducerSettings};
-use shared::splitter::{SplitOutcome, Splitter};
-use shared::store::{Bytes, ObjectStore};
+use serde_norway::Value;
+use testkit::iam::{CheckedQueue, CheckedStore, Effect, Policy, Role, Statement};
 
 use crate::common::*;
 
@@ -97,8 +97,8 @@ impl Template {
         let path = template_path();
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        let doc: Value =
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
+        let doc: Value = serde_norway::from_str(&text)
+            .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
         let mut params = HashMap::new();
         if let Some(declared) = doc["Parameters"].as_mapping() {
             for (name, p) in declared {
@@ -468,12 +468,21 @@ impl Template {
             .map(|c| self.resolve_str(&c["Event"]))
             .collect();
         for wanted in ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"] {
-            assert!(events.iter().any(|e| e == wanted), "no {wanted} notification: {events:?}");
+            assert!(
+                events.iter().any(|e| e == wanted),
+                "no {wanted} notification: {events:?}"
+            );
         }
         let queue = match Self::intrinsic(&configs[0]["Queue"]) {
-            Some((name, Value::Sequence(s))) if name == "GetAtt" => s[0].as_str().unwrap().to_string(),
-            Some((name, v)) if name == "GetAtt" => v.as_str().unwrap().split('.').next().unwrap().to_string(),
-            other => panic!("the inbox notification's Queue should be !GetAtt <queue>.Arn, got {other:?}"),
+            Some((name, Value::Sequence(s))) if name == "GetAtt" => {
+                s[0].as_str().unwrap().to_string()
+            }
+            Some((name, v)) if name == "GetAtt" => {
+                v.as_str().unwrap().split('.').next().unwrap().to_string()
+            }
+            other => panic!(
+                "the inbox notification's Queue should be !GetAtt <queue>.Arn, got {other:?}"
+            ),
         };
         let prefix = self.resolve_str(&configs[0]["Filter"]["S3Key"]["Rules"][0]["Value"]);
         (queue, prefix)
@@ -959,10 +968,16 @@ impl Stack {
         // As the reducer Lambda: the report's thumbnails come from the data bucket.
         .with_input(self.checked_store(role));
         let n = self
-            .pump(role, &self.reducer_sources, &self.reduce_queue, 1, |event| {
-                let reducer = &reducer;
-                async move { handle_reduce_batch(reducer, event, "iam-test").await }
-            })
+            .pump(
+                role,
+                &self.reducer_sources,
+                &self.reduce_queue,
+                1,
+                |event| {
+                    let reducer = &reducer;
+                    async move { handle_reduce_batch(reducer, event, "iam-test").await }
+                },
+            )
             .await;
         self.assert_allowed("reducer");
         n
@@ -994,12 +1009,19 @@ impl Stack {
             },
         );
         let n = self
-            .pump(role, &self.featurizer_sources, &self.ingest_queue, 10, |event| {
-                let (featurizer, ingestor) = (&featurizer, &ingestor);
-                async move {
-                    handle_featurizer_batch(featurizer, Some(ingestor), event, "iam-test", None).await
-                }
-            })
+            .pump(
+                role,
+                &self.featurizer_sources,
+                &self.ingest_queue,
+                10,
+                |event| {
+                    let (featurizer, ingestor) = (&featurizer, &ingestor);
+                    async move {
+                        handle_featurizer_batch(featurizer, Some(ingestor), event, "iam-test", None)
+                            .await
+                    }
+                },
+            )
             .await;
         self.assert_allowed("featurizer (ingest)");
         n
@@ -1015,7 +1037,10 @@ impl Stack {
             inbox: self.inbox.clone(),
             quiet_ms: 0,
             options: RefitOptions {
-                pca: shared::manifest::PcaOptions { k: 2, ..Default::default() },
+                pca: engine::pca::PcaOptions {
+                    k: 2,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         };
@@ -1323,7 +1348,7 @@ async fn scenario_failures() -> Recorded {
         .send(&stack.shard_queue, serde_json::to_string(&bogus).unwrap())
         .await;
     stack.pump_shards().await;
-    let failure: shared::featurizer::ShardFailure = serde_json::from_slice(
+    let failure: pipeline::batch::featurizer::ShardFailure = serde_json::from_slice(
         &stack
             .store()
             .get(&format!("{}failures/shard-00099.json", layout.run_prefix()))
@@ -1373,7 +1398,10 @@ async fn scenario_failures() -> Recorded {
             .unwrap(),
     )
     .unwrap();
-    assert!(lock.released, "the failed reduce released its lock: {lock:?}");
+    assert!(
+        lock.released,
+        "the failed reduce released its lock: {lock:?}"
+    );
     assert!(
         stack.exists(&unfinished_layout.reduce_failure()).await,
         "and recorded why, for status"
@@ -1413,12 +1441,19 @@ async fn scenario_ingest() -> Recorded {
     let files = fruit_images(2, 2);
     let key = |p: &str| format!("{}c/{p}", stack.inbox);
     for (path, bytes) in &files[..3] {
-        stack.store().put(&key(path), Bytes::from(bytes.clone())).await.unwrap();
+        stack
+            .store()
+            .put(&key(path), Bytes::from(bytes.clone()))
+            .await
+            .unwrap();
     }
     assert!(stack.pump_ingest().await >= 1);
     assert!(stack.pump_refits().await >= 1);
     let layout = CollectionLayout::new("c");
-    assert!(stack.exists(&layout.current()).await, "the collection is published");
+    assert!(
+        stack.exists(&layout.current()).await,
+        "the collection is published"
+    );
     stack.store().delete(&key(&files[0].0)).await.unwrap();
     stack.pump_ingest().await;
     stack.pump_refits().await;
@@ -1429,7 +1464,11 @@ async fn scenario_ingest() -> Recorded {
         .unwrap();
     stack.pump_ingest().await;
     stack.pump_refits().await;
-    stack.store().put(&key("_refit"), Bytes::from_static(b"{}")).await.unwrap();
+    stack
+        .store()
+        .put(&key("_refit"), Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
     stack.pump_ingest().await;
     stack.pump_refits().await;
     let status = collection_status(&stack.store(), "c").await.unwrap();

@@ -12,20 +12,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use aws::lambda::{handle_featurizer_batch, handle_reducer_batch, Refitter};
+use aws::sdk::{S3Store, SqsQueue};
 use aws_sdk_s3::types::Event;
+use engine::pca::PcaModel;
+use engine::pca::PcaOptions;
 use futures::stream::{self, StreamExt};
-use shared::aws::{S3Store, SqsQueue};
-use shared::collection::{
+use pipeline::batch::featurizer::ShardFeaturizer;
+use pipeline::batch::inference::Engine;
+use pipeline::batch::listing::ImageFilter;
+use pipeline::continuous::collection::{
     collection_status, read_current, CollectionLayout, CurrentPointer, RefitOptions,
 };
-use shared::featurizer::{Engine, ShardFeaturizer};
-use shared::ingest::{IngestSettings, Ingestor};
-use shared::lambda::{handle_featurizer_batch, handle_reducer_batch, Refitter};
-use shared::listing::ImageFilter;
-use shared::manifest::{ImageError, PcaOptions, RunRequest};
-use shared::parquet_io::{read_rows, Dataset, VectorRow};
-use shared::pca::PcaModel;
-use shared::store::{Bytes, FsStore, ObjectStore};
+use pipeline::continuous::ingest::{IngestSettings, Ingestor};
+use pipeline::manifest::{ImageError, RunRequest};
+use pipeline::parquet_io::{read_rows, Dataset, VectorRow};
+use pipeline::ports::store::{Bytes, FsStore, ObjectStore};
 
 use crate::aws::Stack;
 use crate::common::*;
@@ -55,21 +57,31 @@ struct View {
 
 async fn read_view<S: ObjectStore>(store: &S, collection: &str) -> View {
     let layout = CollectionLayout::new(collection);
-    let (pointer, _) = read_current(store, &layout).await.unwrap().expect("a published view");
+    let (pointer, _) = read_current(store, &layout)
+        .await
+        .unwrap()
+        .expect("a published view");
     assert!(
-        store.exists(&layout.success(&pointer.snapshot)).await.unwrap(),
+        store
+            .exists(&layout.success(&pointer.snapshot))
+            .await
+            .unwrap(),
         "the pointed-at snapshot is complete"
     );
     let by_path = |rows: Vec<VectorRow>| {
         let n = rows.len();
-        let map: BTreeMap<String, VectorRow> = rows.into_iter().map(|r| (r.path.clone(), r)).collect();
+        let map: BTreeMap<String, VectorRow> =
+            rows.into_iter().map(|r| (r.path.clone(), r)).collect();
         assert_eq!(map.len(), n, "one row per path");
         map
     };
     let features = by_path(read_folder(store, &pointer.results, Dataset::Features).await);
     let pca = by_path(read_folder(store, &pointer.results_pca, Dataset::Pca).await);
     let model = serde_json::from_slice(
-        &store.get(pointer.pca_model.as_ref().expect("a PCA")).await.unwrap(),
+        &store
+            .get(pointer.pca_model.as_ref().expect("a PCA"))
+            .await
+            .unwrap(),
     )
     .unwrap();
     let errors = serde_json::from_slice(&store.get(&pointer.errors).await.unwrap()).unwrap();
@@ -83,7 +95,14 @@ async fn read_view<S: ObjectStore>(store: &S, collection: &str) -> View {
 }
 
 /// A batch run (`featurize run`'s embedded pipeline) over `folder`: its features, PCA rows and model.
-fn batch_run(folder: &Path, k: usize) -> (BTreeMap<String, VectorRow>, BTreeMap<String, VectorRow>, PcaModel) {
+fn batch_run(
+    folder: &Path,
+    k: usize,
+) -> (
+    BTreeMap<String, VectorRow>,
+    BTreeMap<String, VectorRow>,
+    PcaModel,
+) {
     let out = tempfile::tempdir().unwrap();
     let request = RunRequest {
         k: Some(k),
@@ -98,7 +117,10 @@ fn batch_run(folder: &Path, k: usize) -> (BTreeMap<String, VectorRow>, BTreeMap<
         let features = read_folder(&store, &format!("Results/{run}/"), Dataset::Features).await;
         let pca = read_folder(&store, &format!("Results_PCA/{run}/"), Dataset::Pca).await;
         let model: PcaModel = serde_json::from_slice(
-            &store.get(&format!("runs/{run}/pca_model.json")).await.unwrap(),
+            &store
+                .get(&format!("runs/{run}/pca_model.json"))
+                .await
+                .unwrap(),
         )
         .unwrap();
         (
@@ -123,24 +145,54 @@ fn assert_view_matches_batch(view: &View, folder: &Path) {
         assert_eq!(ours.label, row.label, "{path}");
         assert!(
             ours.values.len() == row.values.len()
-                && ours.values.iter().zip(&row.values).all(|(a, b)| a.to_bits() == b.to_bits()),
+                && ours
+                    .values
+                    .iter()
+                    .zip(&row.values)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{path}: features are not bit-identical to the batch run's"
         );
     }
     assert_eq!(view.model.k, model.k);
     assert_eq!(view.model.n, model.n);
-    for (a, b) in view.model.explained_variance_ratio.iter().zip(&model.explained_variance_ratio) {
+    for (a, b) in view
+        .model
+        .explained_variance_ratio
+        .iter()
+        .zip(&model.explained_variance_ratio)
+    {
         assert!((a - b).abs() < 1e-6, "explained variance ratio {a} vs {b}");
     }
-    for (a, b) in view.model.explained_variance.iter().zip(&model.explained_variance) {
-        assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "explained variance {a} vs {b}");
+    for (a, b) in view
+        .model
+        .explained_variance
+        .iter()
+        .zip(&model.explained_variance)
+    {
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+            "explained variance {a} vs {b}"
+        );
     }
     let mut signs = Vec::new();
-    for (i, (a, b)) in view.model.components.iter().zip(&model.components).enumerate() {
+    for (i, (a, b)) in view
+        .model
+        .components
+        .iter()
+        .zip(&model.components)
+        .enumerate()
+    {
         let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
         let sign = dot.signum();
-        let worst = a.iter().zip(b).map(|(x, y)| (x - sign * y).abs()).fold(0.0, f64::max);
-        assert!(worst < 1e-6, "component {i} differs by {worst:e} (up to sign)");
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - sign * y).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst < 1e-6,
+            "component {i} differs by {worst:e} (up to sign)"
+        );
         signs.push(sign as f32);
     }
     for (a, b) in view.model.mean.iter().zip(&model.mean) {
@@ -212,7 +264,9 @@ async fn download_collection(store: &S3Store, collection: &str, dir: &Path) -> u
     let prefix = format!("{INBOX}{collection}/");
     let objects = store.list(&prefix).await.unwrap();
     for o in &objects {
-        let path = dir.join(collection).join(o.key.strip_prefix(&prefix).unwrap());
+        let path = dir
+            .join(collection)
+            .join(o.key.strip_prefix(&prefix).unwrap());
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, store.get(&o.key).await.unwrap()).unwrap();
     }
@@ -231,7 +285,10 @@ fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
                 &ingest_queue,
                 INBOX,
                 None,
-                &[Event::from("s3:ObjectCreated:*"), Event::from("s3:ObjectRemoved:*")],
+                &[
+                    Event::from("s3:ObjectCreated:*"),
+                    Event::from("s3:ObjectRemoved:*"),
+                ],
             )
             .await;
         let store = stack.store();
@@ -256,12 +313,16 @@ fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
             inbox: INBOX.into(),
             quiet_ms: 1000,
             options: RefitOptions {
-                pca: PcaOptions { k: K, ..Default::default() },
+                pca: PcaOptions {
+                    k: K,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         };
         let pump_refits = || {
-            let (stack, refit_queue, reducer, refitter) = (&stack, &refit_queue, &reducer, &refitter);
+            let (stack, refit_queue, reducer, refitter) =
+                (&stack, &refit_queue, &reducer, &refitter);
             async move {
                 // Delayed refit messages arrive after the quiet time; the reducer refits once.
                 tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -290,28 +351,57 @@ fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
         let first_bodies = pump_ingest(&stack, &ingest_queue, &featurizer, &ingestor).await;
         assert!(pump_refits().await >= 1, "refit messages were sent");
         let view = read_view(&store, "fruits").await;
-        println!("burst of {} keys: published in {:.1} s", burst.len(), started.elapsed().as_secs_f64());
-        assert_eq!(view.features.len(), 1020, "every key of the bulk upload has its row");
+        println!(
+            "burst of {} keys: published in {:.1} s",
+            burst.len(),
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(
+            view.features.len(),
+            1020,
+            "every key of the bulk upload has its row"
+        );
         assert_eq!(view.pca.len(), 1020);
         assert!(view.errors.is_empty(), "{:?}", view.errors);
 
         // Burst 2: a key uploaded twice with different content, deletes, a non-image, an
         // empty object, and a `_refit`-free quiet refit.
-        let twice = format!("{INBOX}fruits/{}", distinct[0].0.replace(".jpg", "-twice.jpg"));
-        store.put(&twice, Bytes::from(distinct[1].1.clone())).await.unwrap();
+        let twice = format!(
+            "{INBOX}fruits/{}",
+            distinct[0].0.replace(".jpg", "-twice.jpg")
+        );
+        store
+            .put(&twice, Bytes::from(distinct[1].1.clone()))
+            .await
+            .unwrap();
         let new_image = fruit_images(5, 1).pop().unwrap();
-        store.put(&twice, Bytes::from(new_image.1.clone())).await.unwrap();
-        let deleted: Vec<String> = (0..1000).step_by(10).map(|i| burst[20 + i].0.clone()).collect();
+        store
+            .put(&twice, Bytes::from(new_image.1.clone()))
+            .await
+            .unwrap();
+        let deleted: Vec<String> = (0..1000)
+            .step_by(10)
+            .map(|i| burst[20 + i].0.clone())
+            .collect();
         for key in &deleted {
             store.delete(key).await.unwrap();
         }
-        store.put(&format!("{INBOX}fruits/notes.txt"), Bytes::from_static(b"not an image")).await.unwrap();
-        let empty = format!("{INBOX}fruits/{}/empty.jpg", distinct[0].0.split('/').next().unwrap());
+        store
+            .put(
+                &format!("{INBOX}fruits/notes.txt"),
+                Bytes::from_static(b"not an image"),
+            )
+            .await
+            .unwrap();
+        let empty = format!(
+            "{INBOX}fruits/{}/empty.jpg",
+            distinct[0].0.split('/').next().unwrap()
+        );
         store.put(&empty, Bytes::new()).await.unwrap();
         pump_ingest(&stack, &ingest_queue, &featurizer, &ingestor).await;
         // Every event of burst 1 delivered again (late and out of order): they change nothing.
         let sender = SqsQueue::new(stack.sqs.clone(), &ingest_queue);
-        use shared::queue::Queue;
+        use pipeline::ports::queue::Queue;
         let mut again = first_bodies.clone();
         again.reverse();
         sender.send_all(again).await.unwrap();
@@ -324,7 +414,12 @@ fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
             .await
             .unwrap()
             .into_iter()
-            .map(|o| o.key.strip_prefix(&format!("{INBOX}fruits/")).unwrap().to_string())
+            .map(|o| {
+                o.key
+                    .strip_prefix(&format!("{INBOX}fruits/"))
+                    .unwrap()
+                    .to_string()
+            })
             .filter(|p| p.ends_with(".jpg") && !p.ends_with("empty.jpg"))
             .collect();
         assert_eq!(
@@ -335,7 +430,11 @@ fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
         assert_eq!(live.len(), 1020 - deleted.len() + 1);
         let twice_path = twice.strip_prefix(&format!("{INBOX}fruits/")).unwrap();
         assert_eq!(view.errors.len(), 1, "{:?}", view.errors);
-        assert!(view.errors[0].path.ends_with("empty.jpg"), "{:?}", view.errors);
+        assert!(
+            view.errors[0].path.ends_with("empty.jpg"),
+            "{:?}",
+            view.errors
+        );
         assert_eq!(serde_json::to_value(view.errors[0].kind).unwrap(), "empty");
         assert!(view.pointer.seq >= 2);
 
@@ -349,32 +448,71 @@ fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
         let cli = |args: &[&str]| {
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_featurize"))
                 .args(args)
-                .args(["--collection", "fruits", "--bucket", &stack.bucket, "--endpoint-url", &crate::aws::endpoint()])
-                .envs([("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")])
+                .args([
+                    "--collection",
+                    "fruits",
+                    "--bucket",
+                    &stack.bucket,
+                    "--endpoint-url",
+                    &crate::aws::endpoint(),
+                ])
+                .envs([
+                    ("AWS_ACCESS_KEY_ID", "test"),
+                    ("AWS_SECRET_ACCESS_KEY", "test"),
+                    ("AWS_REGION", "us-east-1"),
+                ])
                 .output()
                 .unwrap();
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(out.status.success(), "{args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{args:?}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             text
         };
         let requested = cli(&["refit", "--refit-queue-url", &refit_queue]);
-        assert!(requested.contains("refit of fruits requested"), "{requested}");
+        assert!(
+            requested.contains("refit of fruits requested"),
+            "{requested}"
+        );
         let messages = stack.receive(&refit_queue, 10).await;
         assert_eq!(messages.len(), 1, "one refit message");
-        let message: shared::collection::RefitMessage = serde_json::from_str(messages[0].body().unwrap()).unwrap();
-        assert_eq!(message, shared::collection::RefitMessage { collection: "fruits".into(), force: true });
+        let message: pipeline::continuous::collection::RefitMessage =
+            serde_json::from_str(messages[0].body().unwrap()).unwrap();
+        assert_eq!(
+            message,
+            pipeline::continuous::collection::RefitMessage {
+                collection: "fruits".into(),
+                force: true
+            }
+        );
         // Handled as the reducer would: nothing changed since the last refit.
         let event = stack.sqs_event(&messages, &refit_queue).await;
         let response = handle_reducer_batch(&reducer, Some(&refitter), event, "it").await;
         assert!(response.batch_item_failures.is_empty());
-        stack.delete(&refit_queue, messages[0].receipt_handle().unwrap()).await;
+        stack
+            .delete(&refit_queue, messages[0].receipt_handle().unwrap())
+            .await;
         let shown = cli(&["status"]);
         println!("featurize status --collection fruits:\n{shown}");
-        assert!(shown.contains(&format!("rows {}  errors 1", live.len())), "{shown}");
-        assert!(shown.contains("pending    nothing: the view is current"), "{shown}");
-        assert!(shown.contains(&format!("(refit {})", view.pointer.seq)), "{shown}");
         assert!(
-            shown.contains(&format!("Results      s3://{}/collections/fruits/snapshots/", stack.bucket)),
+            shown.contains(&format!("rows {}  errors 1", live.len())),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("pending    nothing: the view is current"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!("(refit {})", view.pointer.seq)),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!(
+                "Results      s3://{}/collections/fruits/snapshots/",
+                stack.bucket
+            )),
             "{shown}"
         );
         // Old snapshots expire: at most KEEP_SNAPSHOTS folders remain.
@@ -385,7 +523,10 @@ fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
             .iter()
             .map(|o| o.key.split('/').nth(3).unwrap().to_string())
             .collect();
-        assert!(snapshots.len() <= shared::collection::KEEP_SNAPSHOTS, "{snapshots:?}");
+        assert!(
+            snapshots.len() <= pipeline::continuous::collection::KEEP_SNAPSHOTS,
+            "{snapshots:?}"
+        );
 
         // Against a batch run over the same final set.
         let dir = tempfile::tempdir().unwrap();
@@ -401,10 +542,15 @@ fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
         .unwrap();
         // The key uploaded twice holds the second content's features.
         let expected = Engine::Model(model())
-            .featurize(&["x".into()], &[Ok(Bytes::from(new_image.1))], 1, 50_000_000)
+            .featurize(
+                &["x".into()],
+                &[Ok(Bytes::from(new_image.1))],
+                1,
+                50_000_000,
+            )
             .unwrap();
         match &expected[0] {
-            shared::featurizer::ImageOutcome::Features(f) => assert_eq!(f, &twice_row),
+            pipeline::batch::inference::ImageOutcome::Features(f) => assert_eq!(f, &twice_row),
             other => panic!("{other:?}"),
         }
     });
@@ -419,7 +565,17 @@ fn watch_follows_a_folder_and_finishes_on_sigterm() {
     let (initial, later) = images.split_at(6);
     write_tree(&folder, initial);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_featurize"))
-        .args(["watch", "--quiet", "1", "--debounce-ms", "300", "-j", "2", "--k", &K.to_string()])
+        .args([
+            "watch",
+            "--quiet",
+            "1",
+            "--debounce-ms",
+            "300",
+            "-j",
+            "2",
+            "--k",
+            &K.to_string(),
+        ])
         .arg("--input")
         .arg(&folder)
         .arg("--output")
@@ -440,7 +596,9 @@ fn watch_follows_a_folder_and_finishes_on_sigterm() {
     };
     wait_for("the first view", &|| current.is_file());
     let seq = |p: &Path| -> u64 {
-        serde_json::from_slice::<CurrentPointer>(&std::fs::read(p).unwrap()).unwrap().seq
+        serde_json::from_slice::<CurrentPointer>(&std::fs::read(p).unwrap())
+            .unwrap()
+            .seq
     };
     let first = seq(&current);
 
@@ -457,7 +615,10 @@ fn watch_follows_a_folder_and_finishes_on_sigterm() {
     std::thread::sleep(Duration::from_millis(100));
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&half).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&half)
+            .unwrap();
         f.write_all(&bytes[bytes.len() / 2..]).unwrap();
     }
     std::thread::sleep(Duration::from_millis(800));
@@ -471,21 +632,36 @@ fn watch_follows_a_folder_and_finishes_on_sigterm() {
         if let Some(exit) = child.try_wait().unwrap() {
             break exit;
         }
-        assert!(Instant::now() < deadline, "watch did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "watch did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(exit.success(), "exit {exit:?}\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("Results_PCA") && stdout.contains("collections/photos/snapshots/"), "{stdout}");
+    assert!(
+        exit.success(),
+        "exit {exit:?}\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("Results_PCA") && stdout.contains("collections/photos/snapshots/"),
+        "{stdout}"
+    );
     assert!(seq(&current) > first, "a refit published the changes");
 
     let store = FsStore::new(&out);
     let view = runtime().block_on(read_view(&store, "photos"));
     assert_eq!(view.errors.len(), 1, "the empty file: {:?}", view.errors);
     assert!(view.errors[0].path.ends_with("-empty.jpg"));
-    assert!(view.features.contains_key(&initial[3].0.replace(".jpg", "-slow.jpg")));
-    assert!(!view.features.contains_key(&initial[1].0), "the deleted file is gone");
+    assert!(view
+        .features
+        .contains_key(&initial[3].0.replace(".jpg", "-slow.jpg")));
+    assert!(
+        !view.features.contains_key(&initial[1].0),
+        "the deleted file is gone"
+    );
     std::fs::remove_file(folder.join("notes.txt")).unwrap();
     assert_view_matches_batch(&view, &folder);
 }

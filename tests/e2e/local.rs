@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use shared::featurizer::{featurize_images, ImageOutcome};
-use shared::manifest::{ImageError, PcaOptions, RunRequest};
-use shared::parquet_io::{read_rows, Dataset};
-use shared::pca::{fit, PcaModel};
-use shared::stats::ShardStats;
-use shared::store::Bytes;
+use engine::pca::PcaOptions;
+use engine::pca::{fit, PcaModel};
+use engine::stats::ShardStats;
+use pipeline::batch::inference::{featurize_images, ImageOutcome};
+use pipeline::manifest::{ImageError, RunRequest};
+use pipeline::parquet_io::{read_rows, Dataset};
+use pipeline::ports::store::Bytes;
 
 use crate::common::*;
 
@@ -17,7 +18,7 @@ fn golden_dir() -> std::path::PathBuf {
     shared_dir().join("golden/seed72")
 }
 
-fn golden_features() -> Vec<shared::parquet_io::VectorRow> {
+fn golden_features() -> Vec<pipeline::parquet_io::VectorRow> {
     let bytes = std::fs::read(golden_dir().join("features.parquet")).unwrap();
     read_rows(Dataset::Features, Bytes::from(bytes)).unwrap()
 }
@@ -59,8 +60,8 @@ fn features_match_the_golden_reference() {
 /// the native engines' max |delta| stays within 1e-3 of tract's.
 #[test]
 fn golden_fidelity_holds_on_every_engine() {
-    use shared::executor::Isa;
-    use shared::model::{Engine, LoadOptions, Model, ModelSpec};
+    use engine::executor::Isa;
+    use engine::model::{Engine, LoadOptions, Model, ModelSpec};
     let golden = golden_features();
     let data = shared_dir().join("data/fruits-360");
     let encoded: Vec<Result<Bytes, String>> = golden
@@ -68,8 +69,8 @@ fn golden_fidelity_holds_on_every_engine() {
         .map(|row| Ok(Bytes::from(std::fs::read(data.join(&row.path)).unwrap())))
         .collect();
     let path = shared_dir().join("models/mobilenet_v2_features.onnx");
-    let engines = std::iter::once(Engine::Tract)
-        .chain(Isa::all_available().into_iter().map(Engine::Native));
+    let engines =
+        std::iter::once(Engine::Tract).chain(Isa::all_available().into_iter().map(Engine::Native));
     let mut tract_delta = None;
     for engine in engines {
         let options = LoadOptions {
@@ -92,7 +93,11 @@ fn golden_fidelity_holds_on_every_engine() {
             "golden fidelity, {:16} cosine min {min_cos:.9}, max |delta| {max_delta:.3e}",
             model.engine_name()
         );
-        assert!(min_cos >= 0.9999998, "{}: min cosine {min_cos}", model.engine_name());
+        assert!(
+            min_cos >= 0.9999998,
+            "{}: min cosine {min_cos}",
+            model.engine_name()
+        );
         match tract_delta {
             None => tract_delta = Some(max_delta),
             Some(t) => assert!(

@@ -7,10 +7,12 @@
 
 mod aws;
 mod common;
+mod docs;
 mod faults;
 mod fidelity;
 mod iam;
 mod ingest;
 mod local;
+mod refit;
 mod report;
 mod template;

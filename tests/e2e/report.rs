@@ -13,15 +13,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use pipeline::batch::summary::Summary;
+use pipeline::manifest::RunRequest;
+use pipeline::parquet_io::{read_rows, Dataset, VectorRow};
+use pipeline::ports::store::Bytes;
 use scraper::{Html, Selector};
-use shared::manifest::RunRequest;
-use shared::parquet_io::{read_rows, Dataset, VectorRow};
-use shared::reducer::Summary;
-use shared::store::Bytes;
 
 use crate::aws::{endpoint, request_json, summary_of, Stack};
 use crate::common::*;
-use shared::store::ObjectStore;
+use pipeline::ports::store::ObjectStore;
 
 fn sel(css: &str) -> Selector {
     Selector::parse(css).unwrap()
@@ -63,8 +63,8 @@ fn decode_thumbnail(img: scraper::ElementRef<'_>) -> image::DynamicImage {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)
         .expect("base64");
-    let image = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
-        .expect("a JPEG");
+    let image =
+        image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg).expect("a JPEG");
     assert!(image.width() <= 64 && image.height() <= 64 && image.width() > 0);
     assert_eq!(
         (image.width().to_string(), image.height().to_string()),
@@ -88,18 +88,30 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
     let labels: BTreeSet<&str> = rows.iter().map(|r| r.label.as_str()).collect();
 
     // The scatter: one circle per row (below the sampling limit), every label in the legend.
-    let scatter = doc.select(&sel("figure#scatter svg")).next().expect("scatter chart");
+    let scatter = doc
+        .select(&sel("figure#scatter svg"))
+        .next()
+        .expect("scatter chart");
     let circles = scatter.select(&sel("circle")).count();
     assert_eq!(circles, rows.len(), "one point per row");
     let figure = doc.select(&sel("figure#scatter")).next().unwrap();
-    assert_eq!(figure.value().attr("data-points"), Some(rows.len().to_string().as_str()));
-    assert_eq!(figure.value().attr("data-labels"), Some(labels.len().to_string().as_str()));
+    assert_eq!(
+        figure.value().attr("data-points"),
+        Some(rows.len().to_string().as_str())
+    );
+    assert_eq!(
+        figure.value().attr("data-labels"),
+        Some(labels.len().to_string().as_str())
+    );
     let texts: BTreeSet<String> = scatter
         .select(&sel("text"))
         .map(|t| t.text().collect::<String>().trim().to_string())
         .collect();
     for label in &labels {
-        assert!(texts.contains(*label), "label {label} in the legend: {texts:?}");
+        assert!(
+            texts.contains(*label),
+            "label {label} in the legend: {texts:?}"
+        );
     }
     // Point positions: plotters maps PC1 to x, so the circles' x order is PC1's.
     let mut xs: Vec<f64> = scatter
@@ -110,7 +122,10 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
     assert!(xs.first() < xs.last(), "points spread along PC1");
 
     // Explained variance, with the k mark.
-    let variance = doc.select(&sel("figure#variance svg")).next().expect("variance chart");
+    let variance = doc
+        .select(&sel("figure#variance svg"))
+        .next()
+        .expect("variance chart");
     let text: String = variance.text().collect();
     assert!(text.contains(&format!("k = {}", summary.k)), "{text}");
 
@@ -149,7 +164,10 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
         by_distance.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
         let want: Vec<&str> = by_distance.iter().take(3).map(|d| d.1).collect();
         let imgs: Vec<_> = cell.select(&sel("img")).collect();
-        let got: Vec<&str> = imgs.iter().map(|i| i.value().attr("alt").unwrap()).collect();
+        let got: Vec<&str> = imgs
+            .iter()
+            .map(|i| i.value().attr("alt").unwrap())
+            .collect();
         assert_eq!(got, want, "the 3 images nearest {label}'s centroid");
         for img in imgs {
             decode_thumbnail(img);
@@ -165,7 +183,11 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
         thumbnails += 1;
     }
     let info = summary.report.as_ref().expect("summary records the report");
-    assert!(thumbnails >= info.thumbnails, "{thumbnails} img, {} built", info.thumbnails);
+    assert!(
+        thumbnails >= info.thumbnails,
+        "{thumbnails} img, {} built",
+        info.thumbnails
+    );
 
     // Time per stage and throughput.
     let stages: String = doc
@@ -173,16 +195,32 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
         .map(|t| t.text().collect::<String>())
         .collect::<Vec<_>>()
         .join("|");
-    for stage in ["listing", "fetch", "decode", "resize", "inference", "write", "reduce"] {
+    for stage in [
+        "listing",
+        "fetch",
+        "decode",
+        "resize",
+        "inference",
+        "write",
+        "reduce",
+    ] {
         assert!(stages.contains(stage), "stage {stage} in {stages}");
     }
-    assert!(doc.select(&sel("figure#throughput svg")).next().is_some(), "throughput chart");
+    assert!(
+        doc.select(&sel("figure#throughput svg")).next().is_some(),
+        "throughput chart"
+    );
 
     // Errors grouped by kind, with examples.
     let kinds: BTreeMap<String, String> = doc
         .select(&sel("#errors tr[data-kind]"))
         .map(|tr| {
-            let count = tr.select(&sel("td.n")).next().unwrap().text().collect::<String>();
+            let count = tr
+                .select(&sel("td.n"))
+                .next()
+                .unwrap()
+                .text()
+                .collect::<String>();
             (tr.value().attr("data-kind").unwrap().to_string(), count)
         })
         .collect();
@@ -190,7 +228,8 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
     for kind in expected_error_kinds {
         *want.entry(kind.to_string()).or_default() += 1;
     }
-    let want: BTreeMap<String, String> = want.into_iter().map(|(k, n)| (k, n.to_string())).collect();
+    let want: BTreeMap<String, String> =
+        want.into_iter().map(|(k, n)| (k, n.to_string())).collect();
     assert_eq!(kinds, want);
 
     // Parameters and cost.
@@ -200,7 +239,10 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
         .expect("parameters")
         .text()
         .collect();
-    assert!(params.contains("image glob") && params.contains("max error rate"), "{params}");
+    assert!(
+        params.contains("image glob") && params.contains("max error rate"),
+        "{params}"
+    );
     assert!(html.contains("per 1,000 images"), "a cost estimate");
 }
 
@@ -234,7 +276,10 @@ fn the_report_is_valid_html_with_every_point_label_and_thumbnail() {
         },
     );
     let summary = report.summary;
-    assert_eq!((summary.images, summary.rows, summary.errors), (images + 2, images, 2));
+    assert_eq!(
+        (summary.images, summary.rows, summary.errors),
+        (images + 2, images, 2)
+    );
     let info = summary.report.clone().expect("report info in summary.json");
     let path = output.path().join(&info.key);
     assert_eq!(info.key, format!("runs/{}/report.html", summary.run_id));
@@ -242,7 +287,11 @@ fn the_report_is_valid_html_with_every_point_label_and_thumbnail() {
     assert_eq!(html.len(), info.bytes);
     assert_eq!(info.points, images);
     assert_eq!(info.thumbnails, 4 * 3 + 12 - overlap(&html));
-    assert!(info.build_s > 0.0 && info.build_s < 30.0, "{}", info.build_s);
+    assert!(
+        info.build_s > 0.0 && info.build_s < 30.0,
+        "{}",
+        info.build_s
+    );
     check_report(&html, output.path(), &summary, &["empty", "unsupported"]);
 
     // `featurize report` regenerates it from the stored outputs: the same points and picks.
@@ -252,7 +301,11 @@ fn the_report_is_valid_html_with_every_point_label_and_thumbnail() {
         .arg(output.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8(out.stdout).unwrap();
     assert_eq!(printed.trim(), path.display().to_string());
     let again = std::fs::read_to_string(&path).unwrap();
@@ -263,7 +316,11 @@ fn the_report_is_valid_html_with_every_point_label_and_thumbnail() {
             .map(|i| i.value().attr("alt").unwrap().to_string())
             .collect()
     };
-    assert_eq!(picks(&again), picks(&html), "the same thumbnails, whoever builds it");
+    assert_eq!(
+        picks(&again),
+        picks(&html),
+        "the same thumbnails, whoever builds it"
+    );
 
     // An unknown run is a clear error.
     let out = featurize()
@@ -308,7 +365,8 @@ fn a_folder_with_fewer_images_than_k_runs_with_k_clamped() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("warning: k = 50 asked for, but 30 rows of dimension 1280 allow at most 29"),
+        stdout
+            .contains("warning: k = 50 asked for, but 30 rows of dimension 1280 allow at most 29"),
         "{stdout}"
     );
     assert!(stdout.contains("PCA k = 29"), "{stdout}");
@@ -333,7 +391,10 @@ fn a_folder_with_fewer_images_than_k_runs_with_k_clamped() {
         .select(&sel("p.warn"))
         .map(|p| p.text().collect())
         .collect();
-    assert!(warnings.iter().any(|w| w.contains("fitted k = 29")), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w.contains("fitted k = 29")),
+        "{warnings:?}"
+    );
 
     // One image: no PCA is possible, refused before anything is featurized.
     let single = tempfile::tempdir().unwrap();
@@ -355,7 +416,17 @@ fn status_watch_follows_a_run_and_stops_when_it_completes() {
     let (input, images) = fruit_folder(3, 16);
     let output = tempfile::tempdir().unwrap();
     let mut run = featurize()
-        .args(["run", "-q", "-j", "1", "--k", "5", "--shard-size", "8", "--input"])
+        .args([
+            "run",
+            "-q",
+            "-j",
+            "1",
+            "--k",
+            "5",
+            "--shard-size",
+            "8",
+            "--input",
+        ])
         .arg(input.path())
         .arg("--output")
         .arg(output.path())
@@ -366,23 +437,40 @@ fn status_watch_follows_a_run_and_stops_when_it_completes() {
     // Wait for the manifest, then watch.
     let deadline = Instant::now() + Duration::from_secs(120);
     let run_id = loop {
-        let found = std::fs::read_dir(output.path().join("runs")).ok().and_then(|dir| {
-            dir.filter_map(|e| e.ok())
-                .find(|e| e.path().join("manifest.json").is_file())
-                .map(|e| e.file_name().to_string_lossy().to_string())
-        });
+        let found = std::fs::read_dir(output.path().join("runs"))
+            .ok()
+            .and_then(|dir| {
+                dir.filter_map(|e| e.ok())
+                    .find(|e| e.path().join("manifest.json").is_file())
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+            });
         if let Some(id) = found {
             break id;
         }
-        assert!(Instant::now() < deadline, "the run never wrote its manifest");
-        assert!(run.try_wait().unwrap().is_none(), "the run ended before its manifest");
+        assert!(
+            Instant::now() < deadline,
+            "the run never wrote its manifest"
+        );
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the run ended before its manifest"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     // Its output goes to files: a pipe nobody reads while it runs would fill and block it.
     let logs = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (logs.path().join("out"), logs.path().join("err"));
     let mut watch = featurize()
-        .args(["status", "--watch", "--json", "--interval", "0.5", "--run", &run_id, "--output"])
+        .args([
+            "status",
+            "--watch",
+            "--json",
+            "--interval",
+            "0.5",
+            "--run",
+            &run_id,
+            "--output",
+        ])
         .arg(output.path())
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
@@ -400,7 +488,12 @@ fn status_watch_follows_a_run_and_stops_when_it_completes() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&err_path).unwrap());
+    assert_eq!(
+        code,
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&err_path).unwrap()
+    );
     let run_status = run.wait().unwrap();
     assert!(run_status.success());
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out_path)
@@ -431,9 +524,16 @@ fn status_watch_follows_a_run_and_stops_when_it_completes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.lines().filter(|l| l.contains(": complete")).count(), 1, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains(": complete")).count(),
+        1,
+        "{text}"
+    );
     assert!(
-        text.contains(&format!("shards {} done / 0 pending / 0 failed", images.div_ceil(8))),
+        text.contains(&format!(
+            "shards {} done / 0 pending / 0 failed",
+            images.div_ceil(8)
+        )),
         "{text}"
     );
 }

@@ -3,22 +3,25 @@
 //!
 //! The template is read as plain YAML. CloudFormation's short forms (`!Ref X`, `!GetAtt X.Arn`,
 //! `!Sub '...'`, `!If [...]`) arrive as `Value::Tagged`; the long forms (`Ref: X`,
-//! `Fn::GetAtt: [X, Arn]`) are understood too. Beware that serde_yaml's accessors (`as_str`,
+//! `Fn::GetAtt: [X, Arn]`) are understood too. Beware that serde_norway's accessors (`as_str`,
 //! `get`, indexing) look through tags: `!Ref Foo` answers `as_str()` with `"Foo"`, so every
 //! check that cares whether a value is literal goes through [`intrinsic`] first.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use serde_yaml::Value;
-use shared::config::{env_vars, Role};
+use aws::config::{env_vars, Role};
+use serde_norway::Value;
 
 const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml");
 const LAYER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/build-layer.sh");
 const ROLES: [Role; 3] = [Role::Splitter, Role::Featurizer, Role::Reducer];
 
 /// Variables a function may set beyond `env_vars(role)`: optional by design.
-const OPTIONAL_VARS: &[(Role, &str)] = &[(Role::Splitter, "PCA_VARIANCE"), (Role::Reducer, "PCA_VARIANCE")];
+const OPTIONAL_VARS: &[(Role, &str)] = &[
+    (Role::Splitter, "PCA_VARIANCE"),
+    (Role::Reducer, "PCA_VARIANCE"),
+];
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: one per concept.
@@ -30,7 +33,7 @@ fn template() -> &'static Value {
     PARSED.get_or_init(|| {
         let text =
             std::fs::read_to_string(TEMPLATE).unwrap_or_else(|e| panic!("read {TEMPLATE}: {e}"));
-        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parse {TEMPLATE}: {e}"))
+        serde_norway::from_str(&text).unwrap_or_else(|e| panic!("parse {TEMPLATE}: {e}"))
     })
 }
 
@@ -304,7 +307,7 @@ fn every_env_var_the_code_reads_is_set() {
             .collect();
         assert!(
             missing.is_empty(),
-            "{id} ({role:?}) does not set {missing:?}; shared::config::env_vars({role:?}) says the code \
+            "{id} ({role:?}) does not set {missing:?}; aws::config::env_vars({role:?}) says the code \
              reads them: set them in its Environment.Variables or in Globals.Function.Environment.Variables"
         );
     }
@@ -320,7 +323,7 @@ fn no_env_var_the_code_does_not_read() {
             .collect();
         assert!(
             unread.is_empty(),
-            "Globals sets {var} for every function, but {unread:?} do not read it (shared::config::env_vars)"
+            "Globals sets {var} for every function, but {unread:?} do not read it (aws::config::env_vars)"
         );
     }
     for (role, id, f) in functions(t) {
@@ -328,7 +331,7 @@ fn no_env_var_the_code_does_not_read() {
             let known = env_vars(role).contains(&var) || OPTIONAL_VARS.contains(&(role, var));
             assert!(
                 known,
-                "{id} ({role:?}) sets {var}, which the code does not read (not in shared::config::env_vars({role:?})): \
+                "{id} ({role:?}) sets {var}, which the code does not read (not in aws::config::env_vars({role:?})): \
                  remove it from the template, or add it to env_vars if the code now reads it"
             );
         }
@@ -719,4 +722,121 @@ fn outputs_and_names_for_operators() {
         name,
         "Globals BUCKET should be the bucket's name"
     );
+}
+
+/// A value as the stack gets it with every parameter at its default: a literal, `!Ref` to a
+/// parameter, or `!If` on a condition `!Equals [!Ref P, literal]`.
+fn default_value(t: &Value, v: &Value) -> String {
+    if let Some(param) = ref_name(v) {
+        let default = &t["Parameters"][param]["Default"];
+        assert!(
+            !default.is_null(),
+            "!Ref {param}: no parameter {param} with a Default"
+        );
+        return default_value(t, default);
+    }
+    if let Some(args) = intrinsic(v, "If").and_then(Value::as_sequence) {
+        let condition = args[0].as_str().expect("!If names a condition");
+        let equals = intrinsic(&t["Conditions"][condition], "Equals")
+            .and_then(Value::as_sequence)
+            .unwrap_or_else(|| panic!("condition {condition} is not an !Equals"));
+        let holds = default_value(t, &equals[0]) == default_value(t, &equals[1]);
+        return default_value(t, &args[if holds { 1 } else { 2 }]);
+    }
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => panic!("expected a literal, !Ref or !If, got {other:?}"),
+    }
+}
+
+/// Two defaults are equal as numbers when both are numbers (`0.05` and `"0.05"`), else as text.
+fn same_default(a: &str, b: &str) -> bool {
+    match (a.trim().parse::<f64>(), b.trim().parse::<f64>()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// One source for every default: the `cargo lambda deploy` settings of each function
+/// (`[package.metadata.lambda.deploy]` in `functions/*/Cargo.toml`: memory, timeout and each
+/// environment variable the template also sets) and the CLI's defaults equal the template's
+/// parameter defaults, which are what users deploy.
+#[test]
+fn cargo_lambda_deploy_settings_equal_the_template_defaults() {
+    let t = template();
+    for (role, dir) in [
+        (Role::Splitter, "splitter"),
+        (Role::Featurizer, "featurizer"),
+        (Role::Reducer, "reducer"),
+    ] {
+        let path = format!("{}/functions/{dir}/Cargo.toml", env!("CARGO_MANIFEST_DIR"));
+        let manifest: toml::Table = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {path}: {e}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("parse {path}: {e}"));
+        let deploy = &manifest["package"]["metadata"]["lambda"]["deploy"];
+        let (id, f) = function(t, role);
+        for (key, prop_name) in [("memory", "MemorySize"), ("timeout", "Timeout")] {
+            let ours = deploy[key]
+                .as_integer()
+                .unwrap_or_else(|| panic!("{path}: no {key}"));
+            let theirs = default_value(t, prop(t, f, prop_name));
+            assert!(
+                same_default(&ours.to_string(), &theirs),
+                "{path}: {key} = {ours}, but the template's {id} {prop_name} defaults to {theirs}"
+            );
+        }
+        let env = environment(t, f);
+        let vars = deploy["env"]
+            .as_table()
+            .unwrap_or_else(|| panic!("{path}: no env"));
+        let mut compared = 0;
+        for (name, value) in vars {
+            let Some(theirs) = env.get(name.as_str()) else {
+                continue;
+            };
+            let ours = value
+                .as_str()
+                .unwrap_or_else(|| panic!("{path}: env {name} is not a string"));
+            let theirs = default_value(t, theirs);
+            assert!(
+                same_default(ours, &theirs),
+                "{path}: {name} = {ours:?}, but the template gives {id} {theirs:?} by default"
+            );
+            compared += 1;
+        }
+        assert!(
+            compared >= 3,
+            "{path}: only {compared} variables are also in the template"
+        );
+    }
+    let params = &t["Parameters"];
+    let cli = [
+        (
+            "ShardSize",
+            pipeline::manifest::DEFAULT_SHARD_SIZE.to_string(),
+        ),
+        ("PcaK", engine::pca::DEFAULT_K.to_string()),
+        (
+            "ImageGlob",
+            pipeline::manifest::DEFAULT_IMAGE_GLOB.to_string(),
+        ),
+        (
+            "MaxPixels",
+            pipeline::manifest::DEFAULT_MAX_PIXELS.to_string(),
+        ),
+        (
+            "MaxErrorRate",
+            pipeline::manifest::DEFAULT_MAX_ERROR_RATE.to_string(),
+        ),
+    ];
+    for (param, ours) in cli {
+        let theirs = default_value(t, &params[param]["Default"]);
+        assert!(
+            same_default(&ours, &theirs),
+            "the CLI's default for {param} is {ours}, the template's {theirs}"
+        );
+    }
 }

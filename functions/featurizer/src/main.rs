@@ -4,12 +4,12 @@
 // The handler future (SDK clients + tract plan) is deeply nested; the default limit is too low.
 #![recursion_limit = "256"]
 
+use aws::config::Config;
+use aws::lambda::FeaturizerFunction;
+use aws::sdk::sdk_config;
+use aws::telemetry::{init_tracing, LogFormat};
+use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use shared::aws::sdk_config;
-use shared::aws_lambda_events::event::sqs::SqsEvent;
-use shared::config::Config;
-use shared::lambda::FeaturizerFunction;
-use shared::telemetry::{init_tracing, LogFormat};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -19,8 +19,12 @@ async fn main() -> Result<(), Error> {
     // The model is loaded once per container.
     let function = &FeaturizerFunction::from_config(&config, &aws)?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        let (request_id, deadline) = (&event.context.request_id, event.context.deadline);
-        Ok::<_, Error>(function.handle(event.payload, request_id, deadline).await)
+        let deadline = event.context.deadline;
+        Ok::<_, Error>(
+            function
+                .handle(event.payload, &event.context.request_id, deadline)
+                .await,
+        )
     }))
     .await
 }

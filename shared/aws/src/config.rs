@@ -1,0 +1,209 @@
+//! Configuration of the Lambdas, from the environment variables the SAM template sets,
+//! read once at cold start.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use engine::pca::PcaConvention;
+use pipeline::batch::featurizer::FeaturizerSettings;
+use pipeline::batch::reducer::{Pricing, ReducerSettings};
+use pipeline::error::{Error, Result};
+use pipeline::manifest::{RunOptions, DEFAULT_IMAGE_GLOB};
+
+/// Everything the three functions read from their environment. Queue URLs are optional
+/// here; each function asks for the ones it needs with a clear error.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `BUCKET`: the data bucket (inputs, runs, results).
+    pub bucket: String,
+    /// `SHARD_QUEUE_URL`: the shard queue (splitter sends).
+    pub shard_queue_url: Option<String>,
+    /// `REDUCE_QUEUE_URL`: the reduce queue (featurizer and splitter send).
+    pub reduce_queue_url: Option<String>,
+    /// `MODEL_PATH`: the ONNX file (from the layer).
+    pub model_path: PathBuf,
+    /// `MODEL_SPEC_PATH`: its spec.
+    pub model_spec_path: PathBuf,
+    /// `FEATURE_DIM`: the model's output size, for the splitter's request validation.
+    pub feature_dim: usize,
+    /// `MODEL_SHA256`: the deployed model's checksum, recorded by the splitter in each run
+    /// (featurizers refuse the shards of a run made for another model).
+    pub model_sha256: String,
+    /// Default run options (`SHARD_SIZE`, `PCA_K`, `PCA_VARIANCE`, `PCA_CONVENTION`,
+    /// `IMAGE_GLOB`, `MAX_PIXELS`, `MAX_ERROR_RATE`).
+    pub run_defaults: RunOptions,
+    /// `FETCH_CONCURRENCY`, `WORKER_THREADS`, `DEADLINE_MARGIN_SECS`.
+    pub featurizer: FeaturizerSettings,
+    /// `REDUCE_LOCK_STALE_SECS`, `PRICE_PER_GB_SECOND`, `PRICE_PER_REQUEST`.
+    pub reducer: ReducerSettings,
+    /// `INBOX_PREFIX`: images created under `<inbox>/<collection>/` are ingested (default `inbox/`).
+    pub inbox_prefix: String,
+    /// `REFIT_QUEUE_URL`: the refit queue (the featurizer sends delayed refit messages).
+    pub refit_queue_url: Option<String>,
+    /// `QUIET_SECS`: a collection is refitted once no change landed for this long (<= 900).
+    pub quiet_secs: u32,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn parsed<T: std::str::FromStr>(name: &str, default: T) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse()
+            .map_err(|e| Error::Config(format!("{name}={text:?}: {e}"))),
+    }
+}
+
+impl Config {
+    /// Reads the environment. `BUCKET` is required; the rest has defaults.
+    pub fn from_env() -> Result<Self> {
+        let bucket = var("BUCKET")
+            .ok_or_else(|| Error::Config("BUCKET is not set (the data bucket name)".into()))?;
+        let model_path = PathBuf::from(
+            var("MODEL_PATH").unwrap_or_else(|| "/opt/model/mobilenet_v2_features.onnx".into()),
+        );
+        let model_spec_path = var("MODEL_SPEC_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| model_path.with_file_name("model_spec.json"));
+        let defaults = RunOptions::default();
+        let mut run_defaults = RunOptions {
+            image_glob: var("IMAGE_GLOB").unwrap_or_else(|| DEFAULT_IMAGE_GLOB.into()),
+            shard_size: parsed("SHARD_SIZE", defaults.shard_size)?,
+            max_pixels: parsed("MAX_PIXELS", defaults.max_pixels)?,
+            max_error_rate: parsed("MAX_ERROR_RATE", defaults.max_error_rate)?,
+            ..defaults
+        };
+        run_defaults.pca.k = parsed("PCA_K", run_defaults.pca.k)?;
+        if let Some(v) = var("PCA_VARIANCE") {
+            run_defaults.pca.variance = Some(
+                v.parse()
+                    .map_err(|e| Error::Config(format!("PCA_VARIANCE={v:?}: {e}")))?,
+            );
+        }
+        if let Some(c) = var("PCA_CONVENTION") {
+            run_defaults.pca.convention =
+                PcaConvention::parse(&c).map_err(|e| Error::Config(e.to_string()))?;
+        }
+        let featurizer = FeaturizerSettings {
+            fetch_concurrency: parsed("FETCH_CONCURRENCY", 16usize)?,
+            worker_threads: parsed("WORKER_THREADS", 0usize)?,
+            deadline_margin: Duration::from_secs(parsed("DEADLINE_MARGIN_SECS", 20u64)?),
+        };
+        let pricing = Pricing::default();
+        let reducer = ReducerSettings {
+            concurrency: parsed("REDUCE_CONCURRENCY", 4usize)?,
+            lock_stale_after: Duration::from_secs(parsed("REDUCE_LOCK_STALE_SECS", 900u64)?),
+            pricing: Pricing {
+                per_gb_second: parsed("PRICE_PER_GB_SECOND", pricing.per_gb_second)?,
+                per_request: parsed("PRICE_PER_REQUEST", pricing.per_request)?,
+            },
+        };
+        Ok(Self {
+            bucket,
+            shard_queue_url: var("SHARD_QUEUE_URL"),
+            reduce_queue_url: var("REDUCE_QUEUE_URL"),
+            model_path,
+            model_spec_path,
+            feature_dim: parsed("FEATURE_DIM", 1280usize)?,
+            model_sha256: var("MODEL_SHA256").unwrap_or_default(),
+            run_defaults,
+            featurizer,
+            reducer,
+            inbox_prefix: var("INBOX_PREFIX").unwrap_or_else(|| "inbox/".into()),
+            refit_queue_url: var("REFIT_QUEUE_URL"),
+            quiet_secs: parsed("QUIET_SECS", 60u32)?.min(900),
+        })
+    }
+
+    /// `SHARD_QUEUE_URL`, or a clear error.
+    pub fn shard_queue_url(&self) -> Result<&str> {
+        self.shard_queue_url
+            .as_deref()
+            .ok_or_else(|| Error::Config("SHARD_QUEUE_URL is not set".into()))
+    }
+
+    /// `REFIT_QUEUE_URL`, or a clear error.
+    pub fn refit_queue_url(&self) -> Result<&str> {
+        self.refit_queue_url
+            .as_deref()
+            .ok_or_else(|| Error::Config("REFIT_QUEUE_URL is not set".into()))
+    }
+
+    /// `REDUCE_QUEUE_URL`, or a clear error.
+    pub fn reduce_queue_url(&self) -> Result<&str> {
+        self.reduce_queue_url
+            .as_deref()
+            .ok_or_else(|| Error::Config("REDUCE_QUEUE_URL is not set".into()))
+    }
+}
+
+/// The three functions, for [`env_vars`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Starts runs.
+    Splitter,
+    /// Featurizes shards.
+    Featurizer,
+    /// Fits and writes the PCA.
+    Reducer,
+}
+
+/// The environment variables each function's behaviour depends on: the SAM template must set
+/// every one of them (checked by the template test). `PCA_VARIANCE` is optional by design.
+pub fn env_vars(role: Role) -> &'static [&'static str] {
+    match role {
+        Role::Splitter => &[
+            "BUCKET",
+            "SHARD_QUEUE_URL",
+            "REDUCE_QUEUE_URL",
+            "FEATURE_DIM",
+            "MODEL_SHA256",
+            "SHARD_SIZE",
+            "PCA_K",
+            "PCA_CONVENTION",
+            "IMAGE_GLOB",
+            "MAX_PIXELS",
+            "MAX_ERROR_RATE",
+            "LOG_FORMAT",
+            "RUST_LOG",
+        ],
+        Role::Featurizer => &[
+            "BUCKET",
+            "REDUCE_QUEUE_URL",
+            "MODEL_PATH",
+            "MODEL_SPEC_PATH",
+            "FETCH_CONCURRENCY",
+            "WORKER_THREADS",
+            "DEADLINE_MARGIN_SECS",
+            "INBOX_PREFIX",
+            "REFIT_QUEUE_URL",
+            "QUIET_SECS",
+            "IMAGE_GLOB",
+            "MAX_PIXELS",
+            "LOG_FORMAT",
+            "RUST_LOG",
+        ],
+        Role::Reducer => &[
+            "BUCKET",
+            "REDUCE_CONCURRENCY",
+            "REDUCE_LOCK_STALE_SECS",
+            "PRICE_PER_GB_SECOND",
+            "PRICE_PER_REQUEST",
+            "INBOX_PREFIX",
+            "QUIET_SECS",
+            "PCA_K",
+            "PCA_CONVENTION",
+            "LOG_FORMAT",
+            "RUST_LOG",
+        ],
+    }
+}

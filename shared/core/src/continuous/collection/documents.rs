@@ -1,0 +1,296 @@
+//! The documents of a collection: deltas, the published pointer, a snapshot's index and
+//! summary, refit options and messages, and how to read them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{CollectionLayout, KEEP_SNAPSHOTS};
+use crate::error::Result;
+use crate::parquet_io::{self, Dataset, VectorRow};
+use crate::ports::store::{ObjectStore, StoreError};
+use engine::pca::PcaOptions;
+use engine::preprocess::ImageErrorKind;
+
+/// What a processed event found for one key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum DeltaEntry {
+    /// The object with this ETag has these features (row `row` of the delta's part).
+    Upsert {
+        /// Path in the collection.
+        path: String,
+        /// Label.
+        label: String,
+        /// The content's entity tag.
+        etag: String,
+        /// Its row in the delta's part.
+        row: usize,
+    },
+    /// The object with this ETag cannot be featurized (a permanent failure).
+    Failed {
+        /// Path in the collection.
+        path: String,
+        /// Label.
+        label: String,
+        /// The content's entity tag.
+        etag: String,
+        /// The kind of failure.
+        kind: ImageErrorKind,
+        /// Why.
+        reason: String,
+    },
+    /// The object was gone when the event was processed.
+    Removed {
+        /// Path in the collection.
+        path: String,
+    },
+}
+
+impl DeltaEntry {
+    /// The path it is about.
+    pub fn path(&self) -> &str {
+        match self {
+            DeltaEntry::Upsert { path, .. }
+            | DeltaEntry::Failed { path, .. }
+            | DeltaEntry::Removed { path } => path,
+        }
+    }
+    /// The content it describes (`None`: gone).
+    pub fn etag(&self) -> Option<&str> {
+        match self {
+            DeltaEntry::Upsert { etag, .. } | DeltaEntry::Failed { etag, .. } => Some(etag),
+            DeltaEntry::Removed { .. } => None,
+        }
+    }
+}
+
+/// One processed batch's changes to one collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The collection.
+    pub collection: String,
+    /// Its id (time-ordered, unique).
+    pub id: String,
+    /// When it was written (Unix ms): the quiet-time check reads it.
+    pub written_at_ms: u64,
+    /// What was found, one entry per key.
+    pub entries: Vec<DeltaEntry>,
+}
+
+/// A fresh delta id: time-ordered and random.
+pub fn new_delta_id() -> String {
+    format!(
+        "{:013}-{:016x}",
+        crate::manifest::unix_now_ms(),
+        fastrand::u64(..)
+    )
+}
+
+/// Writes a delta: its part (the upserted rows), then its document (the commit point).
+pub async fn write_delta<S: ObjectStore>(
+    store: &S,
+    delta: &Delta,
+    rows: &[VectorRow],
+) -> Result<()> {
+    let layout = CollectionLayout::new(&delta.collection);
+    if !rows.is_empty() {
+        store
+            .put(
+                &layout.delta_part(&delta.id),
+                parquet_io::write_rows(Dataset::Features, rows)?,
+            )
+            .await?;
+    }
+    store
+        .put(
+            &layout.delta_doc(&delta.id),
+            serde_json::to_vec(delta)?.into(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The pointer `collections/<c>/current.json`: the published snapshot and where its views are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurrentPointer {
+    /// The collection.
+    pub collection: String,
+    /// The snapshot id.
+    pub snapshot: String,
+    /// How many refits published before it (1 for the first).
+    pub seq: u64,
+    /// `Results` (path, label, features): a Parquet folder.
+    pub results: String,
+    /// `Results_PCA` (path, label, pca_features): a Parquet folder.
+    pub results_pca: String,
+    /// The PCA model (absent with fewer than 2 rows).
+    pub pca_model: Option<String>,
+    /// The snapshot's summary.
+    pub summary: String,
+    /// Its error list.
+    pub errors: String,
+    /// When it was published (RFC 3339).
+    pub published_at: String,
+    /// When (Unix ms).
+    pub published_at_ms: u64,
+}
+
+/// What a live or failed path of a collection is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The content's entity tag.
+    pub etag: String,
+    /// Label.
+    pub label: String,
+    /// The `Results` part holding its row (live), or `None` (failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
+    /// Why it failed (failed paths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<(ImageErrorKind, String)>,
+}
+
+/// A snapshot's index: every path of the collection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CollectionIndex {
+    /// Path → entry.
+    pub entries: BTreeMap<String, IndexEntry>,
+    /// The `Results` parts, with their row counts.
+    pub parts: BTreeMap<String, usize>,
+}
+
+/// Counts and timings of one refit, in `summary.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RefitSummary {
+    /// The collection.
+    pub collection: String,
+    /// The snapshot.
+    pub snapshot: String,
+    /// Refits published so far.
+    pub seq: u64,
+    /// Live rows (= rows of `Results`).
+    pub rows: usize,
+    /// Paths in the error list.
+    pub errors: usize,
+    /// Deltas folded in.
+    pub deltas: usize,
+    /// Paths the deltas mentioned.
+    pub changed_paths: usize,
+    /// Rows added (new paths, or failed before).
+    pub added: usize,
+    /// Rows replaced by new content.
+    pub replaced: usize,
+    /// Rows removed (deleted, or now failing).
+    pub removed: usize,
+    /// Paths whose current content no delta has seen yet (kept as they were).
+    pub pending: usize,
+    /// PCA components (0: no PCA, fewer than 2 rows).
+    pub k: usize,
+    /// Requested components, when fewer were possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k_requested: Option<usize>,
+    /// Cumulative explained variance at k.
+    pub cumulative_explained_variance: f64,
+    /// Seconds: reading the deltas and the current state of changed keys.
+    pub resolve_s: f64,
+    /// Seconds: updating the statistics (removed and new rows only) and the eigendecomposition.
+    pub fit_s: f64,
+    /// Seconds: projecting and writing every part of the view.
+    pub publish_s: f64,
+    /// Wall seconds of the refit.
+    pub total_s: f64,
+    /// When it was published (RFC 3339).
+    pub published_at: String,
+    /// Notes (k clamped, no PCA possible).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// What a refit did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefitOutcome {
+    /// A new snapshot is published.
+    Published(Box<RefitSummary>),
+    /// Nothing changed since the published snapshot.
+    NothingToDo,
+    /// A change is younger than the quiet time: a later refit will come.
+    NotQuiet {
+        /// Milliseconds since the last change.
+        since_change_ms: u64,
+    },
+    /// Other refits published first, [`REFIT_ATTEMPTS`](super::REFIT_ATTEMPTS) times in a
+    /// row; this one's work is discarded (its deltas stay for the next refit, unless the
+    /// others consumed them).
+    LostRace,
+}
+
+/// How to refit.
+#[derive(Debug, Clone)]
+pub struct RefitOptions {
+    /// The PCA.
+    pub pca: PcaOptions,
+    /// Refit only if the newest delta is at least this old (`None`: refit now).
+    pub quiet_ms: Option<u64>,
+    /// Snapshots kept after publishing.
+    pub keep_snapshots: usize,
+    /// Parts read, projected and written at once.
+    pub concurrency: usize,
+}
+
+impl Default for RefitOptions {
+    fn default() -> Self {
+        Self {
+            pca: PcaOptions::default(),
+            quiet_ms: None,
+            keep_snapshots: KEEP_SNAPSHOTS,
+            concurrency: 4,
+        }
+    }
+}
+
+/// A refit message (refit queue): refit `collection` once it has been quiet, or now (`force`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefitMessage {
+    /// The collection.
+    pub collection: String,
+    /// Refit even if a change is younger than the quiet time (on-demand requests).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The published pointer with its entity tag, if any.
+pub async fn read_current<S: ObjectStore>(
+    store: &S,
+    layout: &CollectionLayout,
+) -> Result<Option<(CurrentPointer, String)>> {
+    match store.get_versioned(&layout.current()).await {
+        Ok(v) => Ok(Some((serde_json::from_slice(&v.body)?, v.etag))),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Committed deltas (their document keys and ids), oldest first.
+pub async fn list_deltas<S: ObjectStore>(
+    store: &S,
+    layout: &CollectionLayout,
+) -> Result<Vec<String>> {
+    let prefix = layout.deltas_prefix();
+    Ok(store
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            o.key
+                .strip_prefix(&prefix)
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(String::from)
+        })
+        .collect())
+}
+
+/// The time of a delta id (its leading Unix milliseconds).
+pub fn delta_time_ms(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}

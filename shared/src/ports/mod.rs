@@ -1,5 +1,0 @@
-//! The ports the pipeline runs on: an object store and a queue, with their in-process
-//! implementations (a local folder, an in-memory FIFO).
-
-pub mod queue;
-pub mod store;

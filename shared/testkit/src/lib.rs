@@ -1,0 +1,7 @@
+//! Test-only tools, used as a dev-dependency only: fault injection over the ports
+//! ([`faults`]) and an IAM checker of every S3/SQS call against a role ([`iam`]).
+
+pub mod faults;
+pub mod iam;
+#[cfg(test)]
+mod test_util;

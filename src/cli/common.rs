@@ -1,0 +1,185 @@
+//! Options and helpers several subcommands share: where the model is (`ModelArgs`), the PCA
+//! (`PcaArgs`), a run's options (`RunOptionArgs`), and where a run or a collection lives
+//! (`AwsArgs`, `LocationArgs`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use engine::model::{Model, ModelSpec};
+use engine::pca::PcaConvention;
+use pipeline::manifest::RunRequest;
+
+/// Model location, shared by the subcommands that run it.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// The ONNX model (default: models/mobilenet_v2_features.onnx, else ../shared/models/...).
+    #[arg(long, env = "MODEL_PATH")]
+    pub model: Option<PathBuf>,
+    /// Its spec (default: model_spec.json beside the model, else the bundled MobileNetV2 spec).
+    #[arg(long, env = "MODEL_SPEC_PATH")]
+    pub model_spec: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// Resolves the model path: the flag, `MODEL_PATH`, or the usual places.
+    pub fn model_path(&self) -> Result<PathBuf> {
+        if let Some(path) = &self.model {
+            return Ok(path.clone());
+        }
+        let candidates = [
+            "models/mobilenet_v2_features.onnx",
+            "../shared/models/mobilenet_v2_features.onnx",
+        ];
+        candidates
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .with_context(|| {
+                format!(
+                    "no model found at {} — run models/get-model.sh or pass --model PATH",
+                    candidates.join(" or ")
+                )
+            })
+    }
+
+    /// Loads and optimizes the model.
+    pub fn load(&self) -> Result<Model> {
+        self.load_with(engine::model::LoadOptions::default())
+    }
+
+    /// Loads and optimizes the model with explicit graph options.
+    pub fn load_with(&self, options: engine::model::LoadOptions) -> Result<Model> {
+        let path = self.model_path()?;
+        let spec = ModelSpec::for_model(&path, self.model_spec.as_deref())?;
+        Model::load_with(&path, spec, options)
+            .with_context(|| format!("loading model {}", path.display()))
+    }
+}
+
+/// The PCA's options, shared by runs (`run`, `submit`) and collections (`watch`, `refit`).
+#[derive(Args, Clone)]
+pub struct PcaArgs {
+    /// Number of principal components.
+    #[arg(long, default_value_t = 50, conflicts_with = "variance")]
+    k: usize,
+    /// Instead of k: keep the fewest components that explain this share of the variance (e.g. 0.95).
+    #[arg(long)]
+    variance: Option<f64>,
+    /// Projection: centered = (x - mean) @ components.T (scikit-learn); uncentered = components @ x (Spark ML).
+    #[arg(long, default_value = "centered", value_parser = parse_convention)]
+    convention: PcaConvention,
+}
+
+impl PcaArgs {
+    /// A collection's refit options with these PCA settings.
+    pub fn refit_options(&self) -> pipeline::continuous::collection::RefitOptions {
+        pipeline::continuous::collection::RefitOptions {
+            pca: engine::pca::PcaOptions {
+                k: self.k,
+                variance: self.variance,
+                convention: self.convention,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// Options of a run, shared by `run` and `submit`.
+#[derive(Args, Clone)]
+pub struct RunOptionArgs {
+    #[command(flatten)]
+    pca: PcaArgs,
+    /// Images per shard.
+    #[arg(long, default_value_t = pipeline::manifest::DEFAULT_SHARD_SIZE)]
+    shard_size: usize,
+    /// Number of shards (instead of --shard-size).
+    #[arg(long, conflicts_with = "shard_size")]
+    shards: Option<usize>,
+    /// Which files are images: a glob on the file name, case-insensitive.
+    #[arg(long, default_value = "*.{jpg,jpeg,png}")]
+    glob: String,
+    /// Reject images with more pixels than this (decompression-bomb guard).
+    #[arg(long, default_value_t = 50_000_000)]
+    max_pixels: u64,
+    /// Fail the run (no PCA) when more than this share of images fails.
+    #[arg(long, default_value_t = 0.05)]
+    max_error_rate: f64,
+    /// Run id (default: derived from the input and options, so re-running resumes the same run).
+    #[arg(long)]
+    run_id: Option<String>,
+}
+
+impl RunOptionArgs {
+    pub fn request(&self, input_prefix: String) -> RunRequest {
+        RunRequest {
+            input_prefix,
+            run_id: self.run_id.clone(),
+            k: self.pca.variance.is_none().then_some(self.pca.k),
+            variance: self.pca.variance,
+            convention: Some(self.pca.convention),
+            shard_size: Some(self.shard_size),
+            shard_count: self.shards,
+            image_glob: Some(self.glob.clone()),
+            max_pixels: Some(self.max_pixels),
+            max_error_rate: Some(self.max_error_rate),
+        }
+    }
+}
+
+fn parse_convention(text: &str) -> Result<PcaConvention, String> {
+    PcaConvention::parse(text).map_err(|e| e.to_string())
+}
+
+#[derive(Args)]
+pub struct AwsArgs {
+    /// The data bucket.
+    #[arg(long, env = "BUCKET")]
+    pub bucket: String,
+    /// S3/SQS endpoint (an emulator such as moto); also read from AWS_ENDPOINT_URL.
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsArgs {
+    pub async fn sdk(&self) -> aws::sdk::SdkConfig {
+        aws::sdk::sdk_config_with_endpoint(self.endpoint_url.as_deref()).await
+    }
+}
+
+/// Where a run or a collection lives: an output folder here (embedded runs, `featurize
+/// watch`), or a deployed stack's bucket.
+#[derive(Args)]
+pub struct LocationArgs {
+    /// A local output folder (`featurize run --output`, `featurize watch --output`).
+    #[arg(long, conflicts_with = "bucket")]
+    pub output: Option<PathBuf>,
+    /// The data bucket of a deployed stack.
+    #[arg(long, env = "BUCKET")]
+    pub bucket: Option<String>,
+    /// S3/SQS endpoint (an emulator such as moto).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+}
+
+/// The parent folder and the name of a watched folder.
+pub fn collection_root(input: &std::path::Path) -> Result<(PathBuf, String)> {
+    let dir = std::fs::canonicalize(input)
+        .with_context(|| format!("{} is not a folder", input.display()))?;
+    if !dir.is_dir() {
+        bail!("{} is not a folder", input.display());
+    }
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the folder has no usable name")?
+        .to_string();
+    if !pipeline::continuous::collection::valid_collection(&name) {
+        bail!("{name:?} cannot be a collection name");
+    }
+    let root = dir
+        .parent()
+        .context("the folder has no parent")?
+        .to_path_buf();
+    Ok((root, name))
+}

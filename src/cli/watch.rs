@@ -1,0 +1,441 @@
+//! `featurize watch`: keep a folder's features and PCA current. The steps: set up the
+//! collection and its ingestor, a first pass over what is already there, then an event loop
+//! that ingests changed files and refits once quiet, and on Ctrl-C / SIGTERM a last ingest,
+//! refit and publish.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::{new_debouncer, Debouncer};
+use pipeline::continuous::collection::{refit, CollectionLayout, RefitOptions, RefitOutcome};
+use pipeline::continuous::ingest::{IngestSettings, Ingestor};
+use pipeline::ports::queue::InProcessQueue;
+use pipeline::ports::store::{FsStore, ObjectStore};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::common::{collection_root, ModelArgs, PcaArgs};
+use super::refit::print_refit;
+
+#[derive(Args)]
+pub struct WatchArgs {
+    /// The folder to watch: the collection (its name); an image's label is its parent folder's name.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output folder: OUT/collections/<name>/ (the same layout as on S3).
+    #[arg(long)]
+    output: PathBuf,
+    /// Refit the PCA once nothing changed for this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    quiet: f64,
+    /// A file is read once no event touched it for this many milliseconds (half-written files wait).
+    #[arg(long, default_value_t = 500)]
+    debounce_ms: u64,
+    /// Which files are images: a glob on the file name, case-insensitive.
+    #[arg(long, default_value = "*.{jpg,jpeg,png}")]
+    glob: String,
+    /// Reject images with more pixels than this.
+    #[arg(long, default_value_t = 50_000_000)]
+    max_pixels: u64,
+    #[command(flatten)]
+    pca: PcaArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Inference threads (default: all cores).
+    #[arg(long, short = 'j', default_value_t = 0)]
+    jobs: usize,
+}
+
+pub async fn watch(args: WatchArgs) -> Result<ExitCode> {
+    if !(args.quiet >= 0.0 && args.quiet.is_finite()) {
+        bail!("--quiet must be a number of seconds, got {}", args.quiet);
+    }
+    let queue = InProcessQueue::new();
+    let watched = Watched::setup(&args, &queue)?;
+    let known = watched.first_pass().await?;
+    let (debouncer, mut events) = start_watcher(&watched.dir(), args.debounce_ms)?;
+    eprintln!(
+        "watching {} (collection {:?}); views under {}; Ctrl-C to finish",
+        watched.dir().display(),
+        watched.collection,
+        watched.output.describe(&watched.layout.prefix())
+    );
+    let mut shutdown = Shutdown::new()?;
+    let mut state = WatchState::new(known);
+    let quiet = Duration::from_secs_f64(args.quiet);
+    watched
+        .event_loop(&mut state, &mut events, &mut shutdown, quiet)
+        .await?;
+    watched
+        .finish(state, debouncer, events, args.debounce_ms)
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a file was (size, modification time) when last ingested.
+type Stamp = (u64, SystemTime);
+
+/// The watched collection: its folder, the stores, the ingestor and the refit options.
+struct Watched<'q> {
+    /// The parent of the watched folder (the input store's root).
+    root: PathBuf,
+    /// The collection: the watched folder's name.
+    collection: String,
+    input: FsStore,
+    output: FsStore,
+    queue: &'q InProcessQueue,
+    ingestor: Ingestor<FsStore, FsStore, &'q InProcessQueue>,
+    options: RefitOptions,
+    layout: CollectionLayout,
+}
+
+/// What the event loop knows between events.
+struct WatchState {
+    /// Every path seen: ingested, or in the published view.
+    known: BTreeSet<String>,
+    /// Paths to ingest on the next tick.
+    pending: BTreeSet<String>,
+    /// What each file was when last ingested: reading a file makes the watcher report it
+    /// again (access events), which must not re-featurize it forever.
+    stamps: HashMap<String, Stamp>,
+    /// Whether something was ingested since the last refit.
+    dirty: bool,
+    last_change: Instant,
+}
+
+/// Ctrl-C and SIGTERM.
+struct Shutdown {
+    sigint: Signal,
+    sigterm: Signal,
+}
+
+impl Shutdown {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt())?,
+            sigterm: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for either signal.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.sigint.recv() => {}
+            _ = self.sigterm.recv() => {}
+        }
+    }
+}
+
+impl<'q> Watched<'q> {
+    /// The collection of the watched folder, its stores, and an ingestor with the model.
+    fn setup(args: &WatchArgs, queue: &'q InProcessQueue) -> Result<Self> {
+        let (root, collection) = collection_root(&args.input)?;
+        let model = args.model.load()?;
+        let input = FsStore::new(&root);
+        let output = FsStore::new(&args.output);
+        let settings = IngestSettings {
+            inbox: String::new(),
+            filter: pipeline::batch::listing::ImageFilter::new(&args.glob)?,
+            max_pixels: args.max_pixels,
+            threads: args.jobs,
+            fetch_concurrency: 8,
+            quiet_s: args.quiet.ceil() as u32,
+        };
+        let ingestor = Ingestor::new(
+            input.clone(),
+            output.clone(),
+            queue,
+            pipeline::batch::inference::Engine::Model(model),
+            settings,
+        );
+        let options = args.pca.refit_options();
+        let layout = CollectionLayout::new(&collection);
+        Ok(Self {
+            root,
+            collection,
+            input,
+            output,
+            queue,
+            ingestor,
+            options,
+            layout,
+        })
+    }
+
+    /// The watched folder.
+    fn dir(&self) -> PathBuf {
+        self.root.join(&self.collection)
+    }
+
+    /// Start from what is there: every file, and every path the published view still has
+    /// (deleted while nobody watched).
+    async fn first_pass(&self) -> Result<BTreeSet<String>> {
+        let collection = &self.collection;
+        let mut known: BTreeSet<String> = self
+            .input
+            .list(&format!("{collection}/"))
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        if let Some((pointer, _)) =
+            pipeline::continuous::collection::read_current(&self.output, &self.layout).await?
+        {
+            let index: pipeline::continuous::collection::CollectionIndex = serde_json::from_slice(
+                &self
+                    .output
+                    .get(&self.layout.state_index(&pointer.snapshot))
+                    .await?,
+            )?;
+            known.extend(index.entries.keys().map(|p| format!("{collection}/{p}")));
+        }
+        Ok(known)
+    }
+
+    /// Until Ctrl-C / SIGTERM: collect the changed paths, ingest them on the next tick, and
+    /// refit once nothing changed for `quiet`.
+    async fn event_loop(
+        &self,
+        state: &mut WatchState,
+        events: &mut UnboundedReceiver<PathBuf>,
+        shutdown: &mut Shutdown,
+        quiet: Duration,
+    ) -> Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                Some(path) = events.recv() => {
+                    state.expand(&self.root, &self.collection, path);
+                    continue;
+                }
+                _ = shutdown.recv() => break,
+                _ = tick.tick() => {}
+            }
+            if !state.pending.is_empty() {
+                self.ingest_step(state).await;
+            } else if state.dirty && state.last_change.elapsed() >= quiet {
+                self.refit_step(state).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ingests the pending paths; on a transient failure (a busy file, a full disk) they
+    /// stay pending, tried again next tick.
+    async fn ingest_step(&self, state: &mut WatchState) {
+        let keys: Vec<String> = std::mem::take(&mut state.pending).into_iter().collect();
+        let before: Vec<(String, Option<Stamp>)> = keys
+            .iter()
+            .map(|k| (k.clone(), stamp(&self.root, k)))
+            .collect();
+        match self.ingestor.ingest(&keys).await {
+            Ok(outcome) => {
+                eprintln!(
+                    "ingested {} keys: {} featurized, {} failed, {} removed, {} ignored",
+                    outcome.keys, outcome.upserts, outcome.failed, outcome.removed, outcome.ignored
+                );
+                state.known.extend(keys);
+                for (key, s) in before {
+                    match s {
+                        Some(s) => state.stamps.insert(key, s),
+                        None => state.stamps.remove(&key),
+                    };
+                }
+            }
+            Err(e) => {
+                eprintln!("ingest failed, retrying: {e}");
+                state.pending.extend(keys);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        while self.queue.pop().is_some() {}
+        state.dirty = true;
+        state.last_change = Instant::now();
+    }
+
+    /// Refits once quiet; prints the snapshot when one was published.
+    async fn refit_step(&self, state: &mut WatchState) -> Result<()> {
+        let outcome = self.refit_collection().await?;
+        if matches!(outcome, RefitOutcome::Published(_)) {
+            print_refit(&outcome, &|k| self.output.describe(k));
+        }
+        state.dirty = false;
+        Ok(())
+    }
+
+    /// Refits the collection (published when something changed).
+    async fn refit_collection(&self) -> Result<RefitOutcome> {
+        let outcome = refit(
+            &self.output,
+            &self.input,
+            "",
+            &self.collection,
+            &self.options,
+        )
+        .await?;
+        Ok(outcome)
+    }
+
+    /// Finish: what the debouncer still holds, then a last refit, and what is current.
+    async fn finish(
+        &self,
+        mut state: WatchState,
+        debouncer: Debouncer<RecommendedWatcher>,
+        mut events: UnboundedReceiver<PathBuf>,
+        debounce_ms: u64,
+    ) -> Result<()> {
+        eprintln!("finishing: pending changes, refit, publish");
+        tokio::time::sleep(Duration::from_millis(debounce_ms + 200)).await;
+        drop(debouncer);
+        while let Ok(path) = events.try_recv() {
+            state.expand(&self.root, &self.collection, path);
+        }
+        if !state.pending.is_empty() {
+            let keys: Vec<String> = std::mem::take(&mut state.pending).into_iter().collect();
+            self.ingestor.ingest(&keys).await?;
+        }
+        let outcome = self.refit_collection().await?;
+        match &outcome {
+            RefitOutcome::NothingToDo => self.print_current().await?,
+            other => print_refit(other, &|k| self.output.describe(k)),
+        }
+        Ok(())
+    }
+
+    /// Prints the published snapshot (after a last refit that had nothing to do).
+    async fn print_current(&self) -> Result<()> {
+        let collection = &self.collection;
+        let output = &self.output;
+        let status =
+            pipeline::continuous::collection::collection_status(output, collection).await?;
+        match status.current {
+            Some(p) => {
+                println!(
+                    "collection {collection}: snapshot {} (refit {}) is current",
+                    p.snapshot, p.seq
+                );
+                println!("  Results      {}", output.describe(&p.results));
+                println!("  Results_PCA  {}", output.describe(&p.results_pca));
+                if let Some(m) = &p.pca_model {
+                    println!("  pca_model    {}", output.describe(m));
+                }
+                println!("  current      {}", output.describe(&self.layout.current()));
+            }
+            None => println!("collection {collection}: nothing published"),
+        }
+        Ok(())
+    }
+}
+
+impl WatchState {
+    /// Everything known starts pending: the first ingest covers what is already there.
+    fn new(known: BTreeSet<String>) -> Self {
+        Self {
+            pending: known.clone(),
+            known,
+            stamps: HashMap::new(),
+            dirty: true,
+            last_change: Instant::now(),
+        }
+    }
+
+    /// Adds what a watcher event means to the pending paths.
+    fn expand(&mut self, root: &Path, collection: &str, path: PathBuf) {
+        let Some(key) = key_of(root, &path) else {
+            return;
+        };
+        if key == collection {
+            return; // the watched folder itself
+        }
+        if path.is_dir() {
+            // A folder moved in: its files (those already known have events of their own).
+            for entry in walkdir_files(&path) {
+                if let Some(k) = key_of(root, &entry) {
+                    if !self.known.contains(&k) {
+                        self.pending.insert(k);
+                    }
+                }
+            }
+        } else {
+            // A file, or something gone: a folder removed takes what was known under it.
+            let folder = format!("{key}/");
+            self.pending.extend(
+                self.known
+                    .range(folder.clone()..)
+                    .take_while(|k| k.starts_with(&folder))
+                    .cloned(),
+            );
+            let unchanged = self
+                .stamps
+                .get(&key)
+                .is_some_and(|s| Some(*s) == stamp(root, &key));
+            if !unchanged {
+                self.pending.insert(key);
+            }
+        }
+    }
+}
+
+/// Starts the file watcher on `dir`: changed paths arrive on the receiver, each once no
+/// event touched it for `debounce_ms`.
+fn start_watcher(
+    dir: &Path,
+    debounce_ms: u64,
+) -> Result<(Debouncer<RecommendedWatcher>, UnboundedReceiver<PathBuf>)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let mut debouncer = new_debouncer(
+        Duration::from_millis(debounce_ms),
+        move |events: notify_debouncer_mini::DebounceEventResult| match events {
+            Ok(events) => {
+                for e in events {
+                    let _ = tx.send(e.path);
+                }
+            }
+            Err(e) => eprintln!("watch error: {e}"),
+        },
+    )
+    .context("starting the file watcher")?;
+    debouncer
+        .watcher()
+        .watch(dir, RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    Ok((debouncer, rx))
+}
+
+/// A file's size and modification time, if it is a file.
+fn stamp(root: &Path, key: &str) -> Option<Stamp> {
+    std::fs::metadata(root.join(key))
+        .ok()
+        .filter(|m| m.is_file())
+        .and_then(|m| Some((m.len(), m.modified().ok()?)))
+}
+
+fn key_of(root: &std::path::Path, path: &std::path::Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let key = rel.to_str()?.replace(std::path::MAIN_SEPARATOR, "/");
+    (!key.is_empty()).then_some(key)
+}
+
+fn walkdir_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

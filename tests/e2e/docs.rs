@@ -1,0 +1,163 @@
+//! The command blocks of the README and `docs/` against the repository: every `sh`/`bash`
+//! block parses (`bash -n`), every script or file under `infra/`, `models/`, `tests/` or
+//! `examples/` it names exists (or is a file the steps make, which git ignores), and every
+//! `featurize <subcommand> --flag` it runs names a subcommand and flags that `featurize
+//! <subcommand> --help` lists. What needs an AWS
+//! account cannot run here; this keeps the rest from drifting as the code moves.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The README and every page under `docs/`.
+fn documents() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs = vec![root.join("README.md")];
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/ exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.sort();
+    docs.extend(pages);
+    docs
+}
+
+/// The fenced `sh` / `bash` / `console`-free shell blocks of a Markdown text, with their line.
+fn shell_blocks(text: &str) -> Vec<(usize, String)> {
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let fence = line.trim_start();
+        match &mut current {
+            None if fence == "```sh" || fence == "```bash" => {
+                current = Some((i + 1, String::new()))
+            }
+            Some(_) if fence.starts_with("```") => blocks.push(current.take().expect("open block")),
+            Some((_, body)) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+/// Repository paths a block names: words starting with one of the repository's folders.
+fn repo_paths(block: &str) -> BTreeSet<String> {
+    block
+        .split(|c: char| {
+            c.is_whitespace() || matches!(c, '"' | '\'' | '(' | ')' | ';' | '|' | '=' | '`')
+        })
+        .map(|w| w.trim_start_matches("./").trim_end_matches([',', ':']))
+        .filter(|w| {
+            ["infra/", "models/", "tests/", "examples/", "functions/"]
+                .iter()
+                .any(|p| w.starts_with(p))
+        })
+        .filter(|w| !w.contains(['*', '$', '<', '{', '…']))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `(subcommand, flags)` of each `featurize <sub> …` command of a block (through `cargo run
+/// … --bin featurize --`, `target/*/featurize` or a bare `featurize`), continuation lines joined.
+fn featurize_commands(block: &str) -> Vec<(String, Vec<String>)> {
+    let joined = block.replace("\\\n", " ");
+    let mut commands = Vec::new();
+    for line in joined.lines() {
+        let line = line.split(" #").next().unwrap_or(line);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(at) = words.iter().position(|w| {
+            *w == "featurize"
+                || w.ends_with("/featurize")
+                || (*w == "--" && line.contains("--bin featurize"))
+        }) else {
+            continue;
+        };
+        let Some(sub) = words.get(at + 1) else {
+            continue;
+        };
+        if sub.starts_with('-') || !sub.chars().all(|c| c.is_ascii_lowercase()) {
+            continue;
+        }
+        let flags = words[at + 2..]
+            .iter()
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(|w| w.split('=').next().unwrap_or(w).to_string())
+            .collect();
+        commands.push((sub.to_string(), flags));
+    }
+    commands
+}
+
+#[test]
+fn command_blocks_parse_and_name_real_files_subcommands_and_flags() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let featurize = env!("CARGO_BIN_EXE_featurize");
+    let mut problems = Vec::new();
+    let (mut blocks, mut commands) = (0, 0);
+    for doc in documents() {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        let name = doc.strip_prefix(root).unwrap().display().to_string();
+        for (line, block) in shell_blocks(&text) {
+            blocks += 1;
+            let syntax = Command::new("bash")
+                .args(["-n", "-c", &block])
+                .output()
+                .expect("bash");
+            if !syntax.status.success() {
+                problems.push(format!(
+                    "{name}:{line}: bash -n: {}",
+                    String::from_utf8_lossy(&syntax.stderr).trim()
+                ));
+            }
+            for path in repo_paths(&block) {
+                // A file the documented steps make (the model, an env file) is ignored by git.
+                let made = Command::new("git")
+                    .args(["check-ignore", "-q", &path])
+                    .current_dir(root)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !made && !root.join(&path).exists() {
+                    problems.push(format!("{name}:{line}: {path} does not exist"));
+                }
+            }
+            for (sub, flags) in featurize_commands(&block) {
+                commands += 1;
+                let help = Command::new(featurize)
+                    .args([sub.as_str(), "--help"])
+                    .output()
+                    .expect("featurize");
+                if !help.status.success() {
+                    problems.push(format!(
+                        "{name}:{line}: `featurize {sub}` is not a subcommand"
+                    ));
+                    continue;
+                }
+                let help = String::from_utf8_lossy(&help.stdout);
+                for flag in flags {
+                    if !help.contains(&format!("{flag} "))
+                        && !help.contains(&format!("{flag}\n"))
+                        && !help.contains(&format!("{flag}="))
+                        && !help.contains(&format!("{flag} <"))
+                    {
+                        problems.push(format!("{name}:{line}: `featurize {sub}` has no {flag}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        blocks >= 20,
+        "only {blocks} shell blocks found in the README and docs/"
+    );
+    assert!(commands >= 10, "only {commands} featurize commands found");
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
