@@ -12,6 +12,11 @@
 #   build/layer/model/mobilenet_v2_features.onnx   -> /opt/model/... in Lambda
 #   build/layer/model/model_spec.json              -> /opt/model/model_spec.json
 #   build/model-layer.zip                          (same content, for manual upload)
+#   build/model-layer.sha256                       the model's sha256: the stack's ModelSha256
+#
+# It prints the model's sha256 as `ModelSha256: <sha>`, and fails when template.yaml's
+# ModelSha256 default (or a ModelSha256= in samconfig.toml) is another one, so that the
+# stack's ModelSha256 and the layer's model cannot drift apart.
 #
 # Lambda caps a function plus all its layers at 250 MB unzipped; this fails if
 # the layer alone exceeds LAYER_BUDGET_BYTES (default 200 MiB), leaving room
@@ -26,6 +31,7 @@ sha_file="models/$name.sha256"
 spec="models/model_spec.json"
 layer_dir="build/layer"
 zip_out="build/model-layer.zip"
+sha_out="build/model-layer.sha256"
 lambda_limit=$((250 * 1000 * 1000)) # Lambda's documented 250 MB (decimal) unzipped limit
 budget="${LAYER_BUDGET_BYTES:-$((200 * 1024 * 1024))}"
 
@@ -60,6 +66,24 @@ if [[ "$got" != "$expected" ]]; then
   exit 1
 fi
 echo "model: $model ($(size_of "$model") bytes, sha256 OK)"
+
+# The stack's ModelSha256 must be this model's sha256: the splitter records it in every run
+# (it is part of the run id) and featurizers refuse runs made for another model. Refuse to
+# stage a layer whose model disagrees with template.yaml's default or a samconfig.toml
+# override, and record the value beside the layer (build/model-layer.sha256).
+template_sha="$(awk '/^  ModelSha256:/ {p = 1; next} p && /^  [^ ]/ {exit}
+  p && $1 == "Default:" {gsub(/["\047]/, "", $2); print $2; exit}' template.yaml)"
+if [[ "$template_sha" != "$got" ]]; then
+  echo "error: template.yaml's ModelSha256 default is ${template_sha:-missing}, the layer's model is $got" >&2
+  echo "  change both together: models/$name.sha256 and template.yaml's ModelSha256 (see models/README.md)" >&2
+  exit 1
+fi
+while read -r override; do
+  if [[ "${override#ModelSha256=}" != "$got" ]]; then
+    echo "error: samconfig.toml sets $override, the layer's model is $got" >&2
+    exit 1
+  fi
+done < <(grep -o 'ModelSha256=[^ "]*' samconfig.toml 2>/dev/null || true)
 
 # Stage. Copy only when the content changed, so mtimes (and the layer's hash
 # in sam build/package) stay stable across rebuilds.
@@ -99,6 +123,8 @@ find "$layer_dir" -type f -print0 | sort -z | while IFS= read -r -d '' f; do
   printf '  %12s  %s\n' "$(size_of "$f")" "${f#"$layer_dir"/}"
 done
 echo "layer zip:  $zip_out ($zipped bytes)"
+printf '%s  %s\n' "$got" "model/$name" >"$sha_out"
+echo "ModelSha256: $got (template.yaml's default; recorded in $sha_out)"
 echo "budget:     $budget bytes for the layer; Lambda limit $lambda_limit bytes unzipped (function + layers)"
 
 if ((unzipped > budget)); then

@@ -10,7 +10,7 @@ cargo fmt --all --check
 echo "== cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== the Lambdas link no test kit"
-for f in featurizer splitter reducer featurize; do
+for f in featurizer splitter reducer checker featurize; do
   if cargo tree -p "$f" -e normal --prefix none | grep -q '^featurize-testkit'; then
     echo "$f depends on featurize-testkit outside dev-dependencies"; exit 1
   fi

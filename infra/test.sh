@@ -18,6 +18,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r infra/requirements-test.txt
   echo "$want" > "$stamp"
 fi
+# The model converter's own venv (models/requirements-convert.txt), which
+# tests/e2e/model_source.rs runs offline on ../shared's copy of the public source.
+models/get-model.sh --setup-converter
 
 echo "== cfn-lint template.yaml"
 "$venv/bin/cfn-lint" template.yaml
@@ -44,4 +47,7 @@ echo "== moto (S3 + SQS emulator) on 127.0.0.1:$port"
 
 export MOTO_ENDPOINT="http://127.0.0.1:$port"
 export FEATURIZE_PYTHON="$PWD/$venv/bin/python"
+# The scenario tests drive whole handlers (S3 + SQS clients behind the retry and fault
+# layers) inside one test thread; their futures are deep, so test threads get 32 MiB.
+export RUST_MIN_STACK="${RUST_MIN_STACK:-33554432}"
 cargo test --workspace "$@"

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-use cli::{bench, refit, report, resume, run, simulate, status, submit, watch};
+use cli::{bench, reconcile, refit, report, resume, run, simulate, status, submit, watch};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,9 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Refit a collection now (local, in this process, or on a deployed stack).
     Refit(refit::RefitArgs),
+    /// Repair a collection from its inbox (lost or dead-lettered events, objects there before
+    /// the notifications: the backfill, failures whose cause may be gone), then refit.
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,14 +81,29 @@ fn main() -> ExitCode {
             Command::Resume(args) => resume::resume(args).await,
             Command::Watch(args) => watch::watch(args).await,
             Command::Refit(args) => refit::refit(args).await,
+            Command::Reconcile(args) => reconcile::reconcile(args).await,
             Command::Simulate(args) => simulate::simulate(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error with its causes, `a: b: c`, each cause once: a message that already shows its
+/// source (`"{op} {path}: {source}"`) does not get it appended again.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

@@ -233,17 +233,9 @@ struct Onnxruntime {
     stdin: std::process::ChildStdin,
     stdout: std::io::BufReader<std::process::ChildStdout>,
     version: String,
-    _inputs: tempfile_path::TempPath,
-}
-
-mod tempfile_path {
-    /// A file removed on drop.
-    pub struct TempPath(pub std::path::PathBuf);
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+    /// The inputs file the server reads: created by `tempfile` (an unpredictable name, opened
+    /// with `O_EXCL` and mode 0600), removed on drop.
+    _inputs: tempfile::TempPath,
 }
 
 impl Onnxruntime {
@@ -278,21 +270,25 @@ impl Onnxruntime {
             );
             return Ok(None);
         }
-        let file = tempfile_path::TempPath(
-            std::env::temp_dir().join(format!("featurize-bench-{}.f32", std::process::id())),
-        );
         let mut raw = Vec::with_capacity(inputs.len() * inputs[0].len() * 4);
         for x in inputs {
             for v in x {
                 raw.extend_from_slice(&v.to_le_bytes());
             }
         }
-        std::fs::write(&file.0, raw)?;
+        let mut named = tempfile::Builder::new()
+            .prefix("featurize-bench-")
+            .suffix(".f32")
+            .tempfile()
+            .context("creating the inputs file for onnxruntime")?;
+        named.write_all(&raw)?;
+        named.flush()?;
+        let file = named.into_temp_path();
         let mut child = std::process::Command::new(&python)
             .arg(&script)
             .arg("--serve")
             .arg(model_path)
-            .arg(&file.0)
+            .arg(&*file)
             .arg(inputs.len().to_string())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

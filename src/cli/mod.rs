@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod common;
+pub mod reconcile;
 pub mod refit;
 pub mod report;
 pub mod resume;

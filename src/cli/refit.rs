@@ -68,7 +68,9 @@ pub fn print_refit(
             println!("  current      {}", store_describe(&layout.current()));
         }
         RefitOutcome::NothingToDo => println!("nothing changed since the published snapshot"),
-        RefitOutcome::NotQuiet { since_change_ms } => {
+        RefitOutcome::NotQuiet {
+            since_change_ms, ..
+        } => {
             println!("not quiet yet: last change {since_change_ms} ms ago")
         }
         RefitOutcome::LostRace => println!(
@@ -94,6 +96,8 @@ pub async fn refit(args: RefitArgs) -> Result<ExitCode> {
                 args.collection
             );
         }
+        // One writer per output folder: `watch`, `run` and `resume` on it refuse meanwhile.
+        let _exclusive = pipeline::batch::output_lock::OutputLock::acquire(out, "featurize refit")?;
         let output = pipeline::ports::store::FsStore::new(out);
         let outcome = pipeline::continuous::collection::refit(
             &output,

@@ -1,5 +1,6 @@
 //! `featurize status`: a run's progress (once, or redrawn with `--watch`), or a collection's
-//! published view and what waits for its next refit.
+//! published view and what waits for its next refit; either is called stuck, with the
+//! reason and the remedy, by the bounds of `pipeline::stuck` (docs/operate.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,69 @@ use clap::Args;
 
 use super::common::{AwsArgs, LocationArgs};
 
+/// Exit code of `status` when the run or collection is stuck.
+pub const EXIT_STUCK: u8 = 5;
+
+/// The bounds after which a run or a collection is called stuck. Their defaults are the
+/// template's (`FeaturizerTimeout`, `ShardQueueVisibilityTimeout`, `ReducerTimeout`,
+/// `ReduceQueueVisibilityTimeout`, `MaxReceiveCount`, `StuckGraceSecs`, `StuckMarginSecs`,
+/// `MaxStalenessSecs`): give the deployed stack's values when they differ.
+#[derive(Args, Clone, Copy)]
+#[command(next_help_heading = "When a run or collection is stuck (the deployed stack's settings)")]
+pub struct StallArgs {
+    /// Call a run stuck when no featurizer started any shard, or no reducer started a claimed
+    /// reduce, this many seconds after (StuckGraceSecs).
+    #[arg(long, default_value_t = pipeline::stuck::defaults::START_GRACE_S)]
+    stall_after: u64,
+    /// The featurizer's timeout in seconds (FeaturizerTimeout).
+    #[arg(long, default_value_t = pipeline::stuck::defaults::FEATURIZER_TIMEOUT_S)]
+    featurizer_timeout: u64,
+    /// The shard queue's visibility timeout in seconds (ShardQueueVisibilityTimeout).
+    #[arg(long, default_value_t = pipeline::stuck::defaults::SHARD_VISIBILITY_S)]
+    shard_visibility: u64,
+    /// The reducer's timeout in seconds (ReducerTimeout).
+    #[arg(long, default_value_t = pipeline::stuck::defaults::REDUCER_TIMEOUT_S)]
+    reducer_timeout: u64,
+    /// The reduce and refit queues' visibility timeout in seconds (ReduceQueueVisibilityTimeout).
+    #[arg(long, default_value_t = pipeline::stuck::defaults::REDUCE_VISIBILITY_S)]
+    reduce_visibility: u64,
+    /// Deliveries of a message before its dead-letter queue (MaxReceiveCount).
+    #[arg(long, default_value_t = pipeline::stuck::defaults::MAX_RECEIVE_COUNT)]
+    max_receive_count: u32,
+    /// Seconds added to every bound (StuckMarginSecs).
+    #[arg(long, default_value_t = pipeline::stuck::defaults::MARGIN_S)]
+    stuck_margin: u64,
+    /// A collection's staleness bound in seconds (MaxStalenessSecs; 0 = none).
+    #[arg(long, default_value_t = pipeline::stuck::defaults::MAX_STALENESS_S)]
+    max_staleness: u64,
+}
+
+impl StallArgs {
+    /// The policy these flags describe.
+    pub fn policy(&self) -> pipeline::stuck::StallPolicy {
+        use std::time::Duration;
+        pipeline::stuck::StallPolicy {
+            featurizer_timeout: Duration::from_secs(self.featurizer_timeout),
+            shard_visibility: Duration::from_secs(self.shard_visibility),
+            reducer_timeout: Duration::from_secs(self.reducer_timeout),
+            reduce_visibility: Duration::from_secs(self.reduce_visibility),
+            max_receive_count: self.max_receive_count,
+            start_grace: Duration::from_secs(self.stall_after),
+            claim_unanswered_after: Duration::from_secs(self.stall_after),
+            margin: Duration::from_secs(self.stuck_margin),
+            max_staleness: Duration::from_secs(self.max_staleness),
+        }
+    }
+}
+
+/// Exit codes: 0 the run is complete or still going (a collection: not stuck), 1 the run
+/// failed (too many image errors), 3 some shards failed (their messages are retried or
+/// dead-lettered), 4 `--watch --timeout` ran out, 5 stuck (the reason and the remedy are
+/// printed; docs/operate.md lists the bounds).
 #[derive(Args)]
+#[command(
+    after_help = "Exit codes: 0 complete or going, 1 failed, 3 shards failed, 4 --watch --timeout ran out, 5 stuck (reason and remedy printed)."
+)]
 pub struct StatusArgs {
     /// The run id.
     #[arg(
@@ -28,15 +91,12 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// Call a claimed reduce that no reducer started after this many seconds lost.
-    #[arg(long, default_value_t = 300)]
-    stall_after: u64,
-    /// Call a reducer lock older than this many seconds stale (the reducer's timeout).
-    #[arg(long, default_value_t = 900)]
-    lock_stale_after: u64,
+    #[command(flatten)]
+    stall: StallArgs,
     /// Refresh until the run ends (complete, failed, stuck, or every remaining shard
     /// failed): redrawn in place on a terminal, a line per change otherwise, a JSON line per
-    /// refresh with --json. The exit code is then the final status's.
+    /// refresh with --json. The exit code is then the final status's (5 when stuck, with the
+    /// reason and the remedy).
     #[arg(long)]
     watch: bool,
     /// Seconds between refreshes with --watch.
@@ -55,16 +115,14 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
             args.at.bucket.as_ref(),
             args.at.endpoint_url.as_deref(),
             args.json,
+            &args.stall.policy(),
         )
         .await;
     }
     if args.run.is_empty() {
         bail!("give --run ID (a run) or --collection C (a collection)");
     }
-    let policy = pipeline::batch::status::StallPolicy {
-        claim_unanswered_after: std::time::Duration::from_secs(args.stall_after),
-        lock_stale_after: std::time::Duration::from_secs(args.lock_stale_after),
-    };
+    let policy = args.stall.policy();
     if !(args.interval > 0.0 && args.interval.is_finite()) {
         bail!(
             "--interval must be a positive number of seconds, got {}",
@@ -88,10 +146,12 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
     }
 }
 
-/// The exit code of a status: 3 when shards failed or the run is stuck, 1 when the run
+/// The exit code of a status: 5 when the run is stuck, 3 when shards failed, 1 when the run
 /// failed (too many image errors), else 0.
 fn status_code(status: &pipeline::batch::status::RunStatus) -> ExitCode {
-    if !status.failed.is_empty() || status.stuck.is_some() {
+    if status.stuck.is_some() {
+        ExitCode::from(EXIT_STUCK)
+    } else if !status.failed.is_empty() {
         ExitCode::from(3)
     } else if status.state() == "failed" {
         ExitCode::FAILURE
@@ -107,7 +167,9 @@ async fn status_on<S: pipeline::ports::store::ObjectStore>(
 ) -> Result<ExitCode> {
     use std::io::{IsTerminal, Write};
     if !args.watch {
-        let status = pipeline::batch::status::run_status_with(store, &args.run, policy).await?;
+        let clock = pipeline::stuck::SystemClock;
+        let status =
+            pipeline::batch::status::run_status_at(store, &args.run, &policy, &clock).await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&status)?);
         } else {
@@ -115,13 +177,15 @@ async fn status_on<S: pipeline::ports::store::ObjectStore>(
         }
         return Ok(status_code(&status));
     }
+    let clock = pipeline::stuck::SystemClock;
     let terminal = std::io::stdout().is_terminal() && !args.json;
     let started = Instant::now();
     let mut drawn = 0usize;
     let mut last_key = String::new();
     let mut last_print = Instant::now();
     loop {
-        let status = pipeline::batch::status::run_status_with(store, &args.run, policy).await?;
+        let status =
+            pipeline::batch::status::run_status_at(store, &args.run, &policy, &clock).await?;
         let settled = status.is_settled();
         let mut out = std::io::stdout().lock();
         if args.json {
@@ -216,7 +280,7 @@ fn watch_lines(status: &pipeline::batch::status::RunStatus) -> Vec<String> {
         ));
     }
     if let Some(stuck) = &status.stuck {
-        lines.push(format!("  stuck since {}: {}", stuck.since, stuck.reason));
+        lines.extend(stuck_lines(stuck));
     }
     if let Some(s) = &status.summary {
         lines.push(format!(
@@ -249,7 +313,9 @@ fn print_status(status: &pipeline::batch::status::RunStatus) {
         status.reduce_claimed, status.reduced
     );
     if let Some(stuck) = &status.stuck {
-        println!("  stuck since {}: {}", stuck.since, stuck.reason);
+        for line in stuck_lines(stuck) {
+            println!("{line}");
+        }
     }
     if let Some(s) = &status.summary {
         println!(
@@ -262,6 +328,14 @@ fn print_status(status: &pipeline::batch::status::RunStatus) {
     }
 }
 
+/// Why a run or a collection is stuck, and what to do.
+fn stuck_lines(stuck: &pipeline::stuck::Stuck) -> [String; 2] {
+    [
+        format!("  stuck since {}: {}", stuck.since, stuck.reason),
+        format!("  remedy: {}", stuck.remedy),
+    ]
+}
+
 /// How a store names a key for people (a path, or an `s3://` URI).
 type Describe = Box<dyn Fn(&str) -> String>;
 
@@ -271,13 +345,18 @@ async fn collection_status_cmd(
     bucket: Option<&String>,
     endpoint: Option<&str>,
     json: bool,
+    policy: &pipeline::stuck::StallPolicy,
 ) -> Result<ExitCode> {
+    use pipeline::continuous::collection::collection_status_at;
+    use pipeline::continuous::reconcile::last_reconcile;
     use pipeline::ports::store::ObjectStore;
-    let (status, describe): (_, Describe) = match (output, bucket) {
+    let clock = pipeline::stuck::SystemClock;
+    let (status, reconciled, describe): (_, _, Describe) = match (output, bucket) {
         (Some(dir), _) => {
             let store = pipeline::ports::store::FsStore::new(dir);
             (
-                pipeline::continuous::collection::collection_status(&store, collection).await?,
+                collection_status_at(&store, collection, policy, &clock).await?,
+                last_reconcile(&store, collection).await?,
                 Box::new(move |k: &str| store.describe(k)),
             )
         }
@@ -285,7 +364,8 @@ async fn collection_status_cmd(
             let sdk = aws::sdk::sdk_config_with_endpoint(endpoint).await;
             let store = aws::sdk::S3Store::new(aws::sdk::s3_client(&sdk), bucket);
             (
-                pipeline::continuous::collection::collection_status(&store, collection).await?,
+                collection_status_at(&store, collection, policy, &clock).await?,
+                last_reconcile(&store, collection).await?,
                 Box::new(move |k: &str| store.describe(k)),
             )
         }
@@ -293,9 +373,18 @@ async fn collection_status_cmd(
             bail!("give --output DIR (local collection) or --bucket B (deployed stack)")
         }
     };
+    let code = if status.stuck.is_some() {
+        ExitCode::from(EXIT_STUCK)
+    } else {
+        ExitCode::SUCCESS
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(ExitCode::SUCCESS);
+        let mut value = serde_json::to_value(&status)?;
+        if let (Some(map), Some(record)) = (value.as_object_mut(), &reconciled) {
+            map.insert("last_reconcile".into(), serde_json::to_value(record)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(code);
     }
     println!("collection {} ({})", status.collection, status.location);
     match (&status.current, &status.summary) {
@@ -325,5 +414,40 @@ async fn collection_status_cmd(
         ),
         None => println!("  pending    nothing: the view is current"),
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(start) = &status.last_refit {
+        println!(
+            "  last refit started {} (delivery {})",
+            pipeline::stuck::rfc3339_of(start.at_unix),
+            start.receive_count
+        );
+    }
+    if let Some(failure) = &status.last_refit_failure {
+        println!(
+            "  last refit failure {}: {}",
+            pipeline::stuck::rfc3339_of(failure.at_unix),
+            failure.error
+        );
+    }
+    match &reconciled {
+        Some(r) => println!(
+            "  last reconcile {}: {} listed, {} indexed; repaired {} (missing {}, changed {}, \
+             stale {}, retried {}), {} still failing",
+            r.finished_at,
+            r.listed,
+            r.indexed,
+            r.repaired(),
+            r.missing.count,
+            r.changed.count,
+            r.stale.count,
+            r.retried.count,
+            r.repair.left.count
+        ),
+        None => println!("  last reconcile: never (`featurize reconcile --collection C`)"),
+    }
+    if let Some(stuck) = &status.stuck {
+        for line in stuck_lines(stuck) {
+            println!("{line}");
+        }
+    }
+    Ok(code)
 }

@@ -24,6 +24,9 @@ pub struct SubmitArgs {
     /// Feature dimension of the deployed model (to validate --k).
     #[arg(long, default_value_t = 1280)]
     feature_dim: usize,
+    /// The stack's inbox prefix (its `InboxPrefix`): never read as batch input.
+    #[arg(long, env = "INBOX_PREFIX", default_value = "inbox/")]
+    inbox_prefix: String,
     /// sha256 of the deployed model (default: the local model's, as `--model` finds it).
     #[arg(long, env = "MODEL_SHA256")]
     model_sha256: Option<String>,
@@ -59,6 +62,7 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode> {
         args.feature_dim,
     )
     .with_input_bucket(&args.aws.bucket)
+    .with_reserved_prefix(&args.inbox_prefix)
     .with_model_sha256(model_sha256);
     let outcome = splitter
         .handle(&args.options.request(args.input_prefix.clone()))

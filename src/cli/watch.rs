@@ -1,7 +1,8 @@
 //! `featurize watch`: keep a folder's features and PCA current. The steps: set up the
 //! collection and its ingestor, a first pass over what is already there, then an event loop
-//! that ingests changed files and refits once quiet, and on Ctrl-C / SIGTERM a last ingest,
-//! refit and publish.
+//! that ingests changed files and refits once quiet (or once the oldest change not yet
+//! published reaches `--max-staleness`, under steady changes), and on Ctrl-C / SIGTERM a
+//! last ingest, refit and publish.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,11 @@ pub struct WatchArgs {
     /// Refit the PCA once nothing changed for this many seconds.
     #[arg(long, default_value_t = 10.0)]
     quiet: f64,
+    /// Under steady changes, refit anyway once the oldest change not yet published is this
+    /// many seconds old, so that no change waits longer than that plus one refit (0: no
+    /// bound).
+    #[arg(long, default_value_t = 150.0)]
+    max_staleness: f64,
     /// A file is read once no event touched it for this many milliseconds (half-written files wait).
     #[arg(long, default_value_t = 500)]
     debounce_ms: u64,
@@ -55,6 +61,15 @@ pub async fn watch(args: WatchArgs) -> Result<ExitCode> {
     if !(args.quiet >= 0.0 && args.quiet.is_finite()) {
         bail!("--quiet must be a number of seconds, got {}", args.quiet);
     }
+    if !(args.max_staleness >= 0.0 && args.max_staleness.is_finite()) {
+        bail!(
+            "--max-staleness must be a number of seconds, got {}",
+            args.max_staleness
+        );
+    }
+    // One writer per output folder: a run, resume, refit or another watch on it waits.
+    let _exclusive =
+        pipeline::batch::output_lock::OutputLock::acquire(&args.output, "featurize watch")?;
     let queue = InProcessQueue::new();
     let watched = Watched::setup(&args, &queue)?;
     let known = watched.first_pass().await?;
@@ -67,15 +82,22 @@ pub async fn watch(args: WatchArgs) -> Result<ExitCode> {
     );
     let mut shutdown = Shutdown::new()?;
     let mut state = WatchState::new(known);
-    let quiet = Duration::from_secs_f64(args.quiet);
+    let timing = RefitTiming {
+        quiet: Duration::from_secs_f64(args.quiet),
+        max_staleness: (args.max_staleness > 0.0)
+            .then(|| Duration::from_secs_f64(args.max_staleness)),
+    };
     watched
-        .event_loop(&mut state, &mut events, &mut shutdown, quiet)
+        .event_loop(&mut state, &mut events, &mut shutdown, timing)
         .await?;
     watched
         .finish(state, debouncer, events, args.debounce_ms)
         .await?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// A changed path from the file watcher, and when it was noticed.
+type Noticed = (PathBuf, Instant);
 
 /// What a file was (size, modification time) when last ingested.
 type Stamp = (u64, SystemTime);
@@ -106,6 +128,17 @@ struct WatchState {
     /// Whether something was ingested since the last refit.
     dirty: bool,
     last_change: Instant,
+    /// When the oldest change not yet published was noticed.
+    oldest_change: Option<Instant>,
+}
+
+/// When the event loop refits.
+#[derive(Debug, Clone, Copy)]
+struct RefitTiming {
+    /// Once nothing changed for this long (the fast path when changes stop).
+    quiet: Duration,
+    /// Or once the oldest change not yet published is this old (steady changes).
+    max_staleness: Option<Duration>,
 }
 
 /// Ctrl-C and SIGTERM.
@@ -198,19 +231,20 @@ impl<'q> Watched<'q> {
     }
 
     /// Until Ctrl-C / SIGTERM: collect the changed paths, ingest them on the next tick, and
-    /// refit once nothing changed for `quiet`.
+    /// refit once nothing changed for `quiet`, or once the oldest unpublished change is
+    /// `max_staleness` old.
     async fn event_loop(
         &self,
         state: &mut WatchState,
-        events: &mut UnboundedReceiver<PathBuf>,
+        events: &mut UnboundedReceiver<Noticed>,
         shutdown: &mut Shutdown,
-        quiet: Duration,
+        timing: RefitTiming,
     ) -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                Some(path) = events.recv() => {
-                    state.expand(&self.root, &self.collection, path);
+                Some((path, at)) = events.recv() => {
+                    state.expand(&self.root, &self.collection, path, at);
                     continue;
                 }
                 _ = shutdown.recv() => break,
@@ -218,53 +252,60 @@ impl<'q> Watched<'q> {
             }
             if !state.pending.is_empty() {
                 self.ingest_step(state).await;
-            } else if state.dirty && state.last_change.elapsed() >= quiet {
+            }
+            if state.refit_due(timing) {
                 self.refit_step(state).await?;
             }
         }
         Ok(())
     }
 
-    /// Ingests the pending paths; on a transient failure (a busy file, a full disk) they
-    /// stay pending, tried again next tick.
+    /// Ingests the pending paths, each on its own; those that failed transiently (a busy
+    /// file, a full disk) stay pending, tried again next tick.
     async fn ingest_step(&self, state: &mut WatchState) {
         let keys: Vec<String> = std::mem::take(&mut state.pending).into_iter().collect();
         let before: Vec<(String, Option<Stamp>)> = keys
             .iter()
             .map(|k| (k.clone(), stamp(&self.root, k)))
             .collect();
-        match self.ingestor.ingest(&keys).await {
-            Ok(outcome) => {
-                eprintln!(
-                    "ingested {} keys: {} featurized, {} failed, {} removed, {} ignored",
-                    outcome.keys, outcome.upserts, outcome.failed, outcome.removed, outcome.ignored
-                );
-                state.known.extend(keys);
-                for (key, s) in before {
-                    match s {
-                        Some(s) => state.stamps.insert(key, s),
-                        None => state.stamps.remove(&key),
-                    };
-                }
+        let report = self.ingestor.ingest_each(&keys).await;
+        let outcome = &report.outcome;
+        eprintln!(
+            "ingested {} keys: {} featurized, {} failed, {} removed, {} ignored",
+            outcome.keys, outcome.upserts, outcome.failed, outcome.removed, outcome.ignored
+        );
+        for (key, e) in &report.errors {
+            eprintln!("ingest of {key} failed, retrying: {e}");
+        }
+        let retry: BTreeSet<String> = outcome.retry.iter().cloned().collect();
+        for (key, s) in before {
+            if retry.contains(&key) {
+                continue;
             }
-            Err(e) => {
-                eprintln!("ingest failed, retrying: {e}");
-                state.pending.extend(keys);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            match s {
+                Some(s) => state.stamps.insert(key.clone(), s),
+                None => state.stamps.remove(&key),
+            };
+            state.known.insert(key);
+        }
+        if !retry.is_empty() {
+            state.pending.extend(retry);
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         while self.queue.pop().is_some() {}
         state.dirty = true;
         state.last_change = Instant::now();
     }
 
-    /// Refits once quiet; prints the snapshot when one was published.
+    /// Refits (once quiet, or stale); prints the snapshot when one was published.
     async fn refit_step(&self, state: &mut WatchState) -> Result<()> {
         let outcome = self.refit_collection().await?;
         if matches!(outcome, RefitOutcome::Published(_)) {
             print_refit(&outcome, &|k| self.output.describe(k));
         }
         state.dirty = false;
+        // What is still pending (noticed during the refit, or failed) starts a new wait.
+        state.oldest_change = (!state.pending.is_empty()).then(Instant::now);
         Ok(())
     }
 
@@ -286,14 +327,14 @@ impl<'q> Watched<'q> {
         &self,
         mut state: WatchState,
         debouncer: Debouncer<RecommendedWatcher>,
-        mut events: UnboundedReceiver<PathBuf>,
+        mut events: UnboundedReceiver<Noticed>,
         debounce_ms: u64,
     ) -> Result<()> {
         eprintln!("finishing: pending changes, refit, publish");
         tokio::time::sleep(Duration::from_millis(debounce_ms + 200)).await;
         drop(debouncer);
-        while let Ok(path) = events.try_recv() {
-            state.expand(&self.root, &self.collection, path);
+        while let Ok((path, at)) = events.try_recv() {
+            state.expand(&self.root, &self.collection, path, at);
         }
         if !state.pending.is_empty() {
             let keys: Vec<String> = std::mem::take(&mut state.pending).into_iter().collect();
@@ -341,11 +382,33 @@ impl WatchState {
             stamps: HashMap::new(),
             dirty: true,
             last_change: Instant::now(),
+            oldest_change: Some(Instant::now()),
         }
     }
 
-    /// Adds what a watcher event means to the pending paths.
-    fn expand(&mut self, root: &Path, collection: &str, path: PathBuf) {
+    /// Whether to refit now: something was ingested since the last refit, and either
+    /// nothing changed for the quiet time, or the oldest change not yet published is
+    /// `max_staleness` old (steady changes never leave a quiet time).
+    fn refit_due(&self, timing: RefitTiming) -> bool {
+        let quiet = self.pending.is_empty() && self.last_change.elapsed() >= timing.quiet;
+        let stale = timing
+            .max_staleness
+            .zip(self.oldest_change)
+            .is_some_and(|(bound, since)| since.elapsed() >= bound);
+        self.dirty && (quiet || stale)
+    }
+
+    /// Adds what a watcher event (noticed at `at`) means to the pending paths, noting when
+    /// the oldest change not yet published was noticed: an event that waited in the channel
+    /// during a refit counts from when it arrived there.
+    fn expand(&mut self, root: &Path, collection: &str, path: PathBuf, at: Instant) {
+        self.expand_paths(root, collection, path);
+        if !self.pending.is_empty() {
+            self.oldest_change = Some(self.oldest_change.map_or(at, |t| t.min(at)));
+        }
+    }
+
+    fn expand_paths(&mut self, root: &Path, collection: &str, path: PathBuf) {
         let Some(key) = key_of(root, &path) else {
             return;
         };
@@ -386,14 +449,14 @@ impl WatchState {
 fn start_watcher(
     dir: &Path,
     debounce_ms: u64,
-) -> Result<(Debouncer<RecommendedWatcher>, UnboundedReceiver<PathBuf>)> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+) -> Result<(Debouncer<RecommendedWatcher>, UnboundedReceiver<Noticed>)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Noticed>();
     let mut debouncer = new_debouncer(
         Duration::from_millis(debounce_ms),
         move |events: notify_debouncer_mini::DebounceEventResult| match events {
             Ok(events) => {
                 for e in events {
-                    let _ = tx.send(e.path);
+                    let _ = tx.send((e.path, Instant::now()));
                 }
             }
             Err(e) => eprintln!("watch error: {e}"),

@@ -290,9 +290,14 @@ impl Stack {
                     .contains(&format!("{name}.json").replace(' ', "+"));
                 let parsed = parse_splitter_event(event).expect("an S3 event");
                 outcomes.extend(
-                    handle_splitter_event(&splitter, &self.store(), parsed)
-                        .await
-                        .expect("splitter"),
+                    handle_splitter_event(
+                        &splitter,
+                        &self.store(),
+                        parsed,
+                        message.message_id().unwrap_or("moto"),
+                    )
+                    .await
+                    .expect("splitter"),
                 );
                 self.delete(&self.requests_queue, message.receipt_handle().unwrap())
                     .await;
@@ -752,7 +757,11 @@ fn every_shard_message_delivered_twice() {
             "each part published once"
         );
         stack.pump_reduce(store.clone()).await;
-        assert_eq!(store.puts_matching("pca_model.json"), 1, "one reduce wrote");
+        assert_eq!(
+            store.puts_matching(&RunLayout::new(&run.run_id).pca_model()),
+            1,
+            "one reduce published"
+        );
         assert_same_outputs(&datasets(&stack.store(), &run.run_id).await, &reference);
     });
 }
@@ -908,9 +917,9 @@ fn the_reduce_message_delivered_twice_reduces_once() {
         // Let visibility expire for any failed delivery, then drain.
         stack.pump_reduce(store.clone()).await;
         assert_eq!(
-            store.puts_matching("pca_model.json"),
+            store.puts_matching(&RunLayout::new(&run.run_id).pca_model()),
             1,
-            "exactly one reduce wrote"
+            "exactly one reduce published"
         );
         assert_eq!(
             store.puts_matching(&RunLayout::new(&run.run_id).pca_success()),

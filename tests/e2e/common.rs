@@ -24,12 +24,27 @@ pub fn fruits() -> PathBuf {
     shared_dir().join("data/fruits-360/Test")
 }
 
+/// The model file the tests run: `MODEL_PATH` when set (relative to the repository root; e.g.
+/// the output of `models/get-model.sh --from-source`), else `../shared`'s copy.
+pub fn model_path() -> PathBuf {
+    let path = match std::env::var_os("MODEL_PATH") {
+        Some(path) => Path::new(env!("CARGO_MANIFEST_DIR")).join(path),
+        None => shared_dir().join("models/mobilenet_v2_features.onnx"),
+    };
+    assert!(
+        path.is_file(),
+        "no model at {} (MODEL_PATH)",
+        path.display()
+    );
+    path
+}
+
 /// The MobileNetV2 features model, loaded and optimized once for all tests.
 pub fn model() -> Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let path = shared_dir().join("models/mobilenet_v2_features.onnx");
+            let path = model_path();
             Model::load(&path, ModelSpec::mobilenet_v2()).expect("load the model")
         })
         .clone()

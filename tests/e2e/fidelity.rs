@@ -4,6 +4,7 @@
 //! photos and noise saved as PNG and JPEG.
 
 use pipeline::batch::inference::{featurize_images, ImageOutcome};
+use pipeline::parquet_io::{read_rows, Dataset};
 use pipeline::ports::store::Bytes;
 
 use crate::common::*;
@@ -282,4 +283,116 @@ fn mobilenet_v2_matches_tract() {
             assert_close(&ours, theirs, &format!("{isa:?}"));
         }
     }
+}
+
+/// How the featurizer-version fixture is regenerated (after bumping the version).
+const REGENERATE_FIXTURE: &str =
+    "UPDATE_FEATURIZER_FIXTURE=1 cargo test --test e2e fidelity::featurizer_version";
+/// How far a fixture value may move without a version bump: above the engines' rounding
+/// differences (the native executor on each instruction set and tract agree within 2e-5 of
+/// the features' scale), far below what any change to decoding, resizing or the model does.
+const FEATURIZER_TOLERANCE: f32 = 1e-4;
+/// Golden images the fixture records (indices in `features.parquet`) and values per image.
+const FIXTURE_IMAGES: [usize; 4] = [0, 23, 47, 71];
+const FIXTURE_VALUES: usize = 16;
+
+/// The fixture's record of one golden image: its first values and its mean feature.
+fn fixture_entry(path: &str, features: &[f32]) -> serde_json::Value {
+    let mean = features.iter().map(|&v| f64::from(v)).sum::<f64>() / features.len() as f64;
+    serde_json::json!({
+        "path": path,
+        "first": features[..FIXTURE_VALUES].to_vec(),
+        "mean": mean,
+    })
+}
+
+/// `engine::FEATURIZER_VERSION` is part of every run id, so that features from code that
+/// computes them differently never resume, or mix into, an older run. This test ties it to
+/// the golden features: `tests/fixtures/featurizer_version.json` records the version with
+/// the first values and the mean of the features of four golden images; when the current
+/// code moves any of them beyond 1e-4 while the version is unchanged, it fails until the
+/// version is bumped and the fixture regenerated.
+#[test]
+fn featurizer_version_is_bumped_when_the_golden_features_move() {
+    let golden = read_rows(
+        Dataset::Features,
+        Bytes::from(std::fs::read(shared_dir().join("golden/seed72/features.parquet")).unwrap()),
+    )
+    .unwrap();
+    let data = shared_dir().join("data/fruits-360");
+    let paths: Vec<&str> = FIXTURE_IMAGES
+        .iter()
+        .map(|&i| golden[i].path.as_str())
+        .collect();
+    let encoded: Vec<Result<Bytes, String>> = paths
+        .iter()
+        .map(|p| Ok(Bytes::from(std::fs::read(data.join(p)).unwrap())))
+        .collect();
+    let batch = featurize_images(&model(), &encoded, 2, 50_000_000, None, None).unwrap();
+    let current: Vec<serde_json::Value> = paths
+        .iter()
+        .zip(&batch.outcomes)
+        .map(|(path, outcome)| match outcome {
+            ImageOutcome::Features(values) => fixture_entry(path, values),
+            other => panic!("{path} failed: {other:?}"),
+        })
+        .collect();
+    let fixture_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/featurizer_version.json");
+    if std::env::var_os("UPDATE_FEATURIZER_FIXTURE").is_some() {
+        let fixture = serde_json::json!({
+            "featurizer_version": engine::FEATURIZER_VERSION,
+            "regenerate": REGENERATE_FIXTURE,
+            "images": current,
+        });
+        let text = serde_json::to_string_pretty(&fixture).unwrap() + "\n";
+        std::fs::write(&fixture_path, text).unwrap();
+        println!("wrote {}", fixture_path.display());
+    }
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&fixture_path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; create it with {REGENERATE_FIXTURE}",
+                fixture_path.display()
+            )
+        }))
+        .unwrap();
+    let recorded = fixture["featurizer_version"].as_u64().unwrap();
+    assert_eq!(
+        recorded,
+        u64::from(engine::FEATURIZER_VERSION),
+        "the fixture records FEATURIZER_VERSION {recorded}, the code is at {}: regenerate the \
+         fixture with `{REGENERATE_FIXTURE}`",
+        engine::FEATURIZER_VERSION
+    );
+    let entries = fixture["images"].as_array().unwrap();
+    assert_eq!(entries.len(), current.len());
+    let mut worst = 0f32;
+    for (want, got) in entries.iter().zip(&current) {
+        assert_eq!(want["path"], got["path"]);
+        let values = |v: &serde_json::Value| -> Vec<f32> {
+            let mut out: Vec<f32> = v["first"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            out.push(v["mean"].as_f64().unwrap() as f32);
+            out
+        };
+        for (a, b) in values(want).iter().zip(values(got)) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    println!(
+        "featurizer version {}: golden fixture values within {worst:.2e} (limit {FEATURIZER_TOLERANCE:.0e})",
+        engine::FEATURIZER_VERSION
+    );
+    assert!(
+        worst <= FEATURIZER_TOLERANCE,
+        "the golden features moved by {worst:.2e} (limit {FEATURIZER_TOLERANCE:.0e}) while \
+         engine::FEATURIZER_VERSION is still {}: bump FEATURIZER_VERSION \
+         (shared/engine/src/lib.rs) and regenerate the fixture with `{REGENERATE_FIXTURE}`",
+        engine::FEATURIZER_VERSION
+    );
 }

@@ -24,8 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws::lambda::{
-    handle_featurizer_batch, handle_reduce_batch, handle_reducer_batch, handle_shard_batch,
-    handle_splitter_event, parse_splitter_event, Refitter,
+    handle_featurizer_batch, handle_reduce_batch, handle_reducer_batch,
+    handle_reducer_batch_requeuing, handle_shard_batch, handle_splitter_event,
+    parse_splitter_event, Refitter,
 };
 use aws::sdk::{s3_client, S3Store, SqsQueue, SQS_EVENT_SOURCE_ACTIONS};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
@@ -50,6 +51,8 @@ use serde_norway::Value;
 use testkit::iam::{CheckedQueue, CheckedStore, Effect, Policy, Role, Statement};
 
 use crate::common::*;
+
+mod checker;
 
 const ACCOUNT: &str = "123456789012"; // moto's default account
 const REGION: &str = "us-east-1";
@@ -805,7 +808,8 @@ impl Stack {
                 let mut last_error = String::new();
                 for _ in 0..=retries {
                     let parsed = parse_splitter_event(event.clone()).expect("an S3 event");
-                    match handle_splitter_event(&splitter, &store, parsed).await {
+                    let request_id = message.message_id().unwrap_or("iam");
+                    match handle_splitter_event(&splitter, &store, parsed, request_id).await {
                         Ok(outcomes) if ours => return Ok(outcomes),
                         Ok(_) => {
                             last_error.clear();
@@ -1051,6 +1055,41 @@ impl Stack {
             })
             .await;
         self.assert_allowed("reducer (refit)");
+        n
+    }
+
+    /// The reducer on the refit queue, with a quiet time far off and a staleness bound
+    /// nearer: a refit that is not due yet is sent back to the refit queue, delayed.
+    async fn pump_refits_not_due(&self) -> usize {
+        let role = &self.roles.reducer;
+        let store = self.checked_store(role);
+        let reducer = Reducer::new(store.clone(), ReducerSettings::default());
+        let refitter = Refitter {
+            store,
+            inbox: self.inbox.clone(),
+            quiet_ms: 3_600_000,
+            options: RefitOptions {
+                max_staleness_ms: Some(1_800_000),
+                ..Default::default()
+            },
+        };
+        let requeue = self.checked_queue(role, &self.refit_queue);
+        let n = self
+            .pump(role, &self.reducer_sources, &self.refit_queue, 1, |event| {
+                let (reducer, refitter, requeue) = (&reducer, &refitter, &requeue);
+                async move {
+                    handle_reducer_batch_requeuing(
+                        reducer,
+                        Some(refitter),
+                        Some(requeue),
+                        event,
+                        "iam-test",
+                    )
+                    .await
+                }
+            })
+            .await;
+        self.assert_allowed("reducer (refit not due, re-sent)");
         n
     }
 
@@ -1365,6 +1404,7 @@ async fn scenario_failures() -> Recorded {
         generation: 1,
         acquired_at: 0,
         released: false,
+        committed: None,
     };
     stack
         .store()
@@ -1474,6 +1514,15 @@ async fn scenario_ingest() -> Recorded {
     let status = collection_status(&stack.store(), "c").await.unwrap();
     assert_eq!(status.summary.unwrap().rows, 3);
     assert!(status.current.unwrap().seq >= 3);
+    // Under steady uploads: a refit not due yet goes back to the refit queue, delayed until
+    // the staleness bound (MaxStalenessSecs).
+    stack
+        .store()
+        .put(&key(&files[0].0), Bytes::from(files[0].1.clone()))
+        .await
+        .unwrap();
+    stack.pump_ingest().await;
+    assert!(stack.pump_refits_not_due().await >= 1);
     stack.requests()
 }
 

@@ -7,6 +7,10 @@
 //! inbox prefix; moto's carry no `sequencer`) feed the featurizer's handler through an
 //! event-source-mapping loop (batches of up to 100 records); the refit queue is pumped into
 //! the reducer's handler, which refits once the collection has been quiet.
+//!
+//! Under real traffic (issue 27): [`steady`] — the staleness bound under steady uploads;
+//! [`repair`] — per-record isolation in ingest batches, and reconciles (a dead-lettered
+//! batch, a backfill, a local folder).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -32,8 +36,23 @@ use pipeline::ports::store::{Bytes, FsStore, ObjectStore};
 use crate::aws::Stack;
 use crate::common::*;
 
+mod repair;
+mod steady;
+
 const K: usize = 4;
 const INBOX: &str = "inbox/";
+
+/// The ingest settings of these tests, with this quiet time.
+fn settings(quiet_s: u32) -> IngestSettings {
+    IngestSettings {
+        inbox: INBOX.into(),
+        filter: ImageFilter::new("*.{jpg,jpeg,png}").unwrap(),
+        max_pixels: 50_000_000,
+        threads: 2,
+        fetch_concurrency: 16,
+        quiet_s,
+    }
+}
 
 /// Rows of every part of a Parquet folder in a store.
 async fn read_folder<S: ObjectStore>(store: &S, prefix: &str, dataset: Dataset) -> Vec<VectorRow> {
@@ -317,6 +336,8 @@ fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
                     k: K,
                     ..Default::default()
                 },
+                // No reader to wait for: only the KEEP_SNAPSHOTS newest stay (checked below).
+                min_reader_ms: 0,
                 ..Default::default()
             },
         };

@@ -68,7 +68,7 @@ fn golden_fidelity_holds_on_every_engine() {
         .iter()
         .map(|row| Ok(Bytes::from(std::fs::read(data.join(&row.path)).unwrap())))
         .collect();
-    let path = shared_dir().join("models/mobilenet_v2_features.onnx");
+    let path = model_path();
     let engines =
         std::iter::once(Engine::Tract).chain(Isa::all_available().into_iter().map(Engine::Native));
     let mut tract_delta = None;

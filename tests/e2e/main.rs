@@ -5,14 +5,20 @@
 //! Run through `./infra/test.sh`, which installs the Python side (pyarrow, moto) and starts
 //! moto; the tests fail with a clear message when something they need is missing.
 
+mod ackloss;
 mod aws;
+mod binding;
 mod common;
 mod docs;
 mod faults;
+mod fencing;
 mod fidelity;
+mod guard;
 mod iam;
 mod ingest;
 mod local;
+mod model_source;
 mod refit;
 mod report;
+mod stuck;
 mod template;

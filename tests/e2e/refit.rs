@@ -1,6 +1,9 @@
 //! Collections' refits with injected faults and the reducer's refitter: unreadable inbox
-//! keys, racing refits, and refit request objects (moved from the core crate's unit tests,
-//! which cannot use the test kit or the Lambda glue).
+//! keys, racing refits (on the local store and on S3), the pointer's write answered with an
+//! error after S3 applied it (ack loss) or applied twice, retention (orphan snapshots of
+//! crashed losers first, the snapshot readers are on kept, orphan delta parts expired), and
+//! refit request objects (moved from the core crate's unit tests, which cannot use the test
+//! kit or the Lambda glue).
 
 use std::collections::BTreeSet;
 
@@ -15,11 +18,11 @@ use pipeline::ports::store::{Bytes, ObjectStore};
 
 use crate::common::block;
 
-fn synthetic_ingestor<I: ObjectStore, Q: pipeline::ports::queue::Queue>(
+fn synthetic_ingestor<I: ObjectStore, O: ObjectStore, Q: pipeline::ports::queue::Queue>(
     input: I,
-    output: pipeline::ports::store::FsStore,
+    output: O,
     queue: Q,
-) -> pipeline::continuous::ingest::Ingestor<I, pipeline::ports::store::FsStore, Q> {
+) -> pipeline::continuous::ingest::Ingestor<I, O, Q> {
     pipeline::continuous::ingest::Ingestor::new(
         input,
         output,
@@ -36,7 +39,7 @@ fn synthetic_ingestor<I: ObjectStore, Q: pipeline::ports::queue::Queue>(
     )
 }
 
-async fn view_paths(output: &pipeline::ports::store::FsStore, collection: &str) -> Vec<String> {
+async fn view_paths<S: ObjectStore>(output: &S, collection: &str) -> Vec<String> {
     let (pointer, _) = read_current(output, &CollectionLayout::new(collection))
         .await
         .unwrap()
@@ -110,7 +113,7 @@ fn an_unreadable_file_goes_to_the_error_list_and_the_batch_succeeds() {
             (errors[0].path.as_str(), errors[0].label.as_str()),
             ("l1/secret.jpg", "l1")
         );
-        assert_eq!(errors[0].kind, ImageErrorKind::Fetch);
+        assert_eq!(errors[0].kind, ImageErrorKind::AccessDenied);
         assert!(
             errors[0].reason.contains("AccessDenied"),
             "{}",
@@ -290,5 +293,326 @@ fn a_refit_request_object_refits_now() {
             panic!("a forced refit publishes inside the quiet time")
         };
         assert_eq!(s.rows, 4);
+    });
+}
+
+/// Publishes a first view of `c` (3 files), then a second (one more file), through
+/// `store` (over `output`), and checks that each refit published its own snapshot, whole,
+/// with the pointer on it; then that a clean refit finds nothing to do (no dangling
+/// pointer). Returns the two snapshots.
+async fn two_publications<S: ObjectStore, O: ObjectStore + Clone, I: ObjectStore + Clone>(
+    store: &S,
+    output: &O,
+    input: &I,
+    what: &str,
+) -> (String, String) {
+    use pipeline::ports::queue::InProcessQueue;
+    let queue = InProcessQueue::new();
+    let ingestor = synthetic_ingestor(input.clone(), output.clone(), &queue);
+    let layout = CollectionLayout::new("c");
+    let mut keys: Vec<String> = (0..3).map(|i| format!("inbox/c/l0/{i}.jpg")).collect();
+    let mut snapshots = Vec::new();
+    for round in 0..2 {
+        if round == 1 {
+            keys.push("inbox/c/l1/late.jpg".into());
+        }
+        for k in &keys {
+            input.put(k, Bytes::from(k.clone())).await.unwrap();
+        }
+        ingestor.ingest(&keys).await.unwrap();
+        let outcome = refit(store, input, "inbox/", "c", &k2()).await;
+        let Ok(RefitOutcome::Published(s)) = outcome else {
+            panic!("{what}, refit {}: {outcome:?}", round + 1)
+        };
+        assert_eq!((s.seq, s.rows), (round + 1, keys.len()), "{what}: {s:?}");
+        let (pointer, _) = read_current(output, &layout).await.unwrap().unwrap();
+        assert_eq!(pointer.snapshot, s.snapshot, "{what}: the pointer is on it");
+        assert!(
+            output.exists(&layout.success(&s.snapshot)).await.unwrap()
+                && output
+                    .exists(&layout.state_index(&s.snapshot))
+                    .await
+                    .unwrap(),
+            "{what}: its snapshot was kept, not discarded as a loser's"
+        );
+        snapshots.push(s.snapshot.clone());
+    }
+    assert_eq!(
+        view_paths(output, "c").await,
+        ["l0/0.jpg", "l0/1.jpg", "l0/2.jpg", "l1/late.jpg"],
+        "{what}"
+    );
+    assert_eq!(
+        refit(output, input, "inbox/", "c", &k2()).await.unwrap(),
+        RefitOutcome::NothingToDo,
+        "{what}: the next refit reads the published state"
+    );
+    (snapshots.remove(0), snapshots.remove(0))
+}
+
+/// The pointer's write is applied and its answer lost (then, without a retry layer, the
+/// refit sees an error; with one, the retry gets "exists" for the first publication and
+/// "changed" for a later one), or applied twice. Each time the refit reads the pointer back,
+/// finds its own snapshot there, and reports it published: it never deletes the snapshot the
+/// pointer names.
+#[test]
+fn the_pointer_write_answered_wrongly_is_read_back_for_the_first_and_a_later_publication() {
+    use aws::retry::{RetryPolicy, Retrying};
+    use pipeline::ports::store::FsStore;
+    use testkit::faults::{Faults, Selector};
+    let pointer_writes = || Selector::conditional().on_key("current.json");
+    block(async {
+        for variant in ["ack loss", "ack loss, retried", "applied twice"] {
+            let dir = tempfile::tempdir().unwrap();
+            let input = FsStore::new(dir.path().join("in"));
+            let output = FsStore::new(dir.path().join("out"));
+            let faults = match variant {
+                "applied twice" => Faults::duplicate_apply(pointer_writes()),
+                _ => Faults::ack_loss(pointer_writes().once_per_request()),
+            };
+            if variant == "ack loss, retried" {
+                let policy = RetryPolicy {
+                    attempts: 3,
+                    base_delay: std::time::Duration::from_millis(1),
+                    max_delay: std::time::Duration::from_millis(2),
+                };
+                let store = Retrying::new(faults.store(output.clone()), policy);
+                two_publications(&store, &output, &input, variant).await;
+            } else {
+                two_publications(&faults.store(output.clone()), &output, &input, variant).await;
+            }
+            assert_eq!(
+                faults.acks_lost() + faults.duplicated(),
+                2,
+                "{variant}: both pointer writes were hit"
+            );
+        }
+    });
+}
+
+/// The same on S3 (moto), under the production retry layer: the retried pointer write gets
+/// 412 from S3 (`If-None-Match: *` the first time, `If-Match` the second) and is read back.
+#[test]
+fn on_s3_the_pointer_write_whose_answer_is_lost_is_read_back() {
+    use aws::retry::{RetryPolicy, Retrying};
+    use testkit::faults::{Faults, Selector};
+    crate::common::runtime().block_on(async {
+        let stack = crate::aws::Stack::new("pointer-ack").await;
+        let bucket = stack.store();
+        let faults = Faults::ack_loss(
+            Selector::conditional()
+                .on_key("current.json")
+                .once_per_request(),
+        );
+        let store = Retrying::new(faults.store(bucket.clone()), RetryPolicy::default());
+        two_publications(&store, &bucket, &bucket, "S3").await;
+        assert_eq!(faults.acks_lost(), 2);
+    });
+}
+
+/// Two refits race on S3 (moto), each stopped just before it publishes the pointer: the
+/// first publishes; the second, which had also seen a later delta, gets 412 on its
+/// `If-Match`, reads the pointer back (another's, at its refit number: lost), discards its
+/// snapshot and starts over from the winner's, so that the later change is published now.
+#[test]
+fn on_s3_racing_refits_publish_once_each_and_leave_no_delta_behind() {
+    use pipeline::ports::queue::InProcessQueue;
+    use testkit::faults::Faults;
+    crate::common::runtime().block_on(async {
+        let stack = crate::aws::Stack::new("refit-race").await;
+        let bucket = stack.store();
+        let queue = InProcessQueue::new();
+        let ingestor = synthetic_ingestor(bucket.clone(), bucket.clone(), &queue);
+        let first: Vec<String> = (0..3).map(|i| format!("inbox/c/l0/{i}.jpg")).collect();
+        for k in &first {
+            bucket.put(k, Bytes::from(k.clone())).await.unwrap();
+        }
+        ingestor.ingest(&first).await.unwrap();
+        let (wf, lf) = (
+            Faults::pause_before_key("current.json"),
+            Faults::pause_before_key("current.json"),
+        );
+        let (winner_store, loser_store) = (wf.store(bucket.clone()), lf.store(bucket.clone()));
+        let winner_done = tokio::sync::Notify::new();
+        let layout = CollectionLayout::new("c");
+        let options = k2();
+        let (won, lost) = tokio::join!(
+            async {
+                let r = refit(&winner_store, &bucket, "inbox/", "c", &options).await;
+                winner_done.notify_one();
+                r
+            },
+            async {
+                wf.wait_paused().await;
+                bucket
+                    .put("inbox/c/l1/late.jpg", Bytes::from_static(b"late"))
+                    .await
+                    .unwrap();
+                bucket.delete(&first[0]).await.unwrap();
+                ingestor
+                    .ingest(&["inbox/c/l1/late.jpg".into(), first[0].clone()])
+                    .await
+                    .unwrap();
+                let (lost, ()) = tokio::join!(
+                    refit(&loser_store, &bucket, "inbox/", "c", &options),
+                    async {
+                        lf.wait_paused().await;
+                        wf.resume();
+                        winner_done.notified().await;
+                        lf.resume();
+                    }
+                );
+                lost
+            }
+        );
+        let RefitOutcome::Published(won) = won.unwrap() else {
+            panic!("the first refit publishes")
+        };
+        assert_eq!((won.seq, won.rows), (1, 3), "{won:?}");
+        let RefitOutcome::Published(lost) = lost.unwrap() else {
+            panic!("the second starts over and publishes")
+        };
+        assert_eq!(
+            (lost.seq, lost.rows, lost.added, lost.removed),
+            (2, 3, 1, 1),
+            "{lost:?}"
+        );
+        assert_eq!(
+            view_paths(&bucket, "c").await,
+            ["l0/1.jpg", "l0/2.jpg", "l1/late.jpg"]
+        );
+        assert!(list_deltas(&bucket, &layout).await.unwrap().is_empty());
+        let snapshots: BTreeSet<String> = bucket
+            .list(&layout.snapshots_prefix())
+            .await
+            .unwrap()
+            .iter()
+            .map(|o| o.key.split('/').nth(3).unwrap().to_string())
+            .collect();
+        assert_eq!(
+            snapshots,
+            BTreeSet::from([won.snapshot.clone(), lost.snapshot.clone()]),
+            "the loser's discarded snapshot is gone"
+        );
+    });
+}
+
+/// Retention after a publication: a crashed loser's snapshot (written whole, its refit
+/// killed before the pointer) is removed first, whatever its id sorts as, and never counts
+/// as one of the kept ones: the snapshot readers are on stays. A superseded snapshot is kept
+/// while it was current less than `min_reader_ms` ago, then expires. A delta part whose
+/// document was never written expires after the grace time; a fresh one stays.
+#[test]
+fn retention_removes_orphans_first_and_keeps_the_snapshot_readers_are_on() {
+    use pipeline::ports::queue::InProcessQueue;
+    use pipeline::ports::store::FsStore;
+    use testkit::faults::Faults;
+    block(async {
+        let dir = tempfile::tempdir().unwrap();
+        let input = FsStore::new(dir.path().join("in"));
+        let output = FsStore::new(dir.path().join("out"));
+        let queue = InProcessQueue::new();
+        let ingestor = synthetic_ingestor(input.clone(), output.clone(), &queue);
+        let layout = CollectionLayout::new("c");
+        let mut n = 0;
+        let mut change = || {
+            n += 1;
+            let key = format!("inbox/c/l0/{n}.jpg");
+            let (input, ingestor) = (&input, &ingestor);
+            async move {
+                input.put(&key, Bytes::from(key.clone())).await.unwrap();
+                ingestor.ingest(&[key]).await.unwrap();
+            }
+        };
+        let published = |options: RefitOptions| {
+            let (output, input) = (&output, &input);
+            async move {
+                match refit(output, input, "inbox/", "c", &options).await.unwrap() {
+                    RefitOutcome::Published(s) => s.snapshot.clone(),
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        let ids = |prefix: String| {
+            let output = &output;
+            async move {
+                output
+                    .list(&prefix)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|o| o.key[prefix.len()..].split('/').next().unwrap().to_string())
+                    .collect::<BTreeSet<String>>()
+            }
+        };
+        change().await;
+        change().await;
+        let s1 = published(k2()).await;
+        // A refit killed right before it publishes: its snapshot is whole, and no pointer
+        // names it.
+        change().await;
+        let paused = Faults::pause_before_key("current.json");
+        let crashed_store = paused.store(output.clone());
+        let options = k2();
+        {
+            let killed = refit(&crashed_store, &input, "inbox/", "c", &options);
+            tokio::pin!(killed);
+            tokio::select! {
+                r = &mut killed => panic!("published: {r:?}"),
+                _ = paused.wait_paused() => {}
+            }
+        }
+        let orphans: BTreeSet<String> = ids(layout.snapshots_prefix())
+            .await
+            .into_iter()
+            .filter(|id| *id != s1)
+            .collect();
+        assert_eq!(orphans.len(), 1, "the crashed refit's snapshot");
+        // Orphan delta parts: one from an ingest that died 2 hours ago, one just now.
+        let now = pipeline::manifest::unix_now_ms();
+        let old_part = format!("{:013}-{:016x}", now - 7_200_000, 1);
+        let new_part = format!("{:013}-{:016x}", now, 2);
+        for id in [&old_part, &new_part] {
+            output
+                .put(&layout.delta_part(id), Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        change().await;
+        let s2 = published(k2()).await;
+        assert_eq!(
+            ids(layout.snapshots_prefix()).await,
+            BTreeSet::from([s1.clone(), s2.clone()]),
+            "the orphan is removed first; the snapshot readers were on (s1) stays"
+        );
+        assert_eq!(
+            ids(layout.states_prefix()).await,
+            BTreeSet::from([s1.clone(), s2.clone()])
+        );
+        assert!(!output.exists(&layout.delta_part(&old_part)).await.unwrap());
+        assert!(output.exists(&layout.delta_part(&new_part)).await.unwrap());
+        // Keep only the current one, but readers for an hour: everything superseded within
+        // the hour stays.
+        change().await;
+        let s3 = published(RefitOptions {
+            keep_snapshots: 1,
+            min_reader_ms: 3_600_000,
+            ..k2()
+        })
+        .await;
+        assert_eq!(
+            ids(layout.snapshots_prefix()).await,
+            BTreeSet::from([s1.clone(), s2.clone(), s3.clone()])
+        );
+        // No reader to wait for: only the current one stays.
+        change().await;
+        let s4 = published(RefitOptions {
+            keep_snapshots: 1,
+            min_reader_ms: 0,
+            ..k2()
+        })
+        .await;
+        assert_eq!(ids(layout.snapshots_prefix()).await, BTreeSet::from([s4]));
+        assert_eq!(view_paths(&output, "c").await.len(), 6);
     });
 }

@@ -13,9 +13,16 @@ use std::sync::OnceLock;
 use aws::config::{env_vars, Role};
 use serde_norway::Value;
 
+mod stuck;
+
 const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml");
 const LAYER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/build-layer.sh");
-const ROLES: [Role; 3] = [Role::Splitter, Role::Featurizer, Role::Reducer];
+const ROLES: [Role; 4] = [
+    Role::Splitter,
+    Role::Featurizer,
+    Role::Reducer,
+    Role::Checker,
+];
 
 /// Variables a function may set beyond `env_vars(role)`: optional by design.
 const OPTIONAL_VARS: &[(Role, &str)] = &[
@@ -123,7 +130,7 @@ fn of_type<'a>(t: &'a Value, ty: &'a str) -> impl Iterator<Item = (&'a str, &'a 
     resources(t).filter(move |(_, r)| r["Type"].as_str() == Some(ty))
 }
 
-/// Which of the three functions a `AWS::Serverless::Function` is: its
+/// Which of the four functions a `AWS::Serverless::Function` is: its
 /// `Metadata.BuildProperties.Binary`, else the last component of its `CodeUri`.
 fn role_of(function: &Value) -> Option<Role> {
     let binary = function["Metadata"]["BuildProperties"]["Binary"]
@@ -139,11 +146,12 @@ fn role_of(function: &Value) -> Option<Role> {
         "splitter" => Some(Role::Splitter),
         "featurizer" => Some(Role::Featurizer),
         "reducer" => Some(Role::Reducer),
+        "checker" => Some(Role::Checker),
         _ => None,
     }
 }
 
-/// The three functions: (role, logical id, resource). Asserts that each is there exactly once.
+/// The four functions: (role, logical id, resource). Asserts that each is there exactly once.
 fn functions(t: &Value) -> Vec<(Role, &str, &Value)> {
     let found: Vec<(Role, &str, &Value)> = of_type(t, "AWS::Serverless::Function")
         .filter_map(|(id, f)| Some((role_of(f)?, id, f)))
@@ -472,8 +480,13 @@ fn sqs_event_sources_report_batch_item_failures() {
              (SAM attaches AWSLambdaSQSQueueExecutionRole, SQS access on every queue)"
         );
         let events = sqs_mappings(t, id);
-        // Featurizer: shards and inbox notifications; reducer: reduces and refits.
-        let expected = if role == Role::Splitter { 0 } else { 2 };
+        // Featurizer: shards and inbox notifications; reducer: reduces and refits; the
+        // splitter (S3 events) and the checker (schedules) consume no queue.
+        let expected = if matches!(role, Role::Splitter | Role::Checker) {
+            0
+        } else {
+            2
+        };
         assert_eq!(
             events.len(),
             expected,
@@ -605,13 +618,7 @@ fn timeouts_and_margins_are_consistent() {
         "{fid}: DEADLINE_MARGIN_SECS {margin} s leaves too little of its {timeout} s timeout for work"
     );
 
-    let (rid, reducer) = function(t, Role::Reducer);
-    let stale = number(t, environment(t, reducer)["REDUCE_LOCK_STALE_SECS"]);
-    let timeout = number(t, prop(t, reducer, "Timeout"));
-    assert!(
-        stale >= timeout,
-        "{rid}: REDUCE_LOCK_STALE_SECS {stale} s < its timeout {timeout} s: a live reducer's lock could be taken over"
-    );
+    stuck::reducer_lock_stale_time_exceeds_its_timeout(t);
 }
 
 /// Alarms on each dead-letter queue's depth, on the age of the oldest message of each consumed
@@ -770,6 +777,7 @@ fn cargo_lambda_deploy_settings_equal_the_template_defaults() {
         (Role::Splitter, "splitter"),
         (Role::Featurizer, "featurizer"),
         (Role::Reducer, "reducer"),
+        (Role::Checker, "checker"),
     ] {
         let path = format!("{}/functions/{dir}/Cargo.toml", env!("CARGO_MANIFEST_DIR"));
         let manifest: toml::Table = std::fs::read_to_string(&path)

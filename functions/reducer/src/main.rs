@@ -20,7 +20,11 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<_, Error>(
             function
-                .handle(event.payload, &event.context.request_id)
+                .handle(
+                    event.payload,
+                    &event.context.request_id,
+                    event.context.deadline,
+                )
                 .await,
         )
     }))

@@ -18,7 +18,11 @@ async fn main() -> Result<(), Error> {
     let function = &SplitterFunction::from_config(&config, &aws)?;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
-            Ok::<_, Error>(function.handle(event.payload).await?)
+            Ok::<_, Error>(
+                function
+                    .handle(event.payload, &event.context.request_id)
+                    .await?,
+            )
         },
     ))
     .await

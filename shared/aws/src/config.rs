@@ -9,6 +9,7 @@ use pipeline::batch::featurizer::FeaturizerSettings;
 use pipeline::batch::reducer::{Pricing, ReducerSettings};
 use pipeline::error::{Error, Result};
 use pipeline::manifest::{RunOptions, DEFAULT_IMAGE_GLOB};
+use pipeline::stuck::{defaults as stall, StallPolicy};
 
 /// Everything the three functions read from their environment. Queue URLs are optional
 /// here; each function asks for the ones it needs with a clear error.
@@ -34,7 +35,8 @@ pub struct Config {
     pub run_defaults: RunOptions,
     /// `FETCH_CONCURRENCY`, `WORKER_THREADS`, `DEADLINE_MARGIN_SECS`.
     pub featurizer: FeaturizerSettings,
-    /// `REDUCE_LOCK_STALE_SECS`, `PRICE_PER_GB_SECOND`, `PRICE_PER_REQUEST`.
+    /// `REDUCE_CONCURRENCY`, the lock's stale time ([`lock_stale_after`]), `PRICE_PER_GB_SECOND`,
+    /// `PRICE_PER_REQUEST`.
     pub reducer: ReducerSettings,
     /// `INBOX_PREFIX`: images created under `<inbox>/<collection>/` are ingested (default `inbox/`).
     pub inbox_prefix: String,
@@ -42,6 +44,74 @@ pub struct Config {
     pub refit_queue_url: Option<String>,
     /// `QUIET_SECS`: a collection is refitted once no change landed for this long (<= 900).
     pub quiet_secs: u32,
+    /// `MAX_STALENESS_SECS`: a collection's change is published within this plus one refit.
+    pub max_staleness_secs: u64,
+    /// When a run or a collection is stuck (the scheduled checker): `FEATURIZER_TIMEOUT_SECS`,
+    /// `SHARD_VISIBILITY_SECS`, `REDUCER_TIMEOUT_SECS`, `REDUCE_VISIBILITY_SECS`,
+    /// `MAX_RECEIVE_COUNT`, `STUCK_GRACE_SECS`, `STUCK_MARGIN_SECS`, `MAX_STALENESS_SECS`.
+    pub stall: StallPolicy,
+    /// `INGEST_QUEUE_URL`: the ingest queue (the checker's scheduled reconcile sends to it).
+    pub ingest_queue_url: Option<String>,
+    /// `STACK_NAME`: the stack, the dimension of the checker's metrics.
+    pub stack_name: String,
+    /// `CHECKER_MAX_ITEMS`: runs (and collections) the checker examines per invocation.
+    pub checker_max_items: usize,
+}
+
+/// The reducer's lock stale time: `REDUCE_LOCK_STALE_SECS` when set, else
+/// `REDUCER_TIMEOUT_SECS` + `REDUCE_LOCK_MARGIN_SECS` (default 60) when the timeout is known,
+/// else 900 s. A lock younger than the reducer's timeout may belong to a live reducer, so a
+/// stale time at or below a known timeout is refused.
+pub fn lock_stale_after(
+    stale_secs: Option<u64>,
+    reducer_timeout_secs: Option<u64>,
+    margin_secs: u64,
+) -> Result<Duration> {
+    if margin_secs == 0 {
+        return Err(Error::Config(
+            "REDUCE_LOCK_MARGIN_SECS must be at least 1 s".into(),
+        ));
+    }
+    let stale = match (stale_secs, reducer_timeout_secs) {
+        (Some(stale), Some(timeout)) if stale <= timeout => {
+            return Err(Error::Config(format!(
+                "REDUCE_LOCK_STALE_SECS={stale} must be greater than the reducer's timeout                  (REDUCER_TIMEOUT_SECS={timeout}): a live reducer's lock could be taken over"
+            )))
+        }
+        (Some(stale), _) => stale,
+        (None, Some(timeout)) => timeout + margin_secs,
+        (None, None) => ReducerSettings::default().lock_stale_after.as_secs(),
+    };
+    Ok(Duration::from_secs(stale))
+}
+
+fn optional<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    var(name)
+        .map(|text| {
+            text.parse()
+                .map_err(|e| Error::Config(format!("{name}={text:?}: {e}")))
+        })
+        .transpose()
+}
+
+/// The stuck bounds from the environment (defaults: the template's).
+fn stall_from_env(reducer_timeout: Option<u64>, max_staleness: u64) -> Result<StallPolicy> {
+    let secs = |name: &str, default: u64| parsed(name, default).map(Duration::from_secs);
+    let start_grace = secs("STUCK_GRACE_SECS", stall::START_GRACE_S)?;
+    Ok(StallPolicy {
+        featurizer_timeout: secs("FEATURIZER_TIMEOUT_SECS", stall::FEATURIZER_TIMEOUT_S)?,
+        shard_visibility: secs("SHARD_VISIBILITY_SECS", stall::SHARD_VISIBILITY_S)?,
+        reducer_timeout: Duration::from_secs(reducer_timeout.unwrap_or(stall::REDUCER_TIMEOUT_S)),
+        reduce_visibility: secs("REDUCE_VISIBILITY_SECS", stall::REDUCE_VISIBILITY_S)?,
+        max_receive_count: parsed("MAX_RECEIVE_COUNT", stall::MAX_RECEIVE_COUNT)?,
+        start_grace,
+        claim_unanswered_after: start_grace,
+        margin: secs("STUCK_MARGIN_SECS", stall::MARGIN_S)?,
+        max_staleness: Duration::from_secs(max_staleness),
+    })
 }
 
 fn var(name: &str) -> Option<String> {
@@ -99,14 +169,21 @@ impl Config {
             deadline_margin: Duration::from_secs(parsed("DEADLINE_MARGIN_SECS", 20u64)?),
         };
         let pricing = Pricing::default();
+        let reducer_timeout = optional::<u64>("REDUCER_TIMEOUT_SECS")?;
         let reducer = ReducerSettings {
             concurrency: parsed("REDUCE_CONCURRENCY", 4usize)?,
-            lock_stale_after: Duration::from_secs(parsed("REDUCE_LOCK_STALE_SECS", 900u64)?),
+            lock_stale_after: lock_stale_after(
+                optional("REDUCE_LOCK_STALE_SECS")?,
+                reducer_timeout,
+                parsed("REDUCE_LOCK_MARGIN_SECS", 60u64)?,
+            )?,
             pricing: Pricing {
                 per_gb_second: parsed("PRICE_PER_GB_SECOND", pricing.per_gb_second)?,
                 per_request: parsed("PRICE_PER_REQUEST", pricing.per_request)?,
             },
+            ..ReducerSettings::default()
         };
+        let max_staleness_secs = parsed("MAX_STALENESS_SECS", stall::MAX_STALENESS_S)?;
         Ok(Self {
             bucket,
             shard_queue_url: var("SHARD_QUEUE_URL"),
@@ -121,6 +198,11 @@ impl Config {
             inbox_prefix: var("INBOX_PREFIX").unwrap_or_else(|| "inbox/".into()),
             refit_queue_url: var("REFIT_QUEUE_URL"),
             quiet_secs: parsed("QUIET_SECS", 60u32)?.min(900),
+            max_staleness_secs,
+            stall: stall_from_env(reducer_timeout, max_staleness_secs)?,
+            ingest_queue_url: var("INGEST_QUEUE_URL"),
+            stack_name: var("STACK_NAME").unwrap_or_else(|| "featurize".into()),
+            checker_max_items: parsed("CHECKER_MAX_ITEMS", 200usize)?.max(1),
         })
     }
 
@@ -138,6 +220,13 @@ impl Config {
             .ok_or_else(|| Error::Config("REFIT_QUEUE_URL is not set".into()))
     }
 
+    /// `INGEST_QUEUE_URL`, or a clear error.
+    pub fn ingest_queue_url(&self) -> Result<&str> {
+        self.ingest_queue_url
+            .as_deref()
+            .ok_or_else(|| Error::Config("INGEST_QUEUE_URL is not set".into()))
+    }
+
     /// `REDUCE_QUEUE_URL`, or a clear error.
     pub fn reduce_queue_url(&self) -> Result<&str> {
         self.reduce_queue_url
@@ -146,7 +235,7 @@ impl Config {
     }
 }
 
-/// The three functions, for [`env_vars`].
+/// The four functions, for [`env_vars`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Starts runs.
@@ -155,6 +244,9 @@ pub enum Role {
     Featurizer,
     /// Fits and writes the PCA.
     Reducer,
+    /// On a schedule: finds stuck runs and collections (metrics for the alarms), and
+    /// reconciles the collections.
+    Checker,
 }
 
 /// The environment variables each function's behaviour depends on: the SAM template must set
@@ -195,15 +287,74 @@ pub fn env_vars(role: Role) -> &'static [&'static str] {
         Role::Reducer => &[
             "BUCKET",
             "REDUCE_CONCURRENCY",
-            "REDUCE_LOCK_STALE_SECS",
+            "REDUCER_TIMEOUT_SECS",
+            "REDUCE_LOCK_MARGIN_SECS",
             "PRICE_PER_GB_SECOND",
             "PRICE_PER_REQUEST",
             "INBOX_PREFIX",
             "QUIET_SECS",
+            "MAX_STALENESS_SECS",
+            "REFIT_QUEUE_URL",
             "PCA_K",
             "PCA_CONVENTION",
             "LOG_FORMAT",
             "RUST_LOG",
         ],
+        Role::Checker => &[
+            "BUCKET",
+            "STACK_NAME",
+            "FEATURIZER_TIMEOUT_SECS",
+            "SHARD_VISIBILITY_SECS",
+            "REDUCER_TIMEOUT_SECS",
+            "REDUCE_VISIBILITY_SECS",
+            "MAX_RECEIVE_COUNT",
+            "STUCK_GRACE_SECS",
+            "STUCK_MARGIN_SECS",
+            "MAX_STALENESS_SECS",
+            "CHECKER_MAX_ITEMS",
+            "INBOX_PREFIX",
+            "IMAGE_GLOB",
+            "INGEST_QUEUE_URL",
+            "REFIT_QUEUE_URL",
+            "LOG_FORMAT",
+            "RUST_LOG",
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_stale_time_exceeds_a_known_reducer_timeout() {
+        let secs = |d: Duration| d.as_secs();
+        // Derived: the timeout plus the margin.
+        assert_eq!(
+            lock_stale_after(None, Some(300), 60).map(secs).unwrap(),
+            360
+        );
+        // Explicit and longer than the timeout: kept.
+        assert_eq!(
+            lock_stale_after(Some(301), Some(300), 60)
+                .map(secs)
+                .unwrap(),
+            301
+        );
+        // Explicit at or below the timeout: refused.
+        for stale in [300, 60] {
+            let e = lock_stale_after(Some(stale), Some(300), 60).unwrap_err();
+            assert!(
+                e.to_string().contains("greater than the reducer's timeout"),
+                "{e}"
+            );
+        }
+        // No timeout known: the explicit value, else the reducer's default.
+        assert_eq!(
+            lock_stale_after(Some(120), None, 60).map(secs).unwrap(),
+            120
+        );
+        assert_eq!(lock_stale_after(None, None, 60).map(secs).unwrap(), 900);
+        assert!(lock_stale_after(None, Some(300), 0).is_err());
     }
 }

@@ -17,7 +17,9 @@ use pipeline::batch::inference::Engine;
 use pipeline::batch::listing::ImageFilter;
 use pipeline::batch::reducer::Reducer;
 use pipeline::batch::splitter::{SplitOutcome, Splitter};
-use pipeline::continuous::collection::{refit, RefitMessage, RefitOptions, RefitOutcome};
+use pipeline::continuous::collection::{
+    record_refit_failure, record_refit_start, refit, RefitMessage, RefitOptions, RefitOutcome,
+};
 use pipeline::continuous::ingest::IngestSettings;
 use pipeline::continuous::ingest::{parse_ingest_body, IngestBody, Ingestor};
 use pipeline::error::{Error, Result};
@@ -26,6 +28,7 @@ use pipeline::manifest::{ReduceMessage, RunRequest, ShardMessage};
 use pipeline::notification::{decode_s3_key, S3Notification};
 use pipeline::ports::queue::Queue;
 use pipeline::ports::store::ObjectStore;
+use pipeline::stuck::SystemClock;
 
 /// The invocation deadline as an `Instant`. Lambda gives epoch milliseconds; `cargo lambda
 /// watch` gives the timeout itself (e.g. `600000`), so a value before 2001 is read as a
@@ -101,9 +104,12 @@ pub async fn handle_shard_batch<S: ObjectStore, Q: Queue>(
 
 /// Featurizer on both of its queues: shard messages (batch runs) and S3 event notifications
 /// of the ingest queue (continuous ingestion), told apart by their bodies, each record on its
-/// own. The S3 records of an invocation are ingested together (one delta per collection);
-/// if that fails (transiently), they all are reported failed and retried. An `s3:TestEvent`
-/// is acknowledged; a body that is neither is a failed record (it ends in the DLQ).
+/// own. The S3 records of an invocation are ingested in one pass (one delta per collection),
+/// key by key ([`Ingestor::ingest_each`]): a record is reported failed (and retried, then
+/// dead-lettered) only if one of its keys failed transiently; an image that crashes the
+/// decoder, or an object that cannot be read for good, is its path's error entry and its
+/// record succeeds. An `s3:TestEvent` is acknowledged; a body that is neither is a failed
+/// record (it ends in the DLQ).
 pub async fn handle_featurizer_batch<S, Q, I, O, R>(
     featurizer: &ShardFeaturizer<S, Q>,
     ingestor: Option<&Ingestor<I, O, R>>,
@@ -120,45 +126,24 @@ where
 {
     let mut response = SqsBatchResponse::default();
     let mut shard_records = Vec::new();
-    let mut s3_ids = Vec::new();
-    let mut keys = Vec::new();
+    let mut s3_records: Vec<(String, Vec<String>)> = Vec::new();
     for message in event.records {
         let id = message.message_id.clone().unwrap_or_default();
         match message.body.as_deref().and_then(parse_ingest_body) {
             None => shard_records.push(message),
             Some(Ok(IngestBody::S3Test)) => info!(message_id = %id, "s3:TestEvent acknowledged"),
-            Some(Ok(IngestBody::S3(k))) => {
-                s3_ids.push(id);
-                keys.extend(k);
-            }
+            Some(Ok(IngestBody::S3(keys))) => s3_records.push((id, keys)),
             Some(Err(e)) => {
                 error!(message_id = %id, error = %e, "unreadable S3 notification");
                 response.batch_item_failures.push(failure(&id));
             }
         }
     }
-    if !s3_ids.is_empty() {
-        let result = match ingestor {
-            Some(ingestor) => ingestor.ingest(&keys).await,
-            None => Err(Error::Config(
-                "S3 notifications arrived, but ingestion is not configured (REFIT_QUEUE_URL)"
-                    .into(),
-            )),
-        };
-        match result {
-            Ok(outcome) => info!(
-                request_id,
-                records = s3_ids.len(),
-                ?outcome,
-                "ingest batch processed"
-            ),
-            Err(e) => {
-                error!(request_id, error = %e, "ingest batch failed; its records will be retried");
-                response
-                    .batch_item_failures
-                    .extend(s3_ids.iter().map(|id| failure(id)));
-            }
-        }
+    if !s3_records.is_empty() {
+        let failed = ingest_records(ingestor, &s3_records, request_id).await;
+        response
+            .batch_item_failures
+            .extend(failed.iter().map(|id| failure(id)));
     }
     if !shard_records.is_empty() {
         let mut shards = SqsEvent::default();
@@ -171,6 +156,60 @@ where
     response
 }
 
+/// Ingests the keys of the S3 records (message id, keys) in one pass, key by key; returns
+/// the ids of the records to retry: those with a key that failed transiently, or all of them
+/// when ingestion is not configured or the pass itself panicked.
+async fn ingest_records<I: ObjectStore, O: ObjectStore, R: Queue>(
+    ingestor: Option<&Ingestor<I, O, R>>,
+    records: &[(String, Vec<String>)],
+    request_id: &str,
+) -> Vec<String> {
+    use futures::FutureExt;
+    let all = || records.iter().map(|(id, _)| id.clone()).collect();
+    let Some(ingestor) = ingestor else {
+        error!(
+            request_id,
+            "S3 notifications arrived, but ingestion is not configured (REFIT_QUEUE_URL)"
+        );
+        return all();
+    };
+    let keys: Vec<String> = records
+        .iter()
+        .flat_map(|(_, k)| k.iter().cloned())
+        .collect();
+    let report = match std::panic::AssertUnwindSafe(ingestor.ingest_each(&keys))
+        .catch_unwind()
+        .await
+    {
+        Ok(report) => report,
+        Err(_) => {
+            error!(
+                request_id,
+                "the ingest pass panicked; its records will be retried"
+            );
+            return all();
+        }
+    };
+    let retry: std::collections::BTreeSet<&str> =
+        report.outcome.retry.iter().map(String::as_str).collect();
+    let failed: Vec<String> = records
+        .iter()
+        .filter(|(_, keys)| keys.iter().any(|k| retry.contains(k.as_str())))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for (key, e) in &report.errors {
+        warn!(request_id, key, error = %e, "ingest of a key failed; its record will be retried");
+    }
+    info!(
+        request_id,
+        records = records.len(),
+        failed_records = failed.len(),
+        outcome = ?report.outcome,
+        "ingest batch processed"
+    );
+    failed
+}
+
 /// How the reducer refits collections (refit queue).
 #[derive(Debug, Clone)]
 pub struct Refitter<S> {
@@ -180,14 +219,33 @@ pub struct Refitter<S> {
     pub inbox: String,
     /// Quiet time (ms) a non-forced refit waits for.
     pub quiet_ms: u64,
-    /// The PCA and publishing options.
+    /// The PCA and publishing options; `max_staleness_ms` bounds how long a non-forced
+    /// refit waits for quiet (`MAX_STALENESS_SECS`).
     pub options: RefitOptions,
 }
 
+/// For a refit that was not due yet: the delay (s) after which its message must come back,
+/// when no later message is sure to come first. The newest change's own message arrives
+/// when the quiet time is reached (`quiet_left_ms`), so a message is re-sent only when the
+/// staleness bound comes first: with a delay of the time left until it. Re-sending every
+/// message instead would keep every message of a steady load alive for ever.
+pub fn requeue_delay_s(outcome: &RefitOutcome) -> Option<u32> {
+    match outcome {
+        RefitOutcome::NotQuiet {
+            quiet_left_ms,
+            staleness_left_ms: Some(left),
+            ..
+        } if left < quiet_left_ms => Some((left.div_ceil(1000)).clamp(1, 900) as u32),
+        _ => None,
+    }
+}
+
 impl<S: ObjectStore> Refitter<S> {
-    /// The reducer's refitter, as its configuration (`INBOX_PREFIX`, `QUIET_SECS`, the run
-    /// defaults' PCA, `REDUCE_CONCURRENCY`) describes it.
+    /// The reducer's refitter, as its configuration (`INBOX_PREFIX`, `QUIET_SECS`,
+    /// `MAX_STALENESS_SECS` — default 900, `0` for no bound —, the run defaults' PCA,
+    /// `REDUCE_CONCURRENCY`) describes it.
     pub fn from_config(store: S, config: &Config) -> Self {
+        let max_staleness_s = config.max_staleness_secs;
         Self {
             store,
             inbox: config.inbox_prefix.clone(),
@@ -195,6 +253,7 @@ impl<S: ObjectStore> Refitter<S> {
             options: RefitOptions {
                 pca: config.run_defaults.pca.clone(),
                 concurrency: config.reducer.concurrency,
+                max_staleness_ms: (max_staleness_s > 0).then_some(max_staleness_s * 1000),
                 ..Default::default()
             },
         }
@@ -225,12 +284,46 @@ impl<S: ObjectStore> Refitter<S> {
 }
 
 /// Reducer on both of its queues: reduce messages (batch runs) and refit messages
-/// (collections), told apart by their bodies, each record on its own.
+/// (collections), told apart by their bodies, each record on its own. A refit that is not
+/// due and must come back before the staleness bound ([`requeue_delay_s`]) is reported
+/// failed: SQS delivers it again after the queue's visibility timeout. See
+/// [`handle_reducer_batch_requeuing`], which re-sends it with the exact delay instead.
 pub async fn handle_reducer_batch<S: ObjectStore>(
     reducer: &Reducer<S>,
     refitter: Option<&Refitter<S>>,
     event: SqsEvent,
     request_id: &str,
+) -> SqsBatchResponse {
+    handle_reducer_batch_requeuing::<S, pipeline::ports::queue::InProcessQueue>(
+        reducer, refitter, None, event, request_id,
+    )
+    .await
+}
+
+/// [`handle_reducer_batch`], with the refit queue to re-send a refit that is not due yet: the
+/// message is sent again with a delay of [`requeue_delay_s`] (so it arrives when the oldest
+/// waiting change reaches the staleness bound) and the one received is acknowledged; if
+/// the send fails, the received one is reported failed (retried).
+pub async fn handle_reducer_batch_requeuing<S: ObjectStore, Q: Queue>(
+    reducer: &Reducer<S>,
+    refitter: Option<&Refitter<S>>,
+    requeue: Option<&Q>,
+    event: SqsEvent,
+    request_id: &str,
+) -> SqsBatchResponse {
+    handle_reducer_invocation(reducer, refitter, requeue, event, request_id, None).await
+}
+
+/// [`handle_reducer_batch_requeuing`] within the invocation's `deadline`: a reduce that
+/// cannot finish in time stops before it (after at least one projected part), lets go of
+/// its lock, and the next delivery goes on from the parts already projected.
+pub async fn handle_reducer_invocation<S: ObjectStore, Q: Queue>(
+    reducer: &Reducer<S>,
+    refitter: Option<&Refitter<S>>,
+    requeue: Option<&Q>,
+    event: SqsEvent,
+    request_id: &str,
+    deadline: Option<Instant>,
 ) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     let mut reduce_records = Vec::new();
@@ -245,12 +338,44 @@ pub async fn handle_reducer_batch<S: ObjectStore>(
             reduce_records.push(message);
             continue;
         };
+        let receive_count: u32 = message
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
         let result = async {
             let message: RefitMessage = serde_json::from_value(body)?;
             let refitter = refitter.ok_or_else(|| {
                 Error::Config("a refit message arrived, but refits are not configured".into())
             })?;
-            refitter.process(&message).await
+            // For `status --collection` and the checker: a refit that dies without a word
+            // (out of memory, the timeout) is found by its start record (pipeline::stuck).
+            let (store, c, clock) = (&refitter.store, &message.collection, &SystemClock);
+            if let Err(e) = record_refit_start(store, c, receive_count, clock).await {
+                warn!(error = %e, "could not record the refit's start");
+            }
+            let outcome = match refitter.process(&message).await {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    let text = error.to_string();
+                    if let Err(e) = record_refit_failure(store, c, receive_count, &text, clock).await {
+                        warn!(error = %e, "could not record the refit's failure");
+                    }
+                    return Err(error);
+                }
+            };
+            if let Some(delay_s) = requeue_delay_s(&outcome) {
+                let queue = requeue.ok_or_else(|| {
+                    Error::Config(format!(
+                        "refit not due yet, back in {delay_s} s, and no refit queue to re-send it: retried after the visibility timeout"
+                    ))
+                })?;
+                queue
+                    .send_delayed(vec![serde_json::to_string(&message)?], delay_s)
+                    .await?;
+                info!(message_id = %id, request_id, delay_s, "refit not due yet: re-sent to arrive at the staleness bound");
+            }
+            Ok::<_, Error>(outcome)
         }
         .await;
         match result {
@@ -264,7 +389,7 @@ pub async fn handle_reducer_batch<S: ObjectStore>(
     if !reduce_records.is_empty() {
         let mut reduces = SqsEvent::default();
         reduces.records = reduce_records;
-        let done = handle_reduce_batch(reducer, reduces, request_id).await;
+        let done = handle_reduce_batch_until(reducer, reduces, request_id, deadline).await;
         response
             .batch_item_failures
             .extend(done.batch_item_failures);
@@ -279,13 +404,26 @@ pub async fn handle_reduce_batch<S: ObjectStore>(
     event: SqsEvent,
     request_id: &str,
 ) -> SqsBatchResponse {
+    handle_reduce_batch_until(reducer, event, request_id, None).await
+}
+
+/// [`handle_reduce_batch`] within the invocation's deadline ([`Reducer::process_until`]).
+pub async fn handle_reduce_batch_until<S: ObjectStore>(
+    reducer: &Reducer<S>,
+    event: SqsEvent,
+    request_id: &str,
+    deadline: Option<Instant>,
+) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     for message in &event.records {
         let id = message.message_id.clone().unwrap_or_default();
         let result = async {
             let reduce: ReduceMessage = parse_body(message)?;
             let span = info_span!("reduce", run_id = %reduce.run_id, request_id, message_id = %id);
-            reducer.process(&reduce, &id).instrument(span).await
+            reducer
+                .process_until(&reduce, &id, deadline)
+                .instrument(span)
+                .await
         }
         .await;
         match result {
@@ -343,17 +481,28 @@ pub fn request_result_key(request_key: &str) -> String {
 /// Splitter: runs every request the event carries. Requests are validated before anything is
 /// written; a bad request object is logged and recorded (retrying it would not help), while
 /// an infrastructure error fails the invocation so it is retried.
+///
+/// Each request is bound to its run before the run's manifest is written, under what its
+/// retries share: an S3 record's key and sequencer, or a direct invoke's Lambda request id
+/// (an asynchronous invoke's retries keep it). A retry after a crash resumes that run even
+/// when the input changed in between.
 pub async fn handle_splitter_event<S: ObjectStore, Q: Queue, R: Queue>(
     splitter: &Splitter<S, Q, R>,
     store: &S,
     event: SplitterEvent,
+    request_id: &str,
 ) -> Result<Vec<SplitOutcome>> {
     match event {
         SplitterEvent::S3Test => {
             info!("s3:TestEvent ignored");
             Ok(Vec::new())
         }
-        SplitterEvent::Direct(request) => Ok(vec![splitter.handle(&request).await?]),
+        SplitterEvent::Direct(request) => {
+            let identity = format!("invoke:{request_id}");
+            Ok(vec![
+                splitter.handle_bound(&request, Some(&identity)).await?,
+            ])
+        }
         SplitterEvent::S3(event) => {
             let mut outcomes = Vec::new();
             for record in event.records {
@@ -367,8 +516,12 @@ pub async fn handle_splitter_event<S: ObjectStore, Q: Queue, R: Queue>(
                     continue;
                 }
                 let body = store.get(&key).await?;
+                let identity = match &record.s3.object.sequencer {
+                    Some(sequencer) => format!("s3:{key}#{sequencer}"),
+                    None => format!("s3:{key}@{request_id}"),
+                };
                 let result = match serde_json::from_slice::<RunRequest>(&body) {
-                    Ok(request) => splitter.handle(&request).await,
+                    Ok(request) => splitter.handle_bound(&request, Some(&identity)).await,
                     Err(e) => Err(Error::InvalidRequest(format!(
                         "{key} is not a valid run request: {e}"
                     ))),
@@ -426,14 +579,21 @@ impl SplitterFunction {
             config.feature_dim,
         )
         .with_input_bucket(&config.bucket)
+        .with_reserved_prefix(&config.inbox_prefix)
         .with_model_sha256(&config.model_sha256);
         Ok(Self { splitter, store })
     }
 
-    /// One invocation: the event as received; answers `{"runs": [...]}`.
-    pub async fn handle(&self, event: serde_json::Value) -> Result<serde_json::Value> {
+    /// One invocation: the event as received and the invocation's request id; answers
+    /// `{"runs": [...]}`.
+    pub async fn handle(
+        &self,
+        event: serde_json::Value,
+        request_id: &str,
+    ) -> Result<serde_json::Value> {
         let parsed = parse_splitter_event(event)?;
-        let outcomes = handle_splitter_event(&self.splitter, &self.store, parsed).await?;
+        let outcomes =
+            handle_splitter_event(&self.splitter, &self.store, parsed, request_id).await?;
         Ok(serde_json::json!({ "runs": outcomes }))
     }
 }
@@ -443,6 +603,8 @@ impl SplitterFunction {
 pub struct ReducerFunction {
     reducer: Reducer<DeployedStore>,
     refitter: Refitter<DeployedStore>,
+    /// The refit queue (`REFIT_QUEUE_URL`), to re-send refits that are not due yet.
+    refit_queue: Option<SqsQueue>,
 }
 
 impl ReducerFunction {
@@ -452,12 +614,33 @@ impl ReducerFunction {
         // The images are in the same bucket: the report's thumbnails are read from it.
         let reducer = Reducer::new(store.clone(), config.reducer.clone()).with_input(store.clone());
         let refitter = Refitter::from_config(store, config);
-        Ok(Self { reducer, refitter })
+        let refit_queue = config
+            .refit_queue_url
+            .as_ref()
+            .map(|url| SqsQueue::new(sqs_client(aws), url));
+        Ok(Self {
+            reducer,
+            refitter,
+            refit_queue,
+        })
     }
 
-    /// One invocation: its SQS records.
-    pub async fn handle(&self, event: SqsEvent, request_id: &str) -> SqsBatchResponse {
-        handle_reducer_batch(&self.reducer, Some(&self.refitter), event, request_id).await
+    /// One invocation: its SQS records, its request id and its deadline (Unix ms).
+    pub async fn handle(
+        &self,
+        event: SqsEvent,
+        request_id: &str,
+        deadline_ms: u64,
+    ) -> SqsBatchResponse {
+        handle_reducer_invocation(
+            &self.reducer,
+            Some(&self.refitter),
+            self.refit_queue.as_ref(),
+            event,
+            request_id,
+            deadline_instant(deadline_ms),
+        )
+        .await
     }
 }
 
@@ -551,6 +734,22 @@ impl FeaturizerFunction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_early_refit_is_resent_only_when_the_staleness_bound_comes_first() {
+        let not_quiet = |quiet_left_ms, staleness_left_ms| RefitOutcome::NotQuiet {
+            since_change_ms: 1_000,
+            quiet_left_ms,
+            staleness_left_ms,
+        };
+        // The newest change's own message arrives first (in 59 s): nothing to re-send.
+        assert_eq!(requeue_delay_s(&not_quiet(59_000, Some(600_000))), None);
+        assert_eq!(requeue_delay_s(&not_quiet(59_000, None)), None);
+        // The bound comes first: back when it is reached (rounded up, at least 1 s).
+        assert_eq!(requeue_delay_s(&not_quiet(59_000, Some(12_300))), Some(13));
+        assert_eq!(requeue_delay_s(&not_quiet(59_000, Some(0))), Some(1));
+        assert_eq!(requeue_delay_s(&RefitOutcome::NothingToDo), None);
+    }
 
     #[test]
     fn deadlines_from_lambda_and_from_emulators() {

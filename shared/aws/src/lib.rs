@@ -1,7 +1,9 @@
 //! The AWS side: S3 and SQS adapters over the core's ports ([`sdk`]), retries of transient
 //! failures ([`retry`]), the Lambda glue ([`lambda`]), configuration from the environment
-//! ([`config`]), telemetry, and the scale simulator ([`simulate`]).
+//! ([`config`]), the scheduled stuck checker ([`checker`]), telemetry, and the scale
+//! simulator ([`simulate`]).
 
+pub mod checker;
 pub mod config;
 pub mod lambda;
 pub mod retry;

@@ -92,6 +92,13 @@ impl<S: ObjectStore> ObjectStore for Retrying<S> {
             .run("get_versioned", key, || self.inner.get_versioned(key))
             .await
     }
+    async fn get_if_match(&self, key: &str, version: &str) -> Result<Bytes, StoreError> {
+        self.policy
+            .run("get_if_match", key, || {
+                self.inner.get_if_match(key, version)
+            })
+            .await
+    }
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         self.policy
             .run("put", key, || self.inner.put(key, body.clone()))

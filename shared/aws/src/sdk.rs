@@ -91,6 +91,81 @@ where
     }
 }
 
+/// A failed `GetObject` as a store error. The causes that are the object's own, and that no
+/// retry changes, get their variants for the per-image guard: a missing key (`NoSuchKey`,
+/// 404), access refused by a bucket, object or KMS key policy (`AccessDenied`, `KMS.*`), an
+/// archived object (`InvalidObjectState`: Glacier Flexible Retrieval, Deep Archive) and, on an
+/// `If-Match` read (`expected`), another content (`PreconditionFailed`, 412). The rest keeps
+/// [`remote`]'s sorting: throttling and 5xx are transient; bad credentials, a wrong region
+/// and the like are permanent for every key, not one image's fault.
+fn get_error(
+    key: &str,
+    expected: Option<&str>,
+    e: aws_sdk_s3::error::SdkError<
+        aws_sdk_s3::operation::get_object::GetObjectError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >,
+) -> StoreError {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    let status = status_of(&e);
+    let (code, message) = e
+        .as_service_error()
+        .map(|s| {
+            (
+                s.code().unwrap_or_default().to_string(),
+                s.message().unwrap_or_default().to_string(),
+            )
+        })
+        .unwrap_or_default();
+    let reason = || match (code.is_empty(), message.is_empty()) {
+        (false, false) => format!("{} {code}: {message}", status.unwrap_or(0)),
+        (false, true) => format!("{} {code}", status.unwrap_or(0)),
+        _ => format!("HTTP {}", status.unwrap_or(0)),
+    };
+    let no_such_key = e.as_service_error().is_some_and(|s| s.is_no_such_key());
+    match (status, code.as_str()) {
+        (_, "NoSuchKey") | (Some(404), _) => StoreError::NotFound(key.to_string()),
+        _ if no_such_key => StoreError::NotFound(key.to_string()),
+        (_, "InvalidObjectState") => StoreError::Archived {
+            key: key.to_string(),
+            reason: reason(),
+        },
+        (_, "PreconditionFailed") | (Some(412), _) if expected.is_some() => StoreError::Changed {
+            key: key.to_string(),
+            expected: expected.unwrap_or_default().to_string(),
+            current: None,
+        },
+        (_, "AccessDenied") => StoreError::AccessDenied {
+            op: "GetObject",
+            key: key.to_string(),
+            reason: reason(),
+        },
+        (_, code) if code.starts_with("KMS.") => StoreError::AccessDenied {
+            op: "GetObject",
+            key: key.to_string(),
+            reason: reason(),
+        },
+        _ => remote("GetObject", key, e),
+    }
+}
+
+/// Reads a `GetObject` response's body with its entity tag.
+async fn collect_body(
+    key: &str,
+    output: aws_sdk_s3::operation::get_object::GetObjectOutput,
+) -> Result<Versioned, StoreError> {
+    let etag = output.e_tag().unwrap_or_default().to_string();
+    let data = output
+        .body
+        .collect()
+        .await
+        .map_err(|e| body_error("GetObject body", key, e))?;
+    Ok(Versioned {
+        body: data.into_bytes(),
+        etag,
+    })
+}
+
 /// An error while reading a response body (a dropped connection): worth a retry.
 fn body_error(
     op: &'static str,
@@ -171,6 +246,7 @@ pub fn s3_access(call: StoreCall) -> S3Access {
     match call {
         StoreCall::Get => object("GetObject", "s3:GetObject", true),
         StoreCall::GetVersioned => object("GetObject", "s3:GetObject", true),
+        // `get_if_match` is the same GetObject, with an If-Match header (no other action).
         // HeadObject has no IAM action of its own.
         StoreCall::Exists => object("HeadObject", "s3:GetObject", true),
         StoreCall::Head => object("HeadObject", "s3:GetObject", true),
@@ -283,25 +359,22 @@ impl ObjectStore for S3Store {
             .send()
             .await;
         match response {
-            Ok(output) => {
-                let etag = output.e_tag().unwrap_or_default().to_string();
-                let data = output
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| body_error("GetObject body", key, e))?;
-                Ok(Versioned {
-                    body: data.into_bytes(),
-                    etag,
-                })
-            }
-            Err(e)
-                if e.as_service_error().is_some_and(|s| s.is_no_such_key())
-                    || status_of(&e) == Some(404) =>
-            {
-                Err(StoreError::NotFound(key.to_string()))
-            }
-            Err(e) => Err(remote("GetObject", key, e)),
+            Ok(output) => collect_body(key, output).await,
+            Err(e) => Err(get_error(key, None, e)),
+        }
+    }
+
+    /// `GetObject` with `If-Match: <version>` (the listed ETag): S3 answers 412
+    /// `PreconditionFailed` when the object was overwritten since, which is
+    /// [`StoreError::Changed`].
+    async fn get_if_match(&self, key: &str, version: &str) -> Result<Bytes, StoreError> {
+        let mut request = self.client.get_object().bucket(&self.bucket).key(key);
+        if !version.is_empty() {
+            request = request.if_match(version);
+        }
+        match request.send().await {
+            Ok(output) => Ok(collect_body(key, output).await?.body),
+            Err(e) => Err(get_error(key, Some(version), e)),
         }
     }
 
@@ -563,6 +636,80 @@ impl Drain for SqsQueue {
                 .send()
                 .await
                 .map_err(|e| remote("DeleteMessageBatch", Box::new(e)))?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::config::http::HttpResponse;
+    use aws_sdk_s3::error::{ErrorMetadata, SdkError};
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+    use aws_sdk_s3::primitives::SdkBody;
+
+    /// A GetObject service error as S3 answers it: `status`, with `code` and `message`.
+    fn answer(status: u16, code: &str, message: &str) -> SdkError<GetObjectError, HttpResponse> {
+        let meta = ErrorMetadata::builder().code(code).message(message).build();
+        let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+        SdkError::service_error(GetObjectError::generic(meta), raw)
+    }
+
+    #[test]
+    fn get_errors_of_one_object_get_their_own_variants() {
+        let e = get_error(
+            "k",
+            None,
+            answer(404, "NoSuchKey", "The key does not exist"),
+        );
+        assert!(matches!(e, StoreError::NotFound(_)), "{e}");
+        let e = get_error(
+            "k",
+            None,
+            answer(403, "AccessDenied", "not authorized to perform kms:Decrypt"),
+        );
+        match &e {
+            StoreError::AccessDenied { reason, .. } => {
+                assert!(reason.contains("403 AccessDenied") && reason.contains("kms:Decrypt"))
+            }
+            other => panic!("{other}"),
+        }
+        let e = get_error(
+            "k",
+            None,
+            answer(400, "KMS.DisabledException", "key disabled"),
+        );
+        assert!(matches!(e, StoreError::AccessDenied { .. }), "{e}");
+        let e = get_error(
+            "k",
+            None,
+            answer(403, "InvalidObjectState", "not valid for the storage class"),
+        );
+        assert!(matches!(e, StoreError::Archived { .. }), "{e}");
+        let e = get_error(
+            "k",
+            Some("\"e1\""),
+            answer(412, "PreconditionFailed", "At least one"),
+        );
+        match &e {
+            StoreError::Changed { expected, .. } => assert_eq!(expected, "\"e1\""),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn get_errors_that_are_not_the_objects_own_keep_their_sorting() {
+        for (status, code, transient) in [
+            (503, "SlowDown", true),
+            (500, "InternalError", true),
+            (403, "InvalidAccessKeyId", false),
+            (403, "SignatureDoesNotMatch", false),
+            (400, "ExpiredToken", false),
+        ] {
+            match get_error("k", Some("\"e\""), answer(status, code, "m")) {
+                StoreError::Remote { transient: t, .. } => assert_eq!(t, transient, "{code}"),
+                other => panic!("{code}: {other}"),
+            }
         }
     }
 }

@@ -8,6 +8,22 @@
 /// Prefix of run requests that start a run when created (S3 event).
 pub const REQUESTS_PREFIX: &str = "runs/requests/";
 
+/// Prefix of the request bindings: which run a request (one event, one client token) started.
+pub const BINDINGS_PREFIX: &str = "runs/bindings/";
+
+/// Where a request's binding to its run lives: `runs/bindings/<sha256 of its identity>.json`.
+/// Created once, before the run's manifest, so that a retry of the same request lands on the
+/// same run even when the input listing changed in between.
+pub fn request_binding(identity: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest: String = Sha256::digest(identity.as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{BINDINGS_PREFIX}{digest}.json")
+}
+
 /// Prefix of every run's intermediate objects (expired by a lifecycle rule).
 pub const STAGING_PREFIX: &str = "staging/";
 
@@ -153,6 +169,9 @@ mod tests {
         let a = layout.attempt_part(3, "a1");
         let b = layout.attempt_part(3, "b2");
         assert_ne!(a, b, "attempts never share keys");
+        let bound = request_binding("s3://b/runs/requests/x.json#seq1");
+        assert!(bound.starts_with(BINDINGS_PREFIX) && bound.ends_with(".json"));
+        assert_ne!(bound, request_binding("s3://b/runs/requests/x.json#seq2"));
         assert!(a.starts_with(&layout.attempt_prefix(3, "a1")));
     }
 }

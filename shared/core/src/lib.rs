@@ -20,5 +20,6 @@ pub mod notification;
 pub mod parquet_io;
 pub mod ports;
 pub mod report;
+pub mod stuck;
 #[cfg(test)]
 mod test_util;

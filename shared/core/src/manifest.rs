@@ -176,8 +176,10 @@ pub struct ImageRef {
     /// The parent folder's name (the `label` column).
     pub label: String,
     /// The listed version of the object (ETag, or size and mtime): part of the run's
-    /// fingerprint, not stored in the manifest.
-    #[serde(skip)]
+    /// fingerprint, and kept in the shard lists so that the featurizer reads exactly this
+    /// content (`If-Match`; another is a `changed` image error). Empty in lists written
+    /// before versions were kept: those images are read unconditionally.
+    #[serde(default)]
     pub version: String,
 }
 
@@ -373,18 +375,44 @@ pub struct DoneMarker {
     /// When the shard finished (Unix milliseconds): the report's throughput over the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
+    /// The shard's error list (as the attempt's `errors.json`), kept in the marker so that it
+    /// outlives the `staging/` lifecycle. Empty in markers written before it was kept: their
+    /// readers fall back to the committed attempt's `errors.json`.
+    #[serde(default)]
+    pub error_list: Vec<ImageError>,
 }
 
 /// The fingerprint of a run: sha256 (hex) over the input location, every listed key with
-/// its version (ETag, or size and mtime), the options and the model's sha256. The same
-/// request over unchanged images and model is the same run; any change makes a new one.
+/// its version (ETag, or size and mtime), the options, the model's sha256 and the version of
+/// the featurizing code ([`engine::FEATURIZER_VERSION`]). The same request over unchanged
+/// images, model and code is the same run; any change makes a new one.
 pub fn run_fingerprint(
     input_uri: &str,
     options: &RunOptions,
     images: &[ImageRef],
     model_sha256: &str,
 ) -> String {
+    fingerprint_with_code(
+        input_uri,
+        options,
+        images,
+        model_sha256,
+        engine::FEATURIZER_VERSION,
+    )
+}
+
+/// [`run_fingerprint`] with the featurizing code's version given.
+fn fingerprint_with_code(
+    input_uri: &str,
+    options: &RunOptions,
+    images: &[ImageRef],
+    model_sha256: &str,
+    featurizer_version: u32,
+) -> String {
     let mut hasher = Sha256::new();
+    hasher.update(b"featurizer ");
+    hasher.update(featurizer_version.to_le_bytes());
+    hasher.update([0]);
     hasher.update(input_uri.as_bytes());
     hasher.update([0]);
     hasher.update(serde_json::to_vec(options).expect("options serialize"));
@@ -548,6 +576,14 @@ mod tests {
             id("/in", &o, &overwritten, "m1"),
             "so is each image's version"
         );
+        let bumped = derive_run_id(&fingerprint_with_code(
+            "/in",
+            &o,
+            &images(3),
+            "m1",
+            engine::FEATURIZER_VERSION + 1,
+        ));
+        assert_ne!(a, bumped, "so is the featurizing code's version");
         assert!(validate_run_id("requests").is_err());
         assert!(validate_run_id("request-results").is_err());
         let o2 = RunOptions {
@@ -601,6 +637,53 @@ mod tests {
         assert!(o.validate(1280, 30).is_ok(), "the reducer clamps k instead");
         let msg = o.validate(1280, 1).unwrap_err().to_string();
         assert!(msg.contains("a PCA needs at least 2"), "{msg}");
+    }
+
+    #[test]
+    fn shard_lists_keep_versions_and_read_old_lists() {
+        let listed = images(2);
+        let json = serde_json::to_string(&listed).unwrap();
+        assert!(json.contains("etag-1"), "{json}");
+        let back: Vec<ImageRef> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, listed);
+        let old: Vec<ImageRef> =
+            serde_json::from_str(r#"[{"path":"c/000.jpg","label":"c"}]"#).unwrap();
+        assert_eq!(
+            old[0].version, "",
+            "a list written before versions were kept"
+        );
+    }
+
+    #[test]
+    fn done_markers_keep_the_error_list_and_read_old_markers() {
+        let marker = DoneMarker {
+            shard: 3,
+            attempt: "a1".into(),
+            part_sha256: "00".into(),
+            images: 2,
+            rows: 1,
+            errors: 1,
+            timings: StageTimings::default(),
+            cost: InvocationCost {
+                duration_ms: 1.0,
+                memory_mb: None,
+            },
+            finished_at_ms: None,
+            error_list: vec![ImageError {
+                path: "c/1.jpg".into(),
+                label: "c".into(),
+                kind: ImageErrorKind::Archived,
+                reason: "archived".into(),
+            }],
+        };
+        let json = serde_json::to_value(&marker).unwrap();
+        assert_eq!(json["error_list"][0]["kind"], "archived");
+        let back: DoneMarker = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, marker);
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("error_list");
+        let old: DoneMarker = serde_json::from_value(old).unwrap();
+        assert!(old.error_list.is_empty());
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct S3NotificationEntity {
 pub struct S3NotificationObject {
     /// The key, percent-encoded with `+` for spaces.
     pub key: String,
+    /// Orders the events of one key: unique to each write of it, and the same in every
+    /// retry of one event (it identifies a run request across the splitter's retries).
+    #[serde(default)]
+    pub sequencer: Option<String>,
 }
 
 /// Decodes an S3 event key: percent-encoding, with `+` for spaces.

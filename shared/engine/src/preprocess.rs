@@ -23,6 +23,20 @@ pub enum ImageErrorKind {
     TooLarge,
     /// The model failed on it.
     Inference,
+    /// The object was gone when it was read (deleted or renamed after the listing).
+    NotFound,
+    /// Reading it was refused: a bucket or KMS key policy (S3 403 AccessDenied), or local
+    /// file permissions.
+    AccessDenied,
+    /// It is in an archive storage class (S3 Glacier Flexible Retrieval or Deep Archive:
+    /// `InvalidObjectState`) and must be restored before it can be read.
+    Archived,
+    /// Its content changed after the run listed it (its ETag, or its size and modification
+    /// time locally, no longer match the listing's): the run's id covers the listed content.
+    Changed,
+    /// It cannot be read as a file: locally a dangling symbolic link, a symbolic-link loop,
+    /// a named pipe, a socket or a device named like an image, or a key no store accepts.
+    Unreadable,
 }
 
 mod resample;

@@ -7,6 +7,126 @@ use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"FSTATS01";
 
+/// The largest feature dimension a statistics or running-sums file may declare. The models
+/// give 1280; the bound keeps a hostile header from asking for an absurd allocation (the
+/// decoders also check the file's length against the dimension, with checked arithmetic,
+/// before they allocate anything, so memory stays within about twice the file's size).
+pub const MAX_DIM: usize = 65_536;
+
+/// The header and body of a `FSTATS01` / `FSUMS001` file, checked: magic, count, a bounded
+/// dimension, and a length that matches it exactly.
+struct Decoder<'a> {
+    bytes: &'a [u8],
+    key: &'a str,
+    count: u64,
+    dim: usize,
+}
+
+impl<'a> Decoder<'a> {
+    /// Parses the 24-byte header and checks the length: `vectors` vectors of length d, then
+    /// the upper triangle of one symmetric d x d matrix.
+    fn open(bytes: &'a [u8], key: &'a str, magic: &[u8; 8], vectors: usize) -> Result<Self> {
+        let mut decoder = Self {
+            bytes,
+            key,
+            count: 0,
+            dim: 0,
+        };
+        if bytes.len() < 24 || &bytes[..8] != magic {
+            return Err(decoder.bad(format!(
+                "not a {} file (bad magic or shorter than its 24-byte header)",
+                String::from_utf8_lossy(magic)
+            )));
+        }
+        decoder.count = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let declared = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+        let dim = usize::try_from(declared)
+            .ok()
+            .filter(|&d| d <= MAX_DIM)
+            .ok_or_else(|| {
+                decoder.bad(format!(
+                    "dimension {declared} is over the limit of {MAX_DIM}"
+                ))
+            })?;
+        decoder.dim = dim;
+        let expected = body_len(dim, vectors)
+            .and_then(|body| body.checked_add(24))
+            .ok_or_else(|| decoder.bad(format!("dimension {dim} overflows the file length")))?;
+        if bytes.len() != expected {
+            return Err(decoder.bad(format!(
+                "{} bytes, expected {expected} for dimension {dim}",
+                bytes.len()
+            )));
+        }
+        if dim == 0 && decoder.count > 0 {
+            return Err(decoder.bad(format!("{} rows of dimension 0", decoder.count)));
+        }
+        Ok(decoder)
+    }
+
+    fn bad(&self, reason: String) -> Error {
+        Error::Stats {
+            key: self.key.to_string(),
+            reason,
+        }
+    }
+
+    /// The `index`-th float after the header; `what` names it in errors (built only then).
+    /// Non-finite values (NaN, infinities) are refused: no honest writer produces them.
+    fn float(&self, index: usize, what: impl Fn() -> String) -> Result<f64> {
+        let word = index
+            .checked_mul(8)
+            .and_then(|o| o.checked_add(24))
+            .and_then(|o| self.bytes.get(o..o.checked_add(8)?))
+            .ok_or_else(|| self.bad(format!("{} lies past the end of the file", what())))?;
+        let value = f64::from_le_bytes(word.try_into().expect("8 bytes"));
+        if !value.is_finite() {
+            return Err(self.bad(format!("{} is not finite ({value})", what())));
+        }
+        Ok(value)
+    }
+
+    /// `dim` floats starting at float `first`.
+    fn vector(&self, first: usize, what: &str) -> Result<Vec<f64>> {
+        (0..self.dim)
+            .map(|i| self.float(first + i, || format!("{what}[{i}]")))
+            .collect()
+    }
+
+    /// The full symmetric d x d matrix (row-major) from its upper triangle at float `first`.
+    fn symmetric(&self, first: usize, what: &str) -> Result<Vec<f64>> {
+        let dim = self.dim;
+        let mut matrix = vec![0.0; dim * dim];
+        let mut at = first;
+        for i in 0..dim {
+            for j in i..dim {
+                let v = self.float(at, || format!("{what}[{i}][{j}]"))?;
+                matrix[i * dim + j] = v;
+                matrix[j * dim + i] = v;
+                at += 1;
+            }
+        }
+        Ok(matrix)
+    }
+
+    /// With a count of zero, every value must be zero (what the writers store for nothing).
+    fn zero_when_empty(&self, values: &[&[f64]], what: &str) -> Result<()> {
+        if self.count == 0 && values.iter().any(|v| v.iter().any(|&x| x != 0.0)) {
+            return Err(self.bad(format!("a count of 0 with a non-zero {what}")));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes after the header for `vectors` vectors of length `dim` and one upper triangle of
+/// a `dim` x `dim` matrix, or `None` on overflow.
+fn body_len(dim: usize, vectors: usize) -> Option<usize> {
+    let triangle = dim.checked_mul(dim.checked_add(1)?)? / 2;
+    dim.checked_mul(vectors)?
+        .checked_add(triangle)?
+        .checked_mul(8)
+}
+
 /// Count, mean and co-moment `M = sum (x - mean)(x - mean)^T` of a set of feature vectors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardStats {
@@ -94,6 +214,12 @@ impl ShardStats {
             *self = other.clone();
             return Ok(());
         }
+        let total = self.count.checked_add(other.count).ok_or_else(|| {
+            Error::Pca(format!(
+                "cannot merge statistics of {} rows into {}: the count overflows",
+                other.count, self.count
+            ))
+        })?;
         let (na, nb) = (self.count as f64, other.count as f64);
         let n = na + nb;
         let dim = self.dim();
@@ -115,7 +241,7 @@ impl ShardStats {
         for (m, d) in self.mean.iter_mut().zip(&delta) {
             *m += d * nb / n;
         }
-        self.count += other.count;
+        self.count = total;
         Ok(())
     }
 
@@ -137,39 +263,25 @@ impl ShardStats {
         out
     }
 
-    /// Parses [`ShardStats::to_bytes`]; `key` names the object in errors.
+    /// Parses [`ShardStats::to_bytes`]; `key` names the object in errors. Refuses, with
+    /// [`Error::Stats`] naming the key and what is wrong: a bad magic, a dimension over
+    /// [`MAX_DIM`], a length that does not match the dimension, a non-finite value, a negative
+    /// variance (a diagonal co-moment entry below zero), and a count of zero with non-zero
+    /// values (or rows of dimension 0). Never panics, whatever the bytes.
     pub fn from_bytes(bytes: &[u8], key: &str) -> Result<Self> {
-        let bad = |reason: &str| Error::Stats {
-            key: key.to_string(),
-            reason: reason.to_string(),
-        };
-        if bytes.len() < 24 || &bytes[..8] != MAGIC {
-            return Err(bad("not a statistics file (bad magic)"));
-        }
-        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        let count = word(8);
-        let dim = usize::try_from(word(16)).map_err(|_| bad("dimension overflows"))?;
-        let expected = 24 + 8 * (dim + dim * (dim + 1) / 2);
-        if bytes.len() != expected {
-            return Err(bad(&format!(
-                "{} bytes, expected {expected} for dimension {dim}",
-                bytes.len()
+        let decoder = Decoder::open(bytes, key, MAGIC, 1)?;
+        let dim = decoder.dim;
+        let mean = decoder.vector(0, "mean")?;
+        let comoment = decoder.symmetric(dim, "co-moment")?;
+        if let Some(i) = (0..dim).find(|&i| comoment[i * dim + i] < 0.0) {
+            return Err(decoder.bad(format!(
+                "co-moment[{i}][{i}] is negative ({}): a sum of squares cannot be",
+                comoment[i * dim + i]
             )));
         }
-        let float = |i: usize| f64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        let mean: Vec<f64> = (0..dim).map(|i| float(24 + 8 * i)).collect();
-        let mut comoment = vec![0.0; dim * dim];
-        let mut at = 24 + 8 * dim;
-        for i in 0..dim {
-            for j in i..dim {
-                let v = float(at);
-                comoment[i * dim + j] = v;
-                comoment[j * dim + i] = v;
-                at += 8;
-            }
-        }
+        decoder.zero_when_empty(&[&mean, &comoment], "mean or co-moment")?;
         Ok(Self {
-            count,
+            count: decoder.count,
             mean,
             comoment,
         })
@@ -251,8 +363,15 @@ impl RunningSums {
 
     /// Adds rows: O(rows * d^2).
     pub fn add(&mut self, rows: &[&[f32]]) -> Result<()> {
+        let total = self.count.checked_add(rows.len() as u64).ok_or_else(|| {
+            Error::Pca(format!(
+                "cannot add {} rows to sums of {}: the count overflows",
+                rows.len(),
+                self.count
+            ))
+        })?;
         self.apply(rows, 1.0)?;
-        self.count += rows.len() as u64;
+        self.count = total;
         Ok(())
     }
 
@@ -319,40 +438,19 @@ impl RunningSums {
         out
     }
 
-    /// Parses [`RunningSums::to_bytes`]; `key` names the object in errors.
+    /// Parses [`RunningSums::to_bytes`]; `key` names the object in errors. Refuses, with
+    /// [`Error::Stats`]: a bad magic, a dimension over [`MAX_DIM`], a length that does not
+    /// match the dimension, a non-finite value, and a count of zero with non-zero sums (or
+    /// rows of dimension 0). Never panics, whatever the bytes.
     pub fn from_bytes(bytes: &[u8], key: &str) -> Result<Self> {
-        let bad = |reason: &str| Error::Stats {
-            key: key.to_string(),
-            reason: reason.to_string(),
-        };
-        if bytes.len() < 24 || &bytes[..8] != SUMS_MAGIC {
-            return Err(bad("not a running-sums file (bad magic)"));
-        }
-        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        let count = word(8);
-        let dim = usize::try_from(word(16)).map_err(|_| bad("dimension overflows"))?;
-        let expected = 24 + 8 * (2 * dim + dim * (dim + 1) / 2);
-        if bytes.len() != expected {
-            return Err(bad(&format!(
-                "{} bytes, expected {expected} for dimension {dim}",
-                bytes.len()
-            )));
-        }
-        let float = |i: usize| f64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        let shift: Vec<f64> = (0..dim).map(|i| float(24 + 8 * i)).collect();
-        let s1: Vec<f64> = (0..dim).map(|i| float(24 + 8 * (dim + i))).collect();
-        let mut s2 = vec![0.0; dim * dim];
-        let mut at = 24 + 16 * dim;
-        for i in 0..dim {
-            for j in i..dim {
-                let v = float(at);
-                s2[i * dim + j] = v;
-                s2[j * dim + i] = v;
-                at += 8;
-            }
-        }
+        let decoder = Decoder::open(bytes, key, SUMS_MAGIC, 2)?;
+        let dim = decoder.dim;
+        let shift = decoder.vector(0, "shift")?;
+        let s1 = decoder.vector(dim, "s1")?;
+        let s2 = decoder.symmetric(2 * dim, "s2")?;
+        decoder.zero_when_empty(&[&s1, &s2], "s1 or s2")?;
         Ok(Self {
-            count,
+            count: decoder.count,
             shift,
             s1,
             s2,
@@ -422,6 +520,136 @@ mod tests {
         short.pop();
         assert!(ShardStats::from_bytes(&short, "k").is_err());
         assert!(ShardStats::empty(3).merge(&ShardStats::empty(4)).is_err());
+    }
+
+    /// A header: magic, count, dim.
+    fn header(magic: &[u8; 8], count: u64, dim: u64) -> Vec<u8> {
+        let mut out = magic.to_vec();
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&dim.to_le_bytes());
+        out
+    }
+
+    fn reason(result: Result<impl std::fmt::Debug>) -> String {
+        let error = result.unwrap_err();
+        assert!(matches!(error, Error::Stats { .. }), "{error:?}");
+        let text = error.to_string();
+        assert!(
+            text.contains("runs/r/stats.bin"),
+            "the key is named: {text}"
+        );
+        text
+    }
+
+    #[test]
+    fn a_24_byte_file_with_a_huge_dimension_is_refused_without_a_panic() {
+        for dim in [
+            u64::MAX,
+            1 << 63,
+            1 << 32,
+            3_037_000_500,
+            MAX_DIM as u64 + 1,
+        ] {
+            let bytes = header(MAGIC, 1, dim);
+            assert_eq!(bytes.len(), 24);
+            let text = reason(ShardStats::from_bytes(&bytes, "runs/r/stats.bin"));
+            assert!(text.contains("over the limit of 65536"), "{text}");
+            let text = reason(RunningSums::from_bytes(
+                &header(SUMS_MAGIC, 1, dim),
+                "runs/r/stats.bin",
+            ));
+            assert!(text.contains("over the limit"), "{text}");
+        }
+        // Within the limit but not matching the length: refused before any allocation.
+        let text = reason(ShardStats::from_bytes(
+            &header(MAGIC, 1, MAX_DIM as u64),
+            "runs/r/stats.bin",
+        ));
+        assert!(
+            text.contains("24 bytes, expected 17180655640 for dimension 65536"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_naming_the_value() {
+        let data = rows(5, 3, 4);
+        let all: Vec<&[f32]> = data.iter().map(|r| r.as_slice()).collect();
+        let good = ShardStats::from_rows(&all, 3).to_bytes();
+        for (index, bad, what) in [
+            (0, f64::NAN, "mean[0] is not finite (NaN)"),
+            (2, f64::INFINITY, "mean[2] is not finite (inf)"),
+            (3, f64::NAN, "co-moment[0][0] is not finite"),
+            (7, f64::NEG_INFINITY, "co-moment[1][2] is not finite (-inf)"),
+        ] {
+            let mut bytes = good.clone();
+            bytes[24 + 8 * index..32 + 8 * index].copy_from_slice(&bad.to_le_bytes());
+            let text = reason(ShardStats::from_bytes(&bytes, "runs/r/stats.bin"));
+            assert!(text.contains(what), "{text}");
+        }
+        let mut sums = RunningSums::new(vec![0.5; 2]);
+        sums.add(&all.iter().map(|r| &r[..2]).collect::<Vec<_>>())
+            .unwrap();
+        let mut bytes = sums.to_bytes();
+        bytes[24 + 8 * 3..24 + 8 * 4].copy_from_slice(&f64::NAN.to_le_bytes());
+        let text = reason(RunningSums::from_bytes(&bytes, "runs/r/stats.bin"));
+        assert!(text.contains("s1[1] is not finite"), "{text}");
+    }
+
+    #[test]
+    fn inconsistent_counts_and_negative_variances_are_refused() {
+        // A count of 0 with a non-zero mean.
+        let mut bytes = header(MAGIC, 0, 1);
+        bytes.extend_from_slice(&1.5f64.to_le_bytes());
+        bytes.extend_from_slice(&0.0f64.to_le_bytes());
+        let text = reason(ShardStats::from_bytes(&bytes, "runs/r/stats.bin"));
+        assert!(text.contains("a count of 0 with a non-zero mean"), "{text}");
+        // A negative variance.
+        let mut bytes = header(MAGIC, 2, 1);
+        bytes.extend_from_slice(&1.5f64.to_le_bytes());
+        bytes.extend_from_slice(&(-0.25f64).to_le_bytes());
+        let text = reason(ShardStats::from_bytes(&bytes, "runs/r/stats.bin"));
+        assert!(text.contains("co-moment[0][0] is negative"), "{text}");
+        // Rows of dimension 0.
+        let text = reason(ShardStats::from_bytes(
+            &header(MAGIC, 4, 0),
+            "runs/r/stats.bin",
+        ));
+        assert!(text.contains("4 rows of dimension 0"), "{text}");
+        // What the writers store for nothing still reads back.
+        for dim in [0, 3] {
+            let empty = ShardStats::empty(dim);
+            assert_eq!(
+                ShardStats::from_bytes(&empty.to_bytes(), "k").unwrap(),
+                empty
+            );
+            let sums = RunningSums::new(vec![0.25; dim]);
+            assert_eq!(
+                RunningSums::from_bytes(&sums.to_bytes(), "k").unwrap(),
+                sums
+            );
+        }
+    }
+
+    #[test]
+    fn counts_that_would_overflow_are_errors() {
+        let mut huge = ShardStats::from_bytes(
+            &{
+                let mut b = header(MAGIC, u64::MAX, 1);
+                b.extend_from_slice(&1.0f64.to_le_bytes());
+                b.extend_from_slice(&0.0f64.to_le_bytes());
+                b
+            },
+            "k",
+        )
+        .unwrap();
+        let one = ShardStats::from_rows(&[&[2.0f32][..]], 1);
+        assert!(huge.merge(&one).is_err());
+        assert_eq!(huge.count, u64::MAX, "unchanged");
+        let mut sums = RunningSums::new(vec![0.0]);
+        sums.count = u64::MAX;
+        assert!(sums.add(&[&[1.0f32][..]]).is_err());
+        assert_eq!(sums.count, u64::MAX, "unchanged");
     }
 
     #[test]

@@ -3,10 +3,19 @@
 //! calls on some keys as a missing permission does (403 AccessDenied, permanent), pause
 //! before a step so that a test can interleave two attempts, or lose the messages sent.
 //!
+//! Two faults act *after* a write took effect, as on S3 when the request landed but its
+//! response did not: **ack loss** ([`Faults::ack_loss`]: the write is applied, then the
+//! caller sees a transient 504, so a retry layer sends it again and a conditional write
+//! answers "exists" / "changed") and **duplicate apply** ([`Faults::duplicate_apply`]: the
+//! write is applied twice, as a retried request whose first copy had landed, and the caller
+//! gets the second answer). A [`Selector`] picks the writes they hit: by kind, key, step.
+//!
 //! One [`Faults`] plan is shared by the store and the queue of one handler, so that "step"
 //! counts every write and send of that handler in order. They work over any store (the local
 //! folder, S3 on an emulator) and any queue.
 
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +25,118 @@ use tokio::sync::watch;
 
 use pipeline::ports::queue::{Queue, QueueError};
 use pipeline::ports::store::{ObjectInfo, ObjectStore, StoreError, Versioned};
+
+/// The kinds of mutating calls a [`Selector`] can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WriteOp {
+    /// [`ObjectStore::put`].
+    Put,
+    /// [`ObjectStore::put_if_absent`] (S3 `If-None-Match: *`).
+    Create,
+    /// [`ObjectStore::put_if_match`] (S3 `If-Match`).
+    Replace,
+    /// [`ObjectStore::delete`].
+    Delete,
+    /// [`Queue::send_all`].
+    Send,
+}
+
+impl WriteOp {
+    /// The name in the step log (`put`, `create`, `replace`, `delete`, `send`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteOp::Put => "put",
+            WriteOp::Create => "create",
+            WriteOp::Replace => "replace",
+            WriteOp::Delete => "delete",
+            WriteOp::Send => "send",
+        }
+    }
+}
+
+/// Which mutating calls an after-the-fact fault ([`Faults::ack_loss`],
+/// [`Faults::duplicate_apply`]) hits. Every condition given must hold; by default every
+/// mutating call (sends included) is hit, every time.
+#[derive(Debug, Clone, Default)]
+pub struct Selector {
+    ops: Vec<WriteOp>,
+    key_part: Option<String>,
+    step: Option<usize>,
+    once_per_request: bool,
+    limit: Option<usize>,
+    nth: Option<usize>,
+}
+
+impl Selector {
+    /// Every mutating call: writes, deletes and sends.
+    pub fn every_write() -> Self {
+        Self::default()
+    }
+
+    /// The conditional writes: creates (`If-None-Match: *`) and replaces (`If-Match`).
+    pub fn conditional() -> Self {
+        Self::ops(&[WriteOp::Create, WriteOp::Replace])
+    }
+
+    /// The calls of these kinds.
+    pub fn ops(ops: &[WriteOp]) -> Self {
+        Self {
+            ops: ops.to_vec(),
+            ..Self::default()
+        }
+    }
+
+    /// Only calls on a key containing `key_part` (sends have the key `queue`).
+    pub fn on_key(mut self, key_part: &str) -> Self {
+        self.key_part = Some(key_part.to_string());
+        self
+    }
+
+    /// Only the mutating call numbered `step` (from 0, counted as [`Faults::steps`]).
+    pub fn at_step(mut self, step: usize) -> Self {
+        self.step = Some(step);
+        self
+    }
+
+    /// Each distinct request (kind, key and body) only the first time it is made, so that
+    /// a retry of it goes through: "every conditional write loses its first answer".
+    pub fn once_per_request(mut self) -> Self {
+        self.once_per_request = true;
+        self
+    }
+
+    /// At most `n` calls in all.
+    pub fn times(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Only the `n`th call (from 0) that meets the other conditions, e.g. the second
+    /// replace of a lock (a reducer's commit, after its takeover).
+    pub fn nth(mut self, n: usize) -> Self {
+        self.nth = Some(n);
+        self
+    }
+
+    fn matches(&self, op: WriteOp, key: &str, step: usize) -> bool {
+        (self.ops.is_empty() || self.ops.contains(&op))
+            && self.key_part.as_deref().is_none_or(|k| key.contains(k))
+            && self.step.is_none_or(|s| s == step)
+    }
+}
+
+/// A fault that acts after the call took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    AckLoss,
+    Duplicate,
+}
+
+/// Counts the calls a selector matched, for [`Selector::nth`]; whether this one is the one.
+fn nth_matches(selector: &Selector, matched: &AtomicUsize) -> bool {
+    let index = matched.fetch_add(1, Ordering::SeqCst);
+    selector.nth.is_none_or(|n| n == index)
+}
 
 #[derive(Debug, Default)]
 struct Plan {
@@ -28,10 +149,16 @@ struct Plan {
     pause_before: Option<usize>,
     /// Pause before the first mutating step on a key containing this, until resumed.
     pause_before_key: Option<String>,
+    /// Pause before the first mutating call this selects, until resumed.
+    pause_at: Option<Selector>,
     /// Every call on a key containing this fails with a permanent 403 AccessDenied.
     deny: Option<String>,
     /// Sends succeed but deliver nothing.
     drop_sends: bool,
+    /// Writes applied, then answered with a transient error.
+    ack_loss: Option<Selector>,
+    /// Writes applied twice; the caller gets the second answer.
+    duplicate: Option<Selector>,
 }
 
 #[derive(Debug)]
@@ -42,6 +169,12 @@ struct State {
     injected: AtomicUsize,
     rng: Mutex<fastrand::Rng>,
     log: Mutex<Vec<String>>,
+    /// Requests an after-the-fact fault already hit (for `once_per_request`).
+    hit_requests: Mutex<HashSet<(WriteOp, String, u64)>>,
+    acks_lost: AtomicUsize,
+    duplicated: AtomicUsize,
+    /// Calls each selector matched (ack loss, duplicate, pause), for [`Selector::nth`].
+    matched: [AtomicUsize; 3],
     paused: watch::Sender<bool>,
     resumed: watch::Sender<bool>,
 }
@@ -73,6 +206,10 @@ impl Faults {
                 injected: AtomicUsize::new(0),
                 rng: Mutex::new(fastrand::Rng::with_seed(seed)),
                 log: Mutex::new(Vec::new()),
+                hit_requests: Mutex::new(HashSet::new()),
+                acks_lost: AtomicUsize::new(0),
+                duplicated: AtomicUsize::new(0),
+                matched: Default::default(),
                 paused: watch::channel(false).0,
                 resumed: watch::channel(false).0,
             }),
@@ -133,6 +270,19 @@ impl Faults {
         )
     }
 
+    /// The handler stops before the first mutating call `selector` picks (e.g.
+    /// `Selector::ops(&[WriteOp::Replace]).on_key("_reduce.lock").nth(1)`: a reducer's
+    /// commit after its takeover) until [`Faults::resume`].
+    pub fn pause_before_write(selector: Selector) -> Self {
+        Self::with_plan(
+            Plan {
+                pause_at: Some(selector),
+                ..Plan::default()
+            },
+            0,
+        )
+    }
+
     /// Every call on a key containing `key_part` fails with a permanent "403 AccessDenied",
     /// as on S3 when the role, a bucket policy or a KMS key refuses that object.
     pub fn deny(key_part: &str) -> Self {
@@ -154,6 +304,43 @@ impl Faults {
             },
             0,
         )
+    }
+
+    /// The writes `selector` picks take effect, then their caller sees a transient error
+    /// ("504 Gateway Timeout"), as when S3 applied a request and the response was lost.
+    /// Under a retry layer the request is sent again and finds its own write: a create
+    /// answers "exists", a replace "changed". Logged as `<op> <key> (ack lost)`.
+    pub fn ack_loss(selector: Selector) -> Self {
+        Self::with_plan(
+            Plan {
+                ack_loss: Some(selector),
+                ..Plan::default()
+            },
+            0,
+        )
+    }
+
+    /// The writes `selector` picks are applied twice, as a retried request whose first copy
+    /// had landed; the caller gets the second answer (a create: "exists"; a replace:
+    /// "changed"; a send: the message is queued twice).
+    pub fn duplicate_apply(selector: Selector) -> Self {
+        Self::with_plan(
+            Plan {
+                duplicate: Some(selector),
+                ..Plan::default()
+            },
+            0,
+        )
+    }
+
+    /// How many answers [`Faults::ack_loss`] has lost.
+    pub fn acks_lost(&self) -> usize {
+        self.state.acks_lost.load(Ordering::SeqCst)
+    }
+
+    /// How many calls [`Faults::duplicate_apply`] has applied twice.
+    pub fn duplicated(&self) -> usize {
+        self.state.duplicated.load(Ordering::SeqCst)
     }
 
     /// This plan over a store.
@@ -226,11 +413,10 @@ impl Faults {
         let plan = &self.state.plan;
         if plan.deny.as_deref().is_some_and(|d| key.contains(d)) {
             self.state.injected.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Remote {
+            return Err(StoreError::AccessDenied {
                 op,
                 key: key.to_string(),
-                transient: false,
-                source: "injected 403 AccessDenied: Access Denied".into(),
+                reason: "injected 403 AccessDenied: Access Denied".into(),
             });
         }
         if !plan.latency.is_zero() {
@@ -251,7 +437,8 @@ impl Faults {
     }
 
     /// Before a mutating call: pause or crash when its number comes up.
-    async fn before_step(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
+    async fn before_step(&self, write: WriteOp, key: &str) -> Result<(), StoreError> {
+        let op = write.name();
         self.before_call(op, key).await?;
         let plan = &self.state.plan;
         let step = self.steps();
@@ -259,7 +446,10 @@ impl Faults {
             || plan
                 .pause_before_key
                 .as_deref()
-                .is_some_and(|k| key.contains(k));
+                .is_some_and(|k| key.contains(k))
+            || plan.pause_at.as_ref().is_some_and(|s| {
+                s.matches(write, key, step) && nth_matches(s, &self.state.matched[2])
+            });
         if pause_here && !*self.state.resumed.borrow() {
             self.state.paused.send_replace(true);
             let mut rx = self.state.resumed.subscribe();
@@ -281,6 +471,56 @@ impl Faults {
             .expect("fault log")
             .push(format!("{op} {key}"));
     }
+
+    /// Whether the after-the-fact fault `which` hits this call (made at `step`), counting it.
+    fn hits(&self, which: After, op: WriteOp, key: &str, step: usize, body: u64) -> bool {
+        let plan = &self.state.plan;
+        let (selector, counter) = match which {
+            After::AckLoss => (&plan.ack_loss, &self.state.acks_lost),
+            After::Duplicate => (&plan.duplicate, &self.state.duplicated),
+        };
+        let Some(selector) = selector else {
+            return false;
+        };
+        if !selector.matches(op, key, step)
+            || !nth_matches(selector, &self.state.matched[which as usize])
+        {
+            return false;
+        }
+        if selector.once_per_request
+            && !self
+                .state
+                .hit_requests
+                .lock()
+                .expect("hit requests")
+                .insert((op, key.to_string(), body))
+        {
+            return false;
+        }
+        // Claim one of the `limit` hits atomically.
+        let claimed = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            selector.limit.is_none_or(|l| n < l).then_some(n + 1)
+        });
+        claimed.is_ok()
+    }
+
+    fn ack_lost_error(op: &'static str, key: &str) -> StoreError {
+        StoreError::Remote {
+            op,
+            key: key.to_string(),
+            transient: true,
+            source: "injected ack loss: 504 Gateway Timeout (the request was applied, its \
+                     response was lost)"
+                .into(),
+        }
+    }
+}
+
+/// A digest of a request's body, to tell one request from another.
+fn body_digest(body: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// An [`ObjectStore`] with injected faults.
@@ -291,18 +531,41 @@ pub struct FaultyStore<S> {
 }
 
 impl<S: ObjectStore> FaultyStore<S> {
-    async fn write<T>(
+    /// One mutating call: the plan's faults before it (crash, pause, deny, 503), the call,
+    /// then the faults after it (a lost answer, a duplicate).
+    async fn write<T, F, Fut>(
         &self,
-        op: &'static str,
+        op: WriteOp,
         key: &str,
-        call: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
+        body: u64,
+        call: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let name = op.name();
         self.faults.before_step(op, key).await?;
-        let result = call.await;
-        if result.is_ok() {
-            self.faults.after_step(op, key);
+        let step = self.faults.steps();
+        let answer = call().await?;
+        self.faults.after_step(name, key);
+        if self.faults.hits(After::Duplicate, op, key, step, body) {
+            let again = call().await;
+            if again.is_ok() {
+                self.faults.after_step(&format!("{name} (again)"), key);
+            }
+            return again;
         }
-        result
+        if self.faults.hits(After::AckLoss, op, key, step, body) {
+            self.faults
+                .state
+                .log
+                .lock()
+                .expect("fault log")
+                .push(format!("{name} {key} (ack lost)"));
+            return Err(Faults::ack_lost_error(name, key));
+        }
+        Ok(answer)
     }
 }
 
@@ -315,16 +578,27 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         self.faults.before_call("get", key).await?;
         self.inner.get_versioned(key).await
     }
+    async fn get_if_match(&self, key: &str, version: &str) -> Result<Bytes, StoreError> {
+        self.faults.before_call("get", key).await?;
+        self.inner.get_if_match(key, version).await
+    }
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
-        self.write("put", key, self.inner.put(key, body)).await
+        self.write(WriteOp::Put, key, body_digest(&body), || {
+            self.inner.put(key, body.clone())
+        })
+        .await
     }
     async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, StoreError> {
-        self.write("create", key, self.inner.put_if_absent(key, body))
-            .await
+        self.write(WriteOp::Create, key, body_digest(&body), || {
+            self.inner.put_if_absent(key, body.clone())
+        })
+        .await
     }
     async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<bool, StoreError> {
-        self.write("replace", key, self.inner.put_if_match(key, body, etag))
-            .await
+        self.write(WriteOp::Replace, key, body_digest(&body), || {
+            self.inner.put_if_match(key, body.clone(), etag)
+        })
+        .await
     }
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         self.faults.before_call("exists", key).await?;
@@ -335,7 +609,8 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         self.inner.head(key).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.write("delete", key, self.inner.delete(key)).await
+        self.write(WriteOp::Delete, key, 0, || self.inner.delete(key))
+            .await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         self.faults.before_call("list", prefix).await?;
@@ -361,110 +636,28 @@ impl<Q: Queue> Queue for FaultyQueue<Q> {
             source: Box::new(e),
         };
         self.faults
-            .before_step("send", "queue")
+            .before_step(WriteOp::Send, "queue")
             .await
             .map_err(as_queue_error)?;
-        if !self.faults.state.plan.drop_sends {
-            self.inner.send_all(bodies).await?;
+        let step = self.faults.steps();
+        let digest = body_digest(bodies.join("\n").as_bytes());
+        let deliver = !self.faults.state.plan.drop_sends;
+        if deliver {
+            self.inner.send_all(bodies.clone()).await?;
         }
         self.faults.after_step("send", "queue");
+        let faults = &self.faults;
+        if faults.hits(After::Duplicate, WriteOp::Send, "queue", step, digest) {
+            if deliver {
+                self.inner.send_all(bodies).await?;
+            }
+            faults.after_step("send (again)", "queue");
+        } else if faults.hits(After::AckLoss, WriteOp::Send, "queue", step, digest) {
+            return Err(as_queue_error(Faults::ack_lost_error("send", "queue")));
+        }
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use pipeline::ports::queue::InProcessQueue;
-    use pipeline::ports::store::FsStore;
-
-    use crate::test_util::block;
-
-    #[test]
-    fn a_crash_stops_everything_after_the_chosen_step() {
-        let dir = tempfile_dir("crash");
-        let faults = Faults::crash_after(2);
-        let store = faults.store(FsStore::new(&dir));
-        let queue = InProcessQueue::new();
-        let q = faults.queue(&queue);
-        block(async {
-            store.put("a", Bytes::from_static(b"1")).await.unwrap();
-            q.send_all(vec!["m".into()]).await.unwrap();
-            assert!(store.put("b", Bytes::from_static(b"2")).await.is_err());
-            assert!(
-                store.get("a").await.is_err(),
-                "a dead handler reads nothing"
-            );
-        });
-        assert!(faults.crashed());
-        assert_eq!(faults.steps(), 2);
-        assert_eq!(faults.log(), vec!["put a", "send queue"]);
-        assert_eq!(queue.len(), 1);
-        assert!(!dir.join("b").exists());
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn transient_faults_are_reproducible_and_transient() {
-        let dir = tempfile_dir("flaky");
-        let run = |seed| {
-            let faults = Faults::transient(0.3, Duration::ZERO, seed);
-            let store = faults.store(FsStore::new(&dir));
-            let outcomes: Vec<bool> = block(async {
-                let mut v = Vec::new();
-                for i in 0..100 {
-                    let r = store.put(&format!("k{i}"), Bytes::from_static(b"x")).await;
-                    if let Err(e) = &r {
-                        assert!(e.is_transient());
-                    }
-                    v.push(r.is_ok());
-                }
-                v
-            });
-            (outcomes, faults.injected())
-        };
-        let (a, failed) = run(7);
-        assert_eq!(a, run(7).0, "same seed, same faults");
-        assert!((15..=45).contains(&failed), "{failed} of 100 failed");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn denied_keys_fail_permanently_and_others_pass() {
-        let dir = tempfile_dir("deny");
-        let faults = Faults::deny("secret/");
-        let store = faults.store(FsStore::new(&dir));
-        block(async {
-            store.put("open/a", Bytes::from_static(b"1")).await.unwrap();
-            assert_eq!(
-                store.head("open/a").await.unwrap(),
-                store.get_versioned("open/a").await.unwrap().etag
-            );
-            for e in [
-                store.get("secret/b").await.unwrap_err(),
-                store.head("secret/b").await.unwrap_err(),
-                store.put("secret/b", Bytes::new()).await.unwrap_err(),
-            ] {
-                assert!(!e.is_transient(), "{e}");
-                assert!(e.to_string().contains("AccessDenied"), "{e}");
-            }
-        });
-        assert_eq!(faults.injected(), 3);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn lost_messages_are_counted_but_not_delivered() {
-        let faults = Faults::drop_sends();
-        let queue = InProcessQueue::new();
-        block(faults.queue(&queue).send_all(vec!["m".into()])).unwrap();
-        assert!(queue.is_empty());
-        assert_eq!(faults.steps(), 1);
-    }
-
-    fn tempfile_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("faults-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-}
+mod tests;

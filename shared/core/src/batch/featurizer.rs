@@ -12,6 +12,8 @@ use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::batch::attempts::{started_key, ShardStart};
+use crate::batch::guard::{classify_fetch_error, ImageFailure};
 use crate::batch::inference::{
     featurize_streamed, synthetic_features, Engine, FeaturizedBatch, Fetched, ImageOutcome,
     Progress,
@@ -26,7 +28,6 @@ use crate::parquet_io::{self, Dataset, VectorRow};
 use crate::ports::queue::Queue;
 use crate::ports::store::{ObjectStore, StoreError};
 use engine::model::Model;
-use engine::preprocess::ImageErrorKind;
 use engine::stats::ShardStats;
 
 /// Tuning of the featurizer.
@@ -238,14 +239,15 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
     }
 
     /// Processes one shard message. `deadline` is the invocation's end (Lambda), `attempt`
-    /// the delivery count; on error a failure record is written for `status`.
+    /// the delivery count; before fetching, an attempt-started record is written
+    /// ([`crate::batch::attempts`]), and on error a failure record, for `status`.
     pub async fn process(
         &self,
         message: &ShardMessage,
         deadline: Option<Instant>,
         attempt: Option<u32>,
     ) -> Result<ShardOutcome> {
-        let result = self.process_inner(message, deadline).await;
+        let result = self.process_inner(message, deadline, attempt).await;
         if let Err(error) = &result {
             let layout = RunLayout::new(&message.run_id);
             let record = ShardFailure {
@@ -267,10 +269,39 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         result
     }
 
+    /// Records that a delivery of `shard` starts attempt `attempt` (overwriting the previous
+    /// record). A failure to write it is a warning: it only informs `status`.
+    async fn record_start(
+        &self,
+        layout: &RunLayout,
+        shard: usize,
+        receive_count: Option<u32>,
+        attempt: &str,
+    ) {
+        let record = ShardStart {
+            shard,
+            receive_count: receive_count.unwrap_or(1),
+            attempt: attempt.to_string(),
+            at_unix: crate::manifest::unix_now(),
+        };
+        let written = match serde_json::to_vec(&record) {
+            Ok(body) => self
+                .output
+                .put(&started_key(layout, shard), body.into())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = written {
+            warn!(shard, %error, "could not record the attempt's start");
+        }
+    }
+
     async fn process_inner(
         &self,
         message: &ShardMessage,
         deadline: Option<Instant>,
+        receive_count: Option<u32>,
     ) -> Result<ShardOutcome> {
         let started = Instant::now();
         let manifest = self.manifest(&message.run_id).await?;
@@ -317,6 +348,8 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
 
         // An attempt id of its own: this attempt's objects are never overwritten by another.
         let attempt = new_attempt_id();
+        self.record_start(&layout, shard.id, receive_count, &attempt)
+            .await;
         let (batch, fetch_s) = self
             .fetch_and_infer(&manifest, shard, compute_deadline)
             .await?;
@@ -355,6 +388,7 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             timings,
             cost: InvocationCost::since(started),
             finished_at_ms: Some(crate::manifest::unix_now_ms()),
+            error_list: errors,
         };
         let committed = self.commit(&layout, &manifest.run_id, marker).await?;
         let ours = committed.attempt == attempt;
@@ -421,7 +455,7 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
                 while let Some((i, image)) = receiver.blocking_recv() {
                     outcomes[i] = Some(match image {
                         Ok(_) => ImageOutcome::Features(synthetic_features(&paths[i], dim)),
-                        Err(reason) => ImageOutcome::Failed(ImageErrorKind::Fetch, reason),
+                        Err(failure) => ImageOutcome::Failed(failure.kind, failure.reason),
                     });
                 }
                 Ok(FeaturizedBatch {
@@ -493,10 +527,12 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
     }
 
     /// Fetches a shard's images, a few at a time, in shard order, into `sender` (bounded:
-    /// it waits while the inference threads are behind). An image that does not exist is
-    /// that image's error; any other failure (throttling, 5xx, timeouts, access denied)
-    /// fails the whole attempt, so the message is retried instead of an image being lost
-    /// for good.
+    /// it waits while the inference threads are behind). Each is read only if it is still
+    /// the content the run listed (`If-Match` on its listed version). A cause that is
+    /// permanent for one object (gone, access denied, archived, changed after listing, not a
+    /// readable file) is that image's error; any other failure (throttling, 5xx, timeouts, a
+    /// local disk error) fails the whole attempt, so the message is retried instead of an
+    /// image being lost for good ([`classify_fetch_error`]).
     async fn fetch_into(
         &self,
         manifest: &Manifest,
@@ -518,7 +554,7 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
                         }),
                     );
                 }
-                (i, self.input.get(&key).await)
+                (i, self.input.get_if_match(&key, &image.version).await)
             }
         }))
         .buffered(self.settings.fetch_concurrency.max(1));
@@ -532,12 +568,9 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
                     stage: "fetching the shard's images",
                 });
             }
-            let image = match result {
+            let image: std::result::Result<Bytes, ImageFailure> = match result {
                 Ok(bytes) => Ok(bytes),
-                Err(StoreError::NotFound(key)) => Err(format!(
-                    "object not found: {key} (deleted after the run was listed)"
-                )),
-                Err(e) => return Err(Error::Store(e)),
+                Err(e) => Err(classify_fetch_error(e).map_err(Error::Store)?),
             };
             if sender.send((i, image)).await.is_err() {
                 // The inference threads stopped (deadline): they report it.

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::batch::guard::{catch_panic, ImageFailure};
 use crate::error::{Error, Result};
 use crate::manifest::StageTimings;
 use engine::model::{Layout, Model};
@@ -48,7 +49,12 @@ pub fn featurize_images(
     let next = AtomicUsize::new(0);
     let source = || {
         let i = next.fetch_add(1, Ordering::Relaxed);
-        images.get(i).map(|image| (i, image.clone()))
+        images.get(i).map(|image| {
+            let image = image
+                .clone()
+                .map_err(|reason| ImageFailure::new(ImageErrorKind::Fetch, reason));
+            (i, image)
+        })
     };
     featurize_from(
         model,
@@ -62,8 +68,8 @@ pub fn featurize_images(
 }
 
 /// An image on its way from the fetcher to the inference threads: its index in the shard
-/// and its bytes (or why it could not be read).
-pub type Fetched = (usize, Result<Bytes, String>);
+/// and its bytes (or why it could not be read: [`crate::batch::guard::classify_fetch_error`]).
+pub type Fetched = (usize, Result<Bytes, ImageFailure>);
 
 /// Like [`featurize_images`], but the images arrive through `images` while they are being
 /// fetched (a bounded channel: the prefetch), so inference overlaps the downloads. The time
@@ -114,7 +120,7 @@ fn featurize_from(
                     let Some((i, encoded)) = next() else { break };
                     timings.fetch_wait_s += waiting.elapsed().as_secs_f64();
                     let outcome = match encoded {
-                        Err(reason) => ImageOutcome::Failed(ImageErrorKind::Fetch, reason),
+                        Err(failure) => ImageOutcome::Failed(failure.kind, failure.reason),
                         Ok(bytes) => featurize_one(
                             &mut session,
                             &mut input,
@@ -165,6 +171,8 @@ fn featurize_from(
     })
 }
 
+/// One image: decode, resize and normalize (each under the per-image panic guard, so that a
+/// decoder's panic is this image's error), then the model.
 fn featurize_one(
     session: &mut engine::model::ModelSession,
     input: &mut [f32],
@@ -174,12 +182,14 @@ fn featurize_one(
     timings: &mut StageTimings,
 ) -> ImageOutcome {
     let t0 = Instant::now();
-    let decoded = match preprocess::decode_rgb8(bytes, max_pixels) {
+    let decoded = match catch_panic("decoder", || preprocess::decode_rgb8(bytes, max_pixels)) {
         Ok(d) => d,
         Err(e) => return ImageOutcome::Failed(e.kind, e.reason),
     };
     let t1 = Instant::now();
-    let resized = match preprocess::resize_bicubic(&decoded, spec.width, spec.height) {
+    let resized = match catch_panic("resize", || {
+        preprocess::resize_bicubic(&decoded, spec.width, spec.height)
+    }) {
         Ok(r) => r,
         Err(e) => return ImageOutcome::Failed(e.kind, e.reason),
     };

@@ -54,7 +54,14 @@ pub fn root_name(root: &str) -> String {
 
 /// Lists the images under `prefix` in `store`: selected by `filter`, paths relative to the
 /// prefix, sorted by path so shards are the same every time. Keys are kept exactly as
-/// listed (no slash is stripped or merged), so `prefix + path` is always the listed key.
+/// listed (no slash is stripped or merged), so `prefix + path` is always the listed key, and
+/// each keeps its listed version (the featurizer reads exactly that content).
+///
+/// Every listed object named like an image is an input image, and so ends in `Results` or in
+/// the error list with a reason: locally that includes dangling symbolic links, link loops,
+/// named pipes and sockets, which the local store lists without opening them and whose
+/// reads fail with the reason (see `FsStore::list`). Folders, even named like images, are
+/// walked, never images.
 pub async fn list_images<S: ObjectStore>(
     store: &S,
     prefix: &str,

@@ -1,11 +1,18 @@
 //! Embedded mode: the whole job on a local folder with no AWS — the same splitter, featurizer
 //! and reducer, over a local-filesystem store and in-process queues.
+//!
+//! A local run or resume holds the output folder's OS file lock ([`OutputLock`]) from start
+//! to end: a second command on the same folder is refused with who holds it, and the lock
+//! dies with the process (SIGKILL included). Holding it, the run's reducer may take over any
+//! reduce lock it finds at once (no other local process can be reducing there; a lock left
+//! by a killed one is stale by definition).
 
 use std::path::{Path, PathBuf};
 
 use crate::batch::featurizer::{FeaturizerSettings, ShardFeaturizer};
 
 use crate::batch::inference::Progress;
+use crate::batch::output_lock::OutputLock;
 use crate::batch::reducer::{ReduceOutcome, Reducer, ReducerSettings};
 use crate::batch::splitter::{SplitOutcome, Splitter};
 use crate::batch::summary::Summary;
@@ -46,13 +53,21 @@ pub struct LocalReport {
 
 /// Runs splitter → featurizers → reducer over a local folder.
 pub async fn run_local(run: LocalRun, model: Model) -> Result<LocalReport> {
+    let exclusive = OutputLock::acquire(&run.output, "featurize run")?;
     check_input_folder(&run.input)?;
     // The absolute path, so that the same folder is the same run from any working directory.
     let input_root = std::fs::canonicalize(&run.input)
         .map_err(|e| Error::io(format!("input folder {}", run.input.display()), e))?;
     let mut request = run.request.clone();
     request.input_prefix = String::new();
-    drive(run, FsStore::new(&input_root), model, Start::New(request)).await
+    drive(
+        run,
+        FsStore::new(&input_root),
+        model,
+        Start::New(request),
+        exclusive,
+    )
+    .await
 }
 
 /// How a local run starts.
@@ -67,6 +82,7 @@ enum Start {
 /// folder is the one recorded in its manifest; shards that are not done are featurized,
 /// then the reduce runs (also when it was claimed and never ran, or its reducer died).
 pub async fn resume_local(run: LocalRun, run_id: &str, model: Model) -> Result<LocalReport> {
+    let exclusive = OutputLock::acquire(&run.output, "featurize resume")?;
     let output = FsStore::new(&run.output);
     let layout = RunLayout::new(run_id);
     let manifest = crate::batch::run_manifest::read_header(&output, &layout)
@@ -81,10 +97,25 @@ pub async fn resume_local(run: LocalRun, run_id: &str, model: Model) -> Result<L
         })?;
     let input_root = PathBuf::from(&manifest.input.uri);
     check_input_folder(&input_root)?;
-    drive(run, FsStore::new(&input_root), model, Start::Resume(layout)).await
+    drive(
+        run,
+        FsStore::new(&input_root),
+        model,
+        Start::Resume(layout),
+        exclusive,
+    )
+    .await
 }
 
-async fn drive(run: LocalRun, input: FsStore, model: Model, start: Start) -> Result<LocalReport> {
+/// The run, start to end, holding the output folder's lock (`_exclusive`, dropped at the
+/// end).
+async fn drive(
+    run: LocalRun,
+    input: FsStore,
+    model: Model,
+    start: Start,
+    _exclusive: OutputLock,
+) -> Result<LocalReport> {
     let output = FsStore::new(&run.output);
     let shard_queue = InProcessQueue::new();
     let reduce_queue = InProcessQueue::new();
@@ -118,7 +149,12 @@ async fn drive(run: LocalRun, input: FsStore, model: Model, start: Start) -> Res
         let message: ShardMessage = serde_json::from_str(&body)?;
         featurizer.process(&message, None, None).await?;
     }
-    let reducer = Reducer::new(output.clone(), ReducerSettings::default()).with_input(input);
+    // The output lock excludes every other local writer: any reduce lock here is stale.
+    let settings = ReducerSettings {
+        lock_stale_after: std::time::Duration::ZERO,
+        ..ReducerSettings::default()
+    };
+    let reducer = Reducer::new(output.clone(), settings).with_input(input);
     while let Some(body) = reduce_queue.pop() {
         let message: ReduceMessage = serde_json::from_str(&body)?;
         if let ReduceOutcome::Failed(summary) = reducer.process(&message, "local").await? {

@@ -1,10 +1,13 @@
 //! The batch handlers the CLI and the Lambdas drive — listing, the splitter, the featurizer,
 //! the reducer, a run's status and the embedded (local) driver — all generic over the ports.
 
+pub mod attempts;
 pub mod featurizer;
+pub mod guard;
 pub mod inference;
 pub mod listing;
 pub mod local;
+pub mod output_lock;
 pub mod reducer;
 pub mod run_manifest;
 pub mod splitter;

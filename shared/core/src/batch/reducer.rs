@@ -1,9 +1,22 @@
 //! The reducer: merges the shards' statistics, fits the PCA, projects every features part
 //! (a few at a time, never all rows in memory), and writes `Results_PCA`, `pca_model.json`,
-//! `errors.json`, `summary.json` and finally `_SUCCESS`. Before fitting anything it checks
-//! the run's invariants on the shards' committed objects. A fenced lock makes sure that one
-//! reducer at a time writes: a reducer that died is taken over once its lock is stale (or
-//! released), and a reducer whose lock was taken over stops before its next write.
+//! `errors.json`, `report.html`, `summary.json` and finally `_SUCCESS`.
+//!
+//! - **The invariant gate** ([`check`]): before fitting anything it checks the run's
+//!   invariants on the shards' committed objects, statistics recomputed against each part.
+//! - **Real fencing** ([`lock`], [`publish`]): one reducer at a time holds the run's lock
+//!   (each delivery under its own token); it stages every output under `runs/<run>/reduce/`,
+//!   and one conditional write — the lock rewritten with its commit, on the lock's entity tag
+//!   as this holder wrote it — decides whether they are the run's. Only committed outputs
+//!   are copied to the keys readers know, so a reducer whose lock was taken over (or
+//!   released) cannot make any output visible.
+//! - **Progress across invocations**: the fit is checkpointed under a digest of the
+//!   committed shards, and each projected part under the model's digest; a reduce stopped by
+//!   its deadline (or killed) is resumed by the next delivery from where it was.
+
+mod check;
+mod lock;
+mod publish;
 
 use std::time::Instant;
 
@@ -12,7 +25,14 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::batch::featurizer::{committed_part, sha256_hex};
+pub use check::{inputs_digest, mean_of, stats_match_rows, MEAN_TOLERANCE};
+pub use lock::{delivery_token, Acquired, LockToken, ReduceCommit, ReduceLock};
+pub use publish::{
+    fit_checkpoint_key, generation_prefix, projected_part_key, reduce_prefix, StagedOutput,
+    StagedOutputs,
+};
+
+use crate::batch::featurizer::sha256_hex;
 use crate::batch::summary::{
     clamped_pca_options, initial_summary, CostEstimate, ReduceTimings, Summary,
 };
@@ -23,7 +43,6 @@ use crate::parquet_io::{self, Dataset, VectorRow};
 use crate::ports::store::{ObjectStore, StoreError};
 use crate::report::{self, Collector, Limits, Selection};
 use engine::pca::{self, PcaModel};
-use engine::stats::ShardStats;
 
 /// Lambda prices used for the run's cost estimate.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -53,6 +72,9 @@ pub struct ReducerSettings {
     pub lock_stale_after: std::time::Duration,
     /// Prices for the cost estimate.
     pub pricing: Pricing,
+    /// With a deadline ([`Reducer::process_until`]): no new part is projected when less
+    /// than this is left (room for the report, the commit and the publication).
+    pub deadline_margin: std::time::Duration,
 }
 
 impl Default for ReducerSettings {
@@ -61,40 +83,96 @@ impl Default for ReducerSettings {
             concurrency: 4,
             lock_stale_after: std::time::Duration::from_secs(900),
             pricing: Pricing::default(),
+            deadline_margin: std::time::Duration::from_secs(60),
         }
     }
 }
 
-/// The reducer's lock content. It is only ever replaced conditionally (on its ETag), and
-/// each takeover increments `generation`: the pair (owner, generation) is the fencing
-/// token a reducer checks before each of its writes.
+/// The fit of a reduce, kept under the digest of the committed shards it folded
+/// ([`fit_checkpoint_key`]): a later invocation over the same shards resumes from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReduceLock {
-    /// Who holds it (the reduce message's id).
-    pub owner: String,
-    /// Incremented by every takeover.
+struct FitCheckpoint {
+    inputs: String,
+    /// The model as JSON, with every float also kept as its bits (`model_bits`, in
+    /// document order): JSON text does not parse back to the last bit, and a resumed
+    /// reduce must project with exactly the model a single invocation would have.
+    model: serde_json::Value,
+    model_bits: Vec<u64>,
     #[serde(default)]
-    pub generation: u64,
-    /// Unix seconds when taken.
-    pub acquired_at: u64,
-    /// Set by a reducer that failed and let go: the next one may take over at once.
+    k_requested: Option<usize>,
     #[serde(default)]
-    pub released: bool,
+    warnings: Vec<String>,
 }
 
-/// What a reducer holds while it reduces.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockToken {
-    /// The lock's owner.
-    pub owner: String,
-    /// Its generation.
-    pub generation: u64,
+/// The bits of every float of a JSON document, in document order.
+fn float_bits(value: &serde_json::Value, out: &mut Vec<u64>) {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            out.push(n.as_f64().unwrap_or_default().to_bits())
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| float_bits(v, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| float_bits(v, out)),
+        _ => {}
+    }
+}
+
+/// Puts back the exact floats [`float_bits`] took, in the same order.
+fn restore_floats(value: &mut serde_json::Value, bits: &mut impl Iterator<Item = u64>) -> bool {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            match bits.next().map(f64::from_bits).map(serde_json::Value::from) {
+                Some(exact) => {
+                    *value = exact;
+                    true
+                }
+                None => false,
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().all(|v| restore_floats(v, bits)),
+        serde_json::Value::Object(map) => map.values_mut().all(|v| restore_floats(v, bits)),
+        _ => true,
+    }
+}
+
+impl FitCheckpoint {
+    fn new(inputs: &str, model: &PcaModel, summary: &Summary) -> Result<Self> {
+        let value = serde_json::to_value(model)?;
+        let mut model_bits = Vec::new();
+        float_bits(&value, &mut model_bits);
+        Ok(Self {
+            inputs: inputs.to_string(),
+            model: value,
+            model_bits,
+            k_requested: summary.k_requested,
+            warnings: summary.warnings.clone(),
+        })
+    }
+
+    /// The model, exactly as fitted.
+    fn model(&self) -> Result<PcaModel> {
+        let mut value = self.model.clone();
+        let mut bits = self.model_bits.iter().copied();
+        if !restore_floats(&mut value, &mut bits) || bits.next().is_some() {
+            return Err(Error::RunState(
+                "a fit checkpoint whose floats do not match its model".into(),
+            ));
+        }
+        Ok(serde_json::from_value(value)?)
+    }
+}
+
+/// What a reduce read, for the documents it writes.
+struct RunInputs<'a> {
+    manifest: &'a Manifest,
+    markers: &'a [DoneMarker],
+    errors: &'a [ImageError],
+    started: Instant,
 }
 
 /// A failed reduce, kept for `status` (`runs/<run>/failures/reduce.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReduceFailure {
-    /// The reduce message's id.
+    /// The delivery's lock token (the reduce message's id and a nonce).
     pub owner: String,
     /// The error.
     pub error: String,
@@ -142,21 +220,48 @@ impl<S: ObjectStore> Reducer<S> {
         self
     }
 
-    /// Handles one reduce message; `owner` identifies this delivery (the SQS message id: a
-    /// retry of the same message may take over its own lock).
+    /// Handles one reduce message; `owner` identifies the message (its SQS message id).
+    /// Each call holds the lock under its own token (`owner` and a nonce), so two
+    /// deliveries of one message exclude each other like any two reducers.
     pub async fn process(&self, message: &ReduceMessage, owner: &str) -> Result<ReduceOutcome> {
+        self.process_until(message, owner, None).await
+    }
+
+    /// [`Self::process`] within an invocation that ends at `deadline` (Lambda): when less
+    /// than [`ReducerSettings::deadline_margin`] is left, it stops projecting (after at least
+    /// one part), lets go of the lock and fails with [`Error::Deadline`]; the next delivery
+    /// takes over at once and goes on from the parts already projected.
+    pub async fn process_until(
+        &self,
+        message: &ReduceMessage,
+        owner: &str,
+        deadline: Option<Instant>,
+    ) -> Result<ReduceOutcome> {
         let layout = RunLayout::new(&message.run_id);
         if self.store.exists(&layout.pca_success()).await? {
             info!(run_id = %message.run_id, "already reduced: nothing to do");
             self.clean_staging(&layout).await?;
             return Ok(ReduceOutcome::AlreadyReduced);
         }
-        let token = self.lock(&layout, owner).await?;
-        let result = self.reduce(&layout, &token).await;
+        let token = delivery_token(owner);
+        let held = match self.lock(&layout, &token).await {
+            Ok(Acquired::Held(held)) => held,
+            Ok(Acquired::Committed(commit)) => {
+                info!(run_id = %message.run_id, generation = commit.generation,
+                    "outputs already committed: publishing them");
+                return self.publish(&layout, &commit).await;
+            }
+            Err(e) => {
+                // A create or takeover of ours may have landed unseen: let it go.
+                self.release_owner(&layout, &token).await;
+                return Err(e);
+            }
+        };
+        let result = self.reduce(&layout, &held, deadline).await;
         if let Err(error) = &result {
             if !matches!(error, Error::LostLock(_)) {
                 let record = ReduceFailure {
-                    owner: owner.to_string(),
+                    owner: token.clone(),
                     error: error.to_string(),
                     at: crate::manifest::now_rfc3339(),
                     at_unix: unix_now(),
@@ -166,300 +271,23 @@ impl<S: ObjectStore> Reducer<S> {
                         warn!(error = %e, "could not record the reduce failure");
                     }
                 }
-                // Let a retry (or another delivery) take over at once.
-                self.release(&layout, &token).await;
+                // Let a retry (or another delivery) take over at once, unless we committed
+                // (then anyone publishes).
+                if !matches!(self.read_lock(&layout).await, Ok(Some((l, _))) if l.committed.is_some())
+                {
+                    self.release(&layout, &held).await;
+                }
             }
         }
         result
     }
 
-    /// Takes the run's lock: creates it, or takes it over (conditionally on its ETag) when
-    /// its holder released it or is stale. Returns the fencing token.
-    pub async fn lock(&self, layout: &RunLayout, owner: &str) -> Result<LockToken> {
-        let key = layout.reduce_lock();
-        for _ in 0..3 {
-            let fresh = ReduceLock {
-                owner: owner.to_string(),
-                generation: 1,
-                acquired_at: unix_now(),
-                released: false,
-            };
-            if self
-                .store
-                .put_if_absent(&key, serde_json::to_vec(&fresh)?.into())
-                .await?
-            {
-                return Ok(LockToken {
-                    owner: owner.to_string(),
-                    generation: 1,
-                });
-            }
-            let current = match self.store.get_versioned(&key).await {
-                Ok(v) => v,
-                Err(StoreError::NotFound(_)) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let held: ReduceLock = serde_json::from_slice(&current.body)?;
-            if held.owner == owner && !held.released {
-                // This delivery already holds it (a redelivery, or a create whose answer
-                // was lost).
-                return Ok(LockToken {
-                    owner: owner.to_string(),
-                    generation: held.generation,
-                });
-            }
-            let age = unix_now().saturating_sub(held.acquired_at);
-            if !held.released && age < self.settings.lock_stale_after.as_secs() {
-                return Err(Error::RunState(format!(
-                    "run {} is being reduced by {} (lock taken {age} s ago); retry later",
-                    layout.run_id(),
-                    held.owner
-                )));
-            }
-            let next = ReduceLock {
-                owner: owner.to_string(),
-                generation: held.generation + 1,
-                acquired_at: unix_now(),
-                released: false,
-            };
-            warn!(run_id = layout.run_id(), holder = %held.owner, age, released = held.released,
-                generation = next.generation, "taking over the reduce lock");
-            let token = LockToken {
-                owner: owner.to_string(),
-                generation: next.generation,
-            };
-            if self
-                .store
-                .put_if_match(&key, serde_json::to_vec(&next)?.into(), &current.etag)
-                .await?
-                || self.holds(layout, &token).await?
-            {
-                return Ok(token);
-            }
-        }
-        Err(Error::RunState(format!(
-            "could not take the reduce lock of run {}: another reducer took it",
-            layout.run_id()
-        )))
-    }
-
-    async fn holds(&self, layout: &RunLayout, token: &LockToken) -> Result<bool> {
-        match self.store.get(&layout.reduce_lock()).await {
-            Ok(bytes) => {
-                let held: ReduceLock = serde_json::from_slice(&bytes)?;
-                Ok(held.owner == token.owner
-                    && held.generation == token.generation
-                    && !held.released)
-            }
-            Err(StoreError::NotFound(_)) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Checked before every write: a reducer whose lock was taken over stops.
-    async fn fence(&self, layout: &RunLayout, token: &LockToken) -> Result<()> {
-        if self.holds(layout, token).await? {
-            Ok(())
-        } else {
-            Err(Error::LostLock(format!(
-                "run {}: {} (generation {}) no longer holds the reduce lock; stopping before any \
-                 further write",
-                layout.run_id(),
-                token.owner,
-                token.generation
-            )))
-        }
-    }
-
-    /// [`Self::fenced_put`] of a JSON document (pretty-printed, as people read them).
-    async fn fenced_put_json<T: Serialize>(
+    async fn reduce(
         &self,
         layout: &RunLayout,
         token: &LockToken,
-        key: &str,
-        document: &T,
-    ) -> Result<()> {
-        self.fenced_put(
-            layout,
-            token,
-            key,
-            serde_json::to_vec_pretty(document)?.into(),
-        )
-        .await
-    }
-
-    /// Writes an output only while holding the lock.
-    async fn fenced_put(
-        &self,
-        layout: &RunLayout,
-        token: &LockToken,
-        key: &str,
-        body: Bytes,
-    ) -> Result<()> {
-        self.fence(layout, token).await?;
-        self.store.put(key, body).await?;
-        Ok(())
-    }
-
-    /// Marks the lock released if it is still ours (conditionally: never someone else's).
-    async fn release(&self, layout: &RunLayout, token: &LockToken) {
-        let key = layout.reduce_lock();
-        let result = async {
-            let current = self.store.get_versioned(&key).await?;
-            let mut held: ReduceLock = serde_json::from_slice(&current.body)?;
-            if held.owner != token.owner || held.generation != token.generation {
-                return Ok::<_, Error>(false);
-            }
-            held.released = true;
-            Ok(self
-                .store
-                .put_if_match(&key, serde_json::to_vec(&held)?.into(), &current.etag)
-                .await?)
-        }
-        .await;
-        if let Err(e) = result {
-            warn!(error = %e, "could not release the reduce lock");
-        }
-    }
-
-    /// Reads every shard's committed objects and checks the run's invariants before
-    /// anything is fitted: each shard committed, its rows + errors = its listed images, its
-    /// statistics' count = its rows, its part matches the marker's checksum, and no path is
-    /// in two places (two rows, or a row and an error).
-    async fn committed_shards(
-        &self,
-        layout: &RunLayout,
-        manifest: &Manifest,
-        token: &LockToken,
-    ) -> Result<(Vec<DoneMarker>, Vec<ImageError>, Option<ShardStats>)> {
-        let concurrency = self.settings.concurrency.max(1);
-        let invariant = |m: String| Error::Invariant(format!("run {}: {m}", manifest.run_id));
-        let mut loaded = stream::iter(manifest.shards.iter().map(|shard| async move {
-            let marker: DoneMarker = match self.store.get(&layout.done_marker(shard.id)).await {
-                Ok(bytes) => serde_json::from_slice(&bytes)?,
-                Err(StoreError::NotFound(_)) => {
-                    return Err(Error::RunState(format!(
-                        "shard {} is not done yet",
-                        shard.id
-                    )))
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let errors: Vec<ImageError> = serde_json::from_slice(
-                &self
-                    .store
-                    .get(&layout.attempt_errors(shard.id, &marker.attempt))
-                    .await?,
-            )?;
-            let stats_key = layout.attempt_stats(shard.id, &marker.attempt);
-            let stats = ShardStats::from_bytes(&self.store.get(&stats_key).await?, &stats_key)?;
-            let part = self.published_part(layout, &marker, token).await?;
-            let paths = parquet_io::read_paths(part)?;
-            Ok::<_, Error>((marker, errors, stats, paths))
-        }))
-        .buffered(concurrency);
-        // Shard by shard, in order: checked, then its statistics merged and dropped, so
-        // memory holds one merged co-moment (plus the shards in flight), not one per shard.
-        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let mut markers = Vec::new();
-        let mut all_errors = Vec::new();
-        let mut merged: Option<ShardStats> = None;
-        let mut shards = manifest.shards.iter();
-        while let Some((marker, errors, stats, paths)) = loaded.try_next().await? {
-            let shard = shards.next().expect("one loaded entry per shard");
-            let id = shard.id;
-            if marker.shard != id || marker.images != shard.images.len() {
-                return Err(invariant(format!(
-                    "shard {id}'s done marker is for shard {} with {} images; the manifest lists {}",
-                    marker.shard,
-                    marker.images,
-                    shard.images.len()
-                )));
-            }
-            if paths.len() != marker.rows || errors.len() != marker.errors {
-                return Err(invariant(format!(
-                    "shard {id}: {} rows and {} errors stored, its marker says {} and {}",
-                    paths.len(),
-                    errors.len(),
-                    marker.rows,
-                    marker.errors
-                )));
-            }
-            if paths.len() + errors.len() != shard.images.len() {
-                return Err(invariant(format!(
-                    "shard {id}: {} rows + {} errors != {} listed images",
-                    paths.len(),
-                    errors.len(),
-                    shard.images.len()
-                )));
-            }
-            if stats.count != marker.rows as u64 {
-                return Err(invariant(format!(
-                    "shard {id}: statistics of {} rows for a part of {}",
-                    stats.count, marker.rows
-                )));
-            }
-            let listed: std::collections::HashSet<&str> =
-                shard.images.iter().map(|i| i.path.as_str()).collect();
-            for path in paths
-                .iter()
-                .map(String::as_str)
-                .chain(errors.iter().map(|e| e.path.as_str()))
-            {
-                if !listed.contains(path) {
-                    return Err(invariant(format!(
-                        "shard {id} holds {path:?}, which it was not given"
-                    )));
-                }
-                if !seen.insert(path.to_string()) {
-                    return Err(invariant(format!(
-                        "{path:?} is in the outputs twice (two rows, or a row and an error)"
-                    )));
-                }
-            }
-            markers.push(marker);
-            all_errors.extend(errors);
-            match merged.as_mut() {
-                None => merged = Some(stats),
-                Some(m) => m.merge(&stats)?,
-            }
-        }
-        if seen.len() != manifest.total_images {
-            return Err(invariant(format!(
-                "{} images accounted for, {} listed",
-                seen.len(),
-                manifest.total_images
-            )));
-        }
-        Ok((markers, all_errors, merged))
-    }
-
-    /// The shard's part as published in `Results`, checked against its marker; published
-    /// again from the committed attempt when it is missing or differs.
-    async fn published_part(
-        &self,
-        layout: &RunLayout,
-        marker: &DoneMarker,
-        token: &LockToken,
-    ) -> Result<Bytes> {
-        let key = layout.results_part(marker.shard);
-        match self.store.get(&key).await {
-            Ok(part) if sha256_hex(&part) == marker.part_sha256 => return Ok(part),
-            Ok(_) => warn!(
-                key,
-                "published part differs from the committed one: republishing"
-            ),
-            Err(StoreError::NotFound(_)) => {
-                info!(key, "committed part not published yet: publishing")
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let part = committed_part(&self.store, layout, marker).await?;
-        self.fenced_put(layout, token, &key, part.clone()).await?;
-        Ok(part)
-    }
-
-    async fn reduce(&self, layout: &RunLayout, token: &LockToken) -> Result<ReduceOutcome> {
+        deadline: Option<Instant>,
+    ) -> Result<ReduceOutcome> {
         let started = Instant::now();
         let manifest: Manifest =
             crate::batch::run_manifest::read_full(&self.store, layout, self.settings.concurrency)
@@ -468,20 +296,26 @@ impl<S: ObjectStore> Reducer<S> {
             manifest_s: started.elapsed().as_secs_f64(),
             ..ReduceTimings::default()
         };
-        let shard_ids: Vec<usize> = manifest.shards.iter().map(|s| s.id).collect();
 
         let step = Instant::now();
-        let (markers, errors, shard_stats) =
-            self.committed_shards(layout, &manifest, token).await?;
+        let markers = self.read_markers(layout, &manifest).await?;
+        let inputs = inputs_digest(&manifest, &markers);
+        let checkpoint = self.read_fit_checkpoint(layout, &inputs).await?;
+        let (errors, merged) = match &checkpoint {
+            // An earlier invocation checked these very shards and fitted them.
+            Some(_) => (self.error_lists(layout, &markers).await?, None),
+            None => self.committed_shards(layout, &manifest, &markers).await?,
+        };
         steps.check_merge_s = step.elapsed().as_secs_f64();
-        self.fenced_put_json(layout, token, &layout.errors(), &errors)
-            .await?;
-        self.fenced_put(layout, token, &layout.results_success(), Bytes::new())
-            .await?;
 
         let mut summary = initial_summary(&manifest, &markers, &errors);
-        let (images, rows, error_rate) = (summary.images, summary.rows, summary.error_rate);
-
+        let (images, error_rate) = (summary.images, summary.error_rate);
+        let run = RunInputs {
+            manifest: &manifest,
+            markers: &markers,
+            errors: &errors,
+            started,
+        };
         if error_rate > manifest.options.max_error_rate {
             let reason = format!(
                 "{} of {images} images failed ({:.1} %), above max_error_rate {:.1} %; see {}",
@@ -491,41 +325,47 @@ impl<S: ObjectStore> Reducer<S> {
                 layout.errors()
             );
             summary.timings.reduce = steps;
-            return self
-                .fail_run(
-                    layout, token, &manifest, &markers, &errors, summary, reason, started,
-                )
-                .await;
+            return self.fail_run(layout, token, &run, summary, reason).await;
         }
 
-        // Merged in shard order while checked: deterministic to the last bit.
-        let merged = shard_stats.ok_or_else(|| {
-            Error::Engine(engine::error::Error::Pca("the run has no shards".into()))
-        })?;
-        let pca_options = clamped_pca_options(&manifest, &merged, &mut summary);
         let step = Instant::now();
-        let model = match pca::fit(&merged, &pca_options) {
-            Ok(model) => model,
-            Err(e) => {
-                steps.fit_s = step.elapsed().as_secs_f64();
-                summary.timings.reduce = steps;
-                let reason = e.to_string();
-                return self
-                    .fail_run(
-                        layout, token, &manifest, &markers, &errors, summary, reason, started,
-                    )
-                    .await;
+        let model = match checkpoint {
+            Some(fit) => {
+                summary.k_requested = fit.k_requested;
+                summary.warnings.extend(fit.warnings.iter().cloned());
+                fit.model()?
+            }
+            None => {
+                // Merged in shard order while checked: deterministic to the last bit.
+                let merged = merged.ok_or_else(|| {
+                    Error::Engine(engine::error::Error::Pca("the run has no shards".into()))
+                })?;
+                let pca_options = clamped_pca_options(&manifest, &merged, &mut summary);
+                match pca::fit(&merged, &pca_options) {
+                    Ok(model) => {
+                        self.write_fit_checkpoint(layout, &inputs, &model, &summary)
+                            .await?;
+                        model
+                    }
+                    Err(e) => {
+                        steps.fit_s = step.elapsed().as_secs_f64();
+                        summary.timings.reduce = steps;
+                        return self
+                            .fail_run(layout, token, &run, summary, e.to_string())
+                            .await;
+                    }
+                }
             }
         };
         steps.fit_s = step.elapsed().as_secs_f64();
-        let step = Instant::now();
 
-        let selection = self
-            .project_parts(layout, token, &model, &shard_ids, &markers)
+        let step = Instant::now();
+        let (selection, mut outputs) = self
+            .project_parts(layout, token, &model, &markers, deadline)
             .await?;
         steps.project_s = step.elapsed().as_secs_f64();
-        let step = Instant::now();
 
+        let step = Instant::now();
         summary.feature_dim = model.dim;
         summary.k = model.k;
         summary.explained_variance_ratio = model.explained_variance_ratio.clone();
@@ -534,171 +374,266 @@ impl<S: ObjectStore> Reducer<S> {
         summary.timings.reduce_s = started.elapsed().as_secs_f64();
         summary.cost = self.cost(&manifest, &markers, InvocationCost::since(started), images);
         summary.finished_at = crate::manifest::now_rfc3339();
-
-        self.fenced_put(
-            layout,
-            token,
-            &layout.pca_model(),
-            serde_json::to_vec(&model)?.into(),
-        )
-        .await?;
-        self.write_report(
-            layout,
-            token,
-            &manifest,
-            &mut summary,
-            Some(&model),
-            &markers,
-            &errors,
-            Some(&selection),
-        )
-        .await?;
-        steps.publish_s = step.elapsed().as_secs_f64();
-        summary.timings.reduce = steps;
-        summary.timings.reduce_s = started.elapsed().as_secs_f64();
-        self.fenced_put_json(layout, token, &layout.summary(), &summary)
-            .await?;
-        self.fenced_put(layout, token, &layout.pca_success(), Bytes::new())
-            .await?;
-        info!(
-            run_id = %manifest.run_id, rows, errors = summary.errors, k = model.k,
-            cumulative = model.cumulative_explained_variance, "run reduced"
+        outputs.push(
+            self.stage(
+                layout,
+                token.generation,
+                "pca_model.json",
+                layout.pca_model(),
+                serde_json::to_vec(&model)?.into(),
+            )
+            .await?,
         );
-        self.clean_staging(layout).await?;
-        Ok(ReduceOutcome::Reduced(Box::new(summary)))
+        steps.publish_s = step.elapsed().as_secs_f64();
+        self.stage_documents(
+            layout,
+            token,
+            &run,
+            summary,
+            Some(&model),
+            Some(&selection),
+            steps,
+            outputs,
+            true,
+        )
+        .await
     }
 
-    /// Records a failed run: its report and summary (no PCA), and the reason in the log.
-    #[allow(clippy::too_many_arguments)]
+    /// Records a failed run: its error list, report and summary (no PCA), committed and
+    /// published like a successful run's outputs.
     async fn fail_run(
         &self,
         layout: &RunLayout,
         token: &LockToken,
-        manifest: &Manifest,
-        markers: &[DoneMarker],
-        errors: &[ImageError],
+        run: &RunInputs<'_>,
         mut summary: Summary,
         reason: String,
-        started: Instant,
     ) -> Result<ReduceOutcome> {
         warn!(run_id = %summary.run_id, %reason, "run failed");
         summary.status = "failed".into();
         summary.failure = Some(reason);
         summary.finished_at = crate::manifest::now_rfc3339();
-        summary.timings.reduce_s = started.elapsed().as_secs_f64();
-        self.write_report(
+        let steps = summary.timings.reduce;
+        self.stage_documents(
             layout,
             token,
-            manifest,
-            &mut summary,
+            run,
+            summary,
             None,
-            markers,
-            errors,
             None,
+            steps,
+            Vec::new(),
+            false,
         )
-        .await?;
-        self.fenced_put_json(layout, token, &layout.summary(), &summary)
-            .await?;
-        Ok(ReduceOutcome::Failed(Box::new(summary)))
+        .await
     }
 
-    /// Projects every shard's published part with the PCA into `Results_PCA`, a few shards at
-    /// a time, collecting the report's points and picks as the rows go by.
-    async fn project_parts(
-        &self,
-        layout: &RunLayout,
-        token: &LockToken,
-        model: &PcaModel,
-        shard_ids: &[usize],
-        markers: &[DoneMarker],
-    ) -> Result<Selection> {
-        let concurrency = self.settings.concurrency.max(1);
-        let markers_ref = markers;
-        let model_ref = &model;
-        let collector = std::sync::Mutex::new(Collector::new(Limits::default()));
-        let collector_ref = &collector;
-        stream::iter(shard_ids.iter().enumerate().map(|(i, &id)| async move {
-            let part = self.published_part(layout, &markers_ref[i], token).await?;
-            let rows = project_rows(model_ref, part)?;
-            {
-                let mut c = collector_ref.lock().expect("collector");
-                for row in &rows {
-                    c.add(&row.path, &row.label, &row.values);
-                }
-            }
-            let projected = parquet_io::write_rows(Dataset::Pca, &rows)?;
-            self.fenced_put(layout, token, &layout.pca_part(id), projected)
-                .await?;
-            Ok::<_, Error>(())
-        }))
-        .buffer_unordered(concurrency)
-        .try_collect::<Vec<()>>()
-        .await?;
-        let selection = collector.into_inner().expect("collector").finish();
-        Ok(selection)
-    }
-
-    /// Builds the report and writes it (before the summary, which records its size and build
-    /// time). A report that cannot be drawn is a warning in the summary, not a failed run.
+    /// Stages the error list, the report and the summary after `outputs`, commits them all
+    /// through the lock, and publishes them.
     #[allow(clippy::too_many_arguments)]
-    async fn write_report(
+    async fn stage_documents(
         &self,
         layout: &RunLayout,
         token: &LockToken,
-        manifest: &Manifest,
-        summary: &mut Summary,
+        run: &RunInputs<'_>,
+        mut summary: Summary,
         model: Option<&PcaModel>,
-        markers: &[DoneMarker],
-        errors: &[ImageError],
         selection: Option<&Selection>,
-    ) -> Result<()> {
+        mut steps: ReduceTimings,
+        mut outputs: Vec<StagedOutput>,
+        succeeded: bool,
+    ) -> Result<ReduceOutcome> {
+        let step = Instant::now();
+        let generation = token.generation;
+        outputs.push(
+            self.stage(
+                layout,
+                generation,
+                "errors.json",
+                layout.errors(),
+                serde_json::to_vec_pretty(run.errors)?.into(),
+            )
+            .await?,
+        );
+        summary.timings.reduce_s = run.started.elapsed().as_secs_f64();
         match report::build(
             self.input.as_ref(),
-            manifest,
-            summary,
+            run.manifest,
+            &summary,
             model,
-            markers,
-            errors,
+            run.markers,
+            run.errors,
             selection,
         )
         .await
         {
             Ok(built) => {
-                self.fenced_put(
-                    layout,
-                    token,
-                    &built.info.key,
-                    built.html.into_bytes().into(),
-                )
-                .await?;
+                let visible = built.info.key.clone();
                 summary.report = Some(built.info);
+                outputs.push(
+                    self.stage(
+                        layout,
+                        generation,
+                        "report.html",
+                        visible,
+                        built.html.into_bytes().into(),
+                    )
+                    .await?,
+                );
             }
             Err(e) => {
-                warn!(run_id = %manifest.run_id, error = %e, "no report");
+                warn!(run_id = %run.manifest.run_id, error = %e, "no report");
                 summary
                     .warnings
                     .push(format!("the report could not be built: {e}"));
             }
         }
+        steps.publish_s += step.elapsed().as_secs_f64();
+        summary.timings.reduce = steps;
+        summary.timings.reduce_s = run.started.elapsed().as_secs_f64();
+        outputs.push(
+            self.stage(
+                layout,
+                generation,
+                "summary.json",
+                layout.summary(),
+                serde_json::to_vec_pretty(&summary)?.into(),
+            )
+            .await?,
+        );
+        let commit = self.stage_list(layout, token, succeeded, outputs).await?;
+        let commit = self.commit(layout, token, commit).await?;
+        info!(run_id = %run.manifest.run_id, generation, succeeded, rows = summary.rows,
+            errors = summary.errors, k = summary.k, "reduce committed");
+        self.publish(layout, &commit).await
+    }
+
+    /// The fit of an earlier invocation over exactly these committed shards, if any.
+    async fn read_fit_checkpoint(
+        &self,
+        layout: &RunLayout,
+        inputs: &str,
+    ) -> Result<Option<FitCheckpoint>> {
+        match self.store.get(&fit_checkpoint_key(layout, inputs)).await {
+            Ok(bytes) => {
+                let fit: FitCheckpoint = serde_json::from_slice(&bytes)?;
+                Ok((fit.inputs == inputs).then(|| {
+                    info!(
+                        run_id = layout.run_id(),
+                        "resuming from the fit of an earlier invocation"
+                    );
+                    fit
+                }))
+            }
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn write_fit_checkpoint(
+        &self,
+        layout: &RunLayout,
+        inputs: &str,
+        model: &PcaModel,
+        summary: &Summary,
+    ) -> Result<()> {
+        let fit = FitCheckpoint::new(inputs, model, summary)?;
+        self.store
+            .put(
+                &fit_checkpoint_key(layout, inputs),
+                serde_json::to_vec(&fit)?.into(),
+            )
+            .await?;
         Ok(())
     }
 
-    /// Deletes the run's intermediate objects once it is complete (never before: they are
-    /// what a retried reduce checks and fits).
-    async fn clean_staging(&self, layout: &RunLayout) -> Result<()> {
-        let staged = self.store.list(&layout.staging_prefix()).await?;
-        stream::iter(staged.iter().map(|o| self.store.delete(&o.key)))
-            .buffer_unordered(self.settings.concurrency.max(1) * 4)
-            .try_collect::<Vec<()>>()
+    /// Projects every shard's part with the PCA into staged parts keyed by the model (a few
+    /// shards at a time), collecting the report's points and picks as the rows go by. A
+    /// part an earlier invocation projected with the same model is read back, not
+    /// projected again. Near the deadline no new part is started (after at least one):
+    /// the reduce stops with [`Error::Deadline`].
+    async fn project_parts(
+        &self,
+        layout: &RunLayout,
+        token: &LockToken,
+        model: &PcaModel,
+        markers: &[DoneMarker],
+        deadline: Option<Instant>,
+    ) -> Result<(Selection, Vec<StagedOutput>)> {
+        let concurrency = self.settings.concurrency.max(1);
+        let model_digest = sha256_hex(&serde_json::to_vec(model)?);
+        let collector = std::sync::Mutex::new(Collector::new(Limits::default()));
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        let margin = self.settings.deadline_margin;
+        let (collector_ref, started_ref, digest) = (&collector, &started, &model_digest);
+        let staged: Vec<Option<StagedOutput>> =
+            stream::iter(markers.iter().map(|marker| async move {
+                let key = projected_part_key(layout, digest, marker.shard, &marker.part_sha256);
+                let (bytes, rows) = match self.store.get(&key).await {
+                    Ok(bytes) => {
+                        let rows = parquet_io::read_rows(Dataset::Pca, bytes.clone())?;
+                        (bytes, rows)
+                    }
+                    Err(StoreError::NotFound(_)) => {
+                        let near = deadline.is_some_and(|d| Instant::now() + margin >= d);
+                        let n = started_ref.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if near && n > 0 {
+                            return Ok(None);
+                        }
+                        self.fence(layout, token).await?;
+                        let part = self.published_part(layout, marker).await?;
+                        let rows = project_rows(model, part)?;
+                        let bytes = parquet_io::write_rows(Dataset::Pca, &rows)?;
+                        self.store.put(&key, bytes.clone()).await?;
+                        (bytes, rows)
+                    }
+                    Err(e) => return Err(Error::from(e)),
+                };
+                if rows.len() != marker.rows {
+                    return Err(Error::Invariant(format!(
+                        "run {}: shard {}: {} projected rows for a part of {}",
+                        layout.run_id(),
+                        marker.shard,
+                        rows.len(),
+                        marker.rows
+                    )));
+                }
+                {
+                    let mut c = collector_ref.lock().expect("collector");
+                    for row in &rows {
+                        c.add(&row.path, &row.label, &row.values);
+                    }
+                }
+                Ok::<_, Error>(Some(StagedOutput {
+                    staged: key,
+                    visible: layout.pca_part(marker.shard),
+                    sha256: sha256_hex(&bytes),
+                }))
+            }))
+            .buffer_unordered(concurrency)
+            .try_collect()
             .await?;
-        if !staged.is_empty() {
+        let done = staged.iter().filter(|s| s.is_some()).count();
+        if done < staged.len() {
+            let remaining_ms = deadline
+                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64)
+                .unwrap_or(0);
             info!(
                 run_id = layout.run_id(),
-                objects = staged.len(),
-                "staging deleted"
+                projected = done,
+                parts = staged.len(),
+                "deadline near: stopping; the next delivery goes on from here"
             );
+            return Err(Error::Deadline {
+                remaining_ms,
+                stage: "projecting the remaining parts (the next delivery goes on from the \
+                        parts already projected)",
+            });
         }
-        Ok(())
+        let mut outputs: Vec<StagedOutput> = staged.into_iter().flatten().collect();
+        outputs.sort_by(|a, b| a.visible.cmp(&b.visible));
+        let selection = collector.into_inner().expect("collector").finish();
+        Ok((selection, outputs))
     }
 
     fn cost(
@@ -757,4 +692,34 @@ pub fn project_rows(model: &PcaModel, part: Bytes) -> Result<Vec<VectorRow>> {
             label: r.label,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpointed_floats_come_back_to_the_last_bit() {
+        let floats = [
+            0.1 + 0.2,
+            1e-300,
+            5e-324,
+            -2.2250738585072014e-308,
+            std::f64::consts::PI,
+            123456789.12345679,
+            0.0,
+            1.0,
+        ];
+        let value = serde_json::json!({ "a": floats, "k": 5, "nested": [{ "x": floats[0] }] });
+        let mut bits = Vec::new();
+        float_bits(&value, &mut bits);
+        assert_eq!(bits.len(), floats.len() + 1);
+        let mut parsed: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&value).unwrap()).unwrap();
+        assert!(restore_floats(&mut parsed, &mut bits.iter().copied()));
+        let mut again = Vec::new();
+        float_bits(&parsed, &mut again);
+        assert_eq!(again, bits, "every float exactly as it was");
+        assert_eq!(parsed["k"], 5);
+    }
 }

@@ -11,13 +11,13 @@ use tracing::info;
 use crate::batch::listing::{list_images, root_name, ImageFilter};
 use crate::batch::run_manifest;
 use crate::error::{Error, Result};
-use crate::layout::RunLayout;
+use crate::layout::{request_binding, RunLayout};
 use crate::manifest::{
     derive_run_id, make_shards, now_rfc3339, run_fingerprint, validate_run_id, InputLocation,
     InvocationCost, Manifest, ReduceMessage, RunOptions, RunRequest, ShardMessage,
 };
 use crate::ports::queue::Queue;
-use crate::ports::store::ObjectStore;
+use crate::ports::store::{ObjectStore, StoreError};
 
 /// What the splitter did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +38,31 @@ pub struct SplitOutcome {
     pub already_complete: bool,
 }
 
+/// The prefixes of the pipeline's own objects in its bucket. When the input is that bucket
+/// (a deployed stack), they are never listed as input, whatever the request's prefix, and a
+/// request naming one of them is refused.
+pub const INTERNAL_PREFIXES: [&str; 5] = [
+    "runs/",
+    "staging/",
+    "Results/",
+    "Results_PCA/",
+    "collections/",
+];
+
+/// Which run a request started (`runs/bindings/<digest>.json`): created once, before the
+/// run's manifest, and read by every retry of the same request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestBinding {
+    /// What identifies the request across its retries.
+    pub identity: String,
+    /// The run it started.
+    pub run_id: String,
+    /// The fingerprint of the listing the binding was made with.
+    pub fingerprint: String,
+    /// When (RFC 3339).
+    pub bound_at: String,
+}
+
 /// The splitter handler, generic over the store and the two queues.
 pub struct Splitter<S, Q, R> {
     input: S,
@@ -48,6 +73,7 @@ pub struct Splitter<S, Q, R> {
     feature_dim: usize,
     input_bucket: Option<String>,
     model_sha256: String,
+    reserved: Vec<String>,
 }
 
 impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
@@ -70,6 +96,7 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             feature_dim,
             input_bucket: None,
             model_sha256: String::new(),
+            reserved: Vec::new(),
         }
     }
 
@@ -80,15 +107,68 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
         self
     }
 
-    /// Records the bucket name in manifests (S3 inputs).
+    /// Records the bucket name in manifests (S3 inputs). The input is then the pipeline's
+    /// own bucket: its [`INTERNAL_PREFIXES`] are reserved.
     pub fn with_input_bucket(mut self, bucket: impl Into<String>) -> Self {
         self.input_bucket = Some(bucket.into());
+        for prefix in INTERNAL_PREFIXES {
+            self = self.with_reserved_prefix(prefix);
+        }
         self
+    }
+
+    /// Never lists keys under `prefix` as input, and refuses requests inside it (the
+    /// collections' inbox, the pipeline's own prefixes).
+    pub fn with_reserved_prefix(mut self, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        if !prefix.is_empty() && !self.reserved.contains(&prefix) {
+            self.reserved.push(prefix);
+        }
+        self
+    }
+
+    /// Refuses an input prefix inside a reserved one.
+    fn check_reserved(&self, prefix: &str) -> Result<()> {
+        match self
+            .reserved
+            .iter()
+            .find(|r| prefix.starts_with(r.as_str()))
+        {
+            Some(reserved) => Err(Error::InvalidRequest(format!(
+                "input_prefix {prefix:?} is inside {reserved:?}, where the pipeline keeps its own \
+                 objects; requests may not read it (give the prefix of your images)"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Starts (or resumes) the run a request asks for. Nothing is written unless the request
     /// is valid and lists at least one image.
     pub async fn handle(&self, request: &RunRequest) -> Result<SplitOutcome> {
+        self.handle_bound(request, None).await
+    }
+
+    /// [`Self::handle`] for a request with an identity that its retries share (an S3 event's
+    /// key and sequencer, a client token, a Lambda request id). The first attempt binds the
+    /// identity to its run id (a create-once object, before the manifest); a retry finds the
+    /// binding and resumes that run — even when images landed or left in between, which would
+    /// otherwise derive another run id and orphan the first run.
+    pub async fn handle_bound(
+        &self,
+        request: &RunRequest,
+        identity: Option<&str>,
+    ) -> Result<SplitOutcome> {
+        let bound = match identity {
+            Some(identity) => self.binding(identity).await?,
+            None => None,
+        };
+        if let Some(binding) = &bound {
+            let layout = RunLayout::new(&binding.run_id);
+            if self.output.exists(&layout.manifest()).await? {
+                info!(run_id = %binding.run_id, "request already bound to a run: resuming it");
+                return self.resume(&layout).await;
+            }
+        }
         let started = Instant::now();
         let options = request.options(&self.defaults);
         if let Some(id) = &request.run_id {
@@ -96,7 +176,12 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
         }
         let filter = ImageFilter::new(&options.image_glob)?;
         let prefix = normalize_prefix(&request.input_prefix)?;
-        let images = list_images(&self.input, &prefix, &filter, &root_name(&prefix)).await?;
+        self.check_reserved(&prefix)?;
+        let mut images = list_images(&self.input, &prefix, &filter, &root_name(&prefix)).await?;
+        images.retain(|image| {
+            let key = format!("{prefix}{}", image.path);
+            !self.reserved.iter().any(|r| key.starts_with(r.as_str()))
+        });
         let uri = match &self.input_bucket {
             Some(bucket) => format!("s3://{bucket}/{prefix}"),
             None => self.input.describe(&prefix),
@@ -109,10 +194,21 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
         }
         options.validate(self.feature_dim, images.len())?;
         let fingerprint = run_fingerprint(&uri, &options, &images, &self.model_sha256);
-        let run_id = request
-            .run_id
-            .clone()
-            .unwrap_or_else(|| derive_run_id(&fingerprint));
+        let mut run_id = match &bound {
+            Some(binding) => binding.run_id.clone(),
+            None => request
+                .run_id
+                .clone()
+                .unwrap_or_else(|| derive_run_id(&fingerprint)),
+        };
+        // Whether the run id comes from an earlier attempt's binding (then its manifest, if
+        // any, is ours to resume whatever the listing says now).
+        let mut bound_elsewhere = bound.is_some();
+        if let (Some(identity), None) = (identity, &bound) {
+            let stored = self.bind(identity, &run_id, &fingerprint).await?;
+            bound_elsewhere = stored != run_id;
+            run_id = stored;
+        }
         let layout = RunLayout::new(&run_id);
         let total_images = images.len();
         let shards = make_shards(images, &options);
@@ -135,7 +231,8 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
         let created = run_manifest::write(&self.output, &manifest, 16).await?;
         if !created {
             let existing = self.read_manifest(&layout).await?;
-            if existing.fingerprint != fingerprint {
+            // A bound request resumes its run whatever the listing says now.
+            if existing.fingerprint != fingerprint && !bound_elsewhere {
                 return Err(Error::InvalidRequest(format!(
                     "run {run_id} already exists for other images, options or model \
                      (fingerprint {} vs {}); give another run_id, or none to derive one",
@@ -167,6 +264,42 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             reduce_sent: false,
             already_complete: false,
         })
+    }
+
+    /// The run a request identity is bound to, if any.
+    async fn binding(&self, identity: &str) -> Result<Option<RequestBinding>> {
+        match self.output.get(&request_binding(identity)).await {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Binds `identity` to `run_id` (create-once) and returns the run it is bound to: ours,
+    /// or, when the create finds a binding (a concurrent retry won, or our own create landed
+    /// and its answer was lost), the stored one — read back, never assumed.
+    async fn bind(&self, identity: &str, run_id: &str, fingerprint: &str) -> Result<String> {
+        let binding = RequestBinding {
+            identity: identity.to_string(),
+            run_id: run_id.to_string(),
+            fingerprint: fingerprint.to_string(),
+            bound_at: now_rfc3339(),
+        };
+        let key = request_binding(identity);
+        if self
+            .output
+            .put_if_absent(&key, serde_json::to_vec_pretty(&binding)?.into())
+            .await?
+        {
+            return Ok(binding.run_id);
+        }
+        let stored = self.binding(identity).await?.ok_or_else(|| {
+            Error::RunState(format!("the binding {key} was refused, then not found"))
+        })?;
+        if stored.run_id != run_id {
+            info!(ours = run_id, bound = %stored.run_id, "a retry of this request bound it first");
+        }
+        Ok(stored.run_id)
     }
 
     async fn read_manifest(&self, layout: &RunLayout) -> Result<Manifest> {

@@ -9,18 +9,21 @@
 //! now instead of featurizing anything.
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::batch::guard::classify_fetch_error;
 use crate::batch::inference::{Engine, ImageOutcome};
 use crate::batch::listing::ImageFilter;
 use crate::continuous::collection::{
     split_inbox_key, write_delta, Delta, DeltaEntry, RefitMessage,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::notification::decode_s3_key;
 use crate::notification::S3Notification;
 use crate::parquet_io::VectorRow;
@@ -102,6 +105,29 @@ pub struct IngestOutcome {
     pub collections: Vec<String>,
     /// Collections whose refit was asked for (`_refit`).
     pub refit_requests: Vec<String>,
+    /// Keys left for a later attempt after a transient failure (throttling, 5xx, a dropped
+    /// connection, a full disk): nothing was recorded for them; the caller tries them again
+    /// (on SQS, their records are reported as batch item failures).
+    #[serde(default)]
+    pub retry: Vec<String>,
+}
+
+/// What [`Ingestor::ingest_each`] did, key by key: the outcome, and the keys to try again
+/// with the error that stopped each.
+#[derive(Debug, Default)]
+pub struct IngestReport {
+    /// The counts (its `retry` lists the keys of `errors`).
+    pub outcome: IngestOutcome,
+    /// Each key left for a later attempt, with why.
+    pub errors: Vec<(String, Error)>,
+}
+
+impl IngestReport {
+    fn retry(&mut self, key: String, error: Error) {
+        warn!(key, error = %error, "left for a later attempt");
+        self.outcome.retry.push(key.clone());
+        self.errors.push((key, error));
+    }
 }
 
 /// The ingest handler, generic over the stores and the refit queue.
@@ -113,27 +139,44 @@ pub struct Ingestor<I, S, Q> {
     settings: IngestSettings,
 }
 
-struct Item {
+/// A key to read.
+struct Wanted {
+    key: String,
     collection: String,
+    /// Its path in the collection.
     path: String,
     label: String,
-    state: State,
 }
 
-/// What a batch key to read is: (key, collection, path in the collection, label).
-type Wanted = (String, String, String, String);
-
-/// One delta per collection: its entries and the rows of its part.
-type PerCollection = BTreeMap<String, (Vec<DeltaEntry>, Vec<VectorRow>)>;
+/// A key as it was read.
+struct Item {
+    wanted: Wanted,
+    state: State,
+}
 
 enum State {
     /// Its bytes and ETag.
     Read(Bytes, String),
-    /// A permanent read failure: its ETag if a HEAD gave one, and why.
-    Unreadable(Option<String>, String),
+    /// A permanent read failure: its ETag if a HEAD gave one, its kind and why.
+    Unreadable(Option<String>, ImageErrorKind, String),
     /// Deleted.
     Gone,
 }
+
+/// One collection's part of a batch: its delta's entries, the rows of its part, the keys
+/// it covers and their counts.
+#[derive(Default)]
+struct Pending {
+    entries: Vec<DeltaEntry>,
+    rows: Vec<VectorRow>,
+    keys: Vec<String>,
+    upserts: usize,
+    failed: usize,
+    removed: usize,
+}
+
+/// The featurization outcomes of the contents seen so far in a batch, by SHA-256.
+type Seen = HashMap<[u8; 32], ImageOutcome>;
 
 impl<I: ObjectStore, S: ObjectStore, Q: Queue> Ingestor<I, S, Q> {
     /// An ingestor reading the inbox in `input` and writing collections to `output`.
@@ -168,34 +211,81 @@ impl<I: ObjectStore, S: ObjectStore, Q: Queue> Ingestor<I, S, Q> {
         &self.input
     }
 
-    /// Processes a batch of changed keys (in any order, duplicates allowed). Errors only on
-    /// transient failures (the batch is then retried whole; it is idempotent); a key that
-    /// cannot be read for good (access denied) becomes a failed entry, like a corrupt image.
+    /// Processes a batch of changed keys (in any order, duplicates allowed), as one unit:
+    /// like [`Ingestor::ingest_each`], but any key left for a later attempt makes it an
+    /// error (the first one's), after the others were recorded. Retrying the whole batch is
+    /// safe: it is idempotent.
     pub async fn ingest(&self, keys: &[String]) -> Result<IngestOutcome> {
-        let mut outcome = IngestOutcome::default();
-        let (wanted, refits) = self.sort_keys(keys, &mut outcome);
-        let items = self.read_items(wanted).await?;
-        let (outcomes, slots) = self.featurize(&items, &mut outcome).await?;
-        let per_collection = group_deltas(items, slots, &outcomes, &mut outcome);
-        self.write_deltas(per_collection, &mut outcome).await?;
-        self.request_refits(refits, &mut outcome).await?;
-        info!(?outcome, "ingest batch done");
-        Ok(outcome)
+        let report = self.ingest_each(keys).await;
+        match report.errors.into_iter().next() {
+            Some((_, error)) => Err(error),
+            None => Ok(report.outcome),
+        }
     }
 
-    /// The distinct keys of a batch: the images to read (key, collection, path, label) and
-    /// the collections whose refit is asked for (`_refit`); the others are counted ignored.
+    /// Processes a batch of changed keys (in any order, duplicates allowed), each on its
+    /// own: a key is featurized, recorded as failed (a permanent cause: undecodable, access
+    /// denied, archived, or an image that crashes the decoder) or as gone, or left for a
+    /// later attempt (a transient cause), without affecting the others. Each collection
+    /// touched gets one delta and one delayed refit message.
+    ///
+    /// Memory is bounded: the keys are read `fetch_concurrency` at a time and featurized in
+    /// chunks of that size, so at most about twice that many bodies are held at once.
+    pub async fn ingest_each(&self, keys: &[String]) -> IngestReport {
+        let mut report = IngestReport::default();
+        let (wanted, refits) = self.sort_keys(keys, &mut report.outcome);
+        let width = self.settings.fetch_concurrency.max(1);
+        let mut reads = stream::iter(wanted)
+            .map(|w| self.read_guarded(w))
+            .buffered(width)
+            .chunks(width);
+        let mut per_collection: BTreeMap<String, Pending> = BTreeMap::new();
+        let mut seen = Seen::new();
+        while let Some(chunk) = reads.next().await {
+            let mut items = Vec::with_capacity(chunk.len());
+            for read in chunk {
+                match read {
+                    Ok(item) => items.push(item),
+                    Err((key, error)) => report.retry(key, error),
+                }
+            }
+            match self.featurize(&items, &mut seen, &mut report.outcome).await {
+                Ok(outcomes) => {
+                    for (item, image) in items.into_iter().zip(outcomes) {
+                        let pending = per_collection
+                            .entry(item.wanted.collection.clone())
+                            .or_default();
+                        pending.add(item, image.as_ref());
+                    }
+                }
+                // The engine itself failed (not one image): these keys are tried again.
+                Err(error) => {
+                    let reason = error.to_string();
+                    for item in items {
+                        report.retry(item.wanted.key, Error::RunState(reason.clone()));
+                    }
+                }
+            }
+        }
+        self.write_deltas(per_collection, &mut report).await;
+        self.request_refits(refits, &mut report).await;
+        info!(outcome = ?report.outcome, "ingest batch done");
+        report
+    }
+
+    /// The distinct keys of a batch: the images to read and the `_refit` requests (key,
+    /// collection); the others are counted ignored.
     fn sort_keys(
         &self,
         keys: &[String],
         outcome: &mut IngestOutcome,
-    ) -> (Vec<Wanted>, Vec<String>) {
+    ) -> (Vec<Wanted>, Vec<(String, String)>) {
         let mut distinct: Vec<&String> = keys.iter().collect();
         distinct.sort();
         distinct.dedup();
         outcome.keys = distinct.len();
         let mut wanted = Vec::new();
-        let mut refits: Vec<String> = Vec::new();
+        let mut refits = Vec::new();
         for key in distinct {
             let Some((collection, path, label)) = split_inbox_key(&self.settings.inbox, key) else {
                 info!(key, "not in a collection of the inbox: ignored");
@@ -203,7 +293,7 @@ impl<I: ObjectStore, S: ObjectStore, Q: Queue> Ingestor<I, S, Q> {
                 continue;
             };
             if path == REFIT_REQUEST_NAME {
-                refits.push(collection);
+                refits.push((key.clone(), collection));
                 continue;
             }
             if !self.settings.filter.matches(key) {
@@ -211,225 +301,299 @@ impl<I: ObjectStore, S: ObjectStore, Q: Queue> Ingestor<I, S, Q> {
                 outcome.ignored += 1;
                 continue;
             }
-            wanted.push((key.clone(), collection, path, label));
+            wanted.push(Wanted {
+                key: key.clone(),
+                collection,
+                path,
+                label,
+            });
         }
         (wanted, refits)
     }
 
-    /// The current state of every key (order-free: whatever the events said).
-    async fn read_items(&self, wanted: Vec<Wanted>) -> Result<Vec<Item>> {
-        let items: Vec<Result<Item>> = stream::iter(wanted.into_iter().map(
-            |(key, collection, path, label)| async move {
-                let state = match self.input.get_versioned(&key).await {
-                    Ok(v) => State::Read(v.body, v.etag),
-                    Err(StoreError::NotFound(_)) => State::Gone,
-                    // Throttling, 5xx, timeouts: the batch fails and SQS delivers it again
-                    // (it is idempotent), dead-lettering it after maxReceiveCount.
-                    Err(e) if e.is_transient() => return Err(e.into()),
-                    // Access denied and the like: this object's fault, not the batch's. It
-                    // goes to the collection's error list, under its ETag when a HEAD still
-                    // gives one (e.g. a KMS key that refuses only the body).
-                    Err(e) => match self.input.head(&key).await {
-                        Ok(etag) => State::Unreadable(Some(etag), e.to_string()),
-                        Err(StoreError::NotFound(_)) => State::Gone,
-                        Err(h) if h.is_transient() => return Err(h.into()),
-                        Err(_) => State::Unreadable(None, e.to_string()),
-                    },
-                };
-                Ok(Item {
-                    collection,
-                    path,
-                    label,
-                    state,
-                })
-            },
-        ))
-        .buffered(self.settings.fetch_concurrency.max(1))
-        .collect()
-        .await;
-        items.into_iter().collect::<Result<_>>()
+    /// Reads one key in its current state (order-free: whatever the events said). A panic
+    /// while reading it (a bug in a store adapter, say) is this key's permanent failure,
+    /// recorded with its ETag when a HEAD still gives one; a transient failure leaves it
+    /// for a later attempt.
+    async fn read_guarded(&self, wanted: Wanted) -> std::result::Result<Item, (String, Error)> {
+        let read = AssertUnwindSafe(self.read_state(&wanted.key))
+            .catch_unwind()
+            .await;
+        let state = match read {
+            Ok(Ok(state)) => state,
+            Ok(Err(error)) => return Err((wanted.key, error)),
+            Err(payload) => {
+                let reason = format!("reading it panicked: {}", panic_message(&*payload));
+                let head = AssertUnwindSafe(self.input.head(&wanted.key))
+                    .catch_unwind()
+                    .await;
+                let etag = head.ok().and_then(|h| h.ok());
+                State::Unreadable(etag, ImageErrorKind::Fetch, reason)
+            }
+        };
+        Ok(Item { wanted, state })
     }
 
-    /// Featurizes each distinct content once: the outcomes of the distinct contents, and
-    /// each item's slot among them (`None`: not read).
+    /// The current state of one key. A cause that is permanent for this object (access
+    /// denied, archived: [`classify_fetch_error`]) is its failure, recorded under its ETag
+    /// when a HEAD still gives one (e.g. a KMS key that refuses only the body); a transient
+    /// cause, or one that is not the object's own (bad credentials), is returned: the key is
+    /// tried again later (on SQS its record is delivered again, and dead-lettered after
+    /// maxReceiveCount).
+    async fn read_state(&self, key: &str) -> Result<State> {
+        let error = match self.input.get_versioned(key).await {
+            Ok(v) => return Ok(State::Read(v.body, v.etag)),
+            Err(StoreError::NotFound(_)) => return Ok(State::Gone),
+            Err(e) => e,
+        };
+        let failure = classify_fetch_error(error)?;
+        Ok(match self.input.head(key).await {
+            Ok(etag) => State::Unreadable(Some(etag), failure.kind, failure.reason),
+            Err(StoreError::NotFound(_)) => State::Gone,
+            Err(h) if h.is_transient() => return Err(h.into()),
+            Err(_) => State::Unreadable(None, failure.kind, failure.reason),
+        })
+    }
+
+    /// Featurizes the read items of a chunk, each distinct content once in the batch: one
+    /// outcome per item (`None`: not read).
     async fn featurize(
         &self,
         items: &[Item],
+        seen: &mut Seen,
         outcome: &mut IngestOutcome,
-    ) -> Result<(Vec<ImageOutcome>, Vec<Option<usize>>)> {
-        let mut unique: Vec<(String, Result<Bytes, String>)> = Vec::new();
-        let mut slot_of: HashMap<Vec<u8>, usize> = HashMap::new();
-        let mut slots: Vec<Option<usize>> = Vec::with_capacity(items.len());
-        for item in items {
-            slots.push(match &item.state {
-                State::Read(body, _) => {
-                    use sha2::{Digest, Sha256};
-                    let digest = Sha256::digest(body).to_vec();
-                    Some(*slot_of.entry(digest).or_insert_with(|| {
-                        unique.push((item.path.clone(), Ok(body.clone())));
-                        unique.len() - 1
-                    }))
-                }
+    ) -> Result<Vec<Option<ImageOutcome>>> {
+        use sha2::{Digest, Sha256};
+        let digests: Vec<Option<[u8; 32]>> = items
+            .iter()
+            .map(|item| match &item.state {
+                State::Read(body, _) => Some(Sha256::digest(body).into()),
                 _ => None,
-            });
+            })
+            .collect();
+        let mut new: Vec<[u8; 32]> = Vec::new();
+        let (mut paths, mut images) = (Vec::new(), Vec::new());
+        for (item, digest) in items.iter().zip(&digests) {
+            if let (State::Read(body, _), Some(d)) = (&item.state, digest) {
+                if !seen.contains_key(d) && !new.contains(d) {
+                    new.push(*d);
+                    paths.push(item.wanted.path.clone());
+                    images.push(Ok(body.clone()));
+                }
+            }
         }
-        outcome.inferred = unique.len();
-        let outcomes = if unique.is_empty() {
-            Vec::new()
-        } else {
+        if !new.is_empty() {
+            outcome.inferred += new.len();
             let engine = self.engine.clone();
-            let threads = if self.settings.threads > 0 {
-                self.settings.threads
-            } else {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
+            let threads = match self.settings.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
             };
             let max_pixels = self.settings.max_pixels;
-            let (paths, images): (Vec<String>, Vec<Result<Bytes, String>>) =
-                unique.into_iter().unzip();
-            tokio::task::spawn_blocking(move || {
-                engine.featurize(&paths, &images, threads, max_pixels)
+            let outcomes = tokio::task::spawn_blocking(move || {
+                featurize_isolated(
+                    |p, i, t| engine.featurize(p, i, t, max_pixels),
+                    &paths,
+                    &images,
+                    threads,
+                )
             })
-            .await??
-        };
-        Ok((outcomes, slots))
+            .await??;
+            seen.extend(new.into_iter().zip(outcomes));
+        }
+        Ok(digests
+            .iter()
+            .map(|d| d.and_then(|d| seen.get(&d).cloned()))
+            .collect())
     }
 
-    /// Writes one delta per collection, then sends one delayed refit message per collection.
+    /// Writes one delta per collection, then sends its delayed refit message. A collection
+    /// whose delta or message could not be written leaves its keys for a later attempt (the
+    /// delta, if written, is harmless: a later one records the same contents again).
     async fn write_deltas(
         &self,
-        per_collection: PerCollection,
-        outcome: &mut IngestOutcome,
-    ) -> Result<()> {
-        let mut messages = Vec::new();
-        for (collection, (entries, rows)) in per_collection {
+        per_collection: BTreeMap<String, Pending>,
+        report: &mut IngestReport,
+    ) {
+        for (collection, pending) in per_collection {
             let delta = Delta {
                 collection: collection.clone(),
                 id: crate::continuous::collection::new_delta_id(),
                 written_at_ms: crate::manifest::unix_now_ms(),
-                entries,
+                entries: pending.entries,
             };
-            write_delta(&self.output, &delta, &rows).await?;
-            messages.push(serde_json::to_string(&RefitMessage {
-                collection: collection.clone(),
-                force: false,
-            })?);
-            outcome.collections.push(collection);
+            let written = async {
+                write_delta(&self.output, &delta, &pending.rows).await?;
+                let message = serde_json::to_string(&RefitMessage {
+                    collection: collection.clone(),
+                    force: false,
+                })?;
+                self.refit_queue
+                    .send_delayed(vec![message], self.settings.quiet_s)
+                    .await?;
+                Ok::<_, Error>(())
+            }
+            .await;
+            match written {
+                Ok(()) => {
+                    let outcome = &mut report.outcome;
+                    outcome.upserts += pending.upserts;
+                    outcome.failed += pending.failed;
+                    outcome.removed += pending.removed;
+                    outcome.collections.push(collection);
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    for key in pending.keys {
+                        report.retry(key, Error::RunState(reason.clone()));
+                    }
+                }
+            }
         }
-        if !messages.is_empty() {
-            self.refit_queue
-                .send_delayed(messages, self.settings.quiet_s)
-                .await?;
-        }
-        Ok(())
     }
 
     /// Sends a refit message (now, forced) per collection whose refit was asked for.
-    async fn request_refits(
-        &self,
-        mut refits: Vec<String>,
-        outcome: &mut IngestOutcome,
-    ) -> Result<()> {
-        refits.sort();
-        refits.dedup();
-        if !refits.is_empty() {
-            let forced = refits
-                .iter()
-                .map(|c| {
-                    serde_json::to_string(&RefitMessage {
-                        collection: c.clone(),
-                        force: true,
-                    })
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            self.refit_queue.send_all(forced).await?;
-            outcome.refit_requests = refits;
+    async fn request_refits(&self, refits: Vec<(String, String)>, report: &mut IngestReport) {
+        let mut collections: Vec<String> = refits.iter().map(|(_, c)| c.clone()).collect();
+        collections.sort();
+        collections.dedup();
+        if collections.is_empty() {
+            return;
         }
-        Ok(())
+        let forced = collections
+            .iter()
+            .map(|c| {
+                serde_json::to_string(&RefitMessage {
+                    collection: c.clone(),
+                    force: true,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, _>>();
+        let sent = match forced {
+            Ok(bodies) => self.refit_queue.send_all(bodies).await.map_err(Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match sent {
+            Ok(()) => report.outcome.refit_requests = collections,
+            Err(error) => {
+                let reason = error.to_string();
+                for (key, _) in refits {
+                    report.retry(key, Error::RunState(reason.clone()));
+                }
+            }
+        }
     }
 }
 
-/// One delta per collection: its entries and its part's rows, from the items and their
-/// featurization outcomes.
-fn group_deltas(
-    items: Vec<Item>,
-    slots: Vec<Option<usize>>,
-    outcomes: &[ImageOutcome],
-    outcome: &mut IngestOutcome,
-) -> PerCollection {
-    let mut per_collection: PerCollection = BTreeMap::new();
-    for (item, slot) in items.into_iter().zip(slots) {
-        let (entries, rows) = per_collection.entry(item.collection.clone()).or_default();
-        let entry = match (item.state, slot.map(|s| &outcomes[s])) {
+impl Pending {
+    /// Adds what one item is to the delta: its features, its failure, or gone.
+    fn add(&mut self, item: Item, image: Option<&ImageOutcome>) {
+        let Wanted {
+            key, path, label, ..
+        } = item.wanted;
+        self.keys.push(key);
+        let entry = match (item.state, image) {
             (State::Read(_, etag), Some(ImageOutcome::Features(values))) => {
-                outcome.upserts += 1;
-                rows.push(VectorRow {
-                    path: item.path.clone(),
-                    label: item.label.clone(),
+                self.upserts += 1;
+                self.rows.push(VectorRow {
+                    path: path.clone(),
+                    label: label.clone(),
                     values: values.clone(),
                 });
                 DeltaEntry::Upsert {
-                    path: item.path,
-                    label: item.label,
+                    path,
+                    label,
                     etag,
-                    row: rows.len() - 1,
+                    row: self.rows.len() - 1,
                 }
             }
             (State::Read(_, etag), Some(ImageOutcome::Failed(kind, reason))) => {
-                outcome.failed += 1;
+                self.failed += 1;
                 DeltaEntry::Failed {
-                    path: item.path,
-                    label: item.label,
+                    path,
+                    label,
                     etag,
                     kind: *kind,
                     reason: reason.clone(),
                 }
             }
-            (State::Unreadable(etag, reason), _) => {
-                outcome.failed += 1;
+            (State::Unreadable(etag, kind, reason), _) => {
+                self.failed += 1;
                 DeltaEntry::Failed {
-                    path: item.path,
-                    label: item.label,
+                    path,
+                    label,
                     // No ETag: the refit, which cannot HEAD it either, takes this entry.
                     etag: etag.unwrap_or_default(),
-                    kind: ImageErrorKind::Fetch,
+                    kind,
                     reason,
                 }
             }
             _ => {
-                outcome.removed += 1;
-                DeltaEntry::Removed { path: item.path }
+                self.removed += 1;
+                DeltaEntry::Removed { path }
             }
         };
-        entries.push(entry);
+        self.entries.push(entry);
     }
-    per_collection
+}
+
+/// Featurizes a chunk of images with `run` (paths, images, threads), so that an image that
+/// panics the engine is that image's failure, not the chunk's: when the chunk panics, its
+/// images are run again one by one and the one that panics gets a `decode` failure with the
+/// panic's message. Any other error of the engine is returned.
+///
+/// Decoding and resizing already run under the per-image guard of the batch path
+/// ([`crate::batch::guard::catch_panic`]), inside the engine; this is the second line, for a
+/// panic anywhere else on an inference thread (the model itself), which would otherwise
+/// fail the whole chunk on every delivery.
+fn featurize_isolated(
+    run: impl Fn(&[String], &[Result<Bytes, String>], usize) -> Result<Vec<ImageOutcome>>,
+    paths: &[String],
+    images: &[Result<Bytes, String>],
+    threads: usize,
+) -> Result<Vec<ImageOutcome>> {
+    // A panic on an inference thread reaches us as the engine's "thread panicked" error.
+    let panicked = |e: &Error| matches!(e, Error::RunState(m) if m.contains("panicked"));
+    let guarded =
+        |p: &[String], i: &[Result<Bytes, String>], t: usize| match std::panic::catch_unwind(
+            AssertUnwindSafe(|| run(p, i, t)),
+        ) {
+            Ok(Err(e)) if panicked(&e) => Err(Ok(e.to_string())),
+            Ok(result) => result.map_err(Err),
+            Err(payload) => Err(Ok(panic_message(&*payload))),
+        };
+    match guarded(paths, images, threads) {
+        Ok(outcomes) => return Ok(outcomes),
+        Err(Err(error)) => return Err(error),
+        Err(Ok(message)) => warn!(message, "an image of the chunk panicked: isolating it"),
+    }
+    paths
+        .iter()
+        .zip(images)
+        .map(|(path, image)| {
+            match guarded(std::slice::from_ref(path), std::slice::from_ref(image), 1) {
+                Ok(mut outcomes) => Ok(outcomes
+                    .pop()
+                    .ok_or_else(|| Error::RunState(format!("no outcome for {path}")))?),
+                Err(Err(error)) => Err(error),
+                Err(Ok(message)) => Ok(ImageOutcome::Failed(
+                    ImageErrorKind::Decode,
+                    format!("the decoder crashed on this image (a panic): {message}"),
+                )),
+            }
+        })
+        .collect()
+}
+
+/// The message of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn s3_notification_bodies_parse() {
-        let created = r#"{"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-            "s3": {"bucket": {"name": "b"}, "object": {"key": "inbox%2Fc%2Fa%2Fx+1.jpg", "size": 5}}},
-            {"eventName": "ObjectRemoved:Delete", "s3": {"object": {"key": "inbox/c/a/y.jpg"}}},
-            {"eventName": "ObjectRestore:Post", "s3": {"object": {"key": "inbox/c/a/z.jpg"}}}]}"#;
-        assert_eq!(
-            parse_ingest_body(created).unwrap().unwrap(),
-            IngestBody::S3(vec!["inbox/c/a/x 1.jpg".into(), "inbox/c/a/y.jpg".into()])
-        );
-        let test = r#"{"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"}"#;
-        assert_eq!(
-            parse_ingest_body(test).unwrap().unwrap(),
-            IngestBody::S3Test
-        );
-        assert!(parse_ingest_body(r#"{"run_id": "r", "shard": 1}"#).is_none());
-        assert!(parse_ingest_body("not json").is_none());
-        assert!(parse_ingest_body(r#"{"Records": [{"s3": {}}]}"#)
-            .unwrap()
-            .is_err());
-    }
-}
+#[path = "ingest_tests.rs"]
+mod tests;

@@ -107,6 +107,12 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         Counters::add(&self.counters.bytes_read, v.body.len() as u64);
         Ok(v)
     }
+    async fn get_if_match(&self, key: &str, version: &str) -> Result<Bytes, StoreError> {
+        Counters::add(&self.counters.gets, 1);
+        let body = self.inner.get_if_match(key, version).await?;
+        Counters::add(&self.counters.bytes_read, body.len() as u64);
+        Ok(body)
+    }
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         Counters::add(&self.counters.puts, 1);
         Counters::add(&self.counters.bytes_written, body.len() as u64);

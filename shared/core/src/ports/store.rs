@@ -28,6 +28,50 @@ pub enum StoreError {
     /// The key is not acceptable (absolute, `..`, empty).
     #[error("invalid object key {0:?}")]
     InvalidKey(String),
+    /// Reading the object is refused for good: S3 403 `AccessDenied` (a bucket, object or
+    /// KMS key policy), or the local file's permissions. Another object may be readable.
+    #[error("{op} {key}: access denied: {reason}")]
+    AccessDenied {
+        /// The call.
+        op: &'static str,
+        /// The key.
+        key: String,
+        /// The store's message (S3's error code and message, or the local error).
+        reason: String,
+    },
+    /// The object is in an archive storage class (S3 `InvalidObjectState`: Glacier Flexible
+    /// Retrieval or Deep Archive) and cannot be read until it is restored.
+    #[error("{key} is archived: {reason}")]
+    Archived {
+        /// The key.
+        key: String,
+        /// S3's error code and message.
+        reason: String,
+    },
+    /// The object no longer has the version it was read for (S3 412 `PreconditionFailed`
+    /// on an `If-Match` read; locally, another size or modification time).
+    #[error(
+        "{key} changed: it is no longer version {expected}{}",
+        current.as_deref().map(|c| format!(" (now {c})")).unwrap_or_default()
+    )]
+    Changed {
+        /// The key.
+        key: String,
+        /// The version it was expected to have (the listing's).
+        expected: String,
+        /// Its current version, when the store says.
+        current: Option<String>,
+    },
+    /// The key names something that cannot be read as an object, and never will as it is:
+    /// locally a dangling symbolic link, a symbolic-link loop, a named pipe, a socket, a
+    /// device or a folder. It is never opened for reading (a named pipe would block).
+    #[error("{key} cannot be read: {reason}")]
+    Unreadable {
+        /// The key.
+        key: String,
+        /// What it is, and why it cannot be read.
+        reason: String,
+    },
     /// A remote (S3) call failed.
     #[error("s3 {op} {key}{}: {source}", if *.transient { " (transient)" } else { "" })]
     Remote {
@@ -45,12 +89,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying the same call later can succeed. Only [`StoreError::NotFound`] and
-    /// the non-transient remote errors are permanent; local I/O errors count as transient
-    /// (a full disk or a busy file is not the object's fault).
+    /// Whether retrying the same call later can succeed. Missing, refused, archived,
+    /// changed and unreadable objects, invalid keys and the non-transient remote errors are
+    /// permanent; local I/O errors count as transient (a full disk or a busy file is not the
+    /// object's fault).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::NotFound(_) | StoreError::InvalidKey(_) => false,
+            StoreError::NotFound(_)
+            | StoreError::InvalidKey(_)
+            | StoreError::AccessDenied { .. }
+            | StoreError::Archived { .. }
+            | StoreError::Changed { .. }
+            | StoreError::Unreadable { .. } => false,
             StoreError::Io { .. } => true,
             StoreError::Remote { transient, .. } => *transient,
         }
@@ -65,8 +115,10 @@ pub struct ObjectInfo {
     /// Size in bytes.
     pub size: u64,
     /// What identifies this content of the key: the ETag on S3, size and modification time
-    /// on a local folder. A run id covers it, so an image overwritten under the same key
-    /// makes a new run instead of resuming into old results.
+    /// on a local folder ([`UNREADABLE_VERSION`] for a local entry that cannot be read). A
+    /// run id covers it, so an image overwritten under the same key makes a new run instead
+    /// of resuming into old results, and the featurizer reads exactly this content
+    /// ([`ObjectStore::get_if_match`]).
     pub version: String,
 }
 
@@ -92,6 +144,36 @@ pub trait ObjectStore: Send + Sync {
         key: &str,
         body: Bytes,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Reads a whole object only if it still has `version`, the version [`ObjectStore::list`]
+    /// gave for it (S3 `GetObject` with `If-Match` on the listed ETag):
+    /// [`StoreError::Changed`] when it has another. An empty `version` (a shard list written
+    /// before versions were kept) reads unconditionally.
+    ///
+    /// By default it reads with [`ObjectStore::get_versioned`] and compares the entity tag,
+    /// which is right for stores whose listing versions are their entity tags (S3). Stores
+    /// whose versions are not ([`FsStore`]: size and modification time) implement it, and
+    /// adapters that wrap another store forward it.
+    fn get_if_match(
+        &self,
+        key: &str,
+        version: &str,
+    ) -> impl Future<Output = Result<Bytes, StoreError>> + Send {
+        async move {
+            if version.is_empty() {
+                return self.get(key).await;
+            }
+            let current = self.get_versioned(key).await?;
+            if current.etag == version {
+                Ok(current.body)
+            } else {
+                Err(StoreError::Changed {
+                    key: key.to_string(),
+                    expected: version.to_string(),
+                    current: Some(current.etag),
+                })
+            }
+        }
+    }
     /// Reads a whole object with its entity tag.
     fn get_versioned(
         &self,
@@ -169,6 +251,49 @@ impl FsStore {
     }
 }
 
+/// The listing version of a local entry that is not a readable regular file (a dangling
+/// symbolic link, a symbolic-link loop, a named pipe, a socket, a device, an entry that
+/// cannot be examined): [`FsStore::list`] lists it so that one named like an image reaches
+/// the error list; reading it gives the reason.
+pub const UNREADABLE_VERSION: &str = "unreadable";
+
+/// The local store's listing version of a file: its size and modification time (ns).
+fn fs_version(meta: &std::fs::Metadata) -> String {
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{mtime_ns}", meta.len())
+}
+
+/// What a file type is, for messages.
+fn file_type_name(file_type: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+        if file_type.is_block_device() || file_type.is_char_device() {
+            return "a device";
+        }
+    }
+    if file_type.is_dir() {
+        "a folder"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else if file_type.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
 /// The local store's entity tag: a digest of the content (so that any rewrite changes it).
 fn content_etag(body: &[u8]) -> String {
     use sha2::{Digest, Sha256};
@@ -215,6 +340,96 @@ impl FsStore {
         Ok(())
     }
 
+    /// Reads a regular file (following symbolic links) with its metadata after the read.
+    /// Anything else is refused from its metadata, before it is opened: a named pipe would
+    /// block the reader. Failures are sorted for the per-image guard: see [`Self::open_error`].
+    fn read_file(key: &str, path: &Path) -> Result<(Bytes, std::fs::Metadata), StoreError> {
+        use std::io::Read;
+        let meta = std::fs::metadata(path).map_err(|e| Self::open_error(key, path, e))?;
+        if !meta.is_file() {
+            return Err(StoreError::Unreadable {
+                key: key.to_string(),
+                reason: format!(
+                    "{} is {}, not a regular file",
+                    path.display(),
+                    file_type_name(&meta.file_type())
+                ),
+            });
+        }
+        let mut file = std::fs::File::open(path).map_err(|e| Self::open_error(key, path, e))?;
+        let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.read_to_end(&mut data)
+            .map_err(|e| Self::io("read", path, e))?;
+        let after = file.metadata().map_err(|e| Self::io("stat", path, e))?;
+        Ok((Bytes::from(data), after))
+    }
+
+    /// Why a file could not be examined or opened: missing ([`StoreError::NotFound`]), a
+    /// dangling symbolic link or a loop ([`StoreError::Unreadable`]), refused by its
+    /// permissions ([`StoreError::AccessDenied`]); anything else is an I/O error (transient).
+    fn open_error(key: &str, path: &Path, e: std::io::Error) -> StoreError {
+        let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        let target = || {
+            std::fs::read_link(path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into())
+        };
+        match e.kind() {
+            std::io::ErrorKind::NotFound if link => StoreError::Unreadable {
+                key: key.to_string(),
+                reason: format!(
+                    "{} is a dangling symbolic link: its target {} does not exist",
+                    path.display(),
+                    target()
+                ),
+            },
+            std::io::ErrorKind::NotFound => StoreError::NotFound(key.to_string()),
+            std::io::ErrorKind::PermissionDenied => StoreError::AccessDenied {
+                op: "read",
+                key: key.to_string(),
+                reason: format!("{}: {e}", path.display()),
+            },
+            // ELOOP and the like: a link that cannot be followed, now or on a retry.
+            _ if link => StoreError::Unreadable {
+                key: key.to_string(),
+                reason: format!(
+                    "{} is a symbolic link (to {}) that cannot be followed: {e}",
+                    path.display(),
+                    target()
+                ),
+            },
+            _ => Self::io("read", path, e),
+        }
+    }
+
+    /// The key of a listed path under `prefix`, unless it is hidden (a temporary file) or
+    /// its name is not UTF-8 (keys are strings; it is skipped with a warning).
+    fn listed_key(&self, path: &Path, prefix: &str) -> Option<String> {
+        let relative = path.strip_prefix(&self.root).ok()?;
+        let Some(key) = relative
+            .to_str()
+            .map(|k| k.replace(std::path::MAIN_SEPARATOR, "/"))
+        else {
+            tracing::warn!(path = %path.display(), "skipped: the name is not UTF-8");
+            return None;
+        };
+        let hidden_temp = key
+            .rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
+        (key.starts_with(prefix) && !hidden_temp).then_some(key)
+    }
+
+    /// A walk error as a store error: its I/O error itself (walkdir's own message repeats
+    /// the path and the cause, which the error chain would print again).
+    fn walk_error(path: &Path, e: walkdir::Error) -> StoreError {
+        let source = match e.into_io_error() {
+            Some(io) => io,
+            None => std::io::Error::other("a symbolic-link loop"),
+        };
+        Self::io("list", path, source)
+    }
+
     /// Holds an exclusive lock on the object's folder for a read-compare-write.
     fn lock_folder(path: &Path) -> Result<std::fs::File, StoreError> {
         let parent = path.parent().unwrap_or(Path::new("."));
@@ -227,12 +442,23 @@ impl FsStore {
 impl ObjectStore for FsStore {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let path = self.path(key)?;
-        match std::fs::read(&path) {
-            Ok(data) => Ok(Bytes::from(data)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(StoreError::NotFound(key.to_string()))
-            }
-            Err(e) => Err(Self::io("read", &path, e)),
+        Ok(Self::read_file(key, &path)?.0)
+    }
+
+    /// Reads the file if its size and modification time, after the read, are still
+    /// `version` (as [`FsStore::list`] gave them).
+    async fn get_if_match(&self, key: &str, version: &str) -> Result<Bytes, StoreError> {
+        let path = self.path(key)?;
+        let (body, meta) = Self::read_file(key, &path)?;
+        let current = fs_version(&meta);
+        if version.is_empty() || current == version {
+            Ok(body)
+        } else {
+            Err(StoreError::Changed {
+                key: key.to_string(),
+                expected: version.to_string(),
+                current: Some(current),
+            })
         }
     }
 
@@ -309,8 +535,17 @@ impl ObjectStore for FsStore {
         }
     }
 
+    /// Lists the files under the deepest folder the prefix names, filtered by the whole
+    /// prefix, like S3. Folders are walked (symbolic links to folders too), never listed; a
+    /// folder that cannot be walked (unreadable, or a link back to a folder above it) is
+    /// skipped with a warning, since what is in it is unknown. Every other entry is listed,
+    /// and nothing is opened: a regular file, or a symbolic link to one, with its size and
+    /// modification time; an entry that is not a readable regular file (a dangling symbolic
+    /// link, a symbolic-link loop, a named pipe, a socket, a device) with the version
+    /// [`UNREADABLE_VERSION`], so that one named like an image reaches the run's error list
+    /// with the reason its read gives ([`StoreError::Unreadable`]). Only an error on the
+    /// listed folder itself fails the listing.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        // List the deepest folder the prefix names, then filter by the full prefix, like S3.
         let folder = match prefix.rfind('/') {
             Some(i) => self.root.join(&prefix[..i]),
             None => self.root.clone(),
@@ -320,42 +555,53 @@ impl ObjectStore for FsStore {
         }
         let mut objects = Vec::new();
         for entry in walkdir::WalkDir::new(&folder).follow_links(true) {
-            let entry = entry.map_err(|e| {
-                let path = e.path().unwrap_or(&folder).to_path_buf();
-                Self::io("list", &path, e.into())
-            })?;
-            if !entry.file_type().is_file() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    let Some(path) = e.path().map(Path::to_path_buf) else {
+                        return Err(Self::walk_error(&folder, e));
+                    };
+                    if e.depth() == 0 {
+                        return Err(Self::walk_error(&path, e));
+                    }
+                    let folder_like = e.loop_ancestor().is_some()
+                        || std::fs::metadata(&path).is_ok_and(|m| m.is_dir());
+                    if folder_like {
+                        tracing::warn!(folder = %path.display(), error = %e,
+                            "a folder that cannot be listed is skipped: the images in it are not listed");
+                    } else if let Some(key) = self.listed_key(&path, prefix) {
+                        objects.push(ObjectInfo {
+                            key,
+                            size: 0,
+                            version: UNREADABLE_VERSION.to_string(),
+                        });
+                    }
+                    continue;
+                }
+            };
+            if entry.file_type().is_dir() {
                 continue;
             }
-            let Ok(relative) = entry.path().strip_prefix(&self.root) else {
+            let Some(key) = self.listed_key(entry.path(), prefix) else {
                 continue;
             };
-            let Some(key) = relative
-                .to_str()
-                .map(|k| k.replace(std::path::MAIN_SEPARATOR, "/"))
-            else {
-                continue;
-            };
-            let hidden_temp = key
-                .rsplit('/')
-                .next()
-                .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
-            if key.starts_with(prefix) && !hidden_temp {
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| Self::io("stat", entry.path(), e.into()))?;
-                let mtime_ns = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
-                objects.push(ObjectInfo {
+            let meta = entry
+                .file_type()
+                .is_file()
+                .then(|| entry.metadata().ok())
+                .flatten();
+            objects.push(match meta {
+                Some(meta) => ObjectInfo {
                     key,
                     size: meta.len(),
-                    version: format!("{}-{mtime_ns}", meta.len()),
-                });
-            }
+                    version: fs_version(&meta),
+                },
+                None => ObjectInfo {
+                    key,
+                    size: 0,
+                    version: UNREADABLE_VERSION.to_string(),
+                },
+            });
         }
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
@@ -367,103 +613,5 @@ impl ObjectStore for FsStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    use crate::test_util::block;
-
-    #[test]
-    fn concurrent_creates_have_one_winner_with_complete_content() {
-        let dir = std::env::temp_dir().join(format!("fsstore-race-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = FsStore::new(&dir);
-        let body = |i: usize| Bytes::from(vec![b'a' + i as u8; 1 << 16]);
-        let winners: Vec<usize> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8)
-                .map(|i| {
-                    let store = store.clone();
-                    s.spawn(move || block(store.put_if_absent("runs/r/claim", body(i))).unwrap())
-                })
-                .collect();
-            handles
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, h)| h.join().unwrap().then_some(i))
-                .collect()
-        });
-        assert_eq!(winners.len(), 1, "exactly one create wins");
-        let content = block(store.get("runs/r/claim")).unwrap();
-        assert_eq!(content, body(winners[0]), "the winner's whole content");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn fs_store_round_trip_list_and_conditional_put() {
-        let dir = std::env::temp_dir().join(format!("fsstore-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = FsStore::new(&dir);
-        block(async {
-            store
-                .put("a/b/one.txt", Bytes::from_static(b"1"))
-                .await
-                .unwrap();
-            store
-                .put("a/two.txt", Bytes::from_static(b"22"))
-                .await
-                .unwrap();
-            store.put("ab.txt", Bytes::from_static(b"3")).await.unwrap();
-            assert_eq!(
-                store.get("a/b/one.txt").await.unwrap(),
-                Bytes::from_static(b"1")
-            );
-            assert!(matches!(
-                store.get("missing").await,
-                Err(StoreError::NotFound(_))
-            ));
-            let store_ref = &store;
-            let keys = move |prefix: &'static str| async move {
-                let listed = store_ref.list(prefix).await.unwrap();
-                listed.into_iter().map(|o| o.key).collect::<Vec<_>>()
-            };
-            assert_eq!(keys("a/").await, vec!["a/b/one.txt", "a/two.txt"]);
-            assert_eq!(keys("a").await, vec!["a/b/one.txt", "a/two.txt", "ab.txt"]);
-            assert!(store
-                .put_if_absent("lock", Bytes::from_static(b"x"))
-                .await
-                .unwrap());
-            assert!(!store
-                .put_if_absent("lock", Bytes::from_static(b"y"))
-                .await
-                .unwrap());
-            assert_eq!(store.get("lock").await.unwrap(), Bytes::from_static(b"x"));
-            // Conditional replace: only with the current entity tag.
-            let v = store.get_versioned("lock").await.unwrap();
-            assert!(store
-                .put_if_match("lock", Bytes::from_static(b"z"), &v.etag)
-                .await
-                .unwrap());
-            assert!(!store
-                .put_if_match("lock", Bytes::from_static(b"w"), &v.etag)
-                .await
-                .unwrap());
-            assert_eq!(store.get("lock").await.unwrap(), Bytes::from_static(b"z"));
-            assert!(!store
-                .put_if_match("absent", Bytes::from_static(b"w"), &v.etag)
-                .await
-                .unwrap());
-            // No temporary file is left behind or listed.
-            let names: Vec<String> = std::fs::read_dir(&dir)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
-            store.delete("lock").await.unwrap();
-            assert!(!store.exists("lock").await.unwrap());
-            assert!(matches!(
-                store.get("../etc/passwd").await,
-                Err(StoreError::InvalidKey(_))
-            ));
-        });
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+#[path = "store_tests.rs"]
+mod tests;

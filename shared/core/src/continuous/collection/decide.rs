@@ -35,30 +35,42 @@ pub(super) fn decide(
             Decision::Keep
         };
     };
-    if previous.is_some_and(|p| p.etag == current) {
+    if previous.is_some_and(|p| p.etag == current && p.error.is_none()) {
         return Decision::Keep;
     }
-    // Any entry of exactly this content will do: they all describe the same bytes.
-    for (delta, entry) in entries {
-        match entry {
-            DeltaEntry::Upsert {
-                etag, label, row, ..
-            } if etag == current => {
-                return Decision::Live(*delta, *row, etag.clone(), label.clone());
-            }
+    // A failed path whose content did not change is decided again from its entries: an
+    // entry of exactly this content with features means the cause of the failure was not in
+    // the bytes (access denied, an archived object, a decoder crash since fixed) and is gone.
+    // Any entry of exactly this content will do: they all describe the same bytes. Features
+    // win over a failure of the same content, whatever the order of the deltas.
+    let live = entries.iter().find_map(|(delta, entry)| match entry {
+        DeltaEntry::Upsert {
+            etag, label, row, ..
+        } if etag == current => Some(Decision::Live(*delta, *row, etag.clone(), label.clone())),
+        _ => None,
+    });
+    if let Some(live) = live {
+        return live;
+    }
+    // Else the failure of this content from the newest delta (deltas are numbered oldest
+    // first), so that a retried failure shows its latest reason.
+    entries
+        .iter()
+        .filter_map(|(delta, entry)| match entry {
             DeltaEntry::Failed {
                 etag,
                 label,
                 kind,
                 reason,
                 ..
-            } if etag == current => {
-                return Decision::Fail(etag.clone(), label.clone(), *kind, reason.clone());
-            }
-            _ => {}
-        }
-    }
-    Decision::Keep
+            } if etag == current => Some((*delta, label, kind, reason)),
+            _ => None,
+        })
+        .max_by_key(|(delta, ..)| *delta)
+        .map(|(_, label, kind, reason)| {
+            Decision::Fail(current.to_string(), label.clone(), *kind, reason.clone())
+        })
+        .unwrap_or(Decision::Keep)
 }
 
 /// Decides a changed path whose current content cannot be read (a permanent error on its
@@ -88,6 +100,59 @@ pub(super) fn decide_unreadable(
     });
     let (kind, reason) = unread.unwrap_or_else(|| (ImageErrorKind::Fetch, head_error.to_string()));
     Decision::Fail(String::new(), label, kind, reason)
+}
+
+/// Whether a refit that waits for quiet is due, from the times (Unix ms) of the pending
+/// deltas: when the newest is at least `quiet_ms` old (the fast path once uploads stop), or
+/// when the oldest is at least `max_staleness_ms` old (under steady uploads, so that no
+/// change waits longer than that plus one refit). `quiet_ms: None` means now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Due {
+    /// Refit now.
+    Now,
+    /// Not yet.
+    Wait {
+        /// Milliseconds since the newest change.
+        since_change_ms: u64,
+        /// Until the quiet time is reached (if nothing else changes).
+        quiet_left_ms: u64,
+        /// Until the oldest pending change reaches the staleness bound (`None`: unbounded).
+        staleness_left_ms: Option<u64>,
+    },
+}
+
+/// Decides [`Due`] from the pending deltas' times at `now_ms`.
+pub(super) fn refit_due(
+    times: impl IntoIterator<Item = u64>,
+    now_ms: u64,
+    quiet_ms: Option<u64>,
+    max_staleness_ms: Option<u64>,
+) -> Due {
+    let Some(quiet) = quiet_ms else {
+        return Due::Now;
+    };
+    let (oldest, newest) =
+        times
+            .into_iter()
+            .fold((None, None), |(lo, hi): (Option<u64>, Option<u64>), t| {
+                (
+                    Some(lo.map_or(t, |lo| lo.min(t))),
+                    Some(hi.map_or(t, |hi| hi.max(t))),
+                )
+            });
+    let (Some(oldest), Some(newest)) = (oldest, newest) else {
+        return Due::Now; // nothing pending: the refit finds nothing to do (or a first view)
+    };
+    let since_change = now_ms.saturating_sub(newest);
+    let age = now_ms.saturating_sub(oldest);
+    if since_change >= quiet || max_staleness_ms.is_some_and(|bound| age >= bound) {
+        return Due::Now;
+    }
+    Due::Wait {
+        since_change_ms: since_change,
+        quiet_left_ms: quiet - since_change,
+        staleness_left_ms: max_staleness_ms.map(|bound| bound - age),
+    }
 }
 
 /// How each changed path was decided.
@@ -183,6 +248,84 @@ pub(super) fn apply_decisions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refit_is_due_once_quiet_or_once_the_oldest_change_is_stale() {
+        let (q, s) = (Some(60_000), Some(900_000));
+        // Forced, or nothing pending: now.
+        assert_eq!(refit_due([1_000], 1_000, None, s), Due::Now);
+        assert_eq!(refit_due([], 1_000, q, s), Due::Now);
+        // Quiet: the newest change is 60 s old.
+        assert_eq!(refit_due([0, 40_000], 100_000, q, s), Due::Now);
+        // Steady uploads: a change 10 s ago, the oldest 5 min ago: wait for whichever
+        // comes first.
+        assert_eq!(
+            refit_due([0, 290_000], 300_000, q, s),
+            Due::Wait {
+                since_change_ms: 10_000,
+                quiet_left_ms: 50_000,
+                staleness_left_ms: Some(600_000)
+            }
+        );
+        // The oldest pending change reached the bound: now, although not quiet.
+        assert_eq!(refit_due([0, 899_000], 900_000, q, s), Due::Now);
+        // Without a bound, steady uploads wait for ever.
+        assert!(matches!(
+            refit_due([0, 3_599_000], 3_600_000, q, None),
+            Due::Wait {
+                staleness_left_ms: None,
+                ..
+            }
+        ));
+        // Deltas in any order, and a clock behind a delta's time.
+        assert_eq!(
+            refit_due([290_000, 0], 300_000, q, s),
+            refit_due([0, 290_000], 300_000, q, s)
+        );
+        assert!(matches!(
+            refit_due([310_000], 300_000, q, s),
+            Due::Wait {
+                since_change_ms: 0,
+                quiet_left_ms: 60_000,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_failure_whose_cause_is_gone_gives_way_to_the_features_of_the_same_content() {
+        let denied = IndexEntry {
+            etag: "e".into(),
+            label: "l".into(),
+            part: None,
+            error: Some((ImageErrorKind::Fetch, "AccessDenied".into())),
+        };
+        let retried = upsert("x", "e", 2);
+        let again = DeltaEntry::Failed {
+            path: "x".into(),
+            label: "l".into(),
+            etag: "e".into(),
+            kind: ImageErrorKind::Fetch,
+            reason: "still denied".into(),
+        };
+        // The same content read again with success: live, in any order of deltas.
+        for entries in [
+            vec![(0, &again), (1, &retried)],
+            vec![(1, &retried), (0, &again)],
+        ] {
+            assert_eq!(
+                decide(Some(&denied), &entries, Some("e")),
+                Decision::Live(1, 2, "e".into(), "l".into())
+            );
+        }
+        // Failing again: failed, with the newest reason.
+        assert!(matches!(
+            decide(Some(&denied), &[(3, &again)], Some("e")),
+            Decision::Fail(_, _, ImageErrorKind::Fetch, ref r) if r == "still denied"
+        ));
+        // Nothing about it: kept as it is.
+        assert_eq!(decide(Some(&denied), &[], Some("e")), Decision::Keep);
+    }
 
     fn upsert(path: &str, etag: &str, row: usize) -> DeltaEntry {
         DeltaEntry::Upsert {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CollectionLayout, KEEP_SNAPSHOTS};
+use super::{CollectionLayout, KEEP_SNAPSHOTS, MIN_READER_SECS, ORPHAN_DELTA_GRACE_SECS};
 use crate::error::Result;
 use crate::parquet_io::{self, Dataset, VectorRow};
 use crate::ports::store::{ObjectStore, StoreError};
@@ -202,6 +202,14 @@ pub struct RefitSummary {
     pub total_s: f64,
     /// When it was published (RFC 3339).
     pub published_at: String,
+    /// When (Unix ms): retention counts a snapshot's time as superseded from its
+    /// successor's.
+    #[serde(default)]
+    pub published_at_ms: u64,
+    /// The snapshot this one was built from (the current one when the refit started):
+    /// walking these back from the pointer gives every snapshot that was ever published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub based_on: Option<String>,
     /// Notes (k clamped, no PCA possible).
     #[serde(default)]
     pub warnings: Vec<String>,
@@ -214,10 +222,16 @@ pub enum RefitOutcome {
     Published(Box<RefitSummary>),
     /// Nothing changed since the published snapshot.
     NothingToDo,
-    /// A change is younger than the quiet time: a later refit will come.
+    /// A change is younger than the quiet time and the oldest pending change is younger
+    /// than the staleness bound: a later refit will come.
     NotQuiet {
         /// Milliseconds since the last change.
         since_change_ms: u64,
+        /// Milliseconds until the quiet time is reached, if nothing else changes.
+        quiet_left_ms: u64,
+        /// Milliseconds until the oldest pending change reaches the staleness bound
+        /// (`None`: no bound).
+        staleness_left_ms: Option<u64>,
     },
     /// Other refits published first, [`REFIT_ATTEMPTS`](super::REFIT_ATTEMPTS) times in a
     /// row; this one's work is discarded (its deltas stay for the next refit, unless the
@@ -230,10 +244,17 @@ pub enum RefitOutcome {
 pub struct RefitOptions {
     /// The PCA.
     pub pca: PcaOptions,
-    /// Refit only if the newest delta is at least this old (`None`: refit now).
+    /// Refit only if the newest delta is at least this old (`None`: refit now)...
     pub quiet_ms: Option<u64>,
-    /// Snapshots kept after publishing.
+    /// ...or if the oldest delta is at least this old (`None`: no bound; only with
+    /// `quiet_ms`): under steady uploads no change waits longer than this plus one refit.
+    pub max_staleness_ms: Option<u64>,
+    /// Published snapshots always kept after publishing (the current one included).
     pub keep_snapshots: usize,
+    /// A superseded snapshot is kept at least this long (readers still on it).
+    pub min_reader_ms: u64,
+    /// A delta part whose document was never written is removed once this old.
+    pub orphan_delta_grace_ms: u64,
     /// Parts read, projected and written at once.
     pub concurrency: usize,
 }
@@ -243,7 +264,10 @@ impl Default for RefitOptions {
         Self {
             pca: PcaOptions::default(),
             quiet_ms: None,
+            max_staleness_ms: None,
             keep_snapshots: KEEP_SNAPSHOTS,
+            min_reader_ms: MIN_READER_SECS * 1000,
+            orphan_delta_grace_ms: ORPHAN_DELTA_GRACE_SECS * 1000,
             concurrency: 4,
         }
     }

@@ -43,14 +43,23 @@ pub use documents::{
 };
 pub use layout::{inbox_key, split_inbox_key, CollectionLayout};
 pub use refit::{refit, REFIT_ATTEMPTS};
-pub use status::{collection_status, CollectionStatus};
+pub use status::{
+    collection_status, collection_status_at, record_refit_failure, record_refit_start,
+    refit_failure_key, refit_started_key, CollectionStatus, RefitFailure, RefitStart,
+};
 
 /// Where the collections live in the output store.
 pub const COLLECTIONS_PREFIX: &str = "collections/";
 /// Rows per Results part written by a refit.
 pub const PART_ROWS: usize = 4096;
-/// Snapshots kept (the current one and those before it, for readers still on them).
+/// Published snapshots always kept (the current one and the one before it).
 pub const KEEP_SNAPSHOTS: usize = 2;
+/// How long a superseded snapshot is kept at least, for readers that read the pointer just
+/// before it changed (15 minutes).
+pub const MIN_READER_SECS: u64 = 900;
+/// How old a delta part whose document was never written (its ingest died between the two)
+/// must be before a refit removes it (1 hour: an ingest runs at most 15 minutes).
+pub const ORPHAN_DELTA_GRACE_SECS: u64 = 3600;
 
 /// Whether `name` can be a collection name (one path segment, no control characters).
 pub fn valid_collection(name: &str) -> bool {

@@ -8,11 +8,20 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
+// Every future run in a stream below is boxed (`.boxed()`) and collected before it is
+// streamed: the refit's future must be `Send` for callers that need it (reconcile), which
+// rustc cannot prove for a stream that keeps closures over borrowed items
+// (rust-lang/rust#110338).
+use futures::FutureExt;
 use tracing::{info, warn};
 
-use super::decide::{apply_decisions, decide, decide_unreadable, Decision, Decisions};
+use super::decide::{
+    apply_decisions, decide, decide_unreadable, refit_due, Decision, Decisions, Due,
+};
 use super::fit::{fit_statistics, Fit};
-use super::snapshots::{delete_prefix, expire_snapshots, part_name, publish_part};
+use super::snapshots::{
+    delete_prefix, expire, part_name, publish_part, read_back_pointer, PointerWrite, Retention,
+};
 use super::{
     delta_time_ms, inbox_key, list_deltas, read_current, valid_collection, CollectionIndex,
     CollectionLayout, CurrentPointer, Delta, DeltaEntry, IndexEntry, RefitOptions, RefitOutcome,
@@ -36,25 +45,31 @@ pub const REFIT_ATTEMPTS: usize = 5;
 /// is replaced only if it is still the one the refit started from (S3 `If-Match`). The loser
 /// discards its snapshot and starts over from the winner's, so that a delta the winner did
 /// not see (written after it listed them) is folded now, not left waiting for another event.
-pub async fn refit<S: ObjectStore, I: ObjectStore>(
-    output: &S,
-    input: &I,
-    inbox: &str,
-    collection: &str,
-    options: &RefitOptions,
-) -> Result<RefitOutcome> {
-    for attempt in 1..=REFIT_ATTEMPTS {
-        match refit_once(output, input, inbox, collection, options).await? {
-            RefitOutcome::LostRace => {
-                warn!(
-                    collection,
-                    attempt, "another refit published first: starting over from its snapshot"
-                );
+///
+/// The future is boxed as `Send` here, where the stores' types are still generic: callers
+/// that need a `Send` future of their own (a trait method) would otherwise hit the
+/// compiler's higher-ranked lifetime limits on the streams inside.
+pub fn refit<'a, S: ObjectStore, I: ObjectStore>(
+    output: &'a S,
+    input: &'a I,
+    inbox: &'a str,
+    collection: &'a str,
+    options: &'a RefitOptions,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<RefitOutcome>> + Send + 'a>> {
+    Box::pin(async move {
+        for attempt in 1..=REFIT_ATTEMPTS {
+            match refit_once(output, input, inbox, collection, options).await? {
+                RefitOutcome::LostRace => {
+                    warn!(
+                        collection,
+                        attempt, "another refit published first: starting over from its snapshot"
+                    );
+                }
+                done => return Ok(done),
             }
-            done => return Ok(done),
         }
-    }
-    Ok(RefitOutcome::LostRace)
+        Ok(RefitOutcome::LostRace)
+    })
 }
 
 async fn refit_once<S: ObjectStore, I: ObjectStore>(
@@ -190,6 +205,8 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             publish_s: 0.0,
             total_s: 0.0,
             published_at: published_at.clone(),
+            published_at_ms: crate::manifest::unix_now_ms(),
+            based_on: self.current.as_ref().map(|(p, _)| p.snapshot.clone()),
             warnings: std::mem::take(&mut fit.warnings),
         };
         self.write_documents(
@@ -202,9 +219,14 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
         )
         .await?;
         let pointer = self.pointer(&snapshot, seq, fit.model.is_some(), published_at);
-        if !self.publish_pointer(&pointer).await? {
-            self.discard(&snapshot).await?;
-            return Ok(RefitOutcome::LostRace);
+        match self.publish_pointer(&pointer).await? {
+            PointerWrite::Ours => {}
+            PointerWrite::Lost => {
+                self.discard(&snapshot).await?;
+                return Ok(RefitOutcome::LostRace);
+            }
+            // Never deleted when in doubt: retention removes it if no pointer names it.
+            PointerWrite::NotLanded | PointerWrite::Unknown => return Ok(RefitOutcome::LostRace),
         }
         info!(
             collection = self.collection, %snapshot, seq, rows, errors = errors.len(),
@@ -216,20 +238,26 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
     }
 
     /// Reads the published pointer and lists the deltas. Stops here when a change is younger
-    /// than the quiet time, or when nothing changed since the published snapshot.
+    /// than the quiet time and none is older than the staleness bound, or when nothing
+    /// changed since the published snapshot.
     async fn read_pointer(&mut self) -> Result<ControlFlow<RefitOutcome, Vec<String>>> {
         self.current = read_current(self.output, &self.layout).await?;
         let delta_ids = list_deltas(self.output, &self.layout).await?;
-        if let (Some(quiet), Some(newest)) = (
+        if let Due::Wait {
+            since_change_ms,
+            quiet_left_ms,
+            staleness_left_ms,
+        } = refit_due(
+            delta_ids.iter().filter_map(|id| delta_time_ms(id)),
+            crate::manifest::unix_now_ms(),
             self.options.quiet_ms,
-            delta_ids.iter().filter_map(|id| delta_time_ms(id)).max(),
+            self.options.max_staleness_ms,
         ) {
-            let since = crate::manifest::unix_now_ms().saturating_sub(newest);
-            if since < quiet {
-                return Ok(ControlFlow::Break(RefitOutcome::NotQuiet {
-                    since_change_ms: since,
-                }));
-            }
+            return Ok(ControlFlow::Break(RefitOutcome::NotQuiet {
+                since_change_ms,
+                quiet_left_ms,
+                staleness_left_ms,
+            }));
         }
         if delta_ids.is_empty() && self.current.is_some() {
             return Ok(ControlFlow::Break(RefitOutcome::NothingToDo));
@@ -274,17 +302,23 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
     /// The deltas' documents (their parts later, only for the rows that win).
     async fn read_deltas(&self, delta_ids: &[String]) -> Result<Vec<Delta>> {
         let output = self.output;
-        Ok(stream::iter(delta_ids.iter().map(|id| {
-            let key = self.layout.delta_doc(id);
-            async move {
-                match output.get(&key).await {
-                    Ok(body) => Ok(Some(serde_json::from_slice::<Delta>(&body)?)),
-                    // Consumed by a refit that published meanwhile: ours will lose the pointer.
-                    Err(StoreError::NotFound(_)) => Ok(None),
-                    Err(e) => Err(Error::from(e)),
-                }
-            }
-        }))
+        Ok(stream::iter(
+            delta_ids
+                .iter()
+                .map(|id| {
+                    let key = self.layout.delta_doc(id);
+                    async move {
+                        match output.get(&key).await {
+                            Ok(body) => Ok(Some(serde_json::from_slice::<Delta>(&body)?)),
+                            // Consumed by a refit that published meanwhile: ours will lose the pointer.
+                            Err(StoreError::NotFound(_)) => Ok(None),
+                            Err(e) => Err(Error::from(e)),
+                        }
+                    }
+                    .boxed()
+                })
+                .collect::<Vec<_>>(),
+        )
         .buffered(self.concurrency * 4)
         .try_collect::<Vec<_>>()
         .await?
@@ -298,18 +332,25 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
     /// refit (its message is delivered again).
     async fn head_changed<'d>(&self, by_path: &ByPath<'d>) -> Result<Heads<'d>> {
         let (input, inbox, collection) = (self.input, self.inbox, self.collection);
-        let heads: Vec<(&str, Result<Option<String>, String>)> =
-            stream::iter(by_path.keys().map(|&path| async move {
-                match input.head(&inbox_key(inbox, collection, path)).await {
-                    Ok(etag) => Ok((path, Ok(Some(etag)))),
-                    Err(StoreError::NotFound(_)) => Ok((path, Ok(None))),
-                    Err(e) if !e.is_transient() => Ok((path, Err(e.to_string()))),
-                    Err(e) => Err(Error::from(e)),
-                }
-            }))
-            .buffer_unordered(self.concurrency * 8)
-            .try_collect()
-            .await?;
+        let heads: Vec<(&str, Result<Option<String>, String>)> = stream::iter(
+            by_path
+                .keys()
+                .map(|&path| {
+                    async move {
+                        match input.head(&inbox_key(inbox, collection, path)).await {
+                            Ok(etag) => Ok((path, Ok(Some(etag)))),
+                            Err(StoreError::NotFound(_)) => Ok((path, Ok(None))),
+                            Err(e) if !e.is_transient() => Ok((path, Err(e.to_string()))),
+                            Err(e) => Err(Error::from(e)),
+                        }
+                    }
+                    .boxed()
+                })
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(self.concurrency * 8)
+        .try_collect()
+        .await?;
         Ok(heads.into_iter().collect())
     }
 
@@ -372,15 +413,22 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
         }
         let output = self.output;
         let prev_id = self.previous_id();
-        stream::iter(leaving.iter().map(|(part, paths)| {
-            let key = format!("{}{part}", self.layout.results_prefix(&prev_id));
-            async move {
-                let rows = parquet_io::read_rows(Dataset::Features, output.get(&key).await?)?;
-                let (gone, kept): (Vec<VectorRow>, Vec<VectorRow>) =
-                    rows.into_iter().partition(|r| paths.contains(&r.path));
-                Ok::<_, Error>((part.clone(), (kept, gone)))
-            }
-        }))
+        stream::iter(
+            leaving
+                .iter()
+                .map(|(part, paths)| {
+                    let key = format!("{}{part}", self.layout.results_prefix(&prev_id));
+                    async move {
+                        let rows =
+                            parquet_io::read_rows(Dataset::Features, output.get(&key).await?)?;
+                        let (gone, kept): (Vec<VectorRow>, Vec<VectorRow>) =
+                            rows.into_iter().partition(|r| paths.contains(&r.path));
+                        Ok::<_, Error>((part.clone(), (kept, gone)))
+                    }
+                    .boxed()
+                })
+                .collect::<Vec<_>>(),
+        )
         .buffered(self.concurrency)
         .try_collect()
         .await
@@ -400,15 +448,21 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             })
             .collect();
         let output = self.output;
-        stream::iter(wanted.iter().map(|&d| {
-            let key = self.layout.delta_part(&deltas[d].id);
-            async move {
-                Ok::<_, Error>((
-                    d,
-                    parquet_io::read_rows(Dataset::Features, output.get(&key).await?)?,
-                ))
-            }
-        }))
+        stream::iter(
+            wanted
+                .iter()
+                .map(|&d| {
+                    let key = self.layout.delta_part(&deltas[d].id);
+                    async move {
+                        Ok::<_, Error>((
+                            d,
+                            parquet_io::read_rows(Dataset::Features, output.get(&key).await?)?,
+                        ))
+                    }
+                    .boxed()
+                })
+                .collect::<Vec<_>>(),
+        )
         .buffered(self.concurrency)
         .try_collect()
         .await
@@ -432,36 +486,41 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
         let layout_ref = &self.layout;
         let prev_id = self.previous_id();
         let prev_ref = &prev_id;
-        let carried: Vec<(String, String, usize)> =
-            stream::iter(old_parts.into_iter().map(|(part, _)| {
-                // Parts that lose rows were read above; the others are copied as they are.
-                let kept = split.remove(&part).map(|(kept, _)| kept);
-                async move {
-                    let (name, rows, bytes) = match kept {
-                        None => {
-                            let bytes = output
-                                .get(&format!("{}{part}", layout_ref.results_prefix(prev_ref)))
+        let carried: Vec<(String, String, usize)> = stream::iter(
+            old_parts
+                .into_iter()
+                .map(|(part, _)| {
+                    // Parts that lose rows were read above; the others are copied as they are.
+                    let kept = split.remove(&part).map(|(kept, _)| kept);
+                    async move {
+                        let (name, rows, bytes) = match kept {
+                            None => {
+                                let bytes = output
+                                    .get(&format!("{}{part}", layout_ref.results_prefix(prev_ref)))
+                                    .await?;
+                                let rows = parquet_io::read_rows(Dataset::Features, bytes.clone())?;
+                                (part.clone(), rows, bytes)
+                            }
+                            Some(kept) => {
+                                let name = format!("{}-r{seq}", part.trim_end_matches(".parquet"))
+                                    + ".parquet";
+                                let bytes = parquet_io::write_rows(Dataset::Features, &kept)?;
+                                (name, kept, bytes)
+                            }
+                        };
+                        if !rows.is_empty() {
+                            publish_part(output, layout_ref, snapshot, &name, bytes, &rows, model)
                                 .await?;
-                            let rows = parquet_io::read_rows(Dataset::Features, bytes.clone())?;
-                            (part.clone(), rows, bytes)
                         }
-                        Some(kept) => {
-                            let name = format!("{}-r{seq}", part.trim_end_matches(".parquet"))
-                                + ".parquet";
-                            let bytes = parquet_io::write_rows(Dataset::Features, &kept)?;
-                            (name, kept, bytes)
-                        }
-                    };
-                    if !rows.is_empty() {
-                        publish_part(output, layout_ref, snapshot, &name, bytes, &rows, model)
-                            .await?;
+                        Ok::<_, Error>((part, name, rows.len()))
                     }
-                    Ok::<_, Error>((part, name, rows.len()))
-                }
-            }))
-            .buffer_unordered(self.concurrency)
-            .try_collect()
-            .await?;
+                    .boxed()
+                })
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(self.concurrency)
+        .try_collect()
+        .await?;
         let mut parts: BTreeMap<String, usize> = BTreeMap::new();
         let mut renamed: HashMap<String, String> = HashMap::new();
         for (old, new, n) in carried {
@@ -506,10 +565,18 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             }
             parts.insert(name.clone(), chunk.len());
         }
-        stream::iter(chunks.iter().map(|(name, chunk)| async move {
-            let bytes = parquet_io::write_rows(Dataset::Features, chunk)?;
-            publish_part(output, layout_ref, snapshot, name, bytes, chunk, model).await
-        }))
+        stream::iter(
+            chunks
+                .iter()
+                .map(|(name, chunk)| {
+                    async move {
+                        let bytes = parquet_io::write_rows(Dataset::Features, chunk)?;
+                        publish_part(output, layout_ref, snapshot, name, bytes, chunk, model).await
+                    }
+                    .boxed()
+                })
+                .collect::<Vec<_>>(),
+        )
         .buffer_unordered(self.concurrency)
         .try_collect::<Vec<()>>()
         .await?;
@@ -606,14 +673,34 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
     }
 
     /// Points `current.json` at the new snapshot if it is still the pointer the refit started
-    /// from (absent if there was none). `false`: another refit published first.
-    async fn publish_pointer(&self, pointer: &CurrentPointer) -> Result<bool> {
+    /// from (absent if there was none). An answer "changed" / "exists" or a transient error
+    /// is read back: S3 may have applied the write and lost its response (then a retry finds
+    /// the pointer already ours), so only the stored pointer and the published chain say who
+    /// won. A write that did not land and failed is an error (the refit is retried).
+    async fn publish_pointer(&self, pointer: &CurrentPointer) -> Result<PointerWrite> {
         let body: Bytes = serde_json::to_vec_pretty(pointer)?.into();
         let current = self.layout.current();
-        Ok(match &self.current {
-            Some((_, etag)) => self.output.put_if_match(&current, body, etag).await?,
-            None => self.output.put_if_absent(&current, body).await?,
-        })
+        let written = match &self.current {
+            Some((_, etag)) => self.output.put_if_match(&current, body, etag).await,
+            None => self.output.put_if_absent(&current, body).await,
+        };
+        let doubt = match written {
+            Ok(true) => return Ok(PointerWrite::Ours),
+            Ok(false) => None,
+            Err(e) if e.is_transient() => Some(e),
+            Err(e) => return Err(e.into()),
+        };
+        let read_back = read_back_pointer(self.output, &self.layout, pointer).await?;
+        match (read_back, doubt) {
+            (PointerWrite::NotLanded, Some(e)) => Err(e.into()),
+            (PointerWrite::NotLanded, None) => Ok(PointerWrite::Unknown),
+            (PointerWrite::Ours, _) => {
+                info!(collection = self.collection, snapshot = %pointer.snapshot,
+                    "the pointer write had landed (its answer was lost): published");
+                Ok(PointerWrite::Ours)
+            }
+            (other, _) => Ok(other),
+        }
     }
 
     /// Deletes the snapshot (and its state) of a refit that lost the race.
@@ -632,21 +719,22 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
     }
 
     /// After publishing: deletes the consumed deltas (documents first: they are the commit
-    /// points), then the expired snapshots.
-    async fn clean_up(&self, deltas: &[Delta], snapshot: &str) -> Result<()> {
+    /// points), then what retention lets go (orphan snapshots first, then published ones
+    /// past their time, and orphan delta parts).
+    async fn clean_up(&self, deltas: &[Delta], _snapshot: &str) -> Result<()> {
         let (output, layout) = (self.output, &self.layout);
         for delta in deltas {
             output.delete(&layout.delta_doc(&delta.id)).await?;
             output.delete(&layout.delta_part(&delta.id)).await?;
         }
-        expire_snapshots(
-            output,
-            layout,
-            snapshot,
-            self.options.keep_snapshots.max(1),
-            self.concurrency,
-        )
-        .await
+        let retention = Retention {
+            keep: self.options.keep_snapshots.max(1),
+            min_reader_ms: self.options.min_reader_ms,
+            orphan_delta_grace_ms: self.options.orphan_delta_grace_ms,
+            now_ms: crate::manifest::unix_now_ms(),
+        };
+        expire(output, layout, &retention, self.concurrency).await?;
+        Ok(())
     }
 }
 
