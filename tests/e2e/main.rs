@@ -8,6 +8,7 @@
 mod ackloss;
 mod aws;
 mod binding;
+mod breaker;
 mod common;
 mod docs;
 mod faults;

@@ -68,6 +68,7 @@ async fn write_run<S: ObjectStore>(store: &S, run_id: &str, created: u64) -> Run
         splitter: None,
         model_sha256: String::new(),
         fingerprint: "f".repeat(64),
+        request: None,
     };
     put_json(store, &layout.manifest(), &manifest).await;
     layout

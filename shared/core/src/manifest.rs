@@ -243,6 +243,11 @@ pub struct Manifest {
     /// reusing an explicit run id with another fingerprint is refused.
     #[serde(default)]
     pub fingerprint: String,
+    /// The identity of the request that created the run, when it was bound
+    /// ([`crate::batch::splitter::Splitter::handle_bound`]): only that request's retries
+    /// resume the run whatever the listing says now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 impl Manifest {

@@ -138,6 +138,7 @@ mod tests {
             splitter: None,
             model_sha256: String::new(),
             fingerprint: "0123456789abcdef0123".into(),
+            request: None,
         }
     }
 

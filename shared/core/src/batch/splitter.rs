@@ -165,6 +165,20 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
         if let Some(binding) = &bound {
             let layout = RunLayout::new(&binding.run_id);
             if self.output.exists(&layout.manifest()).await? {
+                // Ours only if this request created it, or it holds the very listing bound: a
+                // request refused for reusing another run's id stays refused on its retries.
+                let existing = self.read_manifest(&layout).await?;
+                let ours = existing.request.as_deref() == identity
+                    || existing.fingerprint == binding.fingerprint;
+                if !ours {
+                    return Err(Error::InvalidRequest(format!(
+                        "run {} already exists for other images, options or model \
+                         (fingerprint {} vs {}); give another run_id, or none to derive one",
+                        binding.run_id,
+                        short(&existing.fingerprint),
+                        short(&binding.fingerprint)
+                    )));
+                }
                 info!(run_id = %binding.run_id, "request already bound to a run: resuming it");
                 return self.resume(&layout).await;
             }
@@ -226,6 +240,7 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             splitter: None,
             model_sha256: self.model_sha256.clone(),
             fingerprint: fingerprint.clone(),
+            request: identity.map(str::to_string),
         };
         manifest.splitter = Some(InvocationCost::since(started));
         let created = run_manifest::write(&self.output, &manifest, 16).await?;
