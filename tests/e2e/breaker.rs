@@ -89,3 +89,43 @@ async fn a_duplicate_of_a_rejected_request_does_not_adopt_another_requests_run()
         .unwrap();
     assert_eq!((resumed.run_id.as_str(), resumed.images), ("shared", 3));
 }
+
+/// Two deliveries of one request race: the second finds the run its twin created from an
+/// older listing (here: the binding it would have read is not there yet). It resumes that
+/// run instead of being refused as "another request's run".
+#[tokio::test]
+async fn a_delivery_racing_its_twin_resumes_the_run_the_twin_created() {
+    let input = tempfile::tempdir().unwrap();
+    let output = tempfile::tempdir().unwrap();
+    write_images(input.path(), &["1.jpg", "2.jpg", "3.jpg"]);
+    let out = FsStore::new(output.path());
+    let (shards, reduces) = (InProcessQueue::new(), InProcessQueue::new());
+    let options = RunOptions {
+        shard_size: 2,
+        ..RunOptions::default()
+    };
+    let splitter = Splitter::new(
+        FsStore::new(input.path()),
+        out.clone(),
+        &shards,
+        &reduces,
+        options,
+        1280,
+    );
+    let twin = splitter
+        .handle_bound(&named("shared"), Some(first_identity()))
+        .await
+        .unwrap();
+    assert!(twin.created);
+    // As this delivery saw the store: no binding yet, and one more image listed.
+    out.delete(&request_binding(first_identity()))
+        .await
+        .unwrap();
+    write_images(input.path(), &["4.jpg"]);
+    let racer = splitter
+        .handle_bound(&named("shared"), Some(first_identity()))
+        .await
+        .expect("the run its own request created is resumed");
+    assert_eq!((racer.run_id.as_str(), racer.images), ("shared", 3));
+    assert!(!racer.created);
+}

@@ -215,13 +215,8 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
                 .clone()
                 .unwrap_or_else(|| derive_run_id(&fingerprint)),
         };
-        // Whether the run id comes from an earlier attempt's binding (then its manifest, if
-        // any, is ours to resume whatever the listing says now).
-        let mut bound_elsewhere = bound.is_some();
         if let (Some(identity), None) = (identity, &bound) {
-            let stored = self.bind(identity, &run_id, &fingerprint).await?;
-            bound_elsewhere = stored != run_id;
-            run_id = stored;
+            run_id = self.bind(identity, &run_id, &fingerprint).await?;
         }
         let layout = RunLayout::new(&run_id);
         let total_images = images.len();
@@ -246,8 +241,14 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
         let created = run_manifest::write(&self.output, &manifest, 16).await?;
         if !created {
             let existing = self.read_manifest(&layout).await?;
-            // A bound request resumes its run whatever the listing says now.
-            if existing.fingerprint != fingerprint && !bound_elsewhere {
+            // The run is ours to resume if it holds this listing, or if this request (a
+            // concurrent or earlier delivery of it) created it, whatever the listing says now.
+            let ours = existing.fingerprint == fingerprint
+                || (identity.is_some() && existing.request.as_deref() == identity)
+                || bound
+                    .as_ref()
+                    .is_some_and(|b| b.fingerprint == existing.fingerprint);
+            if !ours {
                 return Err(Error::InvalidRequest(format!(
                     "run {run_id} already exists for other images, options or model \
                      (fingerprint {} vs {}); give another run_id, or none to derive one",
