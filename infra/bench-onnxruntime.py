@@ -24,6 +24,10 @@ import numpy as np
 import onnxruntime as ort
 
 
+# The model's input: its first (any model: `bench --model M --model-spec S --compare onnxruntime`).
+INPUT = "input"
+
+
 def session(model, profile=False):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -38,14 +42,14 @@ def run_all(sess, inputs):
     times = []
     for x in inputs:
         t = time.perf_counter()
-        sess.run(None, {"input": x})
+        sess.run(None, {INPUT: x})
         times.append((time.perf_counter() - t) * 1000)
     return times
 
 
 def profile(model, inputs):
     sess = session(model, profile=True)
-    sess.run(None, {"input": inputs[0]})  # warm-up (its events are skipped below)
+    sess.run(None, {INPUT: inputs[0]})  # warm-up (its events are skipped below)
     run_all(sess, inputs)
     path = sess.end_profiling()
     with open(path) as f:
@@ -62,9 +66,13 @@ def profile(model, inputs):
 
 
 def serve(model, inputs_path, n):
+    global INPUT
     data = np.fromfile(inputs_path, dtype="<f4")
-    inputs = list(data.reshape(n, 1, 224, 224, 3))
     sess = session(model)
+    INPUT = sess.get_inputs()[0].name
+    # One image per run, in the model's own layout (a symbolic batch dimension is 1).
+    shape = [1] + [d if isinstance(d, int) else -1 for d in sess.get_inputs()[0].shape[1:]]
+    inputs = list(data.reshape(n, *shape))
     run_all(sess, inputs[:1])  # warm-up
     print(f"ready onnxruntime {ort.__version__}", flush=True)
     for line in sys.stdin:
@@ -95,7 +103,7 @@ def main():
         (np.asarray(Image.open(p).convert("RGB").resize((224, 224), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0)[None]
         for p in paths
     ]
-    sess.run(None, {"input": inputs[0]})  # warm-up
+    sess.run(None, {INPUT: inputs[0]})  # warm-up
     times = run_all(sess, inputs)
     print(f"onnxruntime {ort.__version__}, 1 thread, {len(times)} images: load {load_ms:.1f} ms, "
           f"inference mean {statistics.mean(times):.2f} ms, median {statistics.median(times):.2f} ms")

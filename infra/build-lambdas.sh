@@ -2,7 +2,11 @@
 # Builds the three Lambda binaries (splitter, featurizer, reducer) as bootstrap zips, one folder
 # per architecture, from a fresh clone on a Debian 12 x86_64 host, offline except for apt/PyPI:
 #
-#   infra/build-lambdas.sh [all|arm64|x86_64]     (default: all)
+#   infra/build-lambdas.sh [all|arm64|x86_64]
+#
+# The default is the architecture samconfig.toml deploys (its Architecture= override,
+# x86_64: what infra/sam-build.sh builds and `sam deploy` gives the functions); `all` builds
+# both.
 #
 #   $CARGO_TARGET_DIR/lambda-arm64/<name>/bootstrap.zip      (CARGO_TARGET_DIR defaults to target/)
 #   $CARGO_TARGET_DIR/lambda-x86_64/<name>/bootstrap.zip
@@ -25,7 +29,8 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
 functions=(splitter featurizer reducer)
-which_arch="${1:-all}"
+samconfig_arch=$(grep -o 'Architecture=[a-z0-9_]*' samconfig.toml | head -1 | cut -d= -f2)
+which_arch="${1:-${samconfig_arch:-x86_64}}"
 case "$which_arch" in
   all) archs=(arm64 x86_64) ;;
   arm64 | x86_64) archs=("$which_arch") ;;

@@ -2,6 +2,7 @@
 # Stage the model Lambda layer for template.yaml's ModelLayer (ContentUri: build/layer/).
 #
 #   infra/build-layer.sh [MODEL_ONNX]
+#   infra/build-layer.sh --model M.onnx [--spec S.json|PRESET]   # your own model (docs/model.md)
 #
 # MODEL_ONNX defaults to models/mobilenet_v2_features.onnx, falling back to
 # ${SHARED_MODELS:-../shared/models}/mobilenet_v2_features.onnx (relative
@@ -14,9 +15,10 @@
 #   build/model-layer.zip                          (same content, for manual upload)
 #   build/model-layer.sha256                       the model's sha256: the stack's ModelSha256
 #
-# It prints the model's sha256 as `ModelSha256: <sha>`, and fails when template.yaml's
-# ModelSha256 default (or a ModelSha256= in samconfig.toml) is another one, so that the
-# stack's ModelSha256 and the layer's model cannot drift apart.
+# It prints the model's sha256 as `ModelSha256: <sha>`, and fails when samconfig.toml's
+# ModelSha256= (what `sam deploy` passes; the template's ModelSha256 has no default) is
+# missing or another one, so that the stack's ModelSha256 and the layer's model cannot drift
+# apart.
 #
 # Lambda caps a function plus all its layers at 250 MB unzipped; this fails if
 # the layer alone exceeds LAYER_BUDGET_BYTES (default 200 MiB), leaving room
@@ -34,6 +36,27 @@ zip_out="build/model-layer.zip"
 sha_out="build/model-layer.sha256"
 lambda_limit=$((250 * 1000 * 1000)) # Lambda's documented 250 MB (decimal) unzipped limit
 budget="${LAYER_BUDGET_BYTES:-$((200 * 1024 * 1024))}"
+
+# Bring your own model (docs/model.md): `--model M.onnx [--spec S.json|PRESET]`. The model is
+# staged under the layer's file name (template.yaml's MODEL_PATH) and its spec as
+# model_spec.json; the bundled model's pin (models/*.sha256) does not apply to it, the
+# samconfig.toml ModelSha256 check below does. PRESET: keras-mobilenet, torchvision, clip.
+byo=""
+positional=()
+while (($#)); do
+  case "$1" in
+    --model) byo=1; positional+=("${2:?--model needs a path}"); shift 2 ;;
+    --spec)
+      case "${2:?--spec needs a file or a preset}" in
+        keras-mobilenet) spec="models/model_spec.json" ;;
+        *.json | */*) spec="$2" ;;
+        *) spec="models/presets/$2.json" ;;
+      esac
+      shift 2 ;;
+    *) positional+=("$1"); shift ;;
+  esac
+done
+set -- "${positional[@]+"${positional[@]}"}"
 
 model="${1:-}"
 if [[ -z "$model" ]]; then
@@ -57,7 +80,7 @@ sha256_of() {
 }
 size_of() { wc -c <"$1" | tr -d ' '; }
 
-expected="$(awk 'NF {print $1; exit}' "$sha_file")"
+if [[ -n "$byo" ]]; then expected="$(sha256_of "$model")"; else expected="$(awk 'NF {print $1; exit}' "$sha_file")"; fi
 got="$(sha256_of "$model")"
 if [[ "$got" != "$expected" ]]; then
   echo "error: sha256 mismatch for $model" >&2
@@ -68,22 +91,24 @@ fi
 echo "model: $model ($(size_of "$model") bytes, sha256 OK)"
 
 # The stack's ModelSha256 must be this model's sha256: the splitter records it in every run
-# (it is part of the run id) and featurizers refuse runs made for another model. Refuse to
-# stage a layer whose model disagrees with template.yaml's default or a samconfig.toml
-# override, and record the value beside the layer (build/model-layer.sha256).
-template_sha="$(awk '/^  ModelSha256:/ {p = 1; next} p && /^  [^ ]/ {exit}
-  p && $1 == "Default:" {gsub(/["\047]/, "", $2); print $2; exit}' template.yaml)"
-if [[ "$template_sha" != "$got" ]]; then
-  echo "error: template.yaml's ModelSha256 default is ${template_sha:-missing}, the layer's model is $got" >&2
-  echo "  change both together: models/$name.sha256 and template.yaml's ModelSha256 (see models/README.md)" >&2
+# (it is part of the run id) and featurizers refuse runs made for another model. The template
+# gives it no default: samconfig.toml's parameter_overrides pass it to `sam deploy`. Refuse to
+# stage a layer whose model disagrees with (or is missing from) samconfig.toml, and record
+# the value beside the layer (build/model-layer.sha256).
+samconfig="${SAMCONFIG:-samconfig.toml}"
+overrides="$(grep -o 'ModelSha256=[^ "]*' "$samconfig" 2>/dev/null || true)"
+if [[ -z "$overrides" ]]; then
+  echo "error: $samconfig passes no ModelSha256 (template.yaml requires it); add to its parameter_overrides:" >&2
+  echo "  ModelSha256=$got" >&2
   exit 1
 fi
 while read -r override; do
   if [[ "${override#ModelSha256=}" != "$got" ]]; then
-    echo "error: samconfig.toml sets $override, the layer's model is $got" >&2
+    echo "error: $samconfig sets $override, the layer's model is $got" >&2
+    echo "  change both together: models/$name.sha256 and samconfig.toml's ModelSha256 (see models/README.md)" >&2
     exit 1
   fi
-done < <(grep -o 'ModelSha256=[^ "]*' samconfig.toml 2>/dev/null || true)
+done <<<"$overrides"
 
 # Stage. Copy only when the content changed, so mtimes (and the layer's hash
 # in sam build/package) stay stable across rebuilds.
@@ -124,7 +149,7 @@ find "$layer_dir" -type f -print0 | sort -z | while IFS= read -r -d '' f; do
 done
 echo "layer zip:  $zip_out ($zipped bytes)"
 printf '%s  %s\n' "$got" "model/$name" >"$sha_out"
-echo "ModelSha256: $got (template.yaml's default; recorded in $sha_out)"
+echo "ModelSha256: $got (samconfig.toml passes it to sam deploy; recorded in $sha_out)"
 echo "budget:     $budget bytes for the layer; Lambda limit $lambda_limit bytes unzipped (function + layers)"
 
 if ((unzipped > budget)); then

@@ -3,7 +3,7 @@
 #
 #   infra/sam-build.sh [extra sam build options, e.g. --debug]
 #
-# SAM runs `cargo lambda build --release [--arm64] --bin <Binary>` in each function's crate
+# SAM runs `cargo lambda build --release [--arm64|--x86-64] --bin <Binary>` in each function's crate
 # folder (BuildMethod: rust-cargolambda, CodeUri: functions/<name>). SAM CLI >= 1.170 points all
 # three at the workspace's one cargo target folder (CARGO_TARGET_DIR, default target/), so the
 # first function compiles the workspace and the other two only link; after

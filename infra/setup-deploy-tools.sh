@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the deployment tools from PyPI into .venv-deploy (nothing system-wide):
 # cargo-lambda (ships the cargo-lambda binary) and aws-sam-cli (with cfn-lint, for
-# `sam validate --lint`). infra/build-lambdas.sh, infra/sam-build.sh and infra/check-arm64.sh
+# `sam validate --lint`; and boto3, which infra/preflight.sh uses when the AWS CLI is not
+# installed). infra/build-lambdas.sh, infra/sam-build.sh and infra/check-arm64.sh
 # put .venv-deploy/bin on PATH themselves; for an interactive shell: `source .venv-deploy/bin/activate`.
 # The compilers and the arm64 standard library come from apt: infra/setup-build-tools.sh
 # (which also runs this script).

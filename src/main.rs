@@ -88,7 +88,12 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            // Keys and reasons in errors come from the data: no control character reaches
+            // the terminal.
+            eprintln!(
+                "error: {}",
+                cli::common::terminal_safe_lines(&error_chain(&e))
+            );
             ExitCode::FAILURE
         }
     }

@@ -170,7 +170,7 @@ pub async fn bench(args: BenchArgs, process_start: Instant) -> Result<()> {
     if let Some(rss) = peak_rss_mb() {
         println!("  peak RSS                {rss:8.1} MB");
     }
-    resize_by_size(model.spec().width, model.spec().height)?;
+    resize_by_size(model.preprocessor())?;
     let failed = batch
         .outcomes
         .iter()
@@ -191,15 +191,15 @@ fn preprocessed(
     encoded: &[Result<Bytes, String>],
     n: usize,
 ) -> Result<Vec<Vec<f32>>> {
-    let spec = model.spec();
+    let preprocessor = model.preprocessor();
     let mut inputs = Vec::new();
     for bytes in encoded.iter().filter_map(|b| b.as_ref().ok()).take(n) {
         let decoded = engine::preprocess::decode_rgb8(bytes, 50_000_000)
             .map_err(|e| anyhow::anyhow!("decode: {}", e.reason))?;
-        let resized = engine::preprocess::resize_bicubic(&decoded, spec.width, spec.height)
+        let mut input = vec![0.0; preprocessor.input_len()];
+        preprocessor
+            .prepare(&decoded, &mut input)
             .map_err(|e| anyhow::anyhow!("resize: {}", e.reason))?;
-        let mut input = vec![0.0; spec.input_len()];
-        engine::preprocess::normalize_into(&resized, spec.scale, spec.offset, &mut input);
         inputs.push(input);
     }
     if inputs.is_empty() {
@@ -518,7 +518,11 @@ fn profile_tract(
     let mut state = plan.spawn()?;
     let shape = {
         let s = tract_model.spec();
-        [1, s.height as usize, s.width as usize, s.channels as usize]
+        let (h, w, c) = (s.height as usize, s.width as usize, s.channels as usize);
+        match s.layout {
+            engine::model::Layout::NHWC => [1, h, w, c],
+            engine::model::Layout::NCHW => [1, c, h, w],
+        }
     };
     let mut by_op: Vec<(String, f64, usize)> = Vec::new();
     for (i, x) in inputs.iter().enumerate() {
@@ -619,9 +623,10 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-/// Decode and resize (Pillow bicubic, to the model's input size) times, one thread, for a
-/// JPEG of the Fruits-360 size (enlarged) and one of a phone photo's (shrunk), made in memory.
-fn resize_by_size(width: u32, height: u32) -> Result<()> {
+/// Decode and resize (the model's: filter, size and crop) times, one thread, for a JPEG of
+/// the Fruits-360 size (enlarged) and one of a phone photo's (shrunk), made in memory.
+fn resize_by_size(preprocessor: &engine::preprocess::Preprocessor) -> Result<()> {
+    let (width, height) = (preprocessor.spec().width, preprocessor.spec().height);
     println!("  by image size (JPEG made in memory, 1 thread, mean ms):");
     for (w, h, runs) in [(100u32, 100u32, 200u32), (4000, 3000, 10)] {
         let image = image::RgbImage::from_fn(w, h, |x, y| {
@@ -642,7 +647,8 @@ fn resize_by_size(width: u32, height: u32) -> Result<()> {
             let decoded = engine::preprocess::decode_rgb8(&jpeg, u64::MAX)
                 .map_err(|e| anyhow::anyhow!("decode: {}", e.reason))?;
             let decoded_at = Instant::now();
-            let resized = engine::preprocess::resize_bicubic(&decoded, width, height)
+            let resized = preprocessor
+                .pixels(&decoded)
                 .map_err(|e| anyhow::anyhow!("resize: {}", e.reason))?;
             std::hint::black_box(&resized);
             decode_s += (decoded_at - start).as_secs_f64();

@@ -2,7 +2,7 @@
 //! (`PcaArgs`), a run's options (`RunOptionArgs`), and where a run or a collection lives
 //! (`AwsArgs`, `LocationArgs`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -16,8 +16,11 @@ pub struct ModelArgs {
     /// The ONNX model (default: models/mobilenet_v2_features.onnx, else ../shared/models/...).
     #[arg(long, env = "MODEL_PATH")]
     pub model: Option<PathBuf>,
-    /// Its spec (default: model_spec.json beside the model, else the bundled MobileNetV2 spec).
-    #[arg(long, env = "MODEL_SPEC_PATH")]
+    /// Its preprocessing spec: a JSON file (docs/model.md) or a preset: keras-mobilenet (the
+    /// bundled MobileNetV2's), torchvision (shorter side 256 bilinear, crop 224, ImageNet
+    /// mean/std, NCHW), clip (shorter side 224 bicubic, crop 224, CLIP mean/std, NCHW).
+    /// Default: model_spec.json beside the model, else keras-mobilenet.
+    #[arg(long, env = "MODEL_SPEC_PATH", value_name = "FILE|PRESET")]
     pub model_spec: Option<PathBuf>,
 }
 
@@ -105,6 +108,10 @@ pub struct RunOptionArgs {
     /// Fail the run (no PCA) when more than this share of images fails.
     #[arg(long, default_value_t = 0.05)]
     max_error_rate: f64,
+    /// Images larger than this many bytes are errors ("too large"), refused before they are
+    /// read (default: 64 MiB).
+    #[arg(long)]
+    max_image_bytes: Option<u64>,
     /// Run id (default: derived from the input and options, so re-running resumes the same run).
     #[arg(long)]
     run_id: Option<String>,
@@ -123,6 +130,7 @@ impl RunOptionArgs {
             image_glob: Some(self.glob.clone()),
             max_pixels: Some(self.max_pixels),
             max_error_rate: Some(self.max_error_rate),
+            max_image_bytes: self.max_image_bytes,
         }
     }
 }
@@ -162,6 +170,70 @@ pub struct LocationArgs {
     pub endpoint_url: Option<String>,
 }
 
+/// The input folder of a local run that `report` or `resume` reads: the one the user names
+/// (`--input`), else, on a terminal, the one they type when asked; never the one an output
+/// folder's manifest names (`recorded`), since an output folder received from elsewhere can
+/// name any folder. When the named folder is not the recorded one, says so. `None`: none
+/// was named (and stdin is not a terminal, or the answer was empty).
+pub fn named_input(given: Option<&Path>, recorded: &str, run: &str) -> Option<PathBuf> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let named = match given {
+        Some(dir) => Some(dir.to_path_buf()),
+        None if std::io::stdin().is_terminal() => {
+            eprint!(
+                "Folder of run {run}'s images (its manifest says {}; Enter for none): ",
+                terminal_safe(recorded)
+            );
+            let _ = std::io::stderr().flush();
+            let mut answer = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut answer);
+            let answer = answer.trim();
+            (!answer.is_empty()).then(|| PathBuf::from(answer))
+        }
+        None => None,
+    }?;
+    let same = std::fs::canonicalize(&named)
+        .ok()
+        .zip(std::fs::canonicalize(recorded).ok())
+        .is_some_and(|(a, b)| a == b);
+    if !same {
+        eprintln!(
+            "note: run {run}'s manifest names the input {}; reading {} as you asked",
+            terminal_safe(recorded),
+            terminal_safe(&named.display().to_string())
+        );
+    }
+    Some(named)
+}
+
+/// `text` with its control characters escaped (`\n`, `\t`, `\u{1b}`, ...), for printing
+/// keys, paths and reasons that come from the data (an S3 key may hold any character,
+/// terminal escape sequences included). Printable text, non-ASCII included, is unchanged.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls(text, false)
+}
+
+/// [`terminal_safe`] for a message of several lines: its line breaks are kept.
+pub fn terminal_safe_lines(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_controls(text, true)
+}
+
+fn escape_controls(text: &str, keep_newlines: bool) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && !(keep_newlines && c == '\n');
+    if !text.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escaped(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The parent folder and the name of a watched folder.
 pub fn collection_root(input: &std::path::Path) -> Result<(PathBuf, String)> {
     let dir = std::fs::canonicalize(input)
@@ -182,4 +254,29 @@ pub fn collection_root(input: &std::path::Path) -> Result<(PathBuf, String)> {
         .context("the folder has no parent")?
         .to_path_buf();
     Ok((root, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_for_the_terminal() {
+        assert_eq!(terminal_safe("images/a b/ü.jpg"), "images/a b/ü.jpg");
+        assert!(matches!(
+            terminal_safe("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            terminal_safe("in/\u{1b}[2J\u{1b}]0;pwned\u{7}x.jpg"),
+            "in/\\u{1b}[2J\\u{1b}]0;pwned\\u{7}x.jpg"
+        );
+        assert_eq!(terminal_safe("a\nb\r\tc\u{0}"), "a\\nb\\r\\tc\\u{0}");
+        // C1 controls (U+0080..U+009F) too: some terminals read U+009B as CSI.
+        assert_eq!(terminal_safe("x\u{9b}31m"), "x\\u{9b}31m");
+        assert_eq!(
+            terminal_safe_lines("line 1\nkey \u{1b}[31m\r"),
+            "line 1\nkey \\u{1b}[31m\\r"
+        );
+    }
 }

@@ -55,6 +55,11 @@ pub struct ReconcileArgs {
     /// Inference threads (default: all cores).
     #[arg(long, short = 'j', default_value_t = 0)]
     jobs: usize,
+    /// Re-featurize the whole collection with the current model: first delete its view
+    /// (pointer, snapshots, states, waiting deltas), then ingest every image of the inbox
+    /// again. The remedy for a collection whose features come from two models.
+    #[arg(long)]
+    rebuild: bool,
 }
 
 impl ReconcileArgs {
@@ -90,6 +95,9 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
         let _exclusive =
             pipeline::batch::output_lock::OutputLock::acquire(out, "featurize reconcile")?;
         let (input, output) = (FsStore::new(root), FsStore::new(out));
+        if args.rebuild {
+            rebuild(&output, &args.collection).await?;
+        }
         let queue = InProcessQueue::new();
         let ingestor = Ingestor::new(
             input.clone(),
@@ -115,6 +123,9 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
         RetryPolicy::default(),
     );
     let inbox = args.inbox_prefix.as_str();
+    if args.rebuild {
+        rebuild(&store, &args.collection).await?;
+    }
     let record = match &args.ingest_queue_url {
         Some(url) => {
             let sqs = aws::sdk::sqs_client(&sdk);
@@ -147,6 +158,16 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
 }
 
 /// Prints what a reconcile found and did; the exit code.
+/// `--rebuild`: forgets the collection's view before the reconcile ingests everything again.
+async fn rebuild<S: ObjectStore>(output: &S, collection: &str) -> Result<()> {
+    let deleted = pipeline::continuous::reconcile::forget_view(output, collection).await?;
+    println!(
+        "collection {collection}: view forgotten ({deleted} objects deleted); every image of \
+         the inbox is ingested again with the current model"
+    );
+    Ok(())
+}
+
 fn print_record(record: &ReconcileRecord, describe: &dyn Fn(&str) -> String) -> ExitCode {
     let kind = |name: &str, f: &Fixed| {
         let more = if f.count > f.examples.len() {

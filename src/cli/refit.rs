@@ -77,6 +77,15 @@ pub fn print_refit(
             "other refits kept publishing first ({} times): run it again",
             pipeline::continuous::collection::REFIT_ATTEMPTS
         ),
+        RefitOutcome::Projecting {
+            snapshot,
+            seq,
+            parts,
+            messages,
+        } => println!(
+            "snapshot {snapshot} (refit {seq}) written; its {parts} parts are being projected \
+             by {messages} messages on the refit queue, the last of which publishes it"
+        ),
     }
 }
 

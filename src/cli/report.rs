@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use aws::retry::{RetryPolicy, Retrying};
 use clap::Args;
 
-use super::common::{AwsArgs, LocationArgs};
+use super::common::{named_input, terminal_safe, AwsArgs, LocationArgs};
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -17,6 +17,11 @@ pub struct ReportArgs {
     run: String,
     #[command(flatten)]
     at: LocationArgs,
+    /// The folder of the run's images, for the thumbnails of a local run: the one you name
+    /// is read, not the one the output folder's manifest records (asked for on a terminal;
+    /// without it the report has no thumbnails).
+    #[arg(long, conflicts_with = "bucket")]
+    input: Option<PathBuf>,
     /// Build the report again from the run's outputs and images, even if one exists (it
     /// is built when missing anyway).
     #[arg(long)]
@@ -44,17 +49,26 @@ pub async fn report(args: ReportArgs) -> Result<ExitCode> {
                         .await
                         .with_context(|| format!("no run {} in {}", args.run, dir.display()))?,
                 )?;
-                // A local run's images are in the folder its manifest names.
-                let input_dir = PathBuf::from(&manifest.input.uri);
-                let input = input_dir
-                    .is_dir()
-                    .then(|| pipeline::ports::store::FsStore::new(&input_dir));
-                if input.is_none() {
-                    eprintln!(
-                        "warning: input folder {} is gone: the report has no thumbnails",
-                        input_dir.display()
-                    );
-                }
+                // The images are read from the folder the user names, never from the one
+                // the manifest records (an output folder can come from anyone).
+                let input = match named_input(args.input.as_deref(), &manifest.input.uri, &args.run)
+                {
+                    Some(dir) if dir.is_dir() => Some(pipeline::ports::store::FsStore::new(dir)),
+                    Some(dir) => {
+                        eprintln!(
+                            "warning: input folder {} is not a folder: the report has no thumbnails",
+                            terminal_safe(&dir.display().to_string())
+                        );
+                        None
+                    }
+                    None => {
+                        eprintln!(
+                            "note: no --input: the report has no thumbnails (give --input DIR, \
+                             the folder of the run's images)"
+                        );
+                        None
+                    }
+                };
                 let built =
                     pipeline::report::regenerate(&output, input.as_ref(), &args.run).await?;
                 eprintln!(

@@ -10,7 +10,17 @@ use pipeline::batch::featurizer::FeaturizerSettings;
 use pipeline::batch::local::LocalRun;
 use pipeline::manifest::RunRequest;
 
-use super::common::{AwsArgs, LocationArgs, ModelArgs};
+use super::common::{named_input, AwsArgs, LocationArgs, ModelArgs};
+
+/// The input folder a local run's manifest records, if the manifest can be read.
+async fn recorded_input(output: &std::path::Path, run: &str) -> Option<String> {
+    let store = pipeline::ports::store::FsStore::new(output);
+    let layout = pipeline::layout::RunLayout::new(run);
+    pipeline::batch::run_manifest::read_header(&store, &layout)
+        .await
+        .ok()
+        .map(|m| m.input.uri)
+}
 
 #[derive(Args)]
 pub struct ResumeArgs {
@@ -19,6 +29,10 @@ pub struct ResumeArgs {
     run: String,
     #[command(flatten)]
     at: LocationArgs,
+    /// The folder of the run's images (local runs): the one you name is read, not the one
+    /// the output folder's manifest records (asked for on a terminal when not given).
+    #[arg(long, conflicts_with = "bucket")]
+    input: Option<PathBuf>,
     /// The shard queue URL (deployed runs).
     #[arg(long, env = "SHARD_QUEUE_URL")]
     shard_queue_url: Option<String>,
@@ -37,9 +51,15 @@ pub async fn resume(args: ResumeArgs) -> Result<ExitCode> {
     match (&args.at.output, &args.at.bucket) {
         (Some(output), _) => {
             let model = args.model.load()?;
+            let recorded = recorded_input(output, &args.run).await;
+            let input = match &recorded {
+                Some(uri) => named_input(args.input.as_deref(), uri, &args.run),
+                None => args.input.clone(),
+            };
             let report = pipeline::batch::local::resume_local(
                 LocalRun {
-                    input: PathBuf::new(),
+                    // Empty when none was named: refused, after the output folder's lock.
+                    input: input.unwrap_or_default(),
                     output: output.clone(),
                     request: RunRequest::default(),
                     featurizer: FeaturizerSettings {

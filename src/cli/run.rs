@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pipeline::batch::featurizer::FeaturizerSettings;
 use pipeline::batch::local::{run_local, LocalRun};
 
-use super::common::{ModelArgs, RunOptionArgs};
+use super::common::{terminal_safe_lines, ModelArgs, RunOptionArgs};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -95,14 +95,17 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
     if let Some(reason) = &s.failure {
-        println!("  failed: {reason}");
+        println!("  failed: {}", terminal_safe_lines(reason));
     }
     for warning in &s.warnings {
-        println!("  warning: {warning}");
+        println!("  warning: {}", terminal_safe_lines(warning));
     }
     println!(
-        "  wall {wall:.1} s  ({:.1} images/s)",
-        s.images as f64 / wall
+        "  wall {wall:.1} s  ({:.1} images/s){}",
+        s.images as f64 / wall,
+        peak_memory()
+            .map(|bytes| format!("  peak memory {:.1} MiB", bytes as f64 / (1 << 20) as f64))
+            .unwrap_or_default()
     );
     let out = args.output.display();
     println!("  features     {out}/Results/{}/", s.run_id);
@@ -126,4 +129,13 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// This process's peak resident memory (Linux: `VmHWM` of `/proc/self/status`, which counts
+/// this program alone, not the process it was started from); `None` elsewhere.
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

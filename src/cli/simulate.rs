@@ -53,10 +53,105 @@ pub struct SimulateArgs {
     /// emulator's request log can be checked against the counts (`infra/simulate-moto.sh`).
     #[arg(long, conflicts_with_all = ["work", "from_json"])]
     pub endpoint: Option<String>,
+    /// Simulate a collection of this many images instead of a run: its refits after each
+    /// number of `--changes`, through the real refit code over a folder behind a model of
+    /// S3's latencies (docs/scale.md, "Collections").
+    #[arg(long, conflicts_with_all = ["endpoint", "from_json", "plot"])]
+    pub collection: Option<usize>,
+    /// With --collection: images changed before each refit, in order.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,100000")]
+    pub changes: Vec<usize>,
+}
+
+/// `featurize simulate --collection N`: the refits of a collection of N images.
+async fn simulate_collection(args: &SimulateArgs, images: usize) -> Result<()> {
+    use aws::simulate::collection::{simulate_collection, CollectionSimOptions, S3Latency};
+    let options = CollectionSimOptions {
+        images,
+        changes: args.changes.clone(),
+        dim: args.dim,
+        labels: args.labels,
+        k: args.k,
+        concurrency: args.concurrency,
+        latency: S3Latency::default(),
+        release_memory: Some(release_memory),
+    };
+    let temp;
+    let folder = match &args.work {
+        Some(folder) => {
+            let folder = folder.join(format!("collection-{images}"));
+            if folder.exists() {
+                std::fs::remove_dir_all(&folder)
+                    .with_context(|| format!("clearing {}", folder.display()))?;
+            }
+            folder
+        }
+        None => {
+            temp = tempfile::tempdir().context("creating a temporary folder")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let report = simulate_collection(&options, &folder).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "simulated collection: {} images, dim {}, k {}, first snapshot written in {:.1} s",
+        report.images, report.dim, report.k, report.setup_s
+    );
+    println!(
+        "{:>8} {:>8} {:>9} {:>9} {:>6} {:>9} {:>8} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7}",
+        "changes",
+        "buckets",
+        "refit s",
+        "proj s",
+        "msgs",
+        "peak MB",
+        "read MB",
+        "write MB",
+        "copy MB",
+        "GET",
+        "PUT",
+        "COPY",
+        "LIST"
+    );
+    for r in &report.rounds {
+        let u = r.total_usage();
+        println!(
+            "{:>8} {:>4}/{:<3} {:>9.1} {:>9.1} {:>6} {:>9} {:>8.0} {:>9.0} {:>9.0} {:>9} {:>7} {:>7} {:>7}",
+            r.changes,
+            r.buckets_rewritten,
+            r.buckets,
+            r.refit.wall_s,
+            r.projections.iter().map(|p| p.wall_s).fold(0.0, f64::max),
+            r.projections.len(),
+            r.max_peak_mb().map_or("-".into(), |m| format!("{m:.0}")),
+            u.bytes_read as f64 / 1e6,
+            u.bytes_written as f64 / 1e6,
+            u.bytes_copied as f64 / 1e6,
+            u.s3_get,
+            u.s3_put,
+            u.s3_copy,
+            u.s3_list,
+        );
+    }
+    Ok(())
+}
+
+/// Gives freed memory back to the system, so that each measured peak is its own.
+fn release_memory() {
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Runs the simulation(s) and prints the reports.
 pub async fn simulate(args: SimulateArgs) -> Result<()> {
+    if let Some(images) = args.collection {
+        return simulate_collection(&args, images).await;
+    }
     let mut reports: Vec<SimulationReport> = Vec::new();
     if let Some(path) = &args.from_json {
         let text =

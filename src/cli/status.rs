@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::common::{AwsArgs, LocationArgs};
+use super::common::{terminal_safe_lines, AwsArgs, LocationArgs};
 
 /// Exit code of `status` when the run or collection is stuck.
 pub const EXIT_STUCK: u8 = 5;
@@ -276,11 +276,14 @@ fn watch_lines(status: &pipeline::batch::status::RunStatus) -> Vec<String> {
     for f in &status.failed {
         lines.push(format!(
             "  shard {} failed (attempt {:?}) at {}: {}",
-            f.shard, f.attempt, f.at, f.error
+            f.shard,
+            f.attempt,
+            f.at,
+            terminal_safe_lines(&f.error)
         ));
     }
     if let Some(stuck) = &status.stuck {
-        lines.extend(stuck_lines(stuck));
+        lines.extend(stuck_lines(stuck).map(|l| terminal_safe_lines(&l).into_owned()));
     }
     if let Some(s) = &status.summary {
         lines.push(format!(
@@ -305,7 +308,10 @@ fn print_status(status: &pipeline::batch::status::RunStatus) {
     for f in &status.failed {
         println!(
             "  shard {} failed (attempt {:?}) at {}: {}",
-            f.shard, f.attempt, f.at, f.error
+            f.shard,
+            f.attempt,
+            f.at,
+            terminal_safe_lines(&f.error)
         );
     }
     println!(
@@ -314,7 +320,7 @@ fn print_status(status: &pipeline::batch::status::RunStatus) {
     );
     if let Some(stuck) = &status.stuck {
         for line in stuck_lines(stuck) {
-            println!("{line}");
+            println!("{}", terminal_safe_lines(&line));
         }
     }
     if let Some(s) = &status.summary {
@@ -323,7 +329,7 @@ fn print_status(status: &pipeline::batch::status::RunStatus) {
             s.rows, s.errors, s.k, s.cumulative_explained_variance
         );
         for w in &s.warnings {
-            println!("  warning: {w}");
+            println!("  warning: {}", terminal_safe_lines(w));
         }
     }
 }
@@ -446,7 +452,7 @@ async fn collection_status_cmd(
     }
     if let Some(stuck) = &status.stuck {
         for line in stuck_lines(stuck) {
-            println!("{line}");
+            println!("{}", terminal_safe_lines(&line));
         }
     }
     Ok(code)

@@ -20,7 +20,7 @@ use pipeline::ports::store::{FsStore, ObjectStore};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::common::{collection_root, ModelArgs, PcaArgs};
+use super::common::{collection_root, terminal_safe, terminal_safe_lines, ModelArgs, PcaArgs};
 use super::refit::print_refit;
 
 #[derive(Args)]
@@ -219,12 +219,12 @@ impl<'q> Watched<'q> {
         if let Some((pointer, _)) =
             pipeline::continuous::collection::read_current(&self.output, &self.layout).await?
         {
-            let index: pipeline::continuous::collection::CollectionIndex = serde_json::from_slice(
-                &self
-                    .output
-                    .get(&self.layout.state_index(&pointer.snapshot))
-                    .await?,
-            )?;
+            let index = pipeline::continuous::collection::read_index(
+                &self.output,
+                &self.layout,
+                &pointer.snapshot,
+            )
+            .await?;
             known.extend(index.entries.keys().map(|p| format!("{collection}/{p}")));
         }
         Ok(known)
@@ -275,7 +275,11 @@ impl<'q> Watched<'q> {
             outcome.keys, outcome.upserts, outcome.failed, outcome.removed, outcome.ignored
         );
         for (key, e) in &report.errors {
-            eprintln!("ingest of {key} failed, retrying: {e}");
+            eprintln!(
+                "ingest of {} failed, retrying: {}",
+                terminal_safe(key),
+                terminal_safe_lines(&e.to_string())
+            );
         }
         let retry: BTreeSet<String> = outcome.retry.iter().cloned().collect();
         for (key, s) in before {
@@ -484,10 +488,20 @@ fn key_of(root: &std::path::Path, path: &std::path::Path) -> Option<String> {
     (!key.is_empty()).then_some(key)
 }
 
+/// The files under `dir`, following symbolic links to folders; each real folder is walked
+/// once (by its canonical path), so a link back to a folder above it (`a -> .`) ends the
+/// walk instead of looping for ever.
 fn walkdir_files(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
+    let mut walked = std::collections::HashSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
+        let Ok(real) = std::fs::canonicalize(&d) else {
+            continue;
+        };
+        if !walked.insert(real) {
+            continue;
+        }
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
         };
@@ -501,4 +515,27 @@ fn walkdir_files(dir: &std::path::Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_walk_ends_on_symbolic_link_loops() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("photos");
+        std::fs::create_dir_all(folder.join("sub")).unwrap();
+        std::fs::write(folder.join("a.jpg"), b"a").unwrap();
+        std::fs::write(folder.join("sub/b.jpg"), b"b").unwrap();
+        std::os::unix::fs::symlink(".", folder.join("loop1")).unwrap();
+        std::os::unix::fs::symlink("..", folder.join("sub/up")).unwrap();
+        let files = walkdir_files(&folder);
+        let mut names: Vec<String> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.jpg", "b.jpg"], "each file once: {files:?}");
+    }
 }

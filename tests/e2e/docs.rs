@@ -161,3 +161,138 @@ fn command_blocks_parse_and_name_real_files_subcommands_and_flags() {
         problems.join("\n")
     );
 }
+
+/// Every `$NAME` a shell block of `docs/deploy.md` uses is set by the page itself (an
+/// assignment, a `for` or `read` variable, a function's positional parameter) or by the
+/// environment every shell has: a reader who runs the blocks in order never meets an
+/// undefined variable (as `$SHARD_QUEUE_ARN` once was).
+#[test]
+fn deploy_page_defines_every_variable_it_uses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docs/deploy.md")).unwrap();
+    let blocks = shell_blocks(&text);
+    let word = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut defined: BTreeSet<String> = ["HOME", "PATH", "PWD", "RUN_ID"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    for (_, block) in &blocks {
+        for line in block.lines() {
+            for part in line.split([';', '&', '|', '(', ')']) {
+                let part = part.trim().trim_start_matches("export ");
+                if let Some((name, _)) = part.split_once('=') {
+                    if !name.is_empty() && word(name) == name {
+                        defined.insert(name.to_string());
+                    }
+                }
+                for keyword in ["for ", "read -r ", "read "] {
+                    if let Some(rest) = part.strip_prefix(keyword) {
+                        defined.insert(word(rest));
+                    }
+                }
+            }
+        }
+    }
+    let mut undefined = Vec::new();
+    for (line, block) in &blocks {
+        // Comments are not run, and text inside single quotes is not expanded by the shell.
+        let code: String = block
+            .lines()
+            .map(|l| match l.find(" #") {
+                Some(at) => &l[..at],
+                None if l.trim_start().starts_with('#') => "",
+                None => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let unquoted: String = code
+            .split('\'')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>()
+            .join(" ");
+        for (at, _) in unquoted.match_indices('$') {
+            let name = word(unquoted[at + 1..].trim_start_matches('{'));
+            let positional = name.chars().all(|c| c.is_ascii_digit()) || name.is_empty();
+            if !positional && !defined.contains(&name) {
+                undefined.push(format!("docs/deploy.md:{line}: ${name}"));
+            }
+        }
+    }
+    assert!(
+        undefined.is_empty(),
+        "variables used but never set on the page:\n{}",
+        undefined.join("\n")
+    );
+}
+
+/// The deploy page's build steps run from the repository, offline, up to the step that needs
+/// an AWS account: each names an executable script; the model layer is staged (from
+/// `../shared`'s model, checked against samconfig.toml's `ModelSha256`); and
+/// `infra/preflight.sh` (the first step that talks to AWS) answers `--help` without one. The
+/// long builds (`infra/build-lambdas.sh`, `infra/sam-build.sh`) are run by hand: see
+/// docs/deploy.md for their last measured runs.
+#[test]
+fn deploy_steps_run_offline_up_to_the_account() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docs/deploy.md")).unwrap();
+    let build = text
+        .split("\n## Build\n")
+        .nth(1)
+        .expect("docs/deploy.md has a Build section");
+    let (_, steps) = shell_blocks(build)
+        .into_iter()
+        .next()
+        .expect("the Build section has a command block");
+    let scripts: Vec<&str> = steps
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.starts_with("infra/") || w.starts_with("models/"))
+        .collect();
+    for expected in [
+        "models/get-model.sh",
+        "infra/build-layer.sh",
+        "infra/build-lambdas.sh",
+        "infra/sam-build.sh",
+    ] {
+        assert!(
+            scripts.contains(&expected),
+            "the build steps lack {expected}: {scripts:?}"
+        );
+    }
+    for script in &scripts {
+        let meta = std::fs::metadata(root.join(script)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert!(
+            meta.permissions().mode() & 0o111 != 0,
+            "{script} is not executable"
+        );
+    }
+    let model = std::env::var("MODEL_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("../shared/models/mobilenet_v2_features.onnx"));
+    let layer = Command::new(root.join("infra/build-layer.sh"))
+        .arg(&model)
+        .current_dir(root)
+        .output()
+        .expect("infra/build-layer.sh");
+    let out = String::from_utf8_lossy(&layer.stdout);
+    assert!(
+        layer.status.success(),
+        "infra/build-layer.sh {}: {out}{}",
+        model.display(),
+        String::from_utf8_lossy(&layer.stderr)
+    );
+    assert!(out.contains("ModelSha256: "), "{out}");
+    let help = Command::new(root.join("infra/preflight.sh"))
+        .arg("--help")
+        .output()
+        .expect("infra/preflight.sh");
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("UnreservedConcurrentExecutions"));
+}

@@ -336,8 +336,9 @@ fn crash_point_sweep_of_every_handler_loses_and_duplicates_nothing() {
         let featurize_steps = clean.steps();
         assert_eq!(
             featurize_steps,
-            8,
-            "attempt started, 3 attempt objects, commit, publish, claim, send: {:?}",
+            9,
+            "attempt started, 3 attempt objects, commit, publish, the barrier's tree node over \
+             shards 2-3, claim, send: {:?}",
             clean.log()
         );
         let want = committed_state(&probe, &run.run_id, last);
@@ -731,6 +732,8 @@ fn a_reduce_message_lost_after_the_claim_is_reported_and_resumed() {
                 "-j",
                 "2",
             ])
+            .arg("--input")
+            .arg(&local.input)
             .arg("--model")
             .arg(&model_path)
             .output()

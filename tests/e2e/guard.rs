@@ -514,3 +514,83 @@ fn a_transient_read_failure_still_fails_the_shard_on_s3() {
         );
     });
 }
+
+/// `featurize watch` over a folder with two symbolic links to itself (`a -> .`, `b -> .`):
+/// the first pass finishes (each image once), the view is published, and SIGTERM ends it.
+#[test]
+fn watch_finishes_its_first_pass_over_a_symbolic_link_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("in/photos");
+    let out = dir.path().join("out");
+    let images = fruit_images(2, 2);
+    write_tree(&folder, &images);
+    std::os::unix::fs::symlink(".", folder.join("a")).unwrap();
+    std::os::unix::fs::symlink(".", folder.join("b")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_featurize"))
+        .args(["watch", "--quiet", "0.5", "--debounce-ms", "200", "-j", "2"])
+        .args(["--k", "2"])
+        .arg("--input")
+        .arg(&folder)
+        .arg("--output")
+        .arg(&out)
+        .arg("--model")
+        .arg(shared_dir().join("models/mobilenet_v2_features.onnx"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let current = out.join("collections/photos/current.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !current.is_file() {
+        if let Some(exit) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "watch exited early ({exit:?}): {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first pass did not finish (a symbolic-link loop walked for ever?)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = within(Duration::from_secs(120), move || {
+        child.wait_with_output().unwrap()
+    });
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Each image once: the links to the folder itself are not walked into.
+    let store = FsStore::new(&out);
+    let paths = runtime().block_on(published_paths(&store, "photos"));
+    let mut want: Vec<String> = images.iter().map(|(p, _)| p.clone()).collect();
+    want.sort();
+    assert_eq!(paths, want);
+}
+
+/// The `path` column of a collection's published features, sorted.
+async fn published_paths(store: &FsStore, collection: &str) -> Vec<String> {
+    use pipeline::continuous::collection::{read_current, CollectionLayout};
+    let layout = CollectionLayout::new(collection);
+    let (pointer, _) = read_current(store, &layout)
+        .await
+        .unwrap()
+        .expect("a published view");
+    let mut paths = Vec::new();
+    for object in store.list(&pointer.results).await.unwrap() {
+        if object.key.ends_with(".parquet") {
+            let rows = read_rows(Dataset::Features, store.get(&object.key).await.unwrap());
+            paths.extend(rows.unwrap().into_iter().map(|r| r.path));
+        }
+    }
+    paths.sort();
+    paths
+}

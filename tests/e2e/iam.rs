@@ -39,10 +39,10 @@ use pipeline::batch::featurizer::{FeaturizerSettings, ReduceClaim, ShardFeaturiz
 use pipeline::batch::inference::Engine;
 use pipeline::batch::listing::ImageFilter;
 use pipeline::batch::reducer::{ReduceLock, Reducer, ReducerSettings};
-use pipeline::batch::splitter::{SplitOutcome, Splitter};
+use pipeline::batch::splitter::{RequestBinding, SplitOutcome, Splitter};
 use pipeline::continuous::collection::{collection_status, CollectionLayout, RefitOptions};
 use pipeline::continuous::ingest::{IngestSettings, Ingestor};
-use pipeline::layout::RunLayout;
+use pipeline::layout::{request_binding, RunLayout};
 use pipeline::manifest::{ReduceMessage, RunOptions, RunRequest, ShardMessage};
 use pipeline::ports::queue::{Queue, QueueError};
 use pipeline::ports::store::{Bytes, ObjectStore};
@@ -61,7 +61,9 @@ const PARTITION: &str = "aws";
 const VISIBILITY_S: i32 = 3;
 const MAX_RECEIVE_COUNT: u32 = 2;
 /// Parameters a deployer would set: the featurizer reads images under `images/` only.
-const PARAMETER_OVERRIDES: &[(&str, &str)] = &[("InputPrefix", "images/")];
+/// Requests may read only under `images/` too (the splitter's listing grant is conditioned on it).
+const PARAMETER_OVERRIDES: &[(&str, &str)] =
+    &[("InputPrefix", "images/"), ("InputPrefixes", "images/")];
 
 fn endpoint() -> String {
     std::env::var("MOTO_ENDPOINT")
@@ -89,6 +91,8 @@ struct Template {
     doc: Value,
     stack: String,
     params: HashMap<String, String>,
+    /// Parameters of type `CommaDelimitedList`: `!Ref` gives a list.
+    list_params: std::collections::HashSet<String>,
     resources: HashMap<String, Created>,
 }
 
@@ -103,8 +107,12 @@ impl Template {
         let doc: Value = serde_norway::from_str(&text)
             .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
         let mut params = HashMap::new();
+        let mut list_params = std::collections::HashSet::new();
         if let Some(declared) = doc["Parameters"].as_mapping() {
             for (name, p) in declared {
+                if p["Type"].as_str() == Some("CommaDelimitedList") {
+                    list_params.insert(name.as_str().unwrap().to_string());
+                }
                 let default = match &p["Default"] {
                     Value::String(s) => s.clone(),
                     Value::Number(n) => n.to_string(),
@@ -123,6 +131,7 @@ impl Template {
             doc,
             stack: stack.to_string(),
             params,
+            list_params,
             resources: HashMap::new(),
         }
     }
@@ -238,7 +247,27 @@ impl Template {
     fn resolve(&self, v: &Value) -> Json {
         if let Some((name, arg)) = Self::intrinsic(v) {
             return match name.as_str() {
-                "Ref" => Json::String(self.reference(arg.as_str().expect("!Ref name"))),
+                "Ref" => {
+                    let name = arg.as_str().expect("!Ref name");
+                    let value = self.reference(name);
+                    if self.list_params.contains(name) {
+                        Json::Array(value.split(',').map(|v| Json::String(v.into())).collect())
+                    } else {
+                        Json::String(value)
+                    }
+                }
+                "Split" => {
+                    let s = arg.as_sequence().unwrap();
+                    let text = match self.resolve(&s[1]) {
+                        Json::String(t) => t,
+                        other => panic!("!Split of {other}"),
+                    };
+                    Json::Array(
+                        text.split(s[0].as_str().unwrap())
+                            .map(|v| Json::String(v.into()))
+                            .collect(),
+                    )
+                }
                 "GetAtt" => {
                     let (id, attr) = match arg {
                         Value::Sequence(s) => (
@@ -1368,6 +1397,33 @@ async fn scenario_resume() -> Recorded {
 
     let complete = stack.submit("complete", &request(3)).await;
     assert!(complete.already_complete, "{complete:?}");
+
+    // A retry of a request whose first attempt bound it to its run, then died before the
+    // manifest: it asks whether that run's manifest exists (a 404 needs s3:ListBucket with
+    // s3:prefix = the manifest's key), then creates the run.
+    let identity = "s3:runs/requests/crashed.json#0001";
+    let binding = RequestBinding {
+        identity: identity.into(),
+        run_id: "run-crashed-before-manifest".into(),
+        fingerprint: String::new(),
+        bound_at: String::new(),
+    };
+    stack
+        .store()
+        .put(
+            &request_binding(identity),
+            Bytes::from(serde_json::to_vec(&binding).unwrap()),
+        )
+        .await
+        .unwrap();
+    let splitter = stack.splitter(SqsQueue::new(stack.sqs.clone(), &stack.shard_queue.url));
+    let retried = splitter
+        .handle_bound(&request(3), Some(identity))
+        .await
+        .unwrap();
+    assert_eq!(retried.run_id, binding.run_id);
+    assert!(retried.created, "{retried:?}");
+    stack.assert_allowed("the splitter retrying a request bound before its manifest");
     stack.requests()
 }
 
@@ -1550,6 +1606,37 @@ fn failure_paths_are_allowed() {
     runtime().block_on(scenario_failures());
 }
 
+/// The splitter's listing grant carries the `s3:prefix` condition (issue 30): it may list
+/// the allowed input prefixes (`InputPrefixes`, here `images/`) and its own done markers,
+/// nothing else — not the whole bucket, not the pipeline's other prefixes.
+#[test]
+fn the_splitter_cannot_list_outside_the_allowed_prefixes() {
+    runtime().block_on(async {
+        let stack = Stack::new().await;
+        let store = stack.checked_store(&stack.roles.splitter);
+        store.list("images/").await.unwrap();
+        store.list("images/apples/").await.unwrap();
+        store.list("runs/run-1/done/").await.unwrap();
+        for outside in [
+            "",
+            "other/",
+            "imagesX/",
+            "runs/",
+            "runs/run-1/",
+            "staging/",
+            "collections/",
+            "Results/",
+            "Results_PCA/",
+        ] {
+            let err = store.list(outside).await.unwrap_err().to_string();
+            assert!(
+                err.contains("AccessDenied") && err.contains("lacks s3:ListBucket"),
+                "{outside:?}: {err}"
+            );
+        }
+    });
+}
+
 /// Each Allow statement of each function's role, and each action and resource in it, is
 /// needed: without it, some request a scenario made is refused.
 #[test]
@@ -1586,8 +1673,10 @@ fn every_allow_statement_is_needed() {
                 let mut policy = r.policy().clone();
                 reduce(&mut policy);
                 r.requests().into_iter().find_map(|q| {
-                    (!policy.evaluate(&q.action, &q.resource).is_allowed())
-                        .then(|| format!("scenario {scenario}: {} on {}", q.action, q.resource))
+                    (!policy
+                        .evaluate_with(&q.action, &q.resource, &q.context)
+                        .is_allowed())
+                    .then(|| format!("scenario {scenario}: {} on {}", q.action, q.resource))
                 })
             })
         };
@@ -1602,6 +1691,25 @@ fn every_allow_statement_is_needed() {
             }) {
                 Some(refused) => report.push(format!("{at} removed -> refused {refused}")),
                 None => unneeded.push(format!("{at}: no scenario needs it")),
+            }
+            for (c, condition) in s.conditions.iter().enumerate() {
+                for (j, value) in condition.values.iter().enumerate() {
+                    let drop_value = |p: &mut Policy| {
+                        let values = &mut p.statements[i].conditions[c].values;
+                        values.remove(j);
+                        if values.is_empty() {
+                            // No value left: the condition can never hold.
+                            values.push("\u{0}never".into());
+                        }
+                    };
+                    let what = format!("{} value {value}", condition.key);
+                    match first_refused(&drop_value) {
+                        Some(refused) => {
+                            report.push(format!("{at} without {what} -> refused {refused}"))
+                        }
+                        None => unneeded.push(format!("{at} {what}: no scenario needs it")),
+                    }
+                }
             }
             for kind in ["action", "resource"] {
                 let count = match kind {

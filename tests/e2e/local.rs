@@ -449,3 +449,31 @@ fn cli_reports_clear_errors_and_exit_codes() {
         "{text}"
     );
 }
+
+/// A path or key with control characters (a terminal escape sequence) reaches the terminal
+/// escaped, in the errors the CLI prints.
+#[test]
+fn control_characters_in_paths_are_escaped_in_cli_errors() {
+    let output = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_featurize"))
+        .args([
+            "run",
+            "--input",
+            "/nonexistent/\u{1b}[2Jevil\u{7}",
+            "--output",
+        ])
+        .arg(output.path())
+        .args(["-q"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{7}'),
+        "raw control characters: {stderr:?}"
+    );
+    assert!(
+        stderr.contains("/nonexistent/\\u{1b}[2Jevil\\u{7}"),
+        "{stderr}"
+    );
+}

@@ -153,18 +153,18 @@ fn from_source_builds_the_pinned_model_byte_for_byte() {
         "the converter's output differs from {}",
         todays_model().display()
     );
-    // The stack records the same sha256 (template.yaml's ModelSha256 default), so the layer's
-    // model and the runs' ModelSha256 agree.
-    let template = std::fs::read_to_string(repo().join("template.yaml")).unwrap();
-    let default = template
-        .split("\n  ModelSha256:\n")
-        .nth(1)
-        .and_then(|rest| rest.lines().find_map(|l| l.trim().strip_prefix("Default:")))
-        .map(|v| v.trim().trim_matches(|c| c == '\'' || c == '"').to_string());
+    // The stack records the same sha256 (samconfig.toml passes ModelSha256 to sam deploy; the
+    // template has no default), so the layer's model and the runs' ModelSha256 agree.
+    let samconfig = std::fs::read_to_string(repo().join("samconfig.toml")).unwrap();
+    let passed = samconfig.split("ModelSha256=").nth(1).map(|rest| {
+        rest.chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect::<String>()
+    });
     assert_eq!(
-        default.as_deref(),
+        passed.as_deref(),
         Some(pin.as_str()),
-        "template.yaml's ModelSha256 default should be the pinned model's sha256"
+        "samconfig.toml's ModelSha256 should be the pinned model's sha256"
     );
 }
 

@@ -330,7 +330,7 @@ async fn two_publications<S: ObjectStore, O: ObjectStore + Clone, I: ObjectStore
         assert!(
             output.exists(&layout.success(&s.snapshot)).await.unwrap()
                 && output
-                    .exists(&layout.state_index(&s.snapshot))
+                    .exists(&layout.state_buckets(&s.snapshot))
                     .await
                     .unwrap(),
             "{what}: its snapshot was kept, not discarded as a loser's"
@@ -614,5 +614,179 @@ fn retention_removes_orphans_first_and_keeps_the_snapshot_readers_are_on() {
         .await;
         assert_eq!(ids(layout.snapshots_prefix()).await, BTreeSet::from([s4]));
         assert_eq!(view_paths(&output, "c").await.len(), 6);
+    });
+}
+
+/// The SQS event of these bodies on the refit queue (ids `m0`, `m1`, …).
+fn refit_queue_event(bodies: &[String]) -> aws_lambda_events::event::sqs::SqsEvent {
+    let records: Vec<serde_json::Value> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| {
+            serde_json::json!({
+                "messageId": format!("m{i}"),
+                "receiptHandle": format!("r{i}"),
+                "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:refit",
+                "awsRegion": "us-east-1",
+            })
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({ "Records": records })).unwrap()
+}
+
+/// On the reducer, a refit of a collection of many parts writes its snapshot and sends its
+/// projection to the refit queue as "project parts" messages; the reducer handles them (one
+/// delivered twice, one first stopped by its invocation's deadline and delivered again) and
+/// the last publishes. The view: every live file once, features bit-identical to the
+/// synthetic engine's, the PCA within 1e-6 of a fit from scratch over the live rows.
+#[test]
+fn the_reducer_fans_out_a_large_projection_and_publishes_it_once_complete() {
+    use pipeline::batch::inference::synthetic_features;
+    use pipeline::ports::queue::{Drain, InProcessQueue};
+    use pipeline::ports::store::FsStore;
+    block(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path());
+        let queue = InProcessQueue::new();
+        let ingestor = synthetic_ingestor(store.clone(), store.clone(), &queue);
+        let keys: Vec<String> = (0..300)
+            .map(|i| format!("inbox/c/l{}/{i:04}.jpg", i % 4))
+            .collect();
+        for k in &keys {
+            store.put(k, Bytes::from(k.clone())).await.unwrap();
+        }
+        ingestor.ingest(&keys).await.unwrap();
+        queue.drain().await.unwrap();
+        let refitter = aws::lambda::Refitter {
+            store: store.clone(),
+            inbox: "inbox/".into(),
+            quiet_ms: 0,
+            options: RefitOptions {
+                part_rows: 16,
+                fanout_parts: 4,
+                parts_per_message: 5,
+                concurrency: 1,
+                deadline_margin_ms: 60_000,
+                ..k2()
+            },
+        };
+        let reducer = pipeline::batch::reducer::Reducer::new(
+            store.clone(),
+            pipeline::batch::reducer::ReducerSettings::default(),
+        );
+        let refit_queue = InProcessQueue::new();
+        let forced = serde_json::to_string(&RefitMessage {
+            collection: "c".into(),
+            force: true,
+        })
+        .unwrap();
+        let response = aws::lambda::handle_reducer_invocation(
+            &reducer,
+            Some(&refitter),
+            Some(&refit_queue),
+            refit_queue_event(&[forced]),
+            "t",
+            None,
+        )
+        .await;
+        assert!(response.batch_item_failures.is_empty());
+        let layout = CollectionLayout::new("c");
+        assert!(
+            read_current(&store, &layout).await.unwrap().is_none(),
+            "not yet published"
+        );
+        let projections = refit_queue.drain().await.unwrap();
+        assert!(projections.len() >= 4, "{projections:?}");
+        assert!(projections.iter().all(|b| b.contains("\"project\"")));
+        // The first, within a deadline already reached: one part, then it stops and fails
+        // (SQS delivers it again).
+        let stopped = aws::lambda::handle_reducer_invocation(
+            &reducer,
+            Some(&refitter),
+            Some(&refit_queue),
+            refit_queue_event(&projections[..1]),
+            "t",
+            Some(std::time::Instant::now()),
+        )
+        .await;
+        assert_eq!(stopped.batch_item_failures.len(), 1);
+        // Every message again, the second one twice.
+        let mut again = projections.clone();
+        again.push(projections[1].clone());
+        let response = aws::lambda::handle_reducer_invocation(
+            &reducer,
+            Some(&refitter),
+            Some(&refit_queue),
+            refit_queue_event(&again),
+            "t",
+            None,
+        )
+        .await;
+        assert!(response.batch_item_failures.is_empty(), "{response:?}");
+        assert!(
+            refit_queue.drain().await.unwrap().is_empty(),
+            "no refit asked again"
+        );
+        let (pointer, _) = read_current(&store, &layout).await.unwrap().unwrap();
+        assert!(list_deltas(&store, &layout).await.unwrap().is_empty());
+        // The view against the live files.
+        let mut features = std::collections::BTreeMap::new();
+        for o in store.list(&pointer.results).await.unwrap() {
+            for r in
+                parquet_io::read_rows(Dataset::Features, store.get(&o.key).await.unwrap()).unwrap()
+            {
+                features.insert(r.path.clone(), r);
+            }
+        }
+        assert_eq!(features.len(), 300);
+        for (path, row) in &features {
+            let expected = synthetic_features(path, 6);
+            assert!(
+                row.values
+                    .iter()
+                    .zip(&expected)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{path}"
+            );
+        }
+        let refs: Vec<&[f32]> = features.values().map(|r| r.values.as_slice()).collect();
+        let direct =
+            engine::pca::fit(&engine::stats::ShardStats::from_rows(&refs, 6), &k2().pca).unwrap();
+        let model: engine::pca::PcaModel = serde_json::from_slice(
+            &store
+                .get(pointer.pca_model.as_ref().unwrap())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        for (a, b) in model.components.iter().zip(&direct.components) {
+            let sign: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>().signum();
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - sign * y).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-6, "component differs by {worst:e}");
+        }
+        let mut projected = 0;
+        for o in store.list(&pointer.results_pca).await.unwrap() {
+            for r in parquet_io::read_rows(Dataset::Pca, store.get(&o.key).await.unwrap()).unwrap()
+            {
+                let expected = direct.project(&features[&r.path].values);
+                for (a, b) in r.values.iter().zip(&expected) {
+                    assert!(
+                        (a.abs() - b.abs()).abs() <= 1e-5 * b.abs().max(1.0),
+                        "{}",
+                        r.path
+                    );
+                }
+                projected += 1;
+            }
+        }
+        assert_eq!(projected, 300);
     });
 }

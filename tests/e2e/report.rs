@@ -294,11 +294,14 @@ fn the_report_is_valid_html_with_every_point_label_and_thumbnail() {
     );
     check_report(&html, output.path(), &summary, &["empty", "unsupported"]);
 
-    // `featurize report` regenerates it from the stored outputs: the same points and picks.
+    // `featurize report` regenerates it from the stored outputs and the input it is given:
+    // the same points and picks.
     std::fs::remove_file(&path).unwrap();
     let out = featurize()
         .args(["report", "--run", &summary.run_id, "--output"])
         .arg(output.path())
+        .arg("--input")
+        .arg(input.path())
         .output()
         .unwrap();
     assert!(
@@ -598,4 +601,92 @@ fn on_the_lambda_path_k_is_clamped_and_the_report_is_served_presigned() {
         );
         assert_eq!(served.trim(), html.len().to_string(), "the presigned URL serves the report");
     });
+}
+
+/// An output folder received from elsewhere may name any folder as its input: `report` and
+/// `resume` read the folder the user names (`--input`), say when the manifest names another,
+/// and without one `report` has no thumbnails and `resume` refuses, naming the recorded one.
+#[test]
+fn report_and_resume_read_the_input_the_user_names_not_the_manifests() {
+    let (input, _) = fruit_folder(2, 4);
+    let (elsewhere, _) = fruit_folder(1, 2);
+    let output = tempfile::tempdir().unwrap();
+    let report = run_local_blocking(
+        input.path(),
+        output.path(),
+        RunRequest {
+            k: Some(2),
+            ..Default::default()
+        },
+    );
+    let run = report.summary.run_id.clone();
+    // The received folder's manifest names another folder.
+    let manifest_path = output.path().join(format!("runs/{run}/manifest.json"));
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let recorded = elsewhere.path().display().to_string();
+    manifest["input"]["uri"] = serde_json::Value::String(recorded.clone());
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let report_html = output.path().join(format!("runs/{run}/report.html"));
+    let thumbnails = || {
+        let html = std::fs::read_to_string(&report_html).unwrap();
+        Html::parse_document(&html)
+            .select(&sel("#nearest img, #outliers img"))
+            .count()
+    };
+    let featurize_quiet = |args: &[&str]| {
+        let out = featurize()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let o = output.path().to_str().unwrap();
+    let i = input.path().to_str().unwrap();
+    let (code, text) = featurize_quiet(&["report", "--run", &run, "--output", o, "--regenerate"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("no --input"), "{text}");
+    assert_eq!(thumbnails(), 0, "nothing is read from the recorded folder");
+
+    let (code, text) = featurize_quiet(&[
+        "report",
+        "--run",
+        &run,
+        "--output",
+        o,
+        "--input",
+        i,
+        "--regenerate",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("manifest names the input {recorded}")),
+        "{text}"
+    );
+    assert!(thumbnails() > 0, "thumbnails from the named folder");
+
+    let model = model_path();
+    let m = model.to_str().unwrap();
+    let (code, text) = featurize_quiet(&[
+        "resume", "--run", &run, "--output", o, "--model", m, "-j", "1",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("give --input DIR") && text.contains(&recorded),
+        "{text}"
+    );
+    let (code, text) = featurize_quiet(&[
+        "resume", "--run", &run, "--output", o, "--input", i, "--model", m, "-j", "1",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("manifest names the input {recorded}")),
+        "{text}"
+    );
 }

@@ -444,6 +444,7 @@ async fn delta<S: ObjectStore>(store: &S, collection: &str, at: u64) {
         entries: vec![pipeline::continuous::collection::DeltaEntry::Removed {
             path: format!("a/{at}.jpg"),
         }],
+        model_sha256: None,
     };
     put_json(store, &layout.delta_doc(&id), &delta).await;
 }

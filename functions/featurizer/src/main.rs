@@ -17,7 +17,7 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_env()?;
     let aws = sdk_config().await;
     // The model is loaded once per container.
-    let function = &FeaturizerFunction::from_config(&config, &aws)?;
+    let function = &FeaturizerFunction::from_config(&config, &aws).await?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         let deadline = event.context.deadline;
         Ok::<_, Error>(

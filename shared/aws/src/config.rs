@@ -7,8 +7,9 @@ use std::time::Duration;
 use engine::pca::PcaConvention;
 use pipeline::batch::featurizer::FeaturizerSettings;
 use pipeline::batch::reducer::{Pricing, ReducerSettings};
+use pipeline::batch::splitter::INTERNAL_PREFIXES;
 use pipeline::error::{Error, Result};
-use pipeline::manifest::{RunOptions, DEFAULT_IMAGE_GLOB};
+use pipeline::manifest::{RequestLimits, RunOptions, DEFAULT_IMAGE_GLOB};
 use pipeline::stuck::{defaults as stall, StallPolicy};
 
 /// Everything the three functions read from their environment. Queue URLs are optional
@@ -31,8 +32,12 @@ pub struct Config {
     /// (featurizers refuse the shards of a run made for another model).
     pub model_sha256: String,
     /// Default run options (`SHARD_SIZE`, `PCA_K`, `PCA_VARIANCE`, `PCA_CONVENTION`,
-    /// `IMAGE_GLOB`, `MAX_PIXELS`, `MAX_ERROR_RATE`).
+    /// `IMAGE_GLOB`, `MAX_PIXELS`, `MAX_ERROR_RATE`, `MAX_IMAGE_BYTES`).
     pub run_defaults: RunOptions,
+    /// The ceilings of run requests ([`limits_from`]): `INPUT_PREFIXES`, `MIN_SHARD_SIZE`,
+    /// `MAX_SHARD_SIZE`, `MAX_SHARDS_PER_RUN`, `MAX_PCA_K`, and `MAX_PIXELS` and
+    /// `MAX_IMAGE_BYTES` (each both the default and the ceiling).
+    pub limits: RequestLimits,
     /// `FETCH_CONCURRENCY`, `WORKER_THREADS`, `DEADLINE_MARGIN_SECS`.
     pub featurizer: FeaturizerSettings,
     /// `REDUCE_CONCURRENCY`, the lock's stale time ([`lock_stale_after`]), `PRICE_PER_GB_SECOND`,
@@ -114,6 +119,65 @@ fn stall_from_env(reducer_timeout: Option<u64>, max_staleness: u64) -> Result<St
     })
 }
 
+/// The request ceilings from the variables `get` reads, over the stack's defaults
+/// ([`RequestLimits::stack_defaults`]); `MAX_PIXELS` and `MAX_IMAGE_BYTES` are the run
+/// defaults' values. Refused: a bound below 1, a minimum above its maximum, defaults outside
+/// the bounds, and an input prefix inside the pipeline's own ones.
+pub fn limits_from(
+    get: &dyn Fn(&str) -> Option<String>,
+    run_defaults: &RunOptions,
+) -> Result<RequestLimits> {
+    let number = |name: &str, default: usize| -> Result<usize> {
+        match get(name) {
+            None => Ok(default),
+            Some(text) => match text.parse::<usize>() {
+                Ok(0) => Err(Error::Config(format!("{name}=0: must be at least 1"))),
+                Ok(v) => Ok(v),
+                Err(e) => Err(Error::Config(format!("{name}={text:?}: {e}"))),
+            },
+        }
+    };
+    let stack = RequestLimits::stack_defaults();
+    let mut input_prefixes = Vec::new();
+    for prefix in get("INPUT_PREFIXES").unwrap_or_default().split(',') {
+        let prefix = prefix.trim();
+        if prefix.is_empty() {
+            continue;
+        }
+        let prefix = pipeline::batch::splitter::normalize_prefix(prefix)
+            .map_err(|e| Error::Config(format!("INPUT_PREFIXES: {e}")))?;
+        if let Some(internal) = INTERNAL_PREFIXES
+            .iter()
+            .find(|i| prefix.starts_with(**i) || i.starts_with(prefix.as_str()))
+        {
+            return Err(Error::Config(format!(
+                "INPUT_PREFIXES: {prefix:?} overlaps the pipeline's own prefix {internal:?}"
+            )));
+        }
+        input_prefixes.push(prefix);
+    }
+    let limits = RequestLimits {
+        input_prefixes,
+        min_shard_size: number("MIN_SHARD_SIZE", stack.min_shard_size)?,
+        max_shard_size: number("MAX_SHARD_SIZE", stack.max_shard_size)?,
+        max_shards_per_run: number("MAX_SHARDS_PER_RUN", stack.max_shards_per_run)?,
+        max_pca_k: number("MAX_PCA_K", stack.max_pca_k)?,
+        max_pixels: run_defaults.max_pixels,
+        max_image_bytes: run_defaults.max_image_bytes,
+        from_stack: true,
+    };
+    if limits.min_shard_size > limits.max_shard_size {
+        return Err(Error::Config(format!(
+            "MIN_SHARD_SIZE={} is above MAX_SHARD_SIZE={}",
+            limits.min_shard_size, limits.max_shard_size
+        )));
+    }
+    limits
+        .check_options(run_defaults)
+        .map_err(|e| Error::Config(format!("the default run options break the ceilings: {e}")))?;
+    Ok(limits)
+}
+
 fn var(name: &str) -> Option<String> {
     std::env::var(name)
         .ok()
@@ -150,6 +214,7 @@ impl Config {
             shard_size: parsed("SHARD_SIZE", defaults.shard_size)?,
             max_pixels: parsed("MAX_PIXELS", defaults.max_pixels)?,
             max_error_rate: parsed("MAX_ERROR_RATE", defaults.max_error_rate)?,
+            max_image_bytes: parsed("MAX_IMAGE_BYTES", defaults.max_image_bytes)?,
             ..defaults
         };
         run_defaults.pca.k = parsed("PCA_K", run_defaults.pca.k)?;
@@ -163,10 +228,15 @@ impl Config {
             run_defaults.pca.convention =
                 PcaConvention::parse(&c).map_err(|e| Error::Config(e.to_string()))?;
         }
+        let limits = limits_from(&|name: &str| var(name), &run_defaults)?;
         let featurizer = FeaturizerSettings {
             fetch_concurrency: parsed("FETCH_CONCURRENCY", 16usize)?,
             worker_threads: parsed("WORKER_THREADS", 0usize)?,
             deadline_margin: Duration::from_secs(parsed("DEADLINE_MARGIN_SECS", 20u64)?),
+            // Set by Lambda: the byte budget is a share of the function's memory.
+            prefetch_bytes: pipeline::batch::featurizer::prefetch_bytes_for_memory(optional(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            )?),
         };
         let pricing = Pricing::default();
         let reducer_timeout = optional::<u64>("REDUCER_TIMEOUT_SECS")?;
@@ -193,6 +263,7 @@ impl Config {
             feature_dim: parsed("FEATURE_DIM", 1280usize)?,
             model_sha256: var("MODEL_SHA256").unwrap_or_default(),
             run_defaults,
+            limits,
             featurizer,
             reducer,
             inbox_prefix: var("INBOX_PREFIX").unwrap_or_else(|| "inbox/".into()),
@@ -265,6 +336,12 @@ pub fn env_vars(role: Role) -> &'static [&'static str] {
             "IMAGE_GLOB",
             "MAX_PIXELS",
             "MAX_ERROR_RATE",
+            "MAX_IMAGE_BYTES",
+            "INPUT_PREFIXES",
+            "MIN_SHARD_SIZE",
+            "MAX_SHARD_SIZE",
+            "MAX_SHARDS_PER_RUN",
+            "MAX_PCA_K",
             "LOG_FORMAT",
             "RUST_LOG",
         ],
@@ -281,6 +358,7 @@ pub fn env_vars(role: Role) -> &'static [&'static str] {
             "QUIET_SECS",
             "IMAGE_GLOB",
             "MAX_PIXELS",
+            "MAX_IMAGE_BYTES",
             "LOG_FORMAT",
             "RUST_LOG",
         ],
@@ -297,6 +375,7 @@ pub fn env_vars(role: Role) -> &'static [&'static str] {
             "REFIT_QUEUE_URL",
             "PCA_K",
             "PCA_CONVENTION",
+            "MAX_IMAGE_BYTES",
             "LOG_FORMAT",
             "RUST_LOG",
         ],
@@ -356,5 +435,46 @@ mod tests {
         );
         assert_eq!(lock_stale_after(None, None, 60).map(secs).unwrap(), 900);
         assert!(lock_stale_after(None, Some(300), 0).is_err());
+    }
+
+    #[test]
+    fn request_ceilings_are_read_and_checked() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let defaults = RunOptions::default();
+        let stack = limits_from(&env(&[]), &defaults).unwrap();
+        assert_eq!(stack, RequestLimits::stack_defaults());
+        let limits = limits_from(
+            &env(&[
+                ("INPUT_PREFIXES", "images/, datasets"),
+                ("MIN_SHARD_SIZE", "32"),
+                ("MAX_SHARD_SIZE", "4096"),
+                ("MAX_SHARDS_PER_RUN", "100"),
+                ("MAX_PCA_K", "64"),
+            ]),
+            &defaults,
+        )
+        .unwrap();
+        assert_eq!(limits.input_prefixes, vec!["images/", "datasets/"]);
+        assert_eq!((limits.min_shard_size, limits.max_shard_size), (32, 4096));
+        assert_eq!((limits.max_shards_per_run, limits.max_pca_k), (100, 64));
+        assert_eq!(limits.max_pixels, defaults.max_pixels);
+        for bad in [
+            &[("INPUT_PREFIXES", "runs/")][..],
+            &[("INPUT_PREFIXES", "images/,staging/x/")],
+            &[("MIN_SHARD_SIZE", "0")],
+            &[("MIN_SHARD_SIZE", "100"), ("MAX_SHARD_SIZE", "10")],
+            // The default shard size (4096) above the maximum.
+            &[("MAX_SHARD_SIZE", "1000")],
+            &[("MAX_PCA_K", "x")],
+        ] {
+            assert!(limits_from(&env(bad), &defaults).is_err(), "{bad:?}");
+        }
     }
 }

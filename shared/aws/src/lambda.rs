@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tracing::{error, info, info_span, warn, Instrument};
 
@@ -16,19 +15,24 @@ use pipeline::batch::featurizer::ShardFeaturizer;
 use pipeline::batch::inference::Engine;
 use pipeline::batch::listing::ImageFilter;
 use pipeline::batch::reducer::Reducer;
-use pipeline::batch::splitter::{SplitOutcome, Splitter};
 use pipeline::continuous::collection::{
-    record_refit_failure, record_refit_start, refit, RefitMessage, RefitOptions, RefitOutcome,
+    project, record_refit_failure, record_refit_start, refit_with, ProjectMessage, ProjectOutcome,
+    ProjectSender, RefitMessage, RefitOptions, RefitOutcome,
 };
 use pipeline::continuous::ingest::IngestSettings;
 use pipeline::continuous::ingest::{parse_ingest_body, IngestBody, Ingestor};
 use pipeline::error::{Error, Result};
-use pipeline::layout::REQUESTS_PREFIX;
-use pipeline::manifest::{ReduceMessage, RunRequest, ShardMessage};
-use pipeline::notification::{decode_s3_key, S3Notification};
+use pipeline::health::verify_model_at_cold_start;
+use pipeline::manifest::{ReduceMessage, ShardMessage};
 use pipeline::ports::queue::Queue;
 use pipeline::ports::store::ObjectStore;
 use pipeline::stuck::SystemClock;
+
+mod splitter;
+pub use splitter::{
+    handle_splitter_event, parse_splitter_event, request_result_key, SplitterEvent,
+    SplitterFunction,
+};
 
 /// The invocation deadline as an `Instant`. Lambda gives epoch milliseconds; `cargo lambda
 /// watch` gives the timeout itself (e.g. `600000`), so a value before 2001 is read as a
@@ -262,14 +266,25 @@ impl<S: ObjectStore> Refitter<S> {
     /// Handles one refit message. A refit that kept losing the race for the pointer is an
     /// error, so that the message is delivered again rather than its changes left waiting.
     pub async fn process(&self, message: &RefitMessage) -> Result<RefitOutcome> {
+        self.process_with(message, None).await
+    }
+
+    /// [`Refitter::process`], with the refit queue: a large snapshot's projection is sent to
+    /// it as projection messages ([`Refitter::project`] handles them).
+    pub async fn process_with(
+        &self,
+        message: &RefitMessage,
+        sender: Option<&dyn ProjectSender>,
+    ) -> Result<RefitOutcome> {
         let mut options = self.options.clone();
         options.quiet_ms = (!message.force).then_some(self.quiet_ms);
-        match refit(
+        match refit_with(
             &self.store,
             &self.store,
             &self.inbox,
             &message.collection,
             &options,
+            sender,
         )
         .await?
         {
@@ -279,6 +294,40 @@ impl<S: ObjectStore> Refitter<S> {
                 pipeline::continuous::collection::REFIT_ATTEMPTS
             ))),
             outcome => Ok(outcome),
+        }
+    }
+
+    /// Handles one projection message: projects its parts, stopping before `deadline`
+    /// ([`Error::Deadline`]: the message is delivered again and goes on where it stopped),
+    /// and publishes the snapshot when every part is projected. Duplicates are harmless.
+    pub async fn project(
+        &self,
+        message: &ProjectMessage,
+        deadline: Option<Instant>,
+        sender: Option<&dyn ProjectSender>,
+    ) -> Result<ProjectOutcome> {
+        project(&self.store, message, &self.options, deadline, sender).await
+    }
+}
+
+/// A refit-queue message: a refit, or a projection of part of a snapshot.
+enum RefitQueueMessage {
+    Refit(RefitMessage),
+    Project(ProjectMessage),
+}
+
+impl RefitQueueMessage {
+    fn parse(body: serde_json::Value) -> Result<Self> {
+        Ok(if body.get("project").is_some() {
+            Self::Project(serde_json::from_value(body)?)
+        } else {
+            Self::Refit(serde_json::from_value(body)?)
+        })
+    }
+    fn collection(&self) -> &str {
+        match self {
+            Self::Refit(m) => &m.collection,
+            Self::Project(m) => &m.collection,
         }
     }
 }
@@ -344,7 +393,17 @@ pub async fn handle_reducer_invocation<S: ObjectStore, Q: Queue>(
             .and_then(|c| c.parse().ok())
             .unwrap_or(1);
         let result = async {
-            let message: RefitMessage = serde_json::from_value(body)?;
+            let message = match RefitQueueMessage::parse(body)? {
+                RefitQueueMessage::Refit(m) => m,
+                project_message => {
+                    return project_record(refitter, &project_message, requeue, deadline, receive_count)
+                        .await
+                        .map(|outcome| {
+                            info!(message_id = %id, request_id, ?outcome, "projection message processed");
+                            RefitOutcome::NothingToDo
+                        });
+                }
+            };
             let refitter = refitter.ok_or_else(|| {
                 Error::Config("a refit message arrived, but refits are not configured".into())
             })?;
@@ -354,7 +413,8 @@ pub async fn handle_reducer_invocation<S: ObjectStore, Q: Queue>(
             if let Err(e) = record_refit_start(store, c, receive_count, clock).await {
                 warn!(error = %e, "could not record the refit's start");
             }
-            let outcome = match refitter.process(&message).await {
+            let sender = requeue.map(|q| q as &dyn ProjectSender);
+            let outcome = match refitter.process_with(&message, sender).await {
                 Ok(outcome) => outcome,
                 Err(error) => {
                     let text = error.to_string();
@@ -395,6 +455,38 @@ pub async fn handle_reducer_invocation<S: ObjectStore, Q: Queue>(
             .extend(done.batch_item_failures);
     }
     response
+}
+
+/// One projection message of the refit queue, its start and failure recorded as a refit's
+/// (for `status --collection`).
+async fn project_record<S: ObjectStore, Q: Queue>(
+    refitter: Option<&Refitter<S>>,
+    message: &RefitQueueMessage,
+    requeue: Option<&Q>,
+    deadline: Option<Instant>,
+    receive_count: u32,
+) -> Result<ProjectOutcome> {
+    let RefitQueueMessage::Project(project) = message else {
+        return Err(Error::Config("not a projection message".into()));
+    };
+    let refitter = refitter.ok_or_else(|| {
+        Error::Config("a projection message arrived, but refits are not configured".into())
+    })?;
+    let (store, c, clock) = (&refitter.store, message.collection(), &SystemClock);
+    if let Err(e) = record_refit_start(store, c, receive_count, clock).await {
+        warn!(error = %e, "could not record the projection's start");
+    }
+    let sender = requeue.map(|q| q as &dyn ProjectSender);
+    match refitter.project(project, deadline, sender).await {
+        Ok(outcome) => Ok(outcome),
+        Err(error) => {
+            let text = error.to_string();
+            if let Err(e) = record_refit_failure(store, c, receive_count, &text, clock).await {
+                warn!(error = %e, "could not record the projection's failure");
+            }
+            Err(error)
+        }
+    }
 }
 
 /// Reducer: same pattern; the lock owner is the message id, so a retry of the same message
@@ -444,157 +536,6 @@ fn outcome_name(outcome: &pipeline::batch::reducer::ReduceOutcome) -> &'static s
         pipeline::batch::reducer::ReduceOutcome::Reduced(_) => "reduced",
         pipeline::batch::reducer::ReduceOutcome::AlreadyReduced => "already reduced",
         pipeline::batch::reducer::ReduceOutcome::Failed(_) => "failed (too many image errors)",
-    }
-}
-
-/// What the splitter was invoked with.
-#[derive(Debug)]
-pub enum SplitterEvent {
-    /// S3 notifications (run request objects created).
-    S3(S3Notification),
-    /// The `s3:TestEvent` S3 sends when a notification is configured.
-    S3Test,
-    /// A direct invoke with the run request itself.
-    Direct(RunRequest),
-}
-
-/// Tells the splitter's events apart.
-pub fn parse_splitter_event(value: serde_json::Value) -> Result<SplitterEvent> {
-    if value.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
-        return Ok(SplitterEvent::S3Test);
-    }
-    if value.get("Records").is_some() {
-        return Ok(SplitterEvent::S3(serde_json::from_value(value)?));
-    }
-    Ok(SplitterEvent::Direct(serde_json::from_value(value)?))
-}
-
-/// Where the splitter records what became of a request (outside the requests prefix, so it
-/// does not trigger the splitter again): `runs/request-results/<name>.json`.
-pub fn request_result_key(request_key: &str) -> String {
-    let name = request_key
-        .strip_prefix(REQUESTS_PREFIX)
-        .unwrap_or(request_key);
-    format!("runs/request-results/{name}")
-}
-
-/// Splitter: runs every request the event carries. Requests are validated before anything is
-/// written; a bad request object is logged and recorded (retrying it would not help), while
-/// an infrastructure error fails the invocation so it is retried.
-///
-/// Each request is bound to its run before the run's manifest is written, under what its
-/// retries share: an S3 record's key and sequencer, or a direct invoke's Lambda request id
-/// (an asynchronous invoke's retries keep it). A retry after a crash resumes that run even
-/// when the input changed in between.
-pub async fn handle_splitter_event<S: ObjectStore, Q: Queue, R: Queue>(
-    splitter: &Splitter<S, Q, R>,
-    store: &S,
-    event: SplitterEvent,
-    request_id: &str,
-) -> Result<Vec<SplitOutcome>> {
-    match event {
-        SplitterEvent::S3Test => {
-            info!("s3:TestEvent ignored");
-            Ok(Vec::new())
-        }
-        SplitterEvent::Direct(request) => {
-            let identity = format!("invoke:{request_id}");
-            Ok(vec![
-                splitter.handle_bound(&request, Some(&identity)).await?,
-            ])
-        }
-        SplitterEvent::S3(event) => {
-            let mut outcomes = Vec::new();
-            for record in event.records {
-                let created = record
-                    .event_name
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with("ObjectCreated"));
-                let key = decode_s3_key(&record.s3.object.key);
-                if !created || !key.starts_with(REQUESTS_PREFIX) || !key.ends_with(".json") {
-                    info!(key, event = ?record.event_name, "not a run request: ignored");
-                    continue;
-                }
-                let body = store.get(&key).await?;
-                let identity = match &record.s3.object.sequencer {
-                    Some(sequencer) => format!("s3:{key}#{sequencer}"),
-                    None => format!("s3:{key}@{request_id}"),
-                };
-                let result = match serde_json::from_slice::<RunRequest>(&body) {
-                    Ok(request) => splitter.handle_bound(&request, Some(&identity)).await,
-                    Err(e) => Err(Error::InvalidRequest(format!(
-                        "{key} is not a valid run request: {e}"
-                    ))),
-                };
-                let record_body = match &result {
-                    Ok(outcome) => {
-                        serde_json::json!({ "request": key, "ok": true, "outcome": outcome })
-                    }
-                    Err(e) => {
-                        serde_json::json!({ "request": key, "ok": false, "error": e.to_string() })
-                    }
-                };
-                store
-                    .put(
-                        &request_result_key(&key),
-                        Bytes::from(serde_json::to_vec_pretty(&record_body)?),
-                    )
-                    .await?;
-                match result {
-                    Ok(outcome) => outcomes.push(outcome),
-                    Err(e @ (Error::InvalidRequest(_) | Error::Json(_))) => {
-                        error!(key, error = %e, "run request rejected; no run was started");
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if outcomes.is_empty() {
-                warn!("no run started by this event");
-            }
-            Ok(outcomes)
-        }
-    }
-}
-
-/// The splitter function: starts runs from S3 notifications on the requests prefix or from a
-/// direct invoke with the run request.
-pub struct SplitterFunction {
-    splitter: Splitter<DeployedStore, SqsQueue, SqsQueue>,
-    store: DeployedStore,
-}
-
-impl SplitterFunction {
-    /// Builds the splitter from the configuration.
-    pub fn from_config(config: &Config, aws: &SdkConfig) -> Result<Self> {
-        let store = deployed_store(config, aws);
-        let sqs = sqs_client(aws);
-        let shard_queue = SqsQueue::new(sqs.clone(), config.shard_queue_url()?);
-        let reduce_queue = SqsQueue::new(sqs, config.reduce_queue_url()?);
-        let splitter = Splitter::new(
-            store.clone(),
-            store.clone(),
-            shard_queue,
-            reduce_queue,
-            config.run_defaults.clone(),
-            config.feature_dim,
-        )
-        .with_input_bucket(&config.bucket)
-        .with_reserved_prefix(&config.inbox_prefix)
-        .with_model_sha256(&config.model_sha256);
-        Ok(Self { splitter, store })
-    }
-
-    /// One invocation: the event as received and the invocation's request id; answers
-    /// `{"runs": [...]}`.
-    pub async fn handle(
-        &self,
-        event: serde_json::Value,
-        request_id: &str,
-    ) -> Result<serde_json::Value> {
-        let parsed = parse_splitter_event(event)?;
-        let outcomes =
-            handle_splitter_event(&self.splitter, &self.store, parsed, request_id).await?;
-        Ok(serde_json::json!({ "runs": outcomes }))
     }
 }
 
@@ -670,6 +611,20 @@ pub fn load_model(config: &Config) -> Result<Model> {
     Ok(model)
 }
 
+/// The featurizer's cold-start check of its model against `MODEL_SHA256` (the stack's
+/// `ModelSha256`): a mismatch, or no `MODEL_SHA256`, is recorded for `status` and the stuck
+/// checker ([`pipeline::health`]) and fails with both hashes named.
+pub async fn check_model_at_cold_start<S: ObjectStore>(
+    store: &S,
+    config: &Config,
+    loaded_sha256: &str,
+) -> Result<()> {
+    let path = config.model_path.display().to_string();
+    verify_model_at_cold_start(store, &config.model_sha256, loaded_sha256, &path)
+        .await
+        .map_err(|unhealthy| Error::Config(unhealthy.message()))
+}
+
 /// The featurizer function: the shard featurizer (batch runs) and, when a refit queue is
 /// configured, the ingestor (continuous ingestion), sharing one model.
 pub struct FeaturizerFunction {
@@ -678,10 +633,14 @@ pub struct FeaturizerFunction {
 }
 
 impl FeaturizerFunction {
-    /// Builds both handlers from the configuration, loading the model.
-    pub fn from_config(config: &Config, aws: &SdkConfig) -> Result<Self> {
+    /// Builds both handlers from the configuration, loading the model once per container and
+    /// verifying it at cold start ([`check_model_at_cold_start`]): a layer with another model
+    /// than `MODEL_SHA256` fails the init, so neither a shard nor an ingested image is ever
+    /// featurized with it.
+    pub async fn from_config(config: &Config, aws: &SdkConfig) -> Result<Self> {
         let store = deployed_store(config, aws);
         let model = load_model(config)?;
+        check_model_at_cold_start(&store, config, model.sha256()).await?;
         let ingestor = match &config.refit_queue_url {
             Some(url) => Some(Ingestor::new(
                 store.clone(),
@@ -734,6 +693,7 @@ impl FeaturizerFunction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pipeline::notification::decode_s3_key;
 
     #[test]
     fn an_early_refit_is_resent_only_when_the_staleness_bound_comes_first() {
@@ -781,20 +741,6 @@ mod tests {
         assert_eq!(
             request_result_key("runs/requests/a.json"),
             "runs/request-results/a.json"
-        );
-    }
-
-    #[test]
-    fn emulator_style_s3_events_parse() {
-        let moto = serde_json::json!({"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3",
-            "eventTime": "2026-11-25T01:26:48.685636", "eventName": "ObjectCreated:Put",
-            "s3": {"bucket": {"name": "b"}, "object": {"key": "runs%2Frequests%2Fa+b.json", "size": 2}}}]});
-        let SplitterEvent::S3(event) = parse_splitter_event(moto).unwrap() else {
-            panic!("not S3")
-        };
-        assert_eq!(
-            decode_s3_key(&event.records[0].s3.object.key),
-            "runs/requests/a b.json"
         );
     }
 

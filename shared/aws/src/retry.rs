@@ -99,6 +99,25 @@ impl<S: ObjectStore> ObjectStore for Retrying<S> {
             })
             .await
     }
+    async fn get_bounded(
+        &self,
+        key: &str,
+        version: &str,
+        limit: u64,
+    ) -> Result<Versioned, StoreError> {
+        self.policy
+            .run("get_bounded", key, || {
+                self.inner.get_bounded(key, version, limit)
+            })
+            .await
+    }
+    /// Retried as a put: a copy overwrites its target unconditionally, so sending it again
+    /// after a lost answer gives the same result.
+    async fn copy(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        self.policy
+            .run("copy", to, || self.inner.copy(from, to))
+            .await
+    }
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         self.policy
             .run("put", key, || self.inner.put(key, body.clone()))

@@ -166,6 +166,53 @@ async fn collect_body(
     })
 }
 
+/// The largest object one `CopyObject` copies (5 GiB).
+pub const MAX_COPY_OBJECT_BYTES: u64 = 5 << 30;
+
+/// `CopyObject`'s `x-amz-copy-source`: the bucket and the URL-encoded key.
+fn copy_source(bucket: &str, key: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    /// Everything but the unreserved characters and `/` is encoded.
+    const KEY: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    format!("{bucket}/{}", utf8_percent_encode(key, KEY))
+}
+
+/// Reads a `GetObject` response's body if it has at most `limit` bytes: refused from its
+/// `Content-Length` before any byte is read, else streamed until it passes the limit.
+async fn read_bounded(
+    key: &str,
+    mut output: aws_sdk_s3::operation::get_object::GetObjectOutput,
+    limit: u64,
+) -> Result<Versioned, StoreError> {
+    use pipeline::ports::store::check_size;
+    let etag = output.e_tag().unwrap_or_default().to_string();
+    let declared = output.content_length().map(|n| n.max(0) as u64);
+    if let Some(size) = declared {
+        check_size(key, size, limit)?;
+    }
+    let capacity = declared.unwrap_or(0).min(limit).min(64 << 20) as usize;
+    let mut body = bytes::BytesMut::with_capacity(capacity);
+    while let Some(chunk) = output
+        .body
+        .try_next()
+        .await
+        .map_err(|e| body_error("GetObject body", key, e))?
+    {
+        let read = body.len() as u64 + chunk.len() as u64;
+        check_size(key, declared.unwrap_or(read).max(read), limit)?;
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Versioned {
+        body: body.freeze(),
+        etag,
+    })
+}
+
 /// An error while reading a response body (a dropped connection): worth a retry.
 fn body_error(
     op: &'static str,
@@ -217,6 +264,11 @@ pub enum StoreCall {
     Delete,
     /// [`ObjectStore::list`].
     List,
+    /// [`ObjectStore::copy`], on its source: the HEAD that sizes it and the read side of
+    /// `CopyObject`.
+    CopySource,
+    /// [`ObjectStore::copy`], on its target: `CopyObject`'s write.
+    Copy,
 }
 
 /// What IAM checks for one S3 API call.
@@ -255,6 +307,10 @@ pub fn s3_access(call: StoreCall) -> S3Access {
         StoreCall::PutIfAbsent => object("PutObject If-None-Match", "s3:PutObject", false),
         StoreCall::PutIfMatch => object("PutObject If-Match", "s3:PutObject", false),
         StoreCall::Delete => object("DeleteObject", "s3:DeleteObject", false),
+        // CopyObject needs s3:GetObject on the source and s3:PutObject on the target; a
+        // missing source answers 404 only with s3:ListBucket.
+        StoreCall::CopySource => object("CopyObject", "s3:GetObject", false),
+        StoreCall::Copy => object("CopyObject", "s3:PutObject", true),
         StoreCall::List => S3Access {
             api: "ListObjectsV2",
             action: "s3:ListBucket",
@@ -375,6 +431,78 @@ impl ObjectStore for S3Store {
         match request.send().await {
             Ok(output) => Ok(collect_body(key, output).await?.body),
             Err(e) => Err(get_error(key, Some(version), e)),
+        }
+    }
+
+    /// `GetObject` (with `If-Match` when `version` is given): refused from its
+    /// `Content-Length` before the body is read, else the body is streamed and the read stops
+    /// once it passes `limit` (the connection is dropped).
+    async fn get_bounded(
+        &self,
+        key: &str,
+        version: &str,
+        limit: u64,
+    ) -> Result<Versioned, StoreError> {
+        let mut request = self.client.get_object().bucket(&self.bucket).key(key);
+        if !version.is_empty() {
+            request = request.if_match(version);
+        }
+        let expected = (!version.is_empty()).then_some(version);
+        match request.send().await {
+            Ok(output) => read_bounded(key, output, limit).await,
+            Err(e) => Err(get_error(key, expected, e)),
+        }
+    }
+
+    /// `HeadObject` on the source (its size, and the ETag the copy is pinned to with
+    /// `x-amz-copy-source-if-match`), then `CopyObject`. Objects over 5 GiB, which
+    /// `CopyObject` cannot copy, are refused before any copy with a clear error. A source
+    /// that changed between the two calls answers 412: a transient error (a retry sizes the
+    /// new content).
+    async fn copy(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(from)
+            .send()
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(404) => StoreError::NotFound(from.to_string()),
+                _ => remote("HeadObject", from, e),
+            })?;
+        let size = head.content_length().unwrap_or(0).max(0) as u64;
+        if size > MAX_COPY_OBJECT_BYTES {
+            return Err(StoreError::Remote {
+                op: "CopyObject",
+                key: from.to_string(),
+                transient: false,
+                source: format!(
+                    "{size} bytes: CopyObject copies objects of up to {MAX_COPY_OBJECT_BYTES} \
+                     bytes (5 GiB); a larger one needs a multipart copy"
+                )
+                .into(),
+            });
+        }
+        let mut request = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to)
+            .copy_source(copy_source(&self.bucket, from));
+        if let Some(etag) = head.e_tag() {
+            request = request.copy_source_if_match(etag);
+        }
+        match request.send().await {
+            Ok(_) => Ok(size),
+            Err(e) if status_of(&e) == Some(404) => Err(StoreError::NotFound(from.to_string())),
+            Err(e) if status_of(&e) == Some(412) => Err(StoreError::Remote {
+                op: "CopyObject",
+                key: from.to_string(),
+                transient: true,
+                source: Box::new(e),
+            }),
+            Err(e) => Err(remote("CopyObject", to, e)),
         }
     }
 
@@ -641,75 +769,5 @@ impl Drain for SqsQueue {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use aws_sdk_s3::config::http::HttpResponse;
-    use aws_sdk_s3::error::{ErrorMetadata, SdkError};
-    use aws_sdk_s3::operation::get_object::GetObjectError;
-    use aws_sdk_s3::primitives::SdkBody;
-
-    /// A GetObject service error as S3 answers it: `status`, with `code` and `message`.
-    fn answer(status: u16, code: &str, message: &str) -> SdkError<GetObjectError, HttpResponse> {
-        let meta = ErrorMetadata::builder().code(code).message(message).build();
-        let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
-        SdkError::service_error(GetObjectError::generic(meta), raw)
-    }
-
-    #[test]
-    fn get_errors_of_one_object_get_their_own_variants() {
-        let e = get_error(
-            "k",
-            None,
-            answer(404, "NoSuchKey", "The key does not exist"),
-        );
-        assert!(matches!(e, StoreError::NotFound(_)), "{e}");
-        let e = get_error(
-            "k",
-            None,
-            answer(403, "AccessDenied", "not authorized to perform kms:Decrypt"),
-        );
-        match &e {
-            StoreError::AccessDenied { reason, .. } => {
-                assert!(reason.contains("403 AccessDenied") && reason.contains("kms:Decrypt"))
-            }
-            other => panic!("{other}"),
-        }
-        let e = get_error(
-            "k",
-            None,
-            answer(400, "KMS.DisabledException", "key disabled"),
-        );
-        assert!(matches!(e, StoreError::AccessDenied { .. }), "{e}");
-        let e = get_error(
-            "k",
-            None,
-            answer(403, "InvalidObjectState", "not valid for the storage class"),
-        );
-        assert!(matches!(e, StoreError::Archived { .. }), "{e}");
-        let e = get_error(
-            "k",
-            Some("\"e1\""),
-            answer(412, "PreconditionFailed", "At least one"),
-        );
-        match &e {
-            StoreError::Changed { expected, .. } => assert_eq!(expected, "\"e1\""),
-            other => panic!("{other}"),
-        }
-    }
-
-    #[test]
-    fn get_errors_that_are_not_the_objects_own_keep_their_sorting() {
-        for (status, code, transient) in [
-            (503, "SlowDown", true),
-            (500, "InternalError", true),
-            (403, "InvalidAccessKeyId", false),
-            (403, "SignatureDoesNotMatch", false),
-            (400, "ExpiredToken", false),
-        ] {
-            match get_error("k", Some("\"e\""), answer(status, code, "m")) {
-                StoreError::Remote { transient: t, .. } => assert_eq!(t, transient, "{code}"),
-                other => panic!("{code}: {other}"),
-            }
-        }
-    }
-}
+#[path = "sdk_tests.rs"]
+mod tests;

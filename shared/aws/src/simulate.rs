@@ -25,6 +25,8 @@ use pipeline::ports::counting::{Counters, CountingQueue, CountingStore, Usage};
 use pipeline::ports::queue::{Drain, InProcessQueue, Queue};
 use pipeline::ports::store::{FsStore, ObjectInfo, ObjectStore, StoreError, Versioned};
 
+pub mod collection;
+
 /// Where the synthetic images are listed, in the simulated bucket.
 pub const SIM_INPUT_PREFIX: &str = "images/";
 
@@ -228,9 +230,12 @@ pub struct SimulationReport {
     pub estimated_featurizer_gb_s: f64,
 }
 
-/// Per-image compute of the featurizer (one core, release build, idle x86 machine; docs/performance.md),
-/// used for the cost estimate.
-pub const FEATURIZER_S_PER_IMAGE_CORE: f64 = 0.0147;
+/// Per-image compute of the featurizer, seconds of one core (read, decode, resize, inference,
+/// write), used for the cost estimate: 12.7 ms, the median CPU time per image of the release
+/// build's native AVX2 executor on a 2-core AMD EPYC (no AVX-512, loaded; 2026-12-07,
+/// docs/performance.md "Per-image time for the deploy defaults"). AVX2 is what Lambda's
+/// x86_64 promises, and slower than the AVX-512 kernels (7.1–7.8 ms on a Xeon, 2026-12-02).
+pub const FEATURIZER_S_PER_IMAGE_CORE: f64 = 0.0127;
 
 /// Resets the process's peak-RSS mark (Linux: `/proc/self/clear_refs`), so the next reading
 /// is the peak of what follows.
@@ -521,6 +526,8 @@ fn add_usage(a: Usage, b: Usage) -> Usage {
         s3_delete: a.s3_delete + b.s3_delete,
         bytes_read: a.bytes_read + b.bytes_read,
         bytes_written: a.bytes_written + b.bytes_written,
+        s3_copy: a.s3_copy + b.s3_copy,
+        bytes_copied: a.bytes_copied + b.bytes_copied,
         sqs_requests: a.sqs_requests + b.sqs_requests,
         messages: a.messages + b.messages,
         max_message_bytes: a.max_message_bytes.max(b.max_message_bytes),

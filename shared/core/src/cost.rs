@@ -25,8 +25,60 @@ pub enum Arch {
     X86_64,
 }
 
-/// On-demand prices (USD), us-east-1, as published by AWS (Lambda, S3 Standard, SQS
-/// standard queues; free tiers ignored).
+/// An AWS region whose prices the cost model knows. The stack deploys to one region
+/// (samconfig.toml's `region`, Paris by default) and every piece of its data stays there.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Region {
+    /// Europe (Paris), samconfig.toml's default.
+    #[default]
+    EuWest3,
+    /// Europe (Frankfurt).
+    EuCentral1,
+    /// US East (N. Virginia).
+    UsEast1,
+}
+
+impl Region {
+    /// Every region the cost model knows, the default first.
+    pub const ALL: [Region; 3] = [Region::EuWest3, Region::EuCentral1, Region::UsEast1];
+
+    /// The region's code, as AWS writes it (`eu-west-3`).
+    pub fn code(self) -> &'static str {
+        match self {
+            Region::EuWest3 => "eu-west-3",
+            Region::EuCentral1 => "eu-central-1",
+            Region::UsEast1 => "us-east-1",
+        }
+    }
+
+    /// The region of a code (`eu-west-3`); `None` for a region the cost model has no prices for.
+    pub fn parse(code: &str) -> Option<Region> {
+        Region::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+impl std::fmt::Display for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl std::str::FromStr for Region {
+    type Err = String;
+
+    fn from_str(code: &str) -> Result<Self, Self::Err> {
+        Region::parse(code).ok_or_else(|| {
+            let known: Vec<&str> = Region::ALL.iter().map(|r| r.code()).collect();
+            format!(
+                "no prices for region {code:?} (known: {})",
+                known.join(", ")
+            )
+        })
+    }
+}
+
+/// On-demand prices (USD) of one region, as published by AWS (Lambda, S3 Standard, SQS
+/// standard queues; first pricing tier, free tiers ignored).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Prices {
     /// Lambda duration per GB-second.
@@ -44,19 +96,34 @@ pub struct Prices {
 }
 
 impl Prices {
-    /// us-east-1 prices for `arch`.
-    pub fn us_east_1(arch: Arch) -> Self {
+    /// The prices of `region` for `arch`. Lambda's duration and request prices are the same
+    /// in the three regions (x86_64 $0.0000166667 and arm64 $0.0000133334 per GB-s, $0.20 per
+    /// million requests), and so is SQS ($0.40 per million); S3 costs more in Europe
+    /// (docs/cost.md has the table and its date).
+    pub fn for_region(region: Region, arch: Arch) -> Self {
+        let lambda_gb_second = match arch {
+            Arch::Arm64 => 0.000_013_333_4,
+            Arch::X86_64 => 0.000_016_666_7,
+        };
+        // (GET per 1,000, PUT/LIST per 1,000, storage per GB-month)
+        let (get_1000, put_1000, gb_month) = match region {
+            Region::EuWest3 => (0.00042, 0.0053, 0.024),
+            Region::EuCentral1 => (0.00043, 0.0054, 0.0245),
+            Region::UsEast1 => (0.0004, 0.005, 0.023),
+        };
         Self {
-            lambda_gb_second: match arch {
-                Arch::Arm64 => 0.000_013_333_4,
-                Arch::X86_64 => 0.000_016_666_7,
-            },
+            lambda_gb_second,
             lambda_request: 0.20 / 1e6,
-            s3_get: 0.0004 / 1000.0,
-            s3_put: 0.005 / 1000.0,
+            s3_get: get_1000 / 1000.0,
+            s3_put: put_1000 / 1000.0,
             sqs_request: 0.40 / 1e6,
-            s3_gb_month: 0.023,
+            s3_gb_month: gb_month,
         }
+    }
+
+    /// us-east-1 prices for `arch` (`for_region(Region::UsEast1, arch)`).
+    pub fn us_east_1(arch: Arch) -> Self {
+        Self::for_region(Region::UsEast1, arch)
     }
 }
 
@@ -241,24 +308,30 @@ mod tests {
         assert_eq!(idle_polling_requests_per_month(5), 648_000);
     }
 
-    /// The cost table of docs/cost.md: the Fruits-360 test set in 6 shards of up
-    /// to 4,096, with the per-shard, splitter and reducer durations docs/cost.md derives.
+    /// The cost table of docs/cost.md: the Fruits-360 test set in 6 shards of up to 4,096, at
+    /// the default 3,008 MB, with the per-shard (from the measured 12.7 ms of one core per
+    /// image, AVX2), splitter and reducer durations docs/cost.md derives; arm64 with tract's
+    /// 20.5 ms measured on the same x86 machine (Graviton not measured).
     #[test]
     fn readme_cost_table() {
-        let run = RunShape {
+        let x86_run = RunShape {
             images: 20_622,
             shards: 6,
-            featurizer_s_per_shard: 17.3,
-            featurizer_mb: 5308,
+            featurizer_s_per_shard: 26.2,
+            featurizer_mb: 3008,
             splitter_s: 2.5,
             splitter_mb: 512,
             reducer_s: 5.0,
-            reducer_mb: 4096,
+            reducer_mb: 3008,
             // After the run: the features and PCA parts (staging is deleted on success).
             stored_bytes: 109_350_000,
         };
+        let arm_run = RunShape {
+            featurizer_s_per_shard: 41.9,
+            ..x86_run
+        };
         assert_eq!(
-            requests(run.images, run.shards),
+            requests(x86_run.images, x86_run.shards),
             Requests {
                 lambda: 8,
                 s3_get: 20_690,
@@ -272,23 +345,63 @@ mod tests {
                 "{what}: {got} (docs/cost.md says {want})"
             )
         };
-        let x86 = breakdown(&run, &Prices::us_east_1(Arch::X86_64));
-        let arm = breakdown(&run, &Prices::us_east_1(Arch::Arm64));
-        close(x86.featurizer_gb_s, 538.1, "featurizer GB-s");
-        close(x86.featurizer, 0.008968, "x86 featurizer");
-        close(arm.featurizer, 0.007175, "arm64 featurizer");
-        close(x86.splitter_and_reducer, 0.000354, "x86 splitter + reducer");
+        let paris = |arch| Prices::for_region(Region::EuWest3, arch);
+        let x86 = breakdown(&x86_run, &paris(Arch::X86_64));
+        let arm = breakdown(&arm_run, &paris(Arch::Arm64));
+        close(x86.featurizer_gb_s, 461.8, "x86 featurizer GB-s");
+        close(arm.featurizer_gb_s, 738.5, "arm64 featurizer GB-s");
+        close(x86.featurizer, 0.007696, "x86 featurizer");
+        close(arm.featurizer, 0.009847, "arm64 featurizer");
+        close(x86.splitter_and_reducer, 0.000266, "x86 splitter + reducer");
         close(
             arm.splitter_and_reducer,
-            0.000283,
+            0.000213,
             "arm64 splitter + reducer",
         );
-        close(x86.s3_get, 0.008276, "S3 GET");
-        close(x86.s3_put, 0.000395, "S3 PUT");
-        close(x86.total, 0.01800, "x86 total");
-        close(arm.total, 0.01614, "arm64 total");
-        close(x86.per_1000_images, 0.000873, "x86 per 1000");
-        close(arm.per_1000_images, 0.000783, "arm64 per 1000");
-        close(x86.storage_month, 0.00252, "storage");
+        close(x86.s3_get, 0.008690, "S3 GET");
+        close(x86.s3_put, 0.000419, "S3 PUT");
+        close(x86.total, 0.01708, "x86 total");
+        close(arm.total, 0.01918, "arm64 total");
+        close(x86.per_1000_images, 0.000828, "x86 per 1000");
+        close(arm.per_1000_images, 0.000930, "arm64 per 1000");
+        close(x86.storage_month, 0.00262, "storage");
+        // The other regions' totals (same durations).
+        for (region, x86_total, arm_total) in [
+            (Region::EuCentral1, 0.01729, 0.01939),
+            (Region::UsEast1, 0.01664, 0.01874),
+        ] {
+            let x = breakdown(&x86_run, &Prices::for_region(region, Arch::X86_64));
+            let a = breakdown(&arm_run, &Prices::for_region(region, Arch::Arm64));
+            close(x.total, x86_total, region.code());
+            close(a.total, arm_total, region.code());
+        }
+        // x86_64 is the cheaper architecture at the measured speeds.
+        assert!(x86.total < arm.total);
+    }
+
+    #[test]
+    fn regions_parse_and_price() {
+        for region in Region::ALL {
+            assert_eq!(region.code().parse::<Region>(), Ok(region));
+            assert_eq!(region.to_string(), region.code());
+        }
+        assert_eq!(Region::default(), Region::EuWest3);
+        assert!("ap-south-1"
+            .parse::<Region>()
+            .unwrap_err()
+            .contains("eu-west-3"));
+        // Lambda and SQS prices are the same in the three regions; S3 costs more in Europe.
+        let us = Prices::us_east_1(Arch::X86_64);
+        for region in [Region::EuWest3, Region::EuCentral1] {
+            let eu = Prices::for_region(region, Arch::X86_64);
+            assert_eq!(eu.lambda_gb_second, us.lambda_gb_second);
+            assert_eq!(eu.sqs_request, us.sqs_request);
+            assert!(eu.s3_get > us.s3_get && eu.s3_put > us.s3_put);
+            assert!(eu.s3_gb_month > us.s3_gb_month);
+        }
+        assert_eq!(
+            Prices::us_east_1(Arch::Arm64),
+            Prices::for_region(Region::UsEast1, Arch::Arm64)
+        );
     }
 }

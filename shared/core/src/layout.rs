@@ -73,6 +73,14 @@ impl RunLayout {
     /// `staging/<run>/`: the run's intermediate objects (attempts' parts, statistics and
     /// errors). The reducer deletes it after `_SUCCESS`; a lifecycle rule on `staging/`
     /// expires what a failed run leaves.
+    /// A node of the completion barrier's tree ([`crate::batch::barrier`]), under the done
+    /// prefix (the featurizer's grants there cover it; [`shard_of_done_marker`] skips it).
+    pub fn barrier_node(&self, level: u32, index: usize) -> String {
+        format!(
+            "runs/{}/done/tree/node-{level:02}-{index:05}.json",
+            self.run_id
+        )
+    }
     pub fn staging_prefix(&self) -> String {
         format!("{STAGING_PREFIX}{}/", self.run_id)
     }
@@ -166,6 +174,9 @@ mod tests {
         assert_eq!(shard_of_done_marker(&layout.done_marker(42)), Some(42));
         assert!(layout.done_marker(3).starts_with(&layout.done_prefix()));
         assert_eq!(shard_of_done_marker("runs/r1/done/other.json"), None);
+        let node = layout.barrier_node(3, 7);
+        assert!(node.starts_with(&layout.done_prefix()));
+        assert_eq!(shard_of_done_marker(&node), None, "not a shard's marker");
         let a = layout.attempt_part(3, "a1");
         let b = layout.attempt_part(3, "b2");
         assert_ne!(a, b, "attempts never share keys");

@@ -8,6 +8,10 @@ use engine::pca::{PcaConvention, PcaOptions};
 use engine::preprocess::ImageErrorKind;
 
 use crate::error::{Error, Result};
+pub use crate::limits::{
+    RequestLimits, DEFAULT_MAX_PCA_K, DEFAULT_MAX_SHARDS_PER_RUN, DEFAULT_MAX_SHARD_SIZE,
+    DEFAULT_MIN_SHARD_SIZE, LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_PIXELS,
+};
 
 /// Default number of images per shard: about 20 s of compute for a 3-vCPU featurizer
 /// (14.7 ms per image and core), long enough that per-invocation overhead is small and that
@@ -21,6 +25,19 @@ pub const DEFAULT_IMAGE_GLOB: &str = "*.{jpg,jpeg,png}";
 pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
 /// Default share of images allowed to fail before the run is declared failed.
 pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.05;
+/// Default largest image object, in bytes: 64 MiB. A larger object is that image's error
+/// ("too large"), never a failed shard.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 64 * 1024 * 1024;
+
+fn default_max_image_bytes() -> u64 {
+    DEFAULT_MAX_IMAGE_BYTES
+}
+
+/// Left out of the serialized options when it is the default, so that runs created before
+/// the option existed keep their fingerprint (and id).
+fn is_default_max_image_bytes(v: &u64) -> bool {
+    *v == DEFAULT_MAX_IMAGE_BYTES
+}
 
 /// Everything that shapes a run's outputs; part of the run id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +55,12 @@ pub struct RunOptions {
     pub max_pixels: u64,
     /// Share of failed images above which the run fails (no PCA is written).
     pub max_error_rate: f64,
+    /// Images larger than this many bytes are rejected before (or while) reading them.
+    #[serde(
+        default = "default_max_image_bytes",
+        skip_serializing_if = "is_default_max_image_bytes"
+    )]
+    pub max_image_bytes: u64,
 }
 
 impl Default for RunOptions {
@@ -49,6 +72,7 @@ impl Default for RunOptions {
             pca: PcaOptions::default(),
             max_pixels: DEFAULT_MAX_PIXELS,
             max_error_rate: DEFAULT_MAX_ERROR_RATE,
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
         }
     }
 }
@@ -94,6 +118,9 @@ impl RunOptions {
         if self.max_pixels == 0 {
             return bad("max_pixels must be at least 1".into());
         }
+        if self.max_image_bytes == 0 {
+            return bad("max_image_bytes must be at least 1".into());
+        }
         crate::batch::listing::ImageFilter::new(&self.image_glob)?;
         Ok(())
     }
@@ -133,6 +160,9 @@ pub struct RunRequest {
     /// Failure threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_error_rate: Option<f64>,
+    /// Largest image object, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_image_bytes: Option<u64>,
 }
 
 impl RunRequest {
@@ -164,6 +194,9 @@ impl RunRequest {
         if let Some(v) = self.max_error_rate {
             o.max_error_rate = v;
         }
+        if let Some(v) = self.max_image_bytes {
+            o.max_image_bytes = v;
+        }
         o
     }
 }
@@ -181,6 +214,16 @@ pub struct ImageRef {
     /// before versions were kept: those images are read unconditionally.
     #[serde(default)]
     pub version: String,
+    /// The listed size in bytes: an object over the run's `max_image_bytes` is that image's
+    /// error without being read, and the featurizer budgets its prefetch with it. 0 when
+    /// unknown (lists written before sizes were kept): the read checks its `Content-Length`.
+    /// Not part of the fingerprint (the version covers the content).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// One shard of a run.
@@ -385,6 +428,16 @@ pub struct DoneMarker {
     /// readers fall back to the committed attempt's `errors.json`.
     #[serde(default)]
     pub error_list: Vec<ImageError>,
+    /// sha256 (hex) of the attempt's `stats.bin`, which the reducer checks before using it
+    /// ("tampered or corrupt" otherwise). `None` in markers written before it was kept: the
+    /// reducer then does not trust the file and recomputes the statistics from the part,
+    /// which `part_sha256` verifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_sha256: Option<String>,
+    /// sha256 (hex) of the attempt's `errors.json` (the JSON of `error_list`), checked by the
+    /// reducer against the list it uses. `None` in markers written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors_sha256: Option<String>,
 }
 
 /// The fingerprint of a run: sha256 (hex) over the input location, every listed key with
@@ -443,8 +496,10 @@ pub fn derive_run_id(fingerprint: &str) -> String {
 
 /// Names under `runs/` that are not runs: `runs/requests/` (run requests; the S3 event that
 /// starts the splitter fires on `runs/requests/*.json`, so a run's own JSON there would start
-/// it) and `runs/request-results/` (the splitter's record of each request).
-pub const RESERVED_RUN_IDS: &[&str] = &["requests", "request-results"];
+/// it), `runs/request-results/` (the splitter's record of each request) and `runs/_health/`
+/// (the functions' health records, [`crate::health`]).
+pub const RESERVED_RUN_IDS: &[&str] =
+    &["requests", "request-results", crate::health::HEALTH_RUN_ID];
 
 /// Checks an explicit run id: it becomes part of keys, so keep it to a safe alphabet, and
 /// away from the keys under `runs/` that are not runs ([`RESERVED_RUN_IDS`]).
@@ -452,10 +507,10 @@ pub fn validate_run_id(run_id: &str) -> Result<()> {
     if RESERVED_RUN_IDS.contains(&run_id) {
         return Err(Error::InvalidRequest(format!(
             "run id {run_id:?} is reserved (runs/{run_id}/ holds {}); choose another",
-            if run_id == "requests" {
-                "run requests"
-            } else {
-                "the splitter's request results"
+            match run_id {
+                "requests" => "run requests",
+                "request-results" => "the splitter's request results",
+                _ => "the functions' health records",
             }
         )));
     }
@@ -533,6 +588,7 @@ mod tests {
                 path: format!("c/{i:03}.jpg"),
                 label: "c".into(),
                 version: format!("etag-{i}"),
+                size: 0,
             })
             .collect()
     }
@@ -674,6 +730,8 @@ mod tests {
                 memory_mb: None,
             },
             finished_at_ms: None,
+            stats_sha256: Some("11".into()),
+            errors_sha256: None,
             error_list: vec![ImageError {
                 path: "c/1.jpg".into(),
                 label: "c".into(),
@@ -685,10 +743,47 @@ mod tests {
         assert_eq!(json["error_list"][0]["kind"], "archived");
         let back: DoneMarker = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, marker);
+        assert_eq!(json["stats_sha256"], "11");
+        assert!(json.get("errors_sha256").is_none(), "None is left out");
         let mut old = json;
         old.as_object_mut().unwrap().remove("error_list");
+        old.as_object_mut().unwrap().remove("stats_sha256");
         let old: DoneMarker = serde_json::from_value(old).unwrap();
         assert!(old.error_list.is_empty());
+        assert_eq!(old.stats_sha256, None, "a marker from before the checksums");
+    }
+
+    #[test]
+    fn the_image_size_limit_keeps_old_run_ids_and_reads_old_manifests() {
+        let o = RunOptions::default();
+        let json = serde_json::to_value(&o).unwrap();
+        assert!(
+            json.get("max_image_bytes").is_none(),
+            "the default is left out, so run ids made before it existed stay the same"
+        );
+        let back: RunOptions = serde_json::from_value(json).unwrap();
+        assert_eq!(back.max_image_bytes, DEFAULT_MAX_IMAGE_BYTES);
+        let smaller = RunOptions {
+            max_image_bytes: 1 << 20,
+            ..o.clone()
+        };
+        assert_eq!(
+            serde_json::to_value(&smaller).unwrap()["max_image_bytes"],
+            1 << 20
+        );
+        assert_ne!(
+            run_fingerprint("/in", &o, &images(3), "m"),
+            run_fingerprint("/in", &smaller, &images(3), "m"),
+            "another limit is another run"
+        );
+        let req: RunRequest =
+            serde_json::from_str(r#"{"input_prefix":"a/","max_image_bytes":1000}"#).unwrap();
+        assert_eq!(req.options(&o).max_image_bytes, 1000);
+        let zero = RunOptions {
+            max_image_bytes: 0,
+            ..o
+        };
+        assert!(zero.validate(1280, 10).is_err());
     }
 
     #[test]

@@ -97,6 +97,11 @@ pub enum StuckKind {
     RefitLost,
     /// A collection's `current.json` names a snapshot that is not (or no longer) complete.
     DanglingPointer,
+    /// The featurizer fails at cold start: its layer's model is not the stack's
+    /// `ModelSha256` ([`crate::health`]).
+    ModelMismatch,
+    /// A collection holds (or waits to fold) the features of two models: its refits refuse.
+    ModelsMixed,
 }
 
 /// Why and since when a run or a collection is stuck, and what to do about it.
@@ -297,6 +302,14 @@ impl StallPolicy {
                 StuckKind::DanglingPointer,
                 "current.json naming an incomplete snapshot: at once".into(),
             ),
+            (
+                StuckKind::ModelMismatch,
+                "a featurizer cold start with another model than ModelSha256: at once".into(),
+            ),
+            (
+                StuckKind::ModelsMixed,
+                "a collection with features of two models (snapshot, deltas): at once".into(),
+            ),
         ]
     }
 }
@@ -323,7 +336,7 @@ mod tests {
             Duration::from_secs(900 + 300 + 60)
         );
         assert_eq!(p.refit_lost_after(5), Duration::from_secs(360));
-        assert_eq!(p.describe().len(), 9);
+        assert_eq!(p.describe().len(), 11);
     }
 
     #[test]

@@ -5,11 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tract_onnx::prelude::*;
 
 use crate::executor::{Executor, ExecutorSession, Isa, Unsupported};
+use crate::preprocess::Preprocessor;
 
 /// Failures of the model.
 #[derive(Debug, Error)]
@@ -48,111 +48,12 @@ mod anyhow_tract {
     pub type Error = tract_onnx::prelude::TractError;
 }
 
-/// Tensor layout of the model input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Layout {
-    /// Batch, height, width, channels.
-    NHWC,
-    /// Batch, channels, height, width.
-    NCHW,
-}
+mod spec;
 
-/// How to feed a model: read from `model_spec.json` beside the model, so another ONNX image
-/// model can be swapped in without code changes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelSpec {
-    /// Human-readable name.
-    pub name: String,
-    /// ONNX input name.
-    pub input_name: String,
-    /// ONNX output name (the features).
-    pub output_name: String,
-    /// Input layout.
-    pub layout: Layout,
-    /// Input height.
-    pub height: u32,
-    /// Input width.
-    pub width: u32,
-    /// Channels (3: RGB).
-    pub channels: u32,
-    /// Resize filter; only `bicubic` (Pillow's) is implemented.
-    pub resize: String,
-    /// Pixel scale: input = pixel * scale + offset.
-    pub scale: f32,
-    /// Pixel offset.
-    pub offset: f32,
-}
-
-/// The spec of the bundled MobileNetV2 (`models/model_spec.json`).
-pub const DEFAULT_SPEC_JSON: &str = include_str!("../../../models/model_spec.json");
-
-impl ModelSpec {
-    /// The bundled MobileNetV2 spec.
-    pub fn mobilenet_v2() -> Self {
-        serde_json::from_str(DEFAULT_SPEC_JSON).expect("models/model_spec.json is valid")
-    }
-
-    /// Reads and checks a spec file.
-    pub fn load(path: &Path) -> Result<Self, ModelError> {
-        let err = |reason: String| ModelError::Spec {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let spec: Self = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        spec.check().map_err(err)?;
-        Ok(spec)
-    }
-
-    /// The spec beside a model (`<dir>/model_spec.json`), else the bundled one.
-    pub fn for_model(model_path: &Path, explicit: Option<&Path>) -> Result<Self, ModelError> {
-        if let Some(path) = explicit {
-            return Self::load(path);
-        }
-        let beside = model_path.with_file_name("model_spec.json");
-        if beside.is_file() {
-            Self::load(&beside)
-        } else {
-            Ok(Self::mobilenet_v2())
-        }
-    }
-
-    fn check(&self) -> Result<(), String> {
-        if self.resize != "bicubic" {
-            return Err(format!(
-                "resize {:?} is not supported (only \"bicubic\")",
-                self.resize
-            ));
-        }
-        if self.channels != 3 {
-            return Err(format!(
-                "{} channels: only RGB (3) inputs are supported",
-                self.channels
-            ));
-        }
-        if self.width == 0 || self.height == 0 {
-            return Err("width and height must be positive".into());
-        }
-        Ok(())
-    }
-
-    /// Number of floats of one input image.
-    pub fn input_len(&self) -> usize {
-        (self.width * self.height * self.channels) as usize
-    }
-
-    fn input_shape(&self) -> [usize; 4] {
-        let (h, w, c) = (
-            self.height as usize,
-            self.width as usize,
-            self.channels as usize,
-        );
-        match self.layout {
-            Layout::NHWC => [1, h, w, c],
-            Layout::NCHW => [1, c, h, w],
-        }
-    }
-}
+pub use spec::{
+    ChannelOrder, Layout, ModelRecord, ModelSpec, ResizeFilter, ResizeMode, DEFAULT_SPEC_JSON,
+    PRESETS,
+};
 
 type Plan = TypedRunnableModel;
 
@@ -248,6 +149,7 @@ pub fn channels_last(model: &mut TypedModel) -> TractResult<usize> {
 pub struct Model {
     runner: Runner,
     spec: Arc<ModelSpec>,
+    preprocessor: Arc<Preprocessor>,
     feature_dim: usize,
     load_time: Duration,
     channels_last_convs: usize,
@@ -277,6 +179,66 @@ fn tract<T>(context: &str, r: TractResult<T>) -> Result<T, ModelError> {
     })
 }
 
+/// Selects the spec's input and output (the model's first input and first output where the
+/// spec names none), checks the input's declared shape against the spec, and returns the
+/// spec with both names filled in.
+fn resolve_io(model: &mut InferenceModel, mut spec: ModelSpec) -> Result<ModelSpec, ModelError> {
+    let outlets = tract("inputs", model.input_outlets().map(|o| o.to_vec()))?;
+    let input_names: Vec<String> = outlets
+        .iter()
+        .map(|o| model.node(o.node).name.clone())
+        .collect();
+    if spec.input_name.is_empty() {
+        spec.input_name = input_names
+            .first()
+            .cloned()
+            .ok_or_else(|| ModelError::Mismatch("the model has no input".into()))?;
+    }
+    let Some(index) = input_names.iter().position(|n| *n == spec.input_name) else {
+        return Err(ModelError::Mismatch(format!(
+            "no input named {:?} (inputs: {input_names:?})",
+            spec.input_name
+        )));
+    };
+    let declared = tract("input fact", model.input_fact(index).cloned())?;
+    if !declared.shape.is_open() {
+        use tract_onnx::tract_hir::infer::Factoid;
+        let dims: Vec<Option<usize>> = declared
+            .shape
+            .dims()
+            .map(|d| {
+                d.concretize()
+                    .and_then(|d| d.as_i64())
+                    .and_then(|d| usize::try_from(d).ok())
+            })
+            .collect();
+        spec.check_input_shape(&spec.input_name, &dims)
+            .map_err(ModelError::Mismatch)?;
+    }
+    tract(
+        "selecting input",
+        model.set_input_names([spec.input_name.as_str()]),
+    )?;
+    if spec.output_name.is_empty() {
+        let first = tract(
+            "outputs",
+            model.output_outlets().map(|o| o.first().copied()),
+        )?;
+        let first = first.ok_or_else(|| ModelError::Mismatch("the model has no output".into()))?;
+        // The ONNX output's tensor name (what onnxruntime calls it), else tract's node name.
+        spec.output_name = model
+            .outlet_label(first)
+            .map(str::to_string)
+            .unwrap_or_else(|| model.node(first.node).name.clone());
+    }
+    tract(
+        "selecting output",
+        model.select_outputs_by_name([spec.output_name.as_str()]),
+    )
+    .map_err(|e| ModelError::Mismatch(format!("output {:?}: {e}", spec.output_name)))?;
+    Ok(spec)
+}
+
 impl Model {
     /// Loads the ONNX file, fixes the input to one image of the spec's shape, selects the
     /// spec's output, and optimizes. The feature dimension is read from the model.
@@ -291,6 +253,7 @@ impl Model {
         options: LoadOptions,
     ) -> Result<Self, ModelError> {
         let start = Instant::now();
+        let preprocessor = Arc::new(spec.preprocessor()?);
         if !path.is_file() {
             return Err(ModelError::Missing(path.display().to_string()));
         }
@@ -315,30 +278,7 @@ impl Model {
         let sha256: Arc<str> = sha256.into();
         drop(bytes);
         let mut model = tract("loading ONNX", parsed)?;
-        let input_names: Vec<String> = model
-            .input_outlets()
-            .map_err(|source| ModelError::Tract {
-                context: "inputs".into(),
-                source,
-            })?
-            .iter()
-            .map(|o| model.node(o.node).name.clone())
-            .collect();
-        if !input_names.contains(&spec.input_name) {
-            return Err(ModelError::Mismatch(format!(
-                "no input named {:?} (inputs: {input_names:?})",
-                spec.input_name
-            )));
-        }
-        tract(
-            "selecting input",
-            model.set_input_names([spec.input_name.as_str()]),
-        )?;
-        tract(
-            "selecting output",
-            model.select_outputs_by_name([spec.output_name.as_str()]),
-        )
-        .map_err(|e| ModelError::Mismatch(format!("output {:?}: {e}", spec.output_name)))?;
+        let spec = resolve_io(&mut model, spec)?;
         let fact = f32::fact(spec.input_shape());
         let model = tract("setting input shape", model.with_input_fact(0, fact.into()))?;
         let typed = tract("typing", model.into_typed())?;
@@ -366,6 +306,7 @@ impl Model {
                     return Ok(Self {
                         runner: Runner::Native(Arc::new(executor)),
                         spec: Arc::new(spec),
+                        preprocessor,
                         feature_dim,
                         load_time: start.elapsed(),
                         channels_last_convs: 0,
@@ -399,6 +340,7 @@ impl Model {
         Ok(Self {
             runner: Runner::Tract(plan),
             spec: Arc::new(spec),
+            preprocessor,
             feature_dim,
             load_time: start.elapsed(),
             channels_last_convs: rewrites,
@@ -411,15 +353,30 @@ impl Model {
         self.feature_dim
     }
 
-    /// The spec the model was loaded with.
+    /// The spec the model was loaded with (input and output names filled in).
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+
+    /// The spec's preprocessing, ready to run: decoded image to this model's input tensor.
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.preprocessor
     }
 
     /// sha256 (hex) of the model file: runs record it, and a featurizer refuses the shards
     /// of a run made for another model.
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// The model's record for a run: name, file sha256, spec and spec sha256.
+    pub fn record(&self) -> ModelRecord {
+        ModelRecord {
+            name: self.spec.name.clone(),
+            sha256: self.sha256.to_string(),
+            spec_sha256: self.spec.sha256(),
+            spec: (*self.spec).clone(),
+        }
     }
 
     /// The engine that runs the model: `tract`, or `native (avx512)` and the like.

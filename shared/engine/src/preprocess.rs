@@ -1,5 +1,7 @@
-//! Preprocessing, exactly the model's input contract (see `models/README.md`): decode, convert
-//! to RGB, resize with Pillow's bicubic filter, scale to the model's range, NHWC. Pure functions.
+//! Preprocessing, exactly the model's input contract (see `models/README.md` and
+//! `docs/model.md`): decode, convert to RGB, resize with one of Pillow's filters (stretched,
+//! or the shorter side as torchvision), centre-crop, normalize (scale, offset, mean, std), in
+//! the model's channel order and layout ([`Preprocessor`]). Pure functions.
 
 use std::io::Cursor;
 
@@ -39,7 +41,17 @@ pub enum ImageErrorKind {
     Unreadable,
 }
 
+mod geometry;
 mod resample;
+mod spec;
+mod thumbnail;
+
+pub use thumbnail::decode_thumbnail_rgb8;
+
+pub use geometry::shorter_side_size;
+pub use spec::{
+    resize, ChannelOrder, Layout, Preprocessing, Preprocessor, ResizeFilter, ResizeMode,
+};
 
 /// A decoded 8-bit RGB image, row-major, 3 bytes a pixel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,32 +232,7 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 /// [`resample`] for Pillow's rules (fast_image_resize, used before, matches Pillow when
 /// enlarging but not when shrinking: its window sizes and pass order differ).
 pub fn resize_bicubic(image: &Rgb8, width: u32, height: u32) -> Result<Rgb8, PreprocessError> {
-    if width == 0 || height == 0 || image.width == 0 || image.height == 0 {
-        return Err(PreprocessError::new(
-            ImageErrorKind::Decode,
-            format!(
-                "resize: cannot resize {}x{} to {width}x{height} (a side is 0)",
-                image.width, image.height
-            ),
-        ));
-    }
-    if image.pixels.len() != image.width as usize * image.height as usize * 3 {
-        return Err(PreprocessError::new(
-            ImageErrorKind::Decode,
-            format!(
-                "resize: {} bytes for a {}x{} RGB image",
-                image.pixels.len(),
-                image.width,
-                image.height
-            ),
-        ));
-    }
-    let pixels = resample::resize_rgb8(&image.pixels, (image.width, image.height), (width, height));
-    Ok(Rgb8 {
-        width,
-        height,
-        pixels,
-    })
+    resize(ResizeFilter::Bicubic, image, width, height)
 }
 
 /// Writes `pixel * scale + offset` into `out` (NHWC for one image, RGB order).
@@ -427,6 +414,55 @@ mod tests {
             );
             if max_diff != 0 || !same {
                 failures.push(format!("{kind} {w}x{h} -> {tw}x{th} (max diff {max_diff})"));
+            }
+        }
+        assert!(failures.is_empty(), "differ from Pillow: {failures:?}");
+    }
+
+    /// NEAREST, BILINEAR and LANCZOS: Pillow 13's bytes on enlarging, shrinking, mixed and
+    /// extreme cases (`tests/fixtures/pillow_filters.py`), by sha256 and 256 sampled bytes.
+    #[test]
+    fn resize_matches_pillow_for_every_filter() {
+        use sha2::{Digest, Sha256};
+        let fixtures: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tests/fixtures/pillow_filters.json"))
+                .unwrap();
+        let cases = fixtures.as_array().unwrap();
+        assert!(cases.len() >= 30);
+        let mut failures = Vec::new();
+        for case in cases {
+            let get = |k: &str| case[k].as_u64().unwrap() as u32;
+            let (kind, filter) = (
+                case["kind"].as_str().unwrap(),
+                case["filter"].as_str().unwrap(),
+            );
+            let filter: ResizeFilter =
+                serde_json::from_value(serde_json::Value::String(filter.into())).unwrap();
+            let (w, h, tw, th) = (
+                get("width"),
+                get("height"),
+                get("target_width"),
+                get("target_height"),
+            );
+            let image = synthetic_rgb8(kind, get("seed"), w, h);
+            let out = resize(filter, &image, tw, th).unwrap();
+            let samples = from_hex(case["samples_hex"].as_str().unwrap());
+            let (n, len) = (samples.len(), out.pixels.len());
+            assert_eq!(len, (tw * th * 3) as usize);
+            let max_diff = samples
+                .iter()
+                .enumerate()
+                .map(|(k, &expected)| out.pixels[k * len / n].abs_diff(expected))
+                .max()
+                .unwrap();
+            let digest: String = Sha256::digest(&out.pixels)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if max_diff != 0 || digest != case["sha256"].as_str().unwrap() {
+                failures.push(format!(
+                    "{filter:?} {kind} {w}x{h} -> {tw}x{th} (max sampled diff {max_diff})"
+                ));
             }
         }
         assert!(failures.is_empty(), "differ from Pillow: {failures:?}");

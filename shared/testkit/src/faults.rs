@@ -37,18 +37,21 @@ pub enum WriteOp {
     Replace,
     /// [`ObjectStore::delete`].
     Delete,
+    /// [`ObjectStore::copy`] (S3 `CopyObject`), on its target key.
+    Copy,
     /// [`Queue::send_all`].
     Send,
 }
 
 impl WriteOp {
-    /// The name in the step log (`put`, `create`, `replace`, `delete`, `send`).
+    /// The name in the step log (`put`, `create`, `replace`, `delete`, `copy`, `send`).
     pub fn name(self) -> &'static str {
         match self {
             WriteOp::Put => "put",
             WriteOp::Create => "create",
             WriteOp::Replace => "replace",
             WriteOp::Delete => "delete",
+            WriteOp::Copy => "copy",
             WriteOp::Send => "send",
         }
     }
@@ -581,6 +584,24 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     async fn get_if_match(&self, key: &str, version: &str) -> Result<Bytes, StoreError> {
         self.faults.before_call("get", key).await?;
         self.inner.get_if_match(key, version).await
+    }
+    async fn get_bounded(
+        &self,
+        key: &str,
+        version: &str,
+        limit: u64,
+    ) -> Result<Versioned, StoreError> {
+        self.faults.before_call("get", key).await?;
+        self.inner.get_bounded(key, version, limit).await
+    }
+    /// A mutating step on `to` (its faults select the target key); a read of `from` first
+    /// (a denied or crashed source fails as a read does).
+    async fn copy(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        self.faults.before_call("get", from).await?;
+        self.write(WriteOp::Copy, to, body_digest(from.as_bytes()), || {
+            self.inner.copy(from, to)
+        })
+        .await
     }
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         self.write(WriteOp::Put, key, body_digest(&body), || {

@@ -6,7 +6,17 @@
 //! explicit `Deny` wins, else any matching `Allow` allows, else the request is implicitly
 //! denied. `Action`/`NotAction` patterns match case-insensitively, `Resource`/`NotResource`
 //! case-sensitively, both with the `*` and `?` wildcards; in an ARN a wildcard does not cross
-//! the `:` between the first six segments. `Condition` blocks are refused (not modelled).
+//! the `:` between the first six segments. `Condition` blocks are evaluated in their simple
+//! forms only: `StringEquals` and `StringLike` (case-sensitive, `*`/`?` in `StringLike`) on
+//! `s3:prefix`, a key present in the request's context; any other operator, key, set
+//! operator (`ForAnyValue:`/`ForAllValues:`) or `...IfExists` is refused when the policy is
+//! read, so nothing is evaluated wrongly. A condition whose key the request does not carry
+//! does not match (AWS: a missing key fails every operator but the negated and `IfExists`
+//! ones).
+//!
+//! The request context: a ListObjectsV2 carries `s3:prefix` = its prefix (empty included).
+//! S3's check of `s3:ListBucket` before it answers 404 for a missing key is evaluated with
+//! `s3:prefix` = that key (Ceph RGW matched AWS on this: ceph/ceph#68577).
 //!
 //! What each port call needs comes from the adapters' own tables, [`aws::sdk::s3_access`]
 //! and [`aws::sdk::sqs_access`], so a wrapped store asks for exactly the permissions the S3
@@ -80,6 +90,9 @@ impl Patterns {
     }
 }
 
+mod condition;
+pub use condition::{Condition, ConditionOp, Context, CONDITION_KEYS};
+
 /// One statement of an identity policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
@@ -91,6 +104,8 @@ pub struct Statement {
     pub actions: Patterns,
     /// `Resource` or `NotResource`.
     pub resources: Patterns,
+    /// Its `Condition` block: all must hold (empty: none).
+    pub conditions: Vec<Condition>,
 }
 
 impl Statement {
@@ -115,11 +130,10 @@ impl Statement {
                 )))
             }
         };
-        if value.get("Condition").is_some() {
-            return Err(invalid(
-                "Condition is not modelled by this checker; it would evaluate it wrongly".into(),
-            ));
-        }
+        let conditions = match value.get("Condition") {
+            Some(block) => Condition::parse_block(block).map_err(&invalid)?,
+            None => Vec::new(),
+        };
         if value.get("Principal").is_some() || value.get("NotPrincipal").is_some() {
             return Err(invalid(
                 "Principal belongs in resource policies, not in a role's policy".into(),
@@ -152,14 +166,21 @@ impl Statement {
             effect,
             actions: patterns("Action", "NotAction")?,
             resources: patterns("Resource", "NotResource")?,
+            conditions,
             sid,
         })
     }
 
-    /// Whether the statement applies to `action` on `resource`.
+    /// Whether the statement applies to `action` on `resource` (with no condition key).
     pub fn applies(&self, action: &str, resource: &str) -> bool {
+        self.applies_with(action, resource, &[])
+    }
+
+    /// Whether the statement applies to `action` on `resource` in `context`.
+    pub fn applies_with(&self, action: &str, resource: &str, context: &[(String, String)]) -> bool {
         self.actions.matches(action, action_matches)
             && self.resources.matches(resource, arn_matches)
+            && self.conditions.iter().all(|c| c.holds(context))
     }
 }
 
@@ -191,10 +212,20 @@ impl Decision {
 impl Policy {
     /// AWS's evaluation for one identity: explicit Deny, else Allow, else implicit deny.
     pub fn evaluate(&self, action: &str, resource: &str) -> Decision {
+        self.evaluate_with(action, resource, &[])
+    }
+
+    /// [`Self::evaluate`] for a request whose context carries condition keys.
+    pub fn evaluate_with(
+        &self,
+        action: &str,
+        resource: &str,
+        context: &[(String, String)],
+    ) -> Decision {
         let applying = || {
             self.statements
                 .iter()
-                .filter(|s| s.applies(action, resource))
+                .filter(|s| s.applies_with(action, resource, context))
         };
         if let Some(deny) = applying().find(|s| s.effect == Effect::Deny) {
             return Decision::ExplicitDeny(deny.sid.clone());
@@ -280,6 +311,8 @@ pub struct Request {
     pub action: String,
     /// The resource ARN.
     pub resource: String,
+    /// Its condition keys (`s3:prefix` of a listing).
+    pub context: Context,
     /// What the role's policy said.
     pub decision: Decision,
 }
@@ -314,7 +347,17 @@ impl Role {
 
     /// Evaluates and records one request.
     pub fn check(&self, action: &str, resource: &str) -> Result<(), AccessDenied> {
-        let decision = self.policy.evaluate(action, resource);
+        self.check_with(action, resource, Vec::new())
+    }
+
+    /// Evaluates and records one request with its condition keys.
+    pub fn check_with(
+        &self,
+        action: &str,
+        resource: &str,
+        context: Context,
+    ) -> Result<(), AccessDenied> {
+        let decision = self.policy.evaluate_with(action, resource, &context);
         let result = match &decision {
             Decision::Allowed(_) => Ok(()),
             Decision::ImplicitDeny | Decision::ExplicitDeny(_) => Err(AccessDenied {
@@ -330,6 +373,7 @@ impl Role {
         self.log.lock().expect("iam log").push(Request {
             action: action.to_string(),
             resource: resource.to_string(),
+            context,
             decision,
         });
         result
@@ -413,13 +457,21 @@ impl<S: ObjectStore> CheckedStore<S> {
         } else {
             format!("{}/{key}", self.bucket_arn)
         };
+        // A listing carries its prefix; S3's check before it answers 404 for a missing key
+        // carries the key as the prefix.
+        let prefix = || vec![("s3:prefix".to_string(), key.to_string())];
+        let context = if access.on_bucket {
+            prefix()
+        } else {
+            Vec::new()
+        };
         self.role
-            .check(access.action, &resource)
+            .check_with(access.action, &resource, context)
             .map_err(|e| Self::denied(access.api, key, e))?;
         let result = make.await;
         if access.missing_key_needs_list && missing(&result) {
             self.role
-                .check("s3:ListBucket", &self.bucket_arn)
+                .check_with("s3:ListBucket", &self.bucket_arn, prefix())
                 .map_err(|e| Self::denied(access.api, key, e))?;
         }
         result
@@ -443,6 +495,23 @@ impl<S: ObjectStore> ObjectStore for CheckedStore<S> {
         let read = self.inner.get_versioned(key);
         self.call(StoreCall::GetVersioned, key, read, not_found)
             .await
+    }
+    async fn get_bounded(
+        &self,
+        key: &str,
+        version: &str,
+        limit: u64,
+    ) -> Result<Versioned, StoreError> {
+        let read = self.inner.get_bounded(key, version, limit);
+        self.call(StoreCall::Get, key, read, not_found).await
+    }
+    /// CopyObject: `s3:GetObject` on the source, then `s3:PutObject` on the target.
+    async fn copy(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        let source = async { Ok(()) };
+        self.call(StoreCall::CopySource, from, source, never)
+            .await?;
+        let copy = self.inner.copy(from, to);
+        self.call(StoreCall::Copy, to, copy, not_found).await
     }
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         self.call(StoreCall::Put, key, self.inner.put(key, body), never)
@@ -616,6 +685,18 @@ mod tests {
     fn statements_that_cannot_be_evaluated_are_refused() {
         let bad = [
             json!({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*", "Condition": {}}),
+            json!({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*",
+                "Condition": {"StringNotLike": {"s3:prefix": "a/*"}}}),
+            json!({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*",
+                "Condition": {"StringLikeIfExists": {"s3:prefix": "a/*"}}}),
+            json!({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*",
+                "Condition": {"ForAnyValue:StringLike": {"s3:prefix": "a/*"}}}),
+            json!({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*",
+                "Condition": {"StringLike": {"aws:SourceIp": "1.2.3.4"}}}),
+            json!({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*",
+                "Condition": {"StringLike": {"s3:prefix": []}}}),
+            json!({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*",
+                "Condition": {"StringLike": {"s3:prefix": [3]}}}),
             json!({"Effect": "Permit", "Action": "s3:GetObject", "Resource": "*"}),
             json!({"Effect": "Allow", "Action": "s3:GetObject"}),
             json!({"Effect": "Allow", "Action": "s3:GetObject", "NotAction": "s3:PutObject", "Resource": "*"}),

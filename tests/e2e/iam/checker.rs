@@ -204,9 +204,11 @@ fn the_checker_role_allows_its_calls_and_nothing_more() {
         .unwrap_or_else(|e| std::panic::resume_unwind(e));
     let requests = role.requests();
     let refused = |policy: &Policy| {
-        requests
-            .iter()
-            .any(|q| !policy.evaluate(&q.action, &q.resource).is_allowed())
+        requests.iter().any(|q| {
+            !policy
+                .evaluate_with(&q.action, &q.resource, &q.context)
+                .is_allowed()
+        })
     };
     let mut unneeded = Vec::new();
     let statements = role.policy().statements.clone();

@@ -15,8 +15,8 @@ use tracing::{info, warn};
 use crate::batch::attempts::{started_key, ShardStart};
 use crate::batch::guard::{classify_fetch_error, ImageFailure};
 use crate::batch::inference::{
-    featurize_streamed, synthetic_features, Engine, FeaturizedBatch, Fetched, ImageOutcome,
-    Progress,
+    featurize_streamed, synthetic_features, ByteBudget, Engine, FeaturizedBatch, Fetched,
+    ImageOutcome, Progress,
 };
 use crate::error::{Error, Result};
 use crate::layout::{shard_of_done_marker, RunLayout};
@@ -39,7 +39,15 @@ pub struct FeaturizerSettings {
     pub worker_threads: usize,
     /// Stop a shard when less than this is left before the deadline (room for the writes).
     pub deadline_margin: std::time::Duration,
+    /// The encoded bytes a shard holds at once (fetches in flight, the prefetch queue and the
+    /// images being decoded), at least the run's `max_image_bytes`: see
+    /// [`FeaturizerSettings::byte_budget`] and docs/limits.md.
+    pub prefetch_bytes: u64,
 }
+
+/// The default [`FeaturizerSettings::prefetch_bytes`] where the memory is not known (a
+/// local run): 256 MiB.
+pub const DEFAULT_PREFETCH_BYTES: u64 = 256 << 20;
 
 impl Default for FeaturizerSettings {
     fn default() -> Self {
@@ -47,8 +55,19 @@ impl Default for FeaturizerSettings {
             fetch_concurrency: 16,
             worker_threads: 0,
             deadline_margin: std::time::Duration::from_secs(20),
+            prefetch_bytes: DEFAULT_PREFETCH_BYTES,
         }
     }
+}
+
+/// The prefetch budget of a function with `memory_mb` of memory (Lambda's
+/// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`): a sixth of it, at least 64 MiB, or
+/// [`DEFAULT_PREFETCH_BYTES`] when it is not known. The rest holds the model sessions, the
+/// decoded pixels (the pixel budget) and the shard's rows (docs/limits.md).
+pub fn prefetch_bytes_for_memory(memory_mb: Option<u64>) -> u64 {
+    memory_mb.map_or(DEFAULT_PREFETCH_BYTES, |mb| {
+        (mb << 20).div_ceil(6).max(64 << 20)
+    })
 }
 
 impl FeaturizerSettings {
@@ -57,6 +76,13 @@ impl FeaturizerSettings {
     /// memory (a shard is never held whole).
     pub fn prefetch(&self) -> usize {
         self.fetch_concurrency.max(2 * self.threads()).max(1)
+    }
+
+    /// The shard's byte budget for a run whose images are at most `max_image_bytes`:
+    /// [`FeaturizerSettings::prefetch_bytes`], raised to `max_image_bytes` so that the
+    /// largest allowed image fits.
+    pub fn byte_budget(&self, max_image_bytes: u64) -> u64 {
+        self.prefetch_bytes.max(max_image_bytes).max(1)
     }
 
     /// The number of inference threads to use.
@@ -362,17 +388,14 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         self.output
             .put(&layout.attempt_part(shard.id, &attempt), part.clone())
             .await?;
+        let stats_bytes = Bytes::from(stats.to_bytes());
+        let errors_bytes = Bytes::from(serde_json::to_vec(&errors)?);
+        let (stats_sha256, errors_sha256) = (sha256_hex(&stats_bytes), sha256_hex(&errors_bytes));
         self.output
-            .put(
-                &layout.attempt_stats(shard.id, &attempt),
-                stats.to_bytes().into(),
-            )
+            .put(&layout.attempt_stats(shard.id, &attempt), stats_bytes)
             .await?;
         self.output
-            .put(
-                &layout.attempt_errors(shard.id, &attempt),
-                serde_json::to_vec(&errors)?.into(),
-            )
+            .put(&layout.attempt_errors(shard.id, &attempt), errors_bytes)
             .await?;
         let mut timings = batch.timings;
         timings.fetch_s = fetch_s;
@@ -389,6 +412,8 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             cost: InvocationCost::since(started),
             finished_at_ms: Some(crate::manifest::unix_now_ms()),
             error_list: errors,
+            stats_sha256: Some(stats_sha256),
+            errors_sha256: Some(errors_sha256),
         };
         let committed = self.commit(&layout, &manifest.run_id, marker).await?;
         let ours = committed.attempt == attempt;
@@ -452,8 +477,9 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             Engine::Synthetic { dim } => {
                 let mut receiver = receiver;
                 let mut outcomes = vec![None; count];
-                while let Some((i, image)) = receiver.blocking_recv() {
-                    outcomes[i] = Some(match image {
+                while let Some(fetched) = receiver.blocking_recv() {
+                    let i = fetched.index;
+                    outcomes[i] = Some(match fetched.image {
                         Ok(_) => ImageOutcome::Features(synthetic_features(&paths[i], dim)),
                         Err(failure) => ImageOutcome::Failed(failure.kind, failure.reason),
                     });
@@ -533,6 +559,11 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
     /// readable file) is that image's error; any other failure (throttling, 5xx, timeouts, a
     /// local disk error) fails the whole attempt, so the message is retried instead of an
     /// image being lost for good ([`classify_fetch_error`]).
+    ///
+    /// An image over the run's `max_image_bytes` is its `too_large` error: from its listed
+    /// size without a read, else from the read, which stops at the limit. Each read first
+    /// takes its listed size (the limit when unknown) from the shard's byte budget
+    /// ([`FeaturizerSettings::byte_budget`]), and gives it back once its image is featurized.
     async fn fetch_into(
         &self,
         manifest: &Manifest,
@@ -540,25 +571,37 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         deadline: Option<Instant>,
         sender: tokio::sync::mpsc::Sender<Fetched>,
     ) -> Result<()> {
+        let limit = manifest.options.max_image_bytes;
+        let budget = ByteBudget::new(self.settings.byte_budget(limit));
         let mut fetched = stream::iter(images.iter().enumerate().map(|(i, image)| {
             let key = manifest.input.key_of(image);
+            let budget = &budget;
             async move {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return (
-                        i,
-                        Err(StoreError::Remote {
-                            op: "GetObject",
-                            key,
-                            transient: true,
-                            source: "deadline reached before the fetch".into(),
-                        }),
-                    );
+                    let late = StoreError::Remote {
+                        op: "GetObject",
+                        key,
+                        transient: true,
+                        source: "deadline reached before the fetch".into(),
+                    };
+                    return (i, Err(late), None);
                 }
-                (i, self.input.get_if_match(&key, &image.version).await)
+                if image.size > limit {
+                    let refused = crate::ports::store::check_size(&key, image.size, limit);
+                    return (i, refused.map(|()| Bytes::new()), None);
+                }
+                let reserved = if image.size > 0 { image.size } else { limit };
+                let mut permit = budget.take(reserved).await;
+                let read = self.input.get_bounded(&key, &image.version, limit).await;
+                let read = read.map(|r| r.body);
+                if let Ok(body) = &read {
+                    budget.fit(&mut permit, body.len() as u64);
+                }
+                (i, read, Some(permit))
             }
         }))
         .buffered(self.settings.fetch_concurrency.max(1));
-        while let Some((i, result)) = fetched.next().await {
+        while let Some((i, result, permit)) = fetched.next().await {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 let remaining_ms = deadline
                     .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64)
@@ -572,7 +615,12 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
                 Ok(bytes) => Ok(bytes),
                 Err(e) => Err(classify_fetch_error(e).map_err(Error::Store)?),
             };
-            if sender.send((i, image)).await.is_err() {
+            let fetched = Fetched {
+                index: i,
+                image,
+                budget: permit,
+            };
+            if sender.send(fetched).await.is_err() {
                 // The inference threads stopped (deadline): they report it.
                 break;
             }
@@ -580,19 +628,34 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
         Ok(())
     }
 
-    /// The completion barrier. S3 listings are strongly consistent, so after writing its own
-    /// done marker, a featurizer that sees every shard done knows the features are complete;
-    /// of all that see it, the conditional create of the claim lets exactly one send the reduce.
+    /// The completion barrier. After writing its own done marker, a featurizer climbs the
+    /// barrier's tree ([`crate::batch::barrier`]: O(log shards) requests, S3 being strongly
+    /// consistent); one that reaches the root knows every shard is done, and of all that do,
+    /// the conditional create of the claim lets exactly one send the reduce.
     async fn barrier(&self, manifest: &Manifest, shard: usize) -> Result<bool> {
         let layout = RunLayout::new(&manifest.run_id);
-        let done: BTreeSet<usize> = self
-            .output
-            .list(&layout.done_prefix())
+        let contiguous = manifest.shards.iter().enumerate().all(|(i, s)| s.id == i);
+        let all_done = if contiguous {
+            let token = format!("shard-{shard}-{}", new_attempt_id());
+            crate::batch::barrier::climb(
+                &self.output,
+                &layout,
+                manifest.shards.len(),
+                shard,
+                &token,
+            )
             .await?
-            .iter()
-            .filter_map(|o| shard_of_done_marker(&o.key))
-            .collect();
-        let all_done = manifest.shards.iter().all(|s| done.contains(&s.id));
+        } else {
+            // Shard ids not 0..n (no splitter writes such a manifest): list the markers.
+            let done: BTreeSet<usize> = self
+                .output
+                .list(&layout.done_prefix())
+                .await?
+                .iter()
+                .filter_map(|o| shard_of_done_marker(&o.key))
+                .collect();
+            manifest.shards.iter().all(|s| done.contains(&s.id))
+        };
         if !all_done {
             return Ok(false);
         }

@@ -51,6 +51,7 @@ impl ImageFailure {
 /// | [`StoreError::Changed`] (S3 412 on `If-Match`; local size or mtime) | image error `changed` |
 /// | [`StoreError::Unreadable`] (dangling link, link loop, FIFO, socket, folder) | image error `unreadable` |
 /// | [`StoreError::InvalidKey`] (a listed key the store cannot address) | image error `unreadable` |
+/// | [`StoreError::TooLarge`] (over the run's `max_image_bytes`) | image error `too_large` |
 /// | [`StoreError::Io`] (local disk) | the attempt fails (transient) |
 /// | [`StoreError::Remote`] (throttling, 5xx, timeouts; bad credentials) | the attempt fails |
 pub fn classify_fetch_error(error: StoreError) -> Result<ImageFailure, StoreError> {
@@ -85,12 +86,22 @@ pub fn classify_fetch_error(error: StoreError) -> Result<ImageFailure, StoreErro
             ),
         ),
         StoreError::Unreadable { key: _, reason } => ImageFailure::new(K::Unreadable, reason),
+        StoreError::TooLarge { size, limit, .. } => too_large(size, limit),
         StoreError::InvalidKey(key) => ImageFailure::new(
             K::Unreadable,
             format!("the store cannot address the listed key {key:?}"),
         ),
         other @ (StoreError::Io { .. } | StoreError::Remote { .. }) => return Err(other),
     })
+}
+
+/// The error of an image over the byte limit, `"too large: N bytes, limit M"` (kind
+/// `too_large`, as an image over the pixel limit).
+pub fn too_large(size: u64, limit: u64) -> ImageFailure {
+    ImageFailure::new(
+        ImageErrorKind::TooLarge,
+        format!("too large: {size} bytes, limit {limit}"),
+    )
 }
 
 thread_local! {
@@ -211,6 +222,15 @@ mod tests {
                 StoreError::InvalidKey("a//b.jpg".into()),
                 K::Unreadable,
                 "a//b.jpg",
+            ),
+            (
+                StoreError::TooLarge {
+                    key: "in/big.jpg".into(),
+                    size: 3 << 30,
+                    limit: 64 << 20,
+                },
+                K::TooLarge,
+                "too large: 3221225472 bytes, limit 67108864",
             ),
         ];
         for (error, kind, part) in cases {

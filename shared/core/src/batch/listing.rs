@@ -79,6 +79,7 @@ pub async fn list_images<S: ObjectStore>(
                 label: label_for(&path, root_label),
                 path,
                 version: o.version,
+                size: o.size,
             })
         })
         .collect();

@@ -78,9 +78,13 @@ enum Start {
     Resume(RunLayout),
 }
 
-/// Resumes a local run by its id (`featurize resume --run ID --output DIR`): the input
-/// folder is the one recorded in its manifest; shards that are not done are featurized,
-/// then the reduce runs (also when it was claimed and never ran, or its reducer died).
+/// Resumes a local run by its id (`featurize resume --run ID --output DIR --input IN`): the
+/// images are read from `run.input`, the folder the user names, never from the one the
+/// manifest records (an output folder received from elsewhere could name any folder; the
+/// shard lists' versions still make a file that is not the listed one a `changed` error).
+/// An empty `run.input` is refused, naming the manifest's folder. Shards that are not done
+/// are featurized, then the reduce runs (also when it was claimed and never ran, or its
+/// reducer died).
 pub async fn resume_local(run: LocalRun, run_id: &str, model: Model) -> Result<LocalReport> {
     let exclusive = OutputLock::acquire(&run.output, "featurize resume")?;
     let output = FsStore::new(&run.output);
@@ -95,7 +99,14 @@ pub async fn resume_local(run: LocalRun, run_id: &str, model: Model) -> Result<L
             )),
             other => other,
         })?;
-    let input_root = PathBuf::from(&manifest.input.uri);
+    if run.input.as_os_str().is_empty() {
+        return Err(Error::InvalidRequest(format!(
+            "give --input DIR, the folder of run {run_id}'s images (its manifest names {}, \
+             which is not read unless you name it)",
+            manifest.input.uri
+        )));
+    }
+    let input_root = run.input.clone();
     check_input_folder(&input_root)?;
     drive(
         run,

@@ -2,6 +2,7 @@
 //! the reducer, a run's status and the embedded (local) driver — all generic over the ports.
 
 pub mod attempts;
+pub mod barrier;
 pub mod featurizer;
 pub mod guard;
 pub mod inference;

@@ -118,6 +118,7 @@ mod tests {
                 path: format!("c{}/{i:04}.jpg", i % 3),
                 label: format!("c{}", i % 3),
                 version: String::new(),
+                size: 0,
             })
             .collect();
         let options = RunOptions {

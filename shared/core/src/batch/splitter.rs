@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::layout::{request_binding, RunLayout};
 use crate::manifest::{
     derive_run_id, make_shards, now_rfc3339, run_fingerprint, validate_run_id, InputLocation,
-    InvocationCost, Manifest, ReduceMessage, RunOptions, RunRequest, ShardMessage,
+    InvocationCost, Manifest, ReduceMessage, RequestLimits, RunOptions, RunRequest, ShardMessage,
 };
 use crate::ports::queue::Queue;
 use crate::ports::store::{ObjectStore, StoreError};
@@ -74,6 +74,7 @@ pub struct Splitter<S, Q, R> {
     input_bucket: Option<String>,
     model_sha256: String,
     reserved: Vec<String>,
+    limits: RequestLimits,
 }
 
 impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
@@ -97,7 +98,15 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             input_bucket: None,
             model_sha256: String::new(),
             reserved: Vec::new(),
+            limits: RequestLimits::local(),
         }
+    }
+
+    /// The ceilings requests are held to (default: [`RequestLimits::local`]; a deployed
+    /// splitter has the stack's).
+    pub fn with_limits(mut self, limits: RequestLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The sha256 of the model the featurizers run: recorded in the manifest and part of
@@ -189,8 +198,10 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             validate_run_id(id)?;
         }
         let filter = ImageFilter::new(&options.image_glob)?;
+        self.limits.check_options(&options)?;
         let prefix = normalize_prefix(&request.input_prefix)?;
         self.check_reserved(&prefix)?;
+        self.limits.check_prefix(&prefix)?;
         let mut images = list_images(&self.input, &prefix, &filter, &root_name(&prefix)).await?;
         images.retain(|image| {
             let key = format!("{prefix}{}", image.path);
@@ -207,6 +218,9 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             )));
         }
         options.validate(self.feature_dim, images.len())?;
+        self.limits.check_shards(images.len(), &options)?;
+        self.limits
+            .check_components(images.len(), self.feature_dim, &options)?;
         let fingerprint = run_fingerprint(&uri, &options, &images, &self.model_sha256);
         let mut run_id = match &bound {
             Some(binding) => binding.run_id.clone(),

@@ -123,6 +123,10 @@ pub(crate) async fn get_json<S: ObjectStore, T: serde::de::DeserializeOwned>(
     }
 }
 
+/// What the reducer's refusal of an intermediate that is not what its done marker names
+/// says ([`crate::batch::reducer`]'s check).
+pub const TAMPERED: &str = "tampered or corrupt";
+
 /// The command that recovers a run.
 fn resume(layout: &RunLayout) -> String {
     format!("featurize resume --run {}", layout.run_id())
@@ -335,7 +339,15 @@ async fn stuck_reduce<S: ObjectStore>(
     let failure: Option<ReduceFailure> = get_json(store, &layout.reduce_failure()).await?;
     if let Some(failure) = failure {
         let reason = format!("the reduce failed: {}", failure.error);
-        let remedy = format!("fix the cause, then `{}`", resume(layout));
+        let remedy = if failure.error.contains(TAMPERED) {
+            // A resume would fold the same committed objects and fail the same way.
+            "an intermediate object was changed after its shard committed it: find out who \
+             wrote it (bucket access logs or versions), then submit the request again with \
+             another run_id"
+                .to_string()
+        } else {
+            format!("fix the cause, then `{}`", resume(layout))
+        };
         return Ok(Some(Stuck::new(
             StuckKind::ReduceFailed,
             failure.at_unix,
@@ -383,8 +395,8 @@ async fn stuck_reduce<S: ObjectStore>(
             }
             let reason = format!(
                 "every shard is done (the last {age} s ago) but no featurizer claimed the reduce: \
-                 the last shard's featurizer stopped between its done marker and the claim, and \
-                 its message was not delivered again"
+                 a featurizer stopped between its done marker and its climb of the completion \
+                 tree (or the claim), and its message was not delivered again"
             );
             let remedy = format!("run `{}` to send the reduce", resume(layout));
             Ok(Some(Stuck::new(
@@ -435,7 +447,7 @@ pub async fn run_status_at<S: ObjectStore>(
     let all_done = manifest.shards.iter().all(|s| shards.done.contains(&s.id));
     let failed_run = summary.as_ref().is_some_and(|s| s.status == "failed");
     let now = now_ms / 1000;
-    let (lost, stuck) = if reduced || failed_run {
+    let (lost, mut stuck) = if reduced || failed_run {
         (Vec::new(), None)
     } else if all_done {
         let stuck = stuck_reduce(store, &layout, &shards.markers, policy, now).await?;
@@ -443,6 +455,13 @@ pub async fn run_status_at<S: ObjectStore>(
     } else {
         stuck_shards(&layout, &manifest, &shards, policy, now)
     };
+    if !(reduced || failed_run || all_done) {
+        // Shards left while the featurizer fails at cold start: that is why they do not
+        // move (and the remedy), whatever else the rules found.
+        if let Some(health) = crate::health::read_model_health(store).await? {
+            stuck = health.stuck().or(stuck);
+        }
+    }
     Ok(RunStatus {
         run_id: run_id.to_string(),
         images: manifest.total_images,

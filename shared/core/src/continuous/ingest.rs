@@ -341,7 +341,9 @@ impl<I: ObjectStore, S: ObjectStore, Q: Queue> Ingestor<I, S, Q> {
     /// tried again later (on SQS its record is delivered again, and dead-lettered after
     /// maxReceiveCount).
     async fn read_state(&self, key: &str) -> Result<State> {
-        let error = match self.input.get_versioned(key).await {
+        // An object over the byte limit is refused before its body is read (`too_large`).
+        let limit = crate::manifest::DEFAULT_MAX_IMAGE_BYTES;
+        let error = match self.input.get_bounded(key, "", limit).await {
             Ok(v) => return Ok(State::Read(v.body, v.etag)),
             Err(StoreError::NotFound(_)) => return Ok(State::Gone),
             Err(e) => e,
@@ -421,6 +423,7 @@ impl<I: ObjectStore, S: ObjectStore, Q: Queue> Ingestor<I, S, Q> {
                 id: crate::continuous::collection::new_delta_id(),
                 written_at_ms: crate::manifest::unix_now_ms(),
                 entries: pending.entries,
+                model_sha256: Some(self.engine.sha256().to_string()),
             };
             let written = async {
                 write_delta(&self.output, &delta, &pending.rows).await?;

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::batch::listing::ImageFilter;
 use crate::continuous::collection::{
-    inbox_key, list_deltas, read_current, refit, split_inbox_key, valid_collection,
+    inbox_key, list_deltas, read_current, read_index, refit, split_inbox_key, valid_collection,
     CollectionIndex, CollectionLayout, Delta, DeltaEntry, RefitMessage, RefitOptions, RefitOutcome,
 };
 use crate::continuous::ingest::{Ingestor, REFIT_REQUEST_NAME};
@@ -351,6 +351,33 @@ pub async fn reconcile<I: ObjectStore, S: ObjectStore, R: Repair>(
     Ok(record)
 }
 
+/// Forgets a collection's view before a rebuild (`featurize reconcile --rebuild`): deletes
+/// its pointer, snapshots, states and waiting deltas, so that the reconcile that follows
+/// finds every image of the inbox missing and ingests it again with the current model (the
+/// remedy for a collection whose features come from two models). Its reconcile and refit
+/// records stay. Returns how many objects were deleted.
+pub async fn forget_view<S: ObjectStore>(output: &S, collection: &str) -> Result<usize> {
+    if !valid_collection(collection) {
+        return Err(Error::InvalidRequest(format!(
+            "{collection:?} is not a collection name"
+        )));
+    }
+    let layout = CollectionLayout::new(collection);
+    output.delete(&layout.current()).await?;
+    let mut deleted = 1;
+    for prefix in [
+        layout.deltas_prefix(),
+        layout.snapshots_prefix(),
+        layout.states_prefix(),
+    ] {
+        for object in output.list(&prefix).await? {
+            output.delete(&object.key).await?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 /// The collections of an inbox: the first folder of every key under it.
 pub async fn inbox_collections<I: ObjectStore>(input: &I, inbox: &str) -> Result<Vec<String>> {
     let mut names: Vec<String> = input
@@ -411,9 +438,7 @@ async fn list_images<I: ObjectStore>(
 async fn read_known<S: ObjectStore>(output: &S, collection: &str) -> Result<Known> {
     let layout = CollectionLayout::new(collection);
     let index = match read_current(output, &layout).await? {
-        Some((pointer, _)) => {
-            serde_json::from_slice(&output.get(&layout.state_index(&pointer.snapshot)).await?)?
-        }
+        Some((pointer, _)) => read_index(output, &layout, &pointer.snapshot).await?,
         None => CollectionIndex::default(),
     };
     let ids = list_deltas(output, &layout).await?;
@@ -574,6 +599,7 @@ mod tests {
                     kind: ImageErrorKind::AccessDenied,
                     reason: "access denied".into(),
                 }],
+                model_sha256: None,
             };
             crate::continuous::collection::write_delta(&store, &denied, &[])
                 .await

@@ -25,6 +25,8 @@ pub struct Counters {
     deletes: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    copies: AtomicU64,
+    bytes_copied: AtomicU64,
     sqs_requests: AtomicU64,
     messages: AtomicU64,
     message_bytes: AtomicU64,
@@ -45,6 +47,13 @@ pub struct Usage {
     pub bytes_read: u64,
     /// Bytes written to the store.
     pub bytes_written: u64,
+    /// Server-side copies (S3 `CopyObject`, billed as a PUT; locally hard links): apart from
+    /// `s3_put`, since their bytes never pass through the function.
+    #[serde(default)]
+    pub s3_copy: u64,
+    /// Bytes copied server-side (apart from `bytes_read` and `bytes_written`).
+    #[serde(default)]
+    pub bytes_copied: u64,
     /// SQS send requests (batches of up to 10).
     pub sqs_requests: u64,
     /// Messages sent.
@@ -69,6 +78,8 @@ impl Counters {
             s3_delete: get(&self.deletes),
             bytes_read: get(&self.bytes_read),
             bytes_written: get(&self.bytes_written),
+            s3_copy: get(&self.copies),
+            bytes_copied: get(&self.bytes_copied),
             sqs_requests: get(&self.sqs_requests),
             messages: get(&self.messages),
             max_message_bytes: get(&self.message_bytes),
@@ -112,6 +123,23 @@ impl<S: ObjectStore> ObjectStore for CountingStore<S> {
         let body = self.inner.get_if_match(key, version).await?;
         Counters::add(&self.counters.bytes_read, body.len() as u64);
         Ok(body)
+    }
+    async fn get_bounded(
+        &self,
+        key: &str,
+        version: &str,
+        limit: u64,
+    ) -> Result<Versioned, StoreError> {
+        Counters::add(&self.counters.gets, 1);
+        let read = self.inner.get_bounded(key, version, limit).await?;
+        Counters::add(&self.counters.bytes_read, read.body.len() as u64);
+        Ok(read)
+    }
+    async fn copy(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        Counters::add(&self.counters.copies, 1);
+        let size = self.inner.copy(from, to).await?;
+        Counters::add(&self.counters.bytes_copied, size);
+        Ok(size)
     }
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
         Counters::add(&self.counters.puts, 1);
@@ -220,6 +248,12 @@ mod tests {
             assert_eq!(store.list("k/").await.unwrap().len(), 1001);
             assert_eq!(store.list("none/").await.unwrap().len(), 0);
             store.delete("k/0003").await.unwrap();
+            assert_eq!(store.copy("k/0004", "c/0004").await.unwrap(), 3);
+            assert_eq!(
+                store.get_bounded("k/0005", "", 3).await.unwrap().body.len(),
+                3
+            );
+            assert!(store.get_bounded("k/0005", "", 2).await.is_err());
             queue
                 .send_all((0..21).map(|i| format!("m{i}")).collect())
                 .await
@@ -229,12 +263,14 @@ mod tests {
         assert_eq!(
             counters.usage(),
             Usage {
-                s3_get: 2,
+                s3_get: 4,
                 s3_put: 1002,
                 s3_list: 3,
                 s3_delete: 1,
-                bytes_read: 3,
+                bytes_read: 6,
                 bytes_written: 1001 * 3 + 1,
+                s3_copy: 1,
+                bytes_copied: 3,
                 sqs_requests: 3 + (2 * 3 + 1),
                 messages: 21,
                 max_message_bytes: 3,

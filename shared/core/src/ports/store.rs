@@ -72,6 +72,18 @@ pub enum StoreError {
         /// What it is, and why it cannot be read.
         reason: String,
     },
+    /// The object is larger than the reader's limit ([`ObjectStore::get_bounded`]): it was
+    /// refused from its listed size or its `Content-Length`, or its read stopped at the limit.
+    #[error("{key} is too large: {size} bytes, limit {limit}")]
+    TooLarge {
+        /// The key.
+        key: String,
+        /// Its size in bytes, as the store gave it; when the store did not say, the bytes read
+        /// before the read stopped (a lower bound, above `limit`).
+        size: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// A remote (S3) call failed.
     #[error("s3 {op} {key}{}: {source}", if *.transient { " (transient)" } else { "" })]
     Remote {
@@ -100,6 +112,7 @@ impl StoreError {
             | StoreError::AccessDenied { .. }
             | StoreError::Archived { .. }
             | StoreError::Changed { .. }
+            | StoreError::TooLarge { .. }
             | StoreError::Unreadable { .. } => false,
             StoreError::Io { .. } => true,
             StoreError::Remote { transient, .. } => *transient,
@@ -174,6 +187,51 @@ pub trait ObjectStore: Send + Sync {
             }
         }
     }
+    /// Reads an object with its entity tag, as [`ObjectStore::get_if_match`] does (an empty
+    /// `version` reads unconditionally), but only if it has at most `limit` bytes: a larger
+    /// one is [`StoreError::TooLarge`], found from its size before its body is read when the
+    /// store gives one (the local file's metadata; S3's `Content-Length`), else when the read
+    /// passes the limit, where it stops. At most `limit` bytes of the body are ever held.
+    ///
+    /// By default it reads the whole object ([`ObjectStore::get_versioned`] for an empty
+    /// `version`, else [`ObjectStore::get_if_match`], whose entity tag is `version`) and then
+    /// compares its length: right for test stores, which hold bodies in memory anyway. The
+    /// local and S3 adapters implement it, and adapters that wrap another store forward it.
+    fn get_bounded(
+        &self,
+        key: &str,
+        version: &str,
+        limit: u64,
+    ) -> impl Future<Output = Result<Versioned, StoreError>> + Send {
+        async move {
+            let read = if version.is_empty() {
+                self.get_versioned(key).await?
+            } else {
+                Versioned {
+                    body: self.get_if_match(key, version).await?,
+                    etag: version.to_string(),
+                }
+            };
+            check_size(key, read.body.len() as u64, limit)?;
+            Ok(read)
+        }
+    }
+    /// Copies the object `from` to the key `to` inside the store, without passing its bytes
+    /// through the caller (S3 `CopyObject`; locally a hard link), and returns its size in
+    /// bytes. `to` is overwritten unconditionally, atomically (readers see the old object or
+    /// the whole new one); [`StoreError::NotFound`] names `from` when it does not exist.
+    /// Copying an object onto itself is allowed and changes nothing visible. A retry after a
+    /// lost answer copies again, with the same result.
+    ///
+    /// By default it reads `from` and writes `to` ([`ObjectStore::get`], [`ObjectStore::put`]).
+    fn copy(&self, from: &str, to: &str) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        async move {
+            let body = self.get(from).await?;
+            let size = body.len() as u64;
+            self.put(to, body).await?;
+            Ok(size)
+        }
+    }
     /// Reads a whole object with its entity tag.
     fn get_versioned(
         &self,
@@ -204,6 +262,19 @@ pub trait ObjectStore: Send + Sync {
     ) -> impl Future<Output = Result<Vec<ObjectInfo>, StoreError>> + Send;
     /// A human-readable location for a key (a path or an `s3://` URI), for messages.
     fn describe(&self, key: &str) -> String;
+}
+
+/// [`StoreError::TooLarge`] when `size` is above `limit`.
+pub fn check_size(key: &str, size: u64, limit: u64) -> Result<(), StoreError> {
+    if size > limit {
+        Err(StoreError::TooLarge {
+            key: key.to_string(),
+            size,
+            limit,
+        })
+    } else {
+        Ok(())
+    }
 }
 
 /// An object store on a local folder: the embedded mode's store and the tests'.
@@ -344,6 +415,17 @@ impl FsStore {
     /// Anything else is refused from its metadata, before it is opened: a named pipe would
     /// block the reader. Failures are sorted for the per-image guard: see [`Self::open_error`].
     fn read_file(key: &str, path: &Path) -> Result<(Bytes, std::fs::Metadata), StoreError> {
+        Self::read_file_bounded(key, path, u64::MAX)
+    }
+
+    /// [`Self::read_file`] of a file of at most `limit` bytes: a larger one is refused from
+    /// its metadata, before it is opened, and a file that grows past the limit while it is
+    /// read is refused when the read passes it (at most `limit + 1` bytes are read).
+    fn read_file_bounded(
+        key: &str,
+        path: &Path,
+        limit: u64,
+    ) -> Result<(Bytes, std::fs::Metadata), StoreError> {
         use std::io::Read;
         let meta = std::fs::metadata(path).map_err(|e| Self::open_error(key, path, e))?;
         if !meta.is_file() {
@@ -356,11 +438,16 @@ impl FsStore {
                 ),
             });
         }
-        let mut file = std::fs::File::open(path).map_err(|e| Self::open_error(key, path, e))?;
+        check_size(key, meta.len(), limit)?;
+        let file = std::fs::File::open(path).map_err(|e| Self::open_error(key, path, e))?;
         let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        file.read_to_end(&mut data)
+        let mut reader = file.take(limit.saturating_add(1));
+        reader
+            .read_to_end(&mut data)
             .map_err(|e| Self::io("read", path, e))?;
+        let file = reader.into_inner();
         let after = file.metadata().map_err(|e| Self::io("stat", path, e))?;
+        check_size(key, (data.len() as u64).max(after.len()), limit)?;
         Ok((Bytes::from(data), after))
     }
 
@@ -460,6 +547,86 @@ impl ObjectStore for FsStore {
                 current: Some(current),
             })
         }
+    }
+
+    /// Refused from the file's metadata before it is opened when it is over `limit`; read
+    /// with at most `limit + 1` bytes otherwise, then checked against `version` as
+    /// [`FsStore::get_if_match`] does. The entity tag is [`FsStore::get_versioned`]'s.
+    async fn get_bounded(
+        &self,
+        key: &str,
+        version: &str,
+        limit: u64,
+    ) -> Result<Versioned, StoreError> {
+        let path = self.path(key)?;
+        let (body, meta) = Self::read_file_bounded(key, &path, limit)?;
+        let current = fs_version(&meta);
+        if version.is_empty() || current == version {
+            Ok(Versioned {
+                etag: content_etag(&body),
+                body,
+            })
+        } else {
+            Err(StoreError::Changed {
+                key: key.to_string(),
+                expected: version.to_string(),
+                current: Some(current),
+            })
+        }
+    }
+
+    /// A hard link: the source file (its symbolic links resolved) is linked to a temporary
+    /// name beside `to`, which is then renamed over `to`. Sharing the file is safe because
+    /// this store never writes a file in place (every write renames a new file into place).
+    /// Where a link is impossible (another file system, a file system without links) the
+    /// bytes are copied to the temporary file and flushed instead.
+    async fn copy(&self, from: &str, to: &str) -> Result<u64, StoreError> {
+        let source = self.path(from)?;
+        let target = self.path(to)?;
+        let meta = std::fs::metadata(&source).map_err(|e| Self::open_error(from, &source, e))?;
+        if !meta.is_file() {
+            return Err(StoreError::Unreadable {
+                key: from.to_string(),
+                reason: format!(
+                    "{} is {}, not a regular file",
+                    source.display(),
+                    file_type_name(&meta.file_type())
+                ),
+            });
+        }
+        // `hard_link` links a symbolic link itself on Linux: link its target.
+        let source =
+            std::fs::canonicalize(&source).map_err(|e| Self::open_error(from, &source, e))?;
+        Self::ensure_parent(&target)?;
+        let tmp = Self::temp_path(&target);
+        if let Err(link_error) = std::fs::hard_link(&source, &tmp) {
+            if link_error.kind() == std::io::ErrorKind::NotFound {
+                return Err(StoreError::NotFound(from.to_string()));
+            }
+            tracing::debug!(error = %link_error, "hard link impossible: copying the bytes");
+            let copied = std::fs::copy(&source, &tmp).and_then(|_| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&tmp)?
+                    .sync_all()
+            });
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(match e.kind() {
+                    std::io::ErrorKind::NotFound if !source.exists() => {
+                        StoreError::NotFound(from.to_string())
+                    }
+                    _ => Self::io("copy", &target, e),
+                });
+            }
+        }
+        let renamed = std::fs::rename(&tmp, &target);
+        // A rename between two links of one file (a copy onto itself) succeeds and leaves
+        // both names: the temporary one is removed either way.
+        let _ = std::fs::remove_file(&tmp);
+        renamed.map_err(|e| Self::io("rename", &target, e))?;
+        Self::sync_dir(&target)?;
+        Ok(meta.len())
     }
 
     async fn get_versioned(&self, key: &str) -> Result<Versioned, StoreError> {

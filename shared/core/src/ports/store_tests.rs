@@ -250,3 +250,219 @@ fn fs_store_round_trip_list_and_conditional_put() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn copies_are_links_that_overwrite_their_target_and_stay_independent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    block(async {
+        store
+            .put("a/src", Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        store
+            .put("b/dst", Bytes::from_static(b"old!!"))
+            .await
+            .unwrap();
+        assert_eq!(store.copy("a/src", "b/dst").await.unwrap(), 3);
+        assert_eq!(
+            store.get("b/dst").await.unwrap(),
+            Bytes::from_static(b"one")
+        );
+        assert_eq!(
+            store.copy("a/src", "c/new").await.unwrap(),
+            3,
+            "a new folder"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let ino = |k: &str| std::fs::metadata(dir.path().join(k)).unwrap().ino();
+            assert_eq!(ino("a/src"), ino("b/dst"), "a hard link, no bytes copied");
+        }
+        // Writes never change a file in place: the copy keeps its content.
+        store
+            .put("a/src", Bytes::from_static(b"two"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get("b/dst").await.unwrap(),
+            Bytes::from_static(b"one")
+        );
+        // Onto itself: nothing changes, no temporary file is left.
+        assert_eq!(store.copy("a/src", "a/src").await.unwrap(), 3);
+        assert_eq!(
+            store.get("a/src").await.unwrap(),
+            Bytes::from_static(b"two")
+        );
+        let keys: Vec<String> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, ["a/src", "b/dst", "c/new"]);
+        let leftovers = walkdir::WalkDir::new(dir.path())
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .count();
+        assert_eq!(leftovers, 0, "no temporary file is left");
+        match store.copy("a/missing", "b/dst").await {
+            Err(StoreError::NotFound(key)) => assert_eq!(key, "a/missing"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            store.get("b/dst").await.unwrap(),
+            Bytes::from_static(b"one")
+        );
+        assert!(matches!(
+            store.copy("a/src", "../x").await,
+            Err(StoreError::InvalidKey(_))
+        ));
+    });
+}
+
+#[cfg(unix)]
+#[test]
+fn a_copy_of_a_symbolic_link_copies_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    block(async {
+        store
+            .put("t/real", Bytes::from_static(b"data"))
+            .await
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("l")).unwrap();
+        std::os::unix::fs::symlink("../t/real", dir.path().join("l/link")).unwrap();
+        assert_eq!(store.copy("l/link", "other/copy").await.unwrap(), 4);
+        let copied = dir.path().join("other/copy");
+        assert!(!std::fs::symlink_metadata(&copied)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(copied).unwrap(), b"data");
+    });
+}
+
+#[test]
+fn bounded_reads_refuse_large_files_before_reading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    block(async {
+        store
+            .put("in/ok.jpg", Bytes::from_static(b"12345"))
+            .await
+            .unwrap();
+        // A sparse 3 GB file: nothing of it is read (it would not fit a test's memory).
+        let big = dir.path().join("in/big.jpg");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(3 << 30)
+            .unwrap();
+        let listed = store.list("in/").await.unwrap();
+        let version = |k: &str| listed.iter().find(|o| o.key == k).unwrap().version.clone();
+        match store
+            .get_bounded("in/big.jpg", &version("in/big.jpg"), 1 << 20)
+            .await
+        {
+            Err(e @ StoreError::TooLarge { .. }) => {
+                assert!(!e.is_transient());
+                assert!(
+                    e.to_string().contains("3221225472 bytes, limit 1048576"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok = store
+            .get_bounded("in/ok.jpg", &version("in/ok.jpg"), 5)
+            .await
+            .unwrap();
+        assert_eq!(
+            ok.body,
+            Bytes::from_static(b"12345"),
+            "the limit is inclusive"
+        );
+        assert_eq!(ok.etag, store.head("in/ok.jpg").await.unwrap());
+        assert!(matches!(
+            store.get_bounded("in/ok.jpg", "", 4).await,
+            Err(StoreError::TooLarge {
+                size: 5,
+                limit: 4,
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.get_bounded("in/ok.jpg", "5-0", 5).await,
+            Err(StoreError::Changed { .. })
+        ));
+        assert!(matches!(
+            store.get_bounded("in/none.jpg", "", 5).await,
+            Err(StoreError::NotFound(_))
+        ));
+    });
+}
+
+/// A store with only the required methods: the port's default bounded read and copy.
+struct Minimal(FsStore);
+
+impl ObjectStore for Minimal {
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.0.get(key).await
+    }
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        self.0.put(key, body).await
+    }
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, StoreError> {
+        self.0.put_if_absent(key, body).await
+    }
+    async fn get_versioned(&self, key: &str) -> Result<Versioned, StoreError> {
+        self.0.get_versioned(key).await
+    }
+    async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<bool, StoreError> {
+        self.0.put_if_match(key, body, etag).await
+    }
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        self.0.exists(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.0.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.0.list(prefix).await
+    }
+    fn describe(&self, key: &str) -> String {
+        self.0.describe(key)
+    }
+}
+
+#[test]
+fn the_default_bounded_read_and_copy_keep_the_port_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Minimal(FsStore::new(dir.path()));
+    block(async {
+        store.put("k", Bytes::from_static(b"abcdef")).await.unwrap();
+        assert!(matches!(
+            store.get_bounded("k", "", 5).await,
+            Err(StoreError::TooLarge {
+                size: 6,
+                limit: 5,
+                ..
+            })
+        ));
+        let read = store.get_bounded("k", "", 6).await.unwrap();
+        assert_eq!(read.etag, store.head("k").await.unwrap());
+        let etag = read.etag;
+        let read = store.get_bounded("k", &etag, 6).await.unwrap();
+        assert_eq!((read.body.len(), read.etag), (6, etag));
+        store.put("j", Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!(store.copy("k", "j").await.unwrap(), 6);
+        assert_eq!(store.get("j").await.unwrap(), Bytes::from_static(b"abcdef"));
+        assert!(matches!(
+            store.copy("none", "j").await,
+            Err(StoreError::NotFound(k)) if k == "none"
+        ));
+    });
+}

@@ -33,8 +33,13 @@ pub use select::{Collector, Limits, Selection};
 pub const THUMBNAIL_SIDE: u32 = 64;
 /// JPEG quality of the thumbnails.
 pub const THUMBNAIL_QUALITY: u8 = 70;
-/// Images read and shrunk at once for the thumbnails.
-pub const THUMBNAIL_CONCURRENCY: usize = 16;
+/// Images read and shrunk at once for the thumbnails: each holds at most the run's
+/// `max_image_bytes` of encoded bytes and [`THUMBNAIL_MAX_PIXELS`] decoded pixels.
+pub const THUMBNAIL_CONCURRENCY: usize = 4;
+/// The most pixels a thumbnail's image is decoded to: a JPEG is decoded at 1/8 to 8/8 of its
+/// size by its DCT scaling (a 50-megapixel photo at 1/8: 0.8 Mpx), other images whole, so a
+/// PNG above this gets no thumbnail ("too large"). 4 Mpx: 12 MB of RGB.
+pub const THUMBNAIL_MAX_PIXELS: u64 = 4_000_000;
 
 /// Why the report could not be drawn.
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +107,11 @@ pub struct BuiltReport {
     pub info: ReportInfo,
 }
 
-/// Shrinks an image to fit [`THUMBNAIL_SIDE`] (never enlarged) and encodes it as JPEG.
+/// Shrinks an image to fit [`THUMBNAIL_SIDE`] (never enlarged) and encodes it as JPEG. It is
+/// decoded small ([`engine::preprocess::decode_thumbnail_rgb8`]: a JPEG by its DCT scaling),
+/// to at most `max_pixels` pixels.
 pub fn thumbnail(bytes: &[u8], max_pixels: u64) -> Result<Thumbnail, ThumbnailError> {
-    let rgb = engine::preprocess::decode_rgb8(bytes, max_pixels)
+    let rgb = engine::preprocess::decode_thumbnail_rgb8(bytes, THUMBNAIL_SIDE, max_pixels)
         .map_err(|e| ThumbnailError::Decode(e.reason))?;
     let (w, h) = (rgb.width, rgb.height);
     let image = image::RgbImage::from_raw(w, h, rgb.pixels)
@@ -136,11 +143,12 @@ pub async fn thumbnails<S: ObjectStore>(
     manifest: &Manifest,
     paths: &[String],
 ) -> BTreeMap<String, Result<Thumbnail, ThumbnailError>> {
-    let max_pixels = manifest.options.max_pixels;
+    let max_pixels = THUMBNAIL_MAX_PIXELS.min(manifest.options.max_pixels);
+    let max_bytes = manifest.options.max_image_bytes;
     stream::iter(paths.iter().map(|path| async move {
         let key = format!("{}{}", manifest.input.prefix, path);
         let result = async {
-            let bytes = input.get(&key).await?;
+            let bytes = input.get_bounded(&key, "", max_bytes).await?.body;
             tokio::task::spawn_blocking(move || thumbnail(&bytes, max_pixels)).await?
         }
         .await;

@@ -151,6 +151,10 @@ w("run_request", "err-negative-k.json", '{"input_prefix":"images/","k":-1}')
 w("run_request", "err-unknown-convention.json", '{"input_prefix":"images/","convention":"sideways"}')
 w("run_request", "err-deep-nesting.json", '{"input_prefix":' + "[" * 2000)
 w("run_request", "err-no-prefix.json", {"k": 3})
+w("run_request", "ok-image-bytes.json", {"input_prefix": "images/", "max_image_bytes": 1048576})
+w("run_request", "any-huge-image-bytes.json", {"input_prefix": "images/", "max_image_bytes": 18446744073709551615})
+w("run_request", "any-huge-shard-count.json", {"input_prefix": "images/", "shard_count": 18446744073709551615})
+w("run_request", "err-negative-image-bytes.json", '{"input_prefix":"images/","max_image_bytes":-1}')
 
 # --- the done marker
 marker = {"shard": 3, "attempt": "a-1767323045000-5f0c", "part_sha256": H2, "images": 4, "rows": 3, "errors": 1,
@@ -166,6 +170,22 @@ w("done_marker", "ok-before-error-lists.json", older)
 w("done_marker", "err-nan-timing.json", replace(marker, '"infer_s": 2.0', '"infer_s": NaN'))
 w("done_marker", "err-infinite-cost.json", replace(marker, '"duration_ms": 1500.0', '"duration_ms": 1e309'))
 w("done_marker", "err-unknown-error-kind.json", replace(marker, '"kind": "decode"', '"kind": "meltdown"'))
+checked = dict(marker, stats_sha256=H1, errors_sha256=H2)
+w("done_marker", "ok-with-checksums.json", checked)
+w("done_marker", "err-checksum-not-a-string.json", dict(marker, stats_sha256=12))
+w("done_marker", "any-checksum-not-hex.json", dict(marker, errors_sha256="../../etc"))
+
+w("barrier_node", "ok-basic.json", {"level": 3, "index": 7, "by_shard": 58, "token": "shard-58-a1", "at_ms": 1767323045250})
+w("barrier_node", "err-negative-level.json", {"level": -1, "index": 7, "by_shard": 58, "token": "t", "at_ms": 1})
+w("barrier_node", "err-level-over-u32.json", {"level": 4294967296, "index": 0, "by_shard": 0, "token": "t", "at_ms": 1})
+w("barrier_node", "err-missing-token.json", {"level": 1, "index": 0, "by_shard": 0, "at_ms": 1})
+
+health = {"ok": False, "expected_sha256": H1, "loaded_sha256": H2, "model_path": "/opt/model/m.onnx",
+          "at": "2026-01-02T03:04:05Z", "at_unix": 1767323045}
+w("model_health", "ok-mismatch.json", health)
+w("model_health", "ok-healthy.json", dict(health, ok=True, loaded_sha256=H1))
+w("model_health", "err-ok-not-bool.json", dict(health, ok="no"))
+w("model_health", "err-negative-time.json", dict(health, at_unix=-5))
 
 # --- a collection's documents
 delta = {"collection": "fruit", "id": "1767323045000-00000000deadbeef", "written_at_ms": 1767323045000, "entries": [

@@ -1,7 +1,9 @@
 //! Fuzz tests of every internal format's decoder (issue 30): the shard statistics and a
 //! collection's running sums (binary), and the JSON documents — the manifest, a shard's image
-//! list, the shard and reduce messages, the run request, the done marker, and a collection's
-//! deltas, pointer, index, summary, refit message and refit status.
+//! list, the shard and reduce messages, the run request (and the request ceilings' checks on
+//! it), the done marker (with its checksums), the completion barrier's tree nodes, the
+//! featurizer's model-health record, and a collection's deltas, pointer, index, summary,
+//! refit message and refit status.
 //!
 //! Each decoder gets arbitrary bytes and structured mutations of the committed corpus
 //! (`tests/corpus/<decoder>/`): truncation, byte flips, insertions and removals, 8-byte words
@@ -32,13 +34,15 @@ use serde::de::DeserializeOwned;
 use engine::pca::PcaOptions;
 use engine::stats::{RunningSums, ShardStats, MAX_DIM};
 use mutate::{mutate, mutation, pick, Pick};
+use pipeline::batch::barrier::BarrierNode;
 use pipeline::continuous::collection::{
     delta_time_ms, CollectionIndex, CurrentPointer, Delta, RefitFailure, RefitMessage, RefitStart,
     RefitSummary,
 };
+use pipeline::health::ModelHealth;
 use pipeline::manifest::{
-    validate_run_id, DoneMarker, ImageRef, Manifest, ReduceMessage, RunOptions, RunRequest,
-    ShardMessage,
+    validate_run_id, DoneMarker, ImageRef, Manifest, ReduceMessage, RequestLimits, RunOptions,
+    RunRequest, ShardMessage,
 };
 
 /// Cases per decoder and run (CI): ~15 decoders, a few seconds in all.
@@ -103,6 +107,16 @@ const TARGETS: &[Target] = &[
         name: "done_marker",
         binary: false,
         decode: done_marker,
+    },
+    Target {
+        name: "barrier_node",
+        binary: false,
+        decode: json::<BarrierNode>,
+    },
+    Target {
+        name: "model_health",
+        binary: false,
+        decode: model_health,
     },
     Target {
         name: "delta",
@@ -268,7 +282,18 @@ fn run_request(bytes: &[u8]) -> Decoded {
             .collect::<Vec<_>>(),
         "variance, max_error_rate",
     );
-    options_checked(&request.options(&RunOptions::default()), 100);
+    let options = request.options(&RunOptions::default());
+    options_checked(&options, 100);
+    // The ceilings refuse or accept, whatever the numbers (a shard count or size at the
+    // integers' ends included).
+    for limits in [RequestLimits::stack_defaults(), RequestLimits::local()] {
+        let _ = limits.check_options(&options);
+        let _ = limits.check_shards(usize::MAX, &options);
+        let _ = limits.check_shards(0, &options);
+        if let Ok(prefix) = pipeline::batch::splitter::normalize_prefix(&request.input_prefix) {
+            let _ = limits.check_prefix(&prefix);
+        }
+    }
     let _ = pipeline::batch::splitter::normalize_prefix(&request.input_prefix);
     if let Some(id) = &request.run_id {
         let _ = validate_run_id(id);
@@ -294,6 +319,20 @@ fn done_marker(bytes: &[u8]) -> Decoded {
     );
     let mut sum = marker.timings;
     sum.add(&marker.timings);
+    // What the reducer does with the checksums: compare them to its own (any string).
+    let errors = serde_json::to_vec(&marker.error_list).expect("an error list encodes");
+    let _ = marker.errors_sha256.as_deref() == Some(sha256_hex(&errors).as_str());
+    let _ = marker.stats_sha256.as_deref().map(str::len);
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    pipeline::batch::featurizer::sha256_hex(bytes)
+}
+
+fn model_health(bytes: &[u8]) -> Decoded {
+    let health: ModelHealth = decode(bytes)?;
+    let _ = (health.message(), health.stuck());
     Ok(())
 }
 
@@ -514,6 +553,16 @@ fn fuzz_run_request() {
 #[test]
 fn fuzz_done_marker() {
     fuzz("done_marker");
+}
+
+#[test]
+fn fuzz_barrier_node() {
+    fuzz("barrier_node");
+}
+
+#[test]
+fn fuzz_model_health() {
+    fuzz("model_health");
 }
 
 #[test]

@@ -1,15 +1,18 @@
-//! Pillow's BICUBIC resize of 8-bit RGB, reproduced to the byte.
+//! Pillow's convolution resizes of 8-bit RGB (BILINEAR, BICUBIC, LANCZOS), reproduced to the
+//! byte.
 //!
 //! A transcription of Pillow 13's `libImaging/Resample.c` (`precompute_coeffs`,
 //! `normalize_coeffs_8bpc`, `ImagingResampleHorizontal_8bpc` / `Vertical_8bpc`,
-//! `ImagingResampleInner`) for `Image.resize(size, Image.BICUBIC)` with Pillow's defaults
-//! (no `box`, `reducing_gap=None`, hence no `reduce()` step):
+//! `ImagingResampleInner`) for `Image.resize(size, filter)` with Pillow's defaults
+//! (no `box`, `reducing_gap=None`, hence no `reduce()` step). The filters differ only in
+//! their kernel and support (bilinear: triangle, 1; bicubic: Catmull-Rom, 2; lanczos:
+//! `sinc(x) * sinc(x / 3)`, 3); NEAREST does not go through this code (see `nearest.rs`):
 //!
 //! - one pass per axis that changes size, each rounded to 8 bits; the horizontal one first,
 //!   unless the height shrinks by more than twice as many pixels as the width (Pillow 13's
 //!   `ImagingResampleInner`; older versions order the passes differently);
 //! - for each output index `i`, the window is centred on `(i + 0.5) * scale`, its half-width
-//!   is the filter's support (2 for bicubic) times `max(scale, 1)`: when shrinking, the
+//!   is the filter's support times `max(scale, 1)`: when shrinking, the
 //!   filter is stretched so that every input pixel contributes (fast_image_resize differs
 //!   from Pillow there);
 //! - the taps are normalised by their sum in `f64`, then turned into fixed point with
@@ -27,10 +30,67 @@ use std::ops::Range;
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 /// Rounding term every sum starts from.
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
-/// Bicubic support (Pillow's `BICUBIC.support`).
-const BICUBIC_SUPPORT: f64 = 2.0;
 /// Channels of an RGB pixel.
 const CHANNELS: usize = 3;
+
+/// A convolution filter of Pillow's `Resample.c`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filter {
+    /// `BILINEAR`: the triangle, support 1.
+    Bilinear,
+    /// `BICUBIC`: Catmull-Rom (`a = -0.5`), support 2.
+    Bicubic,
+    /// `LANCZOS`: `sinc(x) * sinc(x / 3)` on `[-3, 3)`, support 3.
+    Lanczos,
+}
+
+impl Filter {
+    /// Pillow's `support` of the filter (before the stretch by the scale when shrinking).
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
+            Filter::Lanczos => 3.0,
+        }
+    }
+
+    /// The kernel at `x` (Pillow's `bilinear_filter`, `bicubic_filter`, `lanczos_filter`).
+    fn eval(self, x: f64) -> f64 {
+        match self {
+            Filter::Bilinear => bilinear(x),
+            Filter::Bicubic => bicubic(x),
+            Filter::Lanczos => lanczos(x),
+        }
+    }
+}
+
+/// Pillow's `bilinear_filter`.
+fn bilinear(x: f64) -> f64 {
+    let x = if x < 0.0 { -x } else { x };
+    if x < 1.0 {
+        1.0 - x
+    } else {
+        0.0
+    }
+}
+
+/// Pillow's `sinc_filter`: `sin(pi x) / (pi x)`, 1 at 0 (`sin` is the C library's, as Pillow's).
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        return 1.0;
+    }
+    let x = x * std::f64::consts::PI;
+    x.sin() / x
+}
+
+/// Pillow's `lanczos_filter`: the sinc windowed by a sinc three times wider, on `[-3, 3)`.
+fn lanczos(x: f64) -> f64 {
+    if (-3.0..3.0).contains(&x) {
+        sinc(x) * sinc(x / 3.0)
+    } else {
+        0.0
+    }
+}
 
 /// Pillow's `bicubic_filter` (Catmull-Rom, `a = -0.5`).
 fn bicubic(x: f64) -> f64 {
@@ -59,13 +119,13 @@ pub(crate) struct Taps {
 
 impl Taps {
     /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for resampling `in_size`
-    /// samples (the whole axis: box `0 .. in_size`) to `out_size`.
-    pub fn bicubic(in_size: u32, out_size: u32) -> Self {
+    /// samples (the whole axis: box `0 .. in_size`) to `out_size` with `filter`.
+    pub fn new(filter: Filter, in_size: u32, out_size: u32) -> Self {
         // The box bounds are C floats; their difference is exact for any image size.
         let (in0, in1) = (0f32, in_size as f32);
         let scale = f64::from(in1 - in0) / f64::from(out_size);
         let filterscale = if scale < 1.0 { 1.0 } else { scale };
-        let support = BICUBIC_SUPPORT * filterscale;
+        let support = filter.support() * filterscale;
         let ksize = support.ceil() as usize * 2 + 1;
         let inv_filterscale = 1.0 / filterscale;
         let mut bounds = Vec::with_capacity(out_size as usize);
@@ -79,7 +139,7 @@ impl Taps {
             let len = (xmax - xmin).max(0) as usize;
             let mut ww = 0.0;
             for (x, tap) in taps[..len].iter_mut().enumerate() {
-                let w = bicubic(((x as i64 + xmin) as f64 - center + 0.5) * inv_filterscale);
+                let w = filter.eval(((x as i64 + xmin) as f64 - center + 0.5) * inv_filterscale);
                 *tap = w;
                 ww += w;
             }
@@ -119,9 +179,10 @@ fn clip8(sum: i32) -> u8 {
 }
 
 /// Resizes interleaved RGB8 (`width * height * 3` bytes) to `target_width` x
-/// `target_height` exactly as Pillow 13's `Image.resize((tw, th), Image.BICUBIC)`.
+/// `target_height` exactly as Pillow 13's `Image.resize((tw, th), filter)`.
 /// All sizes must be at least 1.
 pub(crate) fn resize_rgb8(
+    filter: Filter,
     pixels: &[u8],
     (width, height): (u32, u32),
     (target_width, target_height): (u32, u32),
@@ -144,13 +205,13 @@ pub(crate) fn resize_rgb8(
         i64::from(width) - i64::from(target_width),
     );
     let horizontal_first = !(dh > 0 && dh > dw * 2);
-    let mut vertical = Taps::bicubic(height, target_height);
+    let mut vertical = Taps::new(filter, height, target_height);
     if !horizontal_first {
         let shrunk = vertical_pass(pixels, w * CHANNELS, &vertical);
         if !need_horizontal {
             return shrunk;
         }
-        return resample_rows(&shrunk, w, 0..th, &Taps::bicubic(width, target_width));
+        return resample_rows(&shrunk, w, 0..th, &Taps::new(filter, width, target_width));
     }
     if !need_horizontal {
         return vertical_pass(pixels, w * CHANNELS, &vertical);
@@ -158,7 +219,7 @@ pub(crate) fn resize_rgb8(
     // Only the input rows the vertical pass reads are resampled horizontally.
     let first = vertical.bounds[0].0;
     let (last_start, last_len) = vertical.bounds[th - 1];
-    let horizontal = Taps::bicubic(width, target_width);
+    let horizontal = Taps::new(filter, width, target_width);
     let resampled = resample_rows(pixels, w, first..last_start + last_len, &horizontal);
     if !need_vertical {
         return resampled;
@@ -231,7 +292,7 @@ fn dot_rgb(pixels: &[u8], weights: &[i32]) -> [i32; 3] {
     sums
 }
 
-/// The horizontal pass, the faster way for these taps: short windows (enlarging: at most 5
+/// The horizontal pass, the faster way for these taps: short windows (enlarging: at most 7
 /// taps, which [`horizontal_pass`] sums one by one) by [`horizontal_pass_transposed`].
 fn resample_rows(pixels: &[u8], width: usize, rows: Range<usize>, taps: &Taps) -> Vec<u8> {
     if taps.ksize < TRANSPOSED_MAX_KSIZE && width > 0 && !rows.is_empty() {
@@ -303,11 +364,11 @@ mod tests {
     #[test]
     fn taps_follow_pillow_window_rules() {
         // Enlarging: support 2, windows of at most 4 (+1) taps, clipped at the edges.
-        let up = Taps::bicubic(100, 224);
+        let up = Taps::new(Filter::Bicubic, 100, 224);
         assert_eq!(up.ksize, 5);
         assert_eq!(up.bounds[0], (0, 2));
         // Shrinking 4000 -> 224: the filter is stretched by the scale (17.86), ksize 73.
-        let down = Taps::bicubic(4000, 224);
+        let down = Taps::new(Filter::Bicubic, 4000, 224);
         assert_eq!(down.ksize, 73);
         // Output 112: centre 112.5 * 4000 / 224 = 2008.93, support 35.71.
         assert_eq!(down.bounds[112], (1973, 72));
@@ -321,7 +382,7 @@ mod tests {
             );
         }
         // 1 pixel: every output copies it.
-        let one = Taps::bicubic(1, 224);
+        let one = Taps::new(Filter::Bicubic, 1, 224);
         assert!(one.bounds.iter().all(|&b| b == (0, 1)));
         assert!((0..224).all(|i| one.of(i).1 == [1 << PRECISION_BITS]));
     }
@@ -344,7 +405,7 @@ mod tests {
             (224, 4, 100),
         ] {
             let pixels: Vec<u8> = (0..w * h * CHANNELS).map(|_| next() as u8).collect();
-            let taps = Taps::bicubic(w as u32, tw);
+            let taps = Taps::new(Filter::Bicubic, w as u32, tw);
             for rows in [0..h, h / 2..h] {
                 assert_eq!(
                     horizontal_pass_transposed(&pixels, w, rows.clone(), &taps),
@@ -366,9 +427,12 @@ mod tests {
     #[test]
     fn same_size_is_a_copy_and_constant_stays_constant() {
         let pixels: Vec<u8> = (0..5 * 4 * 3).map(|i| (i * 7) as u8).collect();
-        assert_eq!(resize_rgb8(&pixels, (5, 4), (5, 4)), pixels);
+        assert_eq!(
+            resize_rgb8(Filter::Bicubic, &pixels, (5, 4), (5, 4)),
+            pixels
+        );
         let flat = vec![77u8; 300 * 200 * 3];
-        let out = resize_rgb8(&flat, (300, 200), (224, 224));
+        let out = resize_rgb8(Filter::Lanczos, &flat, (300, 200), (224, 224));
         assert!(out.iter().all(|&p| p == 77));
     }
 }

@@ -167,6 +167,17 @@ fn ack_loss_picks_writes_by_kind_key_step_and_count() {
         let store = faults.store(FsStore::new(&dir));
         assert!(store.delete("k0").await.is_err());
         assert!(!dir.join("k0").exists(), "deleted all the same");
+        // Copies: applied, then the answer is lost; selected by their target key.
+        let faults = Faults::ack_loss(Selector::ops(&[WriteOp::Copy]).on_key("copy-of"));
+        let store = faults.store(FsStore::new(&dir));
+        let lost = store.copy("k1", "copy-of-k1").await.unwrap_err();
+        assert!(lost.is_transient(), "{lost}");
+        assert!(dir.join("copy-of-k1").exists(), "copied all the same");
+        assert_eq!(
+            faults.log(),
+            ["copy copy-of-k1", "copy copy-of-k1 (ack lost)"]
+        );
+        assert!(store.copy("k1", "other").await.is_ok(), "another target");
     });
     let _ = std::fs::remove_dir_all(&dir);
 }

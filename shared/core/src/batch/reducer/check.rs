@@ -1,6 +1,14 @@
 //! The reducer's invariant gate: before anything is fitted, every shard's committed objects
 //! are read and checked against the manifest, the done markers and each other.
 //!
+//! Every intermediate is verified before it is used: a shard's `stats.bin` and `errors.json`
+//! against the sha256 its done marker carries (as its part against `part_sha256`). A
+//! mismatch stops the run with "tampered or corrupt: <key>" (an [`Error::Invariant`]: the
+//! reduce fails, records why, and publishes nothing). A marker written before the checksums
+//! were kept has none: its `stats.bin` is then not trusted at all (the statistics are
+//! recomputed from the verified part), and its `errors.json`, when the marker does not list
+//! the errors itself, is taken as it is — its paths and counts are still checked below.
+//!
 //! A committed shard never depends on `staging/` alone: its error list is taken from its
 //! done marker when the marker carries it, and its statistics, when the `staging/` lifecycle
 //! has expired them, are recomputed from its committed part (checked against the marker's
@@ -17,6 +25,7 @@ use tracing::{info, warn};
 
 use super::Reducer;
 use crate::batch::featurizer::{committed_part, sha256_hex};
+use crate::batch::status::TAMPERED;
 use crate::error::{Error, Result};
 use crate::layout::RunLayout;
 use crate::manifest::{DoneMarker, ImageError, Manifest};
@@ -101,6 +110,33 @@ pub fn stats_match_rows(stats: &ShardStats, rows: &[VectorRow]) -> std::result::
     Ok(())
 }
 
+/// The error of an intermediate whose sha256 is not the one its done marker names: the
+/// run stops (nothing is fitted or published) with the file named, and `why` (what the
+/// content says, when it could be read) appended.
+fn tampered(
+    layout: &RunLayout,
+    marker: &DoneMarker,
+    key: &str,
+    actual: &str,
+    expected: &str,
+    why: &str,
+) -> Error {
+    let short = |h: &str| h.chars().take(12).collect::<String>();
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!("; {why}")
+    };
+    Error::Invariant(format!(
+        "run {}: shard {}: {TAMPERED}: {key} (sha256 {}, its done marker says {}{why}); \
+         nothing is published",
+        layout.run_id(),
+        marker.shard,
+        short(actual),
+        short(expected),
+    ))
+}
+
 /// One shard as checked: its marker, error list, statistics, and the paths of its rows.
 struct Loaded {
     marker: DoneMarker,
@@ -147,21 +183,50 @@ impl<S: ObjectStore> Reducer<S> {
     }
 
     /// A committed shard's error list: from its done marker when it carries it (it does not
-    /// expire with `staging/`), else from its committed attempt.
+    /// expire with `staging/`), else from its committed attempt; either way checked against
+    /// the marker's `errors_sha256` when it has one.
     pub(super) async fn shard_errors(
         &self,
         layout: &RunLayout,
         marker: &DoneMarker,
     ) -> Result<Vec<ImageError>> {
-        if marker.errors == 0 {
-            return Ok(Vec::new());
-        }
-        if marker.error_list.len() == marker.errors {
-            return Ok(marker.error_list.clone());
+        if marker.errors == 0 || marker.error_list.len() == marker.errors {
+            if let Some(expected) = &marker.errors_sha256 {
+                let actual = sha256_hex(&serde_json::to_vec(&marker.error_list)?);
+                if &actual != expected {
+                    return Err(tampered(
+                        layout,
+                        marker,
+                        &layout.done_marker(marker.shard),
+                        &actual,
+                        expected,
+                        "its error list is not the one its checksum names",
+                    ));
+                }
+            }
+            return Ok(if marker.errors == 0 {
+                Vec::new()
+            } else {
+                marker.error_list.clone()
+            });
         }
         let key = layout.attempt_errors(marker.shard, &marker.attempt);
         match self.store.get(&key).await {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
+            Ok(bytes) => {
+                if let Some(expected) = &marker.errors_sha256 {
+                    let actual = sha256_hex(&bytes);
+                    if &actual != expected {
+                        return Err(tampered(layout, marker, &key, &actual, expected, ""));
+                    }
+                }
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Invariant(format!(
+                        "run {}: shard {}: corrupt: {key}: {e}",
+                        layout.run_id(),
+                        marker.shard
+                    ))
+                })
+            }
             Err(StoreError::NotFound(_)) => Err(Error::RunState(format!(
                 "shard {} is committed with {} image errors, but its done marker does not list \
                  them and {key} is gone (expired?): featurize the shard again in a new run",
@@ -191,22 +256,42 @@ impl<S: ObjectStore> Reducer<S> {
         let part = self.published_part(layout, &marker).await?;
         let rows = parquet_io::read_rows(Dataset::Features, part)?;
         let stats_key = layout.attempt_stats(marker.shard, &marker.attempt);
-        let stats = match self.store.get(&stats_key).await {
+        let stored = match &marker.stats_sha256 {
+            Some(_) => self.store.get(&stats_key).await,
+            // A marker from before the checksums: its statistics cannot be verified, so
+            // they are not used (the part, which `part_sha256` verifies, is the truth).
+            None => Err(StoreError::NotFound(stats_key.clone())),
+        };
+        let stats = match stored {
             Ok(bytes) => {
-                let stats = ShardStats::from_bytes(&bytes, &stats_key)?;
-                if let Err(what) = stats_match_rows(&stats, &rows) {
-                    return Err(Error::Invariant(format!(
-                        "run {}: shard {}: {what}",
-                        layout.run_id(),
-                        marker.shard
-                    )));
+                let decoded = ShardStats::from_bytes(&bytes, &stats_key)
+                    .map_err(|e| e.to_string())
+                    .and_then(|stats| stats_match_rows(&stats, &rows).map(|()| stats));
+                let actual = sha256_hex(&bytes);
+                let expected = marker.stats_sha256.as_deref().unwrap_or_default();
+                match decoded {
+                    _ if actual != expected => {
+                        let why = decoded.err().unwrap_or_default();
+                        return Err(tampered(
+                            layout, &marker, &stats_key, &actual, expected, &why,
+                        ));
+                    }
+                    Ok(stats) => stats,
+                    // Its own featurizer wrote statistics its rows do not have.
+                    Err(what) => {
+                        return Err(Error::Invariant(format!(
+                            "run {}: shard {}: {what}",
+                            layout.run_id(),
+                            marker.shard
+                        )))
+                    }
                 }
-                stats
             }
             Err(StoreError::NotFound(_)) => {
-                // Expired with staging/ (or never kept): the committed part is the truth.
+                // Expired with staging/ (or never kept, or not verifiable): the committed
+                // part is the truth.
                 info!(shard = marker.shard, key = %stats_key,
-                    "statistics gone: recomputed from the committed part");
+                    "statistics gone or unverifiable: recomputed from the committed part");
                 let dim = rows.first().map(|r| r.values.len()).unwrap_or(0);
                 let refs: Vec<&[f32]> = rows.iter().map(|r| r.values.as_slice()).collect();
                 ShardStats::from_rows(&refs, dim)

@@ -1,9 +1,9 @@
 //! How a refit decides each changed path: from its previous entry, the delta entries that
 //! mention it and its current content.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use super::{CollectionIndex, Delta, DeltaEntry, IndexEntry};
+use super::{Delta, DeltaEntry, IndexEntry};
 use crate::error::{Error, Result};
 use crate::parquet_io::VectorRow;
 use engine::preprocess::ImageErrorKind;
@@ -170,31 +170,32 @@ pub(super) struct Changes {
     pub(super) removed: usize,
 }
 
-/// Applies the decisions to the index; returns the arriving rows (from the winning deltas'
-/// rows) and the counts. The arriving rows' entries get their part once it is named.
+/// Applies the decisions to the entries of the changed paths (`known`: what the index had
+/// for them); returns the arriving rows (taken from the winning deltas' rows) and the
+/// counts. The arriving rows' entries get their part once it is named.
 pub(super) fn apply_decisions(
-    index: &mut CollectionIndex,
+    known: &mut BTreeMap<String, IndexEntry>,
     decisions: &Decisions<'_>,
-    delta_rows: &HashMap<usize, Vec<VectorRow>>,
+    delta_rows: &mut HashMap<usize, Vec<VectorRow>>,
     deltas: &[Delta],
 ) -> Result<Changes> {
     let mut arriving: Vec<VectorRow> = Vec::new();
     let (mut added, mut replaced, mut removed) = (0, 0, 0);
     for (path, decision) in decisions {
-        let was_live = index.entries.get(*path).is_some_and(|e| e.part.is_some());
+        let was_live = known.get(*path).is_some_and(|e| e.part.is_some());
         match decision {
             Decision::Keep => continue,
             Decision::Drop => {
                 if was_live {
                     removed += 1;
                 }
-                index.entries.remove(*path);
+                known.remove(*path);
             }
             Decision::Fail(etag, label, kind, reason) => {
                 if was_live {
                     removed += 1;
                 }
-                index.entries.insert(
+                known.insert(
                     path.to_string(),
                     IndexEntry {
                         etag: etag.clone(),
@@ -206,8 +207,8 @@ pub(super) fn apply_decisions(
             }
             Decision::Live(delta, row, etag, label) => {
                 let source = delta_rows
-                    .get(delta)
-                    .and_then(|rows| rows.get(*row))
+                    .get_mut(delta)
+                    .and_then(|rows| rows.get_mut(*row))
                     .filter(|r| r.path == *path)
                     .ok_or_else(|| {
                         Error::RunState(format!(
@@ -223,9 +224,9 @@ pub(super) fn apply_decisions(
                 arriving.push(VectorRow {
                     path: path.to_string(),
                     label: label.clone(),
-                    values: source.values.clone(),
+                    values: std::mem::take(&mut source.values),
                 });
-                index.entries.insert(
+                known.insert(
                     path.to_string(),
                     IndexEntry {
                         etag: etag.clone(),

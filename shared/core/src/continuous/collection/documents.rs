@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CollectionLayout, KEEP_SNAPSHOTS, MIN_READER_SECS, ORPHAN_DELTA_GRACE_SECS};
+use super::{
+    CollectionLayout, FANOUT_PARTS, KEEP_SNAPSHOTS, MIN_READER_SECS, ORPHAN_DELTA_GRACE_SECS,
+    PARTS_PER_MESSAGE, PART_ROWS,
+};
 use crate::error::Result;
 use crate::parquet_io::{self, Dataset, VectorRow};
 use crate::ports::store::{ObjectStore, StoreError};
@@ -76,6 +79,10 @@ pub struct Delta {
     pub written_at_ms: u64,
     /// What was found, one entry per key.
     pub entries: Vec<DeltaEntry>,
+    /// The SHA-256 of the model that computed its features (`None`: written before models
+    /// were recorded). A refit refuses to mix two models in one collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
 }
 
 /// A fresh delta id: time-ordered and random.
@@ -213,6 +220,20 @@ pub struct RefitSummary {
     /// Notes (k clamped, no PCA possible).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The SHA-256 of the model whose features the snapshot holds (`None`: no rows, or a
+    /// snapshot written before models were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
+    /// Index buckets (each an index shard and one `Results` part).
+    #[serde(default)]
+    pub buckets: usize,
+    /// Buckets rewritten by this refit (the others were copied as they were).
+    #[serde(default)]
+    pub buckets_rewritten: usize,
+    /// `Results_PCA` parts projected by projection messages on the refit queue (0: all in
+    /// the refit's own process).
+    #[serde(default)]
+    pub parts_fanned_out: usize,
 }
 
 /// What a refit did.
@@ -237,6 +258,18 @@ pub enum RefitOutcome {
     /// row; this one's work is discarded (its deltas stay for the next refit, unless the
     /// others consumed them).
     LostRace,
+    /// The snapshot is written but for its projection, which was sent to the refit queue as
+    /// [`ProjectMessage`]s: the last of them to finish publishes it.
+    Projecting {
+        /// The snapshot.
+        snapshot: String,
+        /// Its refit number.
+        seq: u64,
+        /// `Results_PCA` parts to project.
+        parts: usize,
+        /// Messages sent.
+        messages: usize,
+    },
 }
 
 /// How to refit.
@@ -257,6 +290,18 @@ pub struct RefitOptions {
     pub orphan_delta_grace_ms: u64,
     /// Parts read, projected and written at once.
     pub concurrency: usize,
+    /// Rows per index bucket (and `Results` part) the bucket count aims at: a collection
+    /// gets `2^j` buckets, doubled when the buckets average more than twice this.
+    pub part_rows: usize,
+    /// With a queue to send to: a snapshot of more `Results` parts than this is projected by
+    /// [`ProjectMessage`]s of [`RefitOptions::parts_per_message`] parts each, not in the
+    /// refit's own process.
+    pub fanout_parts: usize,
+    /// Parts per projection message.
+    pub parts_per_message: usize,
+    /// A projection that reaches its invocation's deadline minus this stops (after one part
+    /// at least) and is delivered again, going on from the parts already written.
+    pub deadline_margin_ms: u64,
 }
 
 impl Default for RefitOptions {
@@ -269,6 +314,10 @@ impl Default for RefitOptions {
             min_reader_ms: MIN_READER_SECS * 1000,
             orphan_delta_grace_ms: ORPHAN_DELTA_GRACE_SECS * 1000,
             concurrency: 4,
+            part_rows: PART_ROWS,
+            fanout_parts: FANOUT_PARTS,
+            parts_per_message: PARTS_PER_MESSAGE,
+            deadline_margin_ms: 30_000,
         }
     }
 }
@@ -281,6 +330,29 @@ pub struct RefitMessage {
     /// Refit even if a change is younger than the quiet time (on-demand requests).
     #[serde(default)]
     pub force: bool,
+}
+
+/// A projection message (refit queue): project parts `from..to` of `snapshot`'s parts (in
+/// the order of its publication document) into its `Results_PCA`, and publish the snapshot
+/// if every part is then projected. Duplicates and redeliveries are harmless: a part already
+/// projected is skipped, and the publication is read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectMessage {
+    /// The collection.
+    pub collection: String,
+    /// The parts to project.
+    pub project: ProjectRange,
+}
+
+/// A range of a snapshot's parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectRange {
+    /// The snapshot.
+    pub snapshot: String,
+    /// The first part (index into the publication document's parts).
+    pub from: usize,
+    /// One past the last.
+    pub to: usize,
 }
 
 /// The published pointer with its entity tag, if any.

@@ -1,7 +1,6 @@
 //! The statistics of a refit: the running sums updated with the rows leaving and arriving,
 //! and the PCA fitted from them.
 
-use super::refit::SplitParts;
 use crate::error::Result;
 use crate::parquet_io::VectorRow;
 use engine::pca::{self, PcaModel, PcaOptions};
@@ -19,19 +18,10 @@ pub(super) struct Fit {
     pub(super) k_requested: Option<usize>,
 }
 
-/// Updates the running sums (the leaving rows out, the arriving rows in; the first rows'
-/// mean is the shift of new sums) and fits the PCA from them.
-pub(super) fn fit_statistics(
-    sums: Option<RunningSums>,
-    split: &SplitParts,
-    arriving: &[VectorRow],
-    pca_options: &PcaOptions,
-) -> Result<Fit> {
-    let leaving_refs: Vec<&[f32]> = split
-        .values()
-        .flat_map(|(_, gone)| gone)
-        .map(|r| r.values.as_slice())
-        .collect();
+/// The running sums with the arriving rows added: the previous snapshot's, or new ones
+/// shifted by the arriving rows' mean (the first refit). The rows that leave are subtracted
+/// bucket by bucket as they are read ([`RunningSums::remove`]).
+pub(super) fn start_sums(sums: Option<RunningSums>, arriving: &[VectorRow]) -> Result<RunningSums> {
     let arriving_refs: Vec<&[f32]> = arriving.iter().map(|r| r.values.as_slice()).collect();
     let dim = arriving
         .first()
@@ -54,16 +44,19 @@ pub(super) fn fit_statistics(
         }
         (None, None) => RunningSums::new(Vec::new()),
     };
-    sums.remove(&leaving_refs)?;
-    drop(leaving_refs);
     sums.add(&arriving_refs)?;
+    Ok(sums)
+}
+
+/// Fits the PCA from the updated running sums.
+pub(super) fn fit_statistics(sums: RunningSums, pca_options: &PcaOptions) -> Fit {
     let (model, warnings, k_requested) = fit_pca(&sums, pca_options);
-    Ok(Fit {
+    Fit {
         sums,
         model,
         warnings,
         k_requested,
-    })
+    }
 }
 
 /// Fits the PCA of the live rows: none with fewer than 2, k clamped to what the rows allow.

@@ -73,9 +73,23 @@ impl CollectionLayout {
     pub fn states_prefix(&self) -> String {
         format!("{}state/", self.prefix())
     }
-    /// The index (path → content, label, part) of a snapshot.
+    /// The index (path → content, label, part) of a snapshot, as one document: the format
+    /// before the index was split in buckets, still read ([`super::read_index`]).
     pub fn state_index(&self, id: &str) -> String {
         format!("{}{id}/index.json", self.states_prefix())
+    }
+    /// The bucketed index's manifest (buckets, their parts and counts, the model).
+    pub fn state_buckets(&self, id: &str) -> String {
+        format!("{}{id}/buckets.json", self.states_prefix())
+    }
+    /// The index shard of bucket `b` (path → entry, for the paths that hash to it).
+    pub fn state_shard(&self, id: &str, b: usize) -> String {
+        format!("{}{id}/index/{b:05}.json", self.states_prefix())
+    }
+    /// A snapshot's publication document: what publishes it once every projection part is
+    /// written (when the projection is fanned out).
+    pub fn state_publish(&self, id: &str) -> String {
+        format!("{}{id}/publish.json", self.states_prefix())
     }
     /// The running sums of a snapshot's rows.
     pub fn state_sums(&self, id: &str) -> String {

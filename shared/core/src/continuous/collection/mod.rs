@@ -11,7 +11,8 @@
 //! collections/<c>/snapshots/<id>/Results/*.parquet      path, label, features
 //! collections/<c>/snapshots/<id>/Results_PCA/*.parquet  path, label, pca_features
 //! collections/<c>/snapshots/<id>/pca_model.json, summary.json, errors.json, _SUCCESS
-//! collections/<c>/state/<id>/index.json, sums.bin   what the next refit starts from
+//! collections/<c>/state/<id>/buckets.json, index/<b>.json, sums.bin
+//!                                                   what the next refit starts from
 //! collections/<c>/staging/deltas/<id>.parquet, .json  processed, not yet published changes
 //! ```
 //!
@@ -24,34 +25,53 @@
 //!
 //! **Statistics reuse.** The state keeps running sums of the live rows
 //! ([`RunningSums`](engine::stats::RunningSums)); a refit subtracts the rows that went away
-//! or were replaced (read from the few parts that hold them) and adds the new ones: the fit
-//! costs O(changed · d² + d³). Publishing a view projects every row (O(n · d · k)) and
-//! rewrites its parts; both are timed separately in `summary.json`.
+//! or were replaced (read from the few buckets that hold them) and adds the new ones: the
+//! fit costs O(changed · d² + d³).
+//!
+//! **Buckets.** The index and the `Results` rows are split in `2^j` buckets by a hash of the
+//! path ([`bucket_of`]): a refit reads and rewrites only the buckets of changed paths and
+//! copies the others server-side. Publishing a view projects every row (O(n · d · k)),
+//! streamed part by part and, past [`FANOUT_PARTS`] parts, fanned out through the refit
+//! queue ([`ProjectMessage`], [`project`]); fit and publication are timed separately in
+//! `summary.json`.
 
+mod buckets;
 mod decide;
 mod documents;
 mod fit;
+mod index;
 mod layout;
+mod publish;
 mod refit;
 mod snapshots;
 mod status;
 
 pub use documents::{
     delta_time_ms, list_deltas, new_delta_id, read_current, write_delta, CollectionIndex,
-    CurrentPointer, Delta, DeltaEntry, IndexEntry, RefitMessage, RefitOptions, RefitOutcome,
-    RefitSummary,
+    CurrentPointer, Delta, DeltaEntry, IndexEntry, ProjectMessage, ProjectRange, RefitMessage,
+    RefitOptions, RefitOutcome, RefitSummary,
+};
+pub use index::{
+    bucket_count, bucket_of, read_index, read_stored_index, BucketInfo, IndexManifest, IndexShard,
+    StoredIndex, INDEX_FORMAT,
 };
 pub use layout::{inbox_key, split_inbox_key, CollectionLayout};
-pub use refit::{refit, REFIT_ATTEMPTS};
+pub use publish::{project, ProjectOutcome, ProjectSender};
+pub use refit::{refit, refit_with, RefitFuture, REFIT_ATTEMPTS};
 pub use status::{
-    collection_status, collection_status_at, record_refit_failure, record_refit_start,
-    refit_failure_key, refit_started_key, CollectionStatus, RefitFailure, RefitStart,
+    collection_status, collection_status_at, model_conflict, record_refit_failure,
+    record_refit_start, refit_failure_key, refit_started_key, CollectionStatus, RefitFailure,
+    RefitStart,
 };
 
 /// Where the collections live in the output store.
 pub const COLLECTIONS_PREFIX: &str = "collections/";
-/// Rows per Results part written by a refit.
+/// Rows per index bucket (and its `Results` part) that the bucket count aims at.
 pub const PART_ROWS: usize = 4096;
+/// A snapshot of more parts than this is projected through the refit queue (with a queue).
+pub const FANOUT_PARTS: usize = 32;
+/// Parts per projection message.
+pub const PARTS_PER_MESSAGE: usize = 32;
 /// Published snapshots always kept (the current one and the one before it).
 pub const KEEP_SNAPSHOTS: usize = 2;
 /// How long a superseded snapshot is kept at least, for readers that read the pointer just
@@ -72,3 +92,5 @@ pub fn valid_collection(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_buckets;

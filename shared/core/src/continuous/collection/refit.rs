@@ -1,45 +1,59 @@
 //! The refit: folds a collection's deltas into its state, fits the PCA, publishes a new
 //! snapshot and points `current.json` at it. One attempt is a [`Refit`], run phase by phase
-//! ([`Refit::run`]); the store calls happen in the same order whatever the phases' split.
+//! ([`Refit::run`]).
+//!
+//! Its cost grows with what changed, but for the projection: the index is split in buckets
+//! by a hash of the path ([`super::index`]), each with one `Results` part; only the buckets
+//! holding a changed path are read and rewritten, the others are copied server-side
+//! ([`ObjectStore::copy`]: S3 `CopyObject`, a hard link locally). Projecting every row into
+//! `Results_PCA` is O(n) by nature (the model changes): it is streamed part by part, and
+//! past [`RefitOptions::fanout_parts`] parts fanned out through the refit queue
+//! ([`super::publish`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 // Every future run in a stream below is boxed (`.boxed()`) and collected before it is
 // streamed: the refit's future must be `Send` for callers that need it (reconcile), which
 // rustc cannot prove for a stream that keeps closures over borrowed items
 // (rust-lang/rust#110338).
 use futures::FutureExt;
-use tracing::{info, warn};
+use tracing::warn;
 
+use super::buckets::{error_list, plan, Built, Job, OldIndex, Source};
 use super::decide::{
     apply_decisions, decide, decide_unreadable, refit_due, Decision, Decisions, Due,
 };
-use super::fit::{fit_statistics, Fit};
-use super::snapshots::{
-    delete_prefix, expire, part_name, publish_part, read_back_pointer, PointerWrite, Retention,
+use super::fit::{fit_statistics, start_sums};
+use super::index::{
+    bucket_count, bucket_of, read_shard, read_stored_index, BucketInfo, IndexManifest, IndexShard,
+    StoredIndex, INDEX_FORMAT,
 };
+use super::publish::{fan_out, project_all, publish, ProjectSender, Publication, Published};
+use super::status::model_conflict;
 use super::{
-    delta_time_ms, inbox_key, list_deltas, read_current, valid_collection, CollectionIndex,
-    CollectionLayout, CurrentPointer, Delta, DeltaEntry, IndexEntry, RefitOptions, RefitOutcome,
-    RefitSummary, PART_ROWS,
+    delta_time_ms, inbox_key, list_deltas, read_current, valid_collection, CollectionLayout,
+    CurrentPointer, Delta, DeltaEntry, IndexEntry, RefitOptions, RefitOutcome, RefitSummary,
 };
 use crate::error::{Error, Result};
 use crate::manifest::ImageError;
 use crate::parquet_io::{self, Dataset, VectorRow};
 use crate::ports::store::{ObjectStore, StoreError};
-use engine::pca::PcaModel;
 use engine::stats::RunningSums;
 
 /// How many times a refit that lost the race for `current.json` starts over before giving up
 /// ([`RefitOutcome::LostRace`]: the caller retries later).
 pub const REFIT_ATTEMPTS: usize = 5;
 
+/// The boxed future of a refit.
+pub type RefitFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<RefitOutcome>> + Send + 'a>>;
+
 /// Folds the collection's deltas into its state, fits the PCA, publishes a new snapshot and
-/// points `current.json` at it. `input` holds the inbox (`inbox` + collection + `/` + path).
+/// points `current.json` at it, all in this process. `input` holds the inbox (`inbox` +
+/// collection + `/` + path).
 ///
 /// Refits of one collection may run at once (two refit messages, a CLI refit): the pointer
 /// is replaced only if it is still the one the refit started from (S3 `If-Match`). The loser
@@ -55,10 +69,26 @@ pub fn refit<'a, S: ObjectStore, I: ObjectStore>(
     inbox: &'a str,
     collection: &'a str,
     options: &'a RefitOptions,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<RefitOutcome>> + Send + 'a>> {
+) -> RefitFuture<'a> {
+    refit_with(output, input, inbox, collection, options, None)
+}
+
+/// [`refit`], with the refit queue: a snapshot of more than
+/// [`RefitOptions::fanout_parts`] parts is projected by messages sent to `sender`
+/// ([`RefitOutcome::Projecting`]; the last of them publishes it, see
+/// [`super::publish::project`]).
+pub fn refit_with<'a, S: ObjectStore, I: ObjectStore>(
+    output: &'a S,
+    input: &'a I,
+    inbox: &'a str,
+    collection: &'a str,
+    options: &'a RefitOptions,
+    sender: Option<&'a dyn ProjectSender>,
+) -> RefitFuture<'a> {
     Box::pin(async move {
         for attempt in 1..=REFIT_ATTEMPTS {
-            match refit_once(output, input, inbox, collection, options).await? {
+            let refit = Refit::new(output, input, inbox, collection, options, sender)?;
+            match refit.run().await? {
                 RefitOutcome::LostRace => {
                     warn!(
                         collection,
@@ -72,25 +102,11 @@ pub fn refit<'a, S: ObjectStore, I: ObjectStore>(
     })
 }
 
-async fn refit_once<S: ObjectStore, I: ObjectStore>(
-    output: &S,
-    input: &I,
-    inbox: &str,
-    collection: &str,
-    options: &RefitOptions,
-) -> Result<RefitOutcome> {
-    Refit::new(output, input, inbox, collection, options)?
-        .run()
-        .await
-}
-
 /// Changed paths, each with the delta entries that mention it: (delta index, entry).
 type ByPath<'d> = BTreeMap<&'d str, Vec<(usize, &'d DeltaEntry)>>;
 /// The current content of each changed key: its ETag (`None`: gone), or why it cannot be
 /// read for good.
 type Heads<'d> = HashMap<&'d str, Result<Option<String>, String>>;
-/// The previous snapshot's parts that lose rows: (the rows they keep, the rows leaving).
-pub(super) type SplitParts = HashMap<String, (Vec<VectorRow>, Vec<VectorRow>)>;
 
 /// One attempt at a refit: the stores, the collection and the options, and the pointer it
 /// started from. [`Refit::run`] calls the phases in order.
@@ -100,19 +116,22 @@ struct Refit<'a, S, I> {
     inbox: &'a str,
     collection: &'a str,
     options: &'a RefitOptions,
+    sender: Option<&'a dyn ProjectSender>,
     layout: CollectionLayout,
     /// Parts read, projected and written at once (at least 1).
     concurrency: usize,
     started: Instant,
+    started_at_ms: u64,
     /// The published pointer and its entity tag, read first.
     current: Option<(CurrentPointer, String)>,
 }
 
 /// The state the previous snapshot left.
 struct Previous {
-    index: CollectionIndex,
+    stored: Option<StoredIndex>,
     sums: Option<RunningSums>,
     seq: u64,
+    errors: Vec<ImageError>,
 }
 
 impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
@@ -122,8 +141,8 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
         inbox: &'a str,
         collection: &'a str,
         options: &'a RefitOptions,
+        sender: Option<&'a dyn ProjectSender>,
     ) -> Result<Self> {
-        let started = Instant::now();
         if !valid_collection(collection) {
             return Err(Error::InvalidRequest(format!(
                 "{collection:?} is not a collection name"
@@ -135,9 +154,11 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             inbox,
             collection,
             options,
+            sender,
             layout: CollectionLayout::new(collection),
             concurrency: options.concurrency.max(1),
-            started,
+            started: Instant::now(),
+            started_at_ms: crate::manifest::unix_now_ms(),
             current: None,
         })
     }
@@ -148,40 +169,72 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             ControlFlow::Continue(ids) => ids,
             ControlFlow::Break(outcome) => return Ok(outcome),
         };
-        let Previous {
-            mut index,
-            sums,
-            seq,
-        } = self.read_state().await?;
+        let previous = self.read_state().await?;
         let deltas = self.read_deltas(&delta_ids).await?;
+        let model_sha256 = self.check_models(&previous, &deltas)?;
         let by_path = group_by_path(&deltas);
         let heads = self.head_changed(&by_path).await?;
         let resolve_s = self.started.elapsed().as_secs_f64();
 
         let fit_start = Instant::now();
-        let (decisions, pending) = self.decide_paths(&index, &by_path, &heads);
-        let mut split = self.split_leaving_parts(&index, &decisions).await?;
-        let delta_rows = self.read_winning_rows(&deltas, &decisions).await?;
-        let changes = apply_decisions(&mut index, &decisions, &delta_rows, &deltas)?;
-        let mut fit = fit_statistics(sums, &split, &changes.arriving, &self.options.pca)?;
+        let mut old = self.read_old_index(previous.stored, &by_path).await?;
+        let (decisions, pending) = self.decide_paths(&old.known, &by_path, &heads);
+        let mut delta_rows = self.read_winning_rows(&deltas, &decisions).await?;
+        let touched: HashSet<&str> = decisions
+            .iter()
+            .filter(|(_, d)| *d != Decision::Keep)
+            .map(|(p, _)| *p)
+            .collect();
+        let before = touched
+            .iter()
+            .filter(|p| old.known.contains_key(**p))
+            .count();
+        let changes = apply_decisions(&mut old.known, &decisions, &mut delta_rows, &deltas)?;
+        drop(delta_rows);
+        let after = touched
+            .iter()
+            .filter(|p| old.known.contains_key(**p))
+            .count();
+        let mut sums = start_sums(previous.sums, &changes.arriving)?;
+        let entries = (old.entries() + after).saturating_sub(before);
+        let n = bucket_count(old.buckets(), entries, self.options.part_rows);
+
+        let seq = previous.seq + 1;
+        let snapshot = format!("{seq:08}-{:08x}", fastrand::u32(..));
+        let publish_started_at_ms = crate::manifest::unix_now_ms();
+        let errors = error_list(previous.errors, &touched, &old.known);
+        let (added, replaced, removed) = (changes.added, changes.replaced, changes.removed);
+        let jobs = plan(&mut old, &touched, changes.arriving, n);
+        let built = self
+            .build_buckets(jobs, &old, &touched, n, &snapshot)
+            .await?;
+        let mut buckets = vec![BucketInfo::default(); n];
+        let mut rewritten = 0;
+        for b in built {
+            let gone: Vec<&[f32]> = b.gone.iter().map(|r| r.values.as_slice()).collect();
+            sums.remove(&gone)?;
+            rewritten += usize::from(b.rewritten);
+            buckets[b.bucket] = b.info;
+        }
+        let model_sha256 = model_sha256.or_else(|| old.manifest.and_then(|m| m.model_sha256));
+        let manifest = IndexManifest {
+            format: INDEX_FORMAT,
+            buckets,
+            model_sha256: model_sha256.clone(),
+        };
+        let rows = manifest.rows();
+        if rows as u64 != sums.count {
+            return Err(Error::Invariant(format!(
+                "collection {}: {rows} live rows but statistics of {}",
+                self.collection, sums.count
+            )));
+        }
+        let mut fit = fit_statistics(sums, &self.options.pca);
         let fit_s = fit_start.elapsed().as_secs_f64();
 
-        // Publish: a new snapshot folder, complete with _SUCCESS, then the pointer.
-        let publish_start = Instant::now();
-        let seq = seq + 1;
-        let snapshot = format!("{seq:08}-{:08x}", fastrand::u32(..));
-        let model = fit.model.as_ref();
-        let mut parts = self
-            .carry_parts(&mut index, &mut split, &snapshot, seq, model)
-            .await?;
-        self.write_new_parts(&mut index, &mut parts, &changes.arriving, &snapshot, model)
-            .await?;
-        index.parts = parts;
-
-        let errors = error_list(&index);
-        let rows = self.live_rows(&index, &fit.sums)?;
+        let parts = manifest.parts();
         let published_at = crate::manifest::now_rfc3339();
-        let mut summary = RefitSummary {
+        let summary = RefitSummary {
             collection: self.collection.to_string(),
             snapshot: snapshot.clone(),
             seq,
@@ -189,9 +242,9 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             errors: errors.len(),
             deltas: deltas.len(),
             changed_paths: by_path.len(),
-            added: changes.added,
-            replaced: changes.replaced,
-            removed: changes.removed,
+            added,
+            replaced,
+            removed,
             pending,
             k: fit.model.as_ref().map(|m| m.k).unwrap_or(0),
             k_requested: fit.k_requested,
@@ -208,33 +261,62 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             published_at_ms: crate::manifest::unix_now_ms(),
             based_on: self.current.as_ref().map(|(p, _)| p.snapshot.clone()),
             warnings: std::mem::take(&mut fit.warnings),
+            model_sha256,
+            buckets: n,
+            buckets_rewritten: rewritten,
+            parts_fanned_out: 0,
         };
-        self.write_documents(
+        self.write_documents(&snapshot, &fit, &errors, &manifest)
+            .await?;
+        let mut publication = Publication {
+            pointer: self.pointer(&snapshot, seq, fit.model.is_some(), published_at),
+            replaces: self.current.as_ref().map(|(_, etag)| etag.clone()),
+            deltas: deltas.iter().map(|d| d.id.clone()).collect(),
+            parts,
+            summary,
+            started_at_ms: self.started_at_ms,
+            publish_started_at_ms,
+            mean_bits: Vec::new(),
+            component_bits: Vec::new(),
+        };
+        let model = fit.model.as_ref();
+        if let Some(sender) = self.sender {
+            if publication.parts.len() > self.options.fanout_parts {
+                publication.summary.parts_fanned_out = publication.parts.len();
+                publication.keep_model_bits(model);
+                let (output, layout) = (self.output, &self.layout);
+                output
+                    .put(
+                        &layout.state_publish(&snapshot),
+                        serde_json::to_vec(&publication)?.into(),
+                    )
+                    .await?;
+                let per = self.options.parts_per_message;
+                let messages = fan_out(sender, self.collection, &publication, per).await?;
+                return Ok(RefitOutcome::Projecting {
+                    snapshot,
+                    seq,
+                    parts: publication.parts.len(),
+                    messages,
+                });
+            }
+        }
+        let (output, layout) = (self.output, &self.layout);
+        project_all(
+            output,
+            layout,
             &snapshot,
-            &fit,
-            &errors,
-            &index,
-            &mut summary,
-            publish_start,
+            &publication.parts,
+            model,
+            self.concurrency,
         )
         .await?;
-        let pointer = self.pointer(&snapshot, seq, fit.model.is_some(), published_at);
-        match self.publish_pointer(&pointer).await? {
-            PointerWrite::Ours => {}
-            PointerWrite::Lost => {
-                self.discard(&snapshot).await?;
-                return Ok(RefitOutcome::LostRace);
-            }
-            // Never deleted when in doubt: retention removes it if no pointer names it.
-            PointerWrite::NotLanded | PointerWrite::Unknown => return Ok(RefitOutcome::LostRace),
-        }
-        info!(
-            collection = self.collection, %snapshot, seq, rows, errors = errors.len(),
-            added = changes.added, replaced = changes.replaced, removed = changes.removed,
-            pending, fit_s, publish_s = summary.publish_s, "collection published"
-        );
-        self.clean_up(&deltas, &snapshot).await?;
-        Ok(RefitOutcome::Published(Box::new(summary)))
+        Ok(
+            match publish(output, layout, &publication, self.options).await? {
+                Published::Ours(summary) => RefitOutcome::Published(summary),
+                Published::Lost | Published::InDoubt => RefitOutcome::LostRace,
+            },
+        )
     }
 
     /// Reads the published pointer and lists the deltas. Stops here when a change is younger
@@ -265,30 +347,59 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
         Ok(ControlFlow::Continue(delta_ids))
     }
 
-    /// The state the previous snapshot left (its index and running sums), if any.
+    /// The state the previous snapshot left (its index manifest, or its whole index in the
+    /// old format, its running sums and its error list), if any.
     async fn read_state(&self) -> Result<Previous> {
         let output = self.output;
-        Ok(match &self.current {
-            Some((pointer, _)) => {
-                let index: CollectionIndex = serde_json::from_slice(
-                    &output
-                        .get(&self.layout.state_index(&pointer.snapshot))
-                        .await?,
-                )?;
-                let key = self.layout.state_sums(&pointer.snapshot);
-                let sums = RunningSums::from_bytes(&output.get(&key).await?, &key)?;
-                Previous {
-                    index,
-                    sums: Some(sums),
-                    seq: pointer.seq,
-                }
-            }
-            None => Previous {
-                index: CollectionIndex::default(),
+        let Some((pointer, _)) = &self.current else {
+            return Ok(Previous {
+                stored: None,
                 sums: None,
                 seq: 0,
-            },
+                errors: Vec::new(),
+            });
+        };
+        let stored = read_stored_index(output, &self.layout, &pointer.snapshot).await?;
+        let key = self.layout.state_sums(&pointer.snapshot);
+        let sums = RunningSums::from_bytes(&output.get(&key).await?, &key)?;
+        let errors = serde_json::from_slice(&output.get(&pointer.errors).await?)?;
+        Ok(Previous {
+            stored: Some(stored),
+            sums: Some(sums),
+            seq: pointer.seq,
+            errors,
         })
+    }
+
+    /// The one model whose features the collection holds after this refit: the previous
+    /// snapshot's and every delta's with features must agree. Two models refuse the refit
+    /// (a PCA over both would be meaningless), naming the remedy.
+    fn check_models(&self, previous: &Previous, deltas: &[Delta]) -> Result<Option<String>> {
+        let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        if let (Some(StoredIndex::Buckets(m)), Some((p, _))) = (&previous.stored, &self.current) {
+            if let (Some(sha), true) = (&m.model_sha256, m.rows() > 0) {
+                models
+                    .entry(sha.clone())
+                    .or_default()
+                    .push(format!("snapshot {}", p.snapshot));
+            }
+        }
+        for delta in deltas {
+            let features = delta
+                .entries
+                .iter()
+                .any(|e| matches!(e, DeltaEntry::Upsert { .. }));
+            if let (Some(sha), true) = (&delta.model_sha256, features) {
+                models
+                    .entry(sha.clone())
+                    .or_default()
+                    .push(format!("delta {}", delta.id));
+            }
+        }
+        if let Some((reason, remedy)) = model_conflict(self.collection, &models) {
+            return Err(Error::RunState(format!("{reason}. Remedy: {remedy}")));
+        }
+        Ok(models.into_keys().next())
     }
 
     /// The published snapshot's id (empty: none).
@@ -297,6 +408,68 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             .as_ref()
             .map(|(p, _)| p.snapshot.clone())
             .unwrap_or_default()
+    }
+
+    /// What the previous index has for the changed paths: the shards of their buckets (a
+    /// bucketed index), or the whole index and every row (the old format, migrated now).
+    async fn read_old_index(
+        &self,
+        stored: Option<StoredIndex>,
+        by_path: &ByPath<'_>,
+    ) -> Result<OldIndex> {
+        let (output, layout, prev) = (self.output, &self.layout, self.previous_id());
+        let mut old = OldIndex::default();
+        match stored {
+            None => {}
+            Some(StoredIndex::Buckets(manifest)) => {
+                let n = manifest.buckets.len();
+                let wanted: BTreeSet<usize> = by_path.keys().map(|p| bucket_of(p, n)).collect();
+                let prev = &prev;
+                let shards: Vec<(usize, IndexShard)> = stream::iter(
+                    wanted
+                        .into_iter()
+                        .map(|b| {
+                            let info = &manifest.buckets[b];
+                            async move {
+                                Ok::<_, Error>((
+                                    b,
+                                    read_shard(output, layout, prev, b, info).await?,
+                                ))
+                            }
+                            .boxed()
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .buffer_unordered(self.concurrency * 4)
+                .try_collect()
+                .await?;
+                old.shards = shards.into_iter().collect();
+                for path in by_path.keys() {
+                    let shard = old.shards.get(&bucket_of(path, n));
+                    if let Some(entry) = shard.and_then(|s| s.get(*path)) {
+                        old.known.insert(path.to_string(), entry.clone());
+                    }
+                }
+                old.manifest = Some(manifest);
+            }
+            Some(StoredIndex::Legacy(index)) => {
+                let mut rows = Vec::new();
+                for part in index.parts.keys() {
+                    let key = format!("{}{part}", layout.results_prefix(&prev));
+                    rows.extend(parquet_io::read_rows(
+                        Dataset::Features,
+                        output.get(&key).await?,
+                    )?);
+                }
+                for path in by_path.keys() {
+                    if let Some(entry) = index.entries.get(*path) {
+                        old.known.insert(path.to_string(), entry.clone());
+                    }
+                }
+                old.legacy = Some((index.entries, rows));
+            }
+        }
+        Ok(old)
     }
 
     /// The deltas' documents (their parts later, only for the rows that win).
@@ -358,14 +531,14 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
     /// seen yet (pending).
     fn decide_paths<'d>(
         &self,
-        index: &CollectionIndex,
+        known: &BTreeMap<String, IndexEntry>,
         by_path: &ByPath<'d>,
         heads: &Heads<'d>,
     ) -> (Decisions<'d>, usize) {
         let mut decisions: Decisions<'d> = Vec::new();
         let mut pending = 0;
         for (path, entries) in by_path {
-            let previous = index.entries.get(*path);
+            let previous = known.get(*path);
             let head = match heads.get(path) {
                 Some(Ok(head)) => head.clone(),
                 Some(Err(reason)) => {
@@ -387,51 +560,6 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             decisions.push((*path, decision));
         }
         (decisions, pending)
-    }
-
-    /// Rows leaving the live set: each part of the previous snapshot holding one is read
-    /// once and split into the rows it keeps and the rows leaving (to subtract them).
-    async fn split_leaving_parts(
-        &self,
-        index: &CollectionIndex,
-        decisions: &Decisions<'_>,
-    ) -> Result<SplitParts> {
-        let mut leaving: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for (path, decision) in decisions {
-            if matches!(decision, Decision::Keep) {
-                continue;
-            }
-            if let Some(IndexEntry {
-                part: Some(part), ..
-            }) = index.entries.get(*path)
-            {
-                leaving
-                    .entry(part.clone())
-                    .or_default()
-                    .insert(path.to_string());
-            }
-        }
-        let output = self.output;
-        let prev_id = self.previous_id();
-        stream::iter(
-            leaving
-                .iter()
-                .map(|(part, paths)| {
-                    let key = format!("{}{part}", self.layout.results_prefix(&prev_id));
-                    async move {
-                        let rows =
-                            parquet_io::read_rows(Dataset::Features, output.get(&key).await?)?;
-                        let (gone, kept): (Vec<VectorRow>, Vec<VectorRow>) =
-                            rows.into_iter().partition(|r| paths.contains(&r.path));
-                        Ok::<_, Error>((part.clone(), (kept, gone)))
-                    }
-                    .boxed()
-                })
-                .collect::<Vec<_>>(),
-        )
-        .buffered(self.concurrency)
-        .try_collect()
-        .await
     }
 
     /// New rows: the parts of the deltas that hold the winning entries.
@@ -468,150 +596,152 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
         .await
     }
 
-    /// Carries the previous snapshot's parts into the new one: those that lose rows are
-    /// rewritten without them (renamed `…-r<seq>`), the others are copied as they are; each
-    /// with its projection. Renames the index's parts accordingly; returns the parts kept,
-    /// with their row counts.
-    async fn carry_parts(
+    /// Builds every bucket of the new snapshot, `concurrency` at a time: the unchanged ones
+    /// copied, the others rewritten.
+    async fn build_buckets(
         &self,
-        index: &mut CollectionIndex,
-        split: &mut SplitParts,
+        jobs: Vec<Job>,
+        old: &OldIndex,
+        touched: &HashSet<&str>,
+        n: usize,
         snapshot: &str,
-        seq: u64,
-        model: Option<&PcaModel>,
-    ) -> Result<BTreeMap<String, usize>> {
-        let output = self.output;
-        let old_parts: Vec<(String, usize)> =
-            index.parts.iter().map(|(p, n)| (p.clone(), *n)).collect();
-        let layout_ref = &self.layout;
-        let prev_id = self.previous_id();
-        let prev_ref = &prev_id;
-        let carried: Vec<(String, String, usize)> = stream::iter(
-            old_parts
-                .into_iter()
-                .map(|(part, _)| {
-                    // Parts that lose rows were read above; the others are copied as they are.
-                    let kept = split.remove(&part).map(|(kept, _)| kept);
-                    async move {
-                        let (name, rows, bytes) = match kept {
-                            None => {
-                                let bytes = output
-                                    .get(&format!("{}{part}", layout_ref.results_prefix(prev_ref)))
-                                    .await?;
-                                let rows = parquet_io::read_rows(Dataset::Features, bytes.clone())?;
-                                (part.clone(), rows, bytes)
-                            }
-                            Some(kept) => {
-                                let name = format!("{}-r{seq}", part.trim_end_matches(".parquet"))
-                                    + ".parquet";
-                                let bytes = parquet_io::write_rows(Dataset::Features, &kept)?;
-                                (name, kept, bytes)
-                            }
-                        };
-                        if !rows.is_empty() {
-                            publish_part(output, layout_ref, snapshot, &name, bytes, &rows, model)
-                                .await?;
-                        }
-                        Ok::<_, Error>((part, name, rows.len()))
-                    }
-                    .boxed()
-                })
+    ) -> Result<Vec<Built>> {
+        stream::iter(
+            jobs.into_iter()
+                .map(|job| self.build_bucket(job, old, touched, n, snapshot).boxed())
                 .collect::<Vec<_>>(),
         )
         .buffer_unordered(self.concurrency)
         .try_collect()
-        .await?;
-        let mut parts: BTreeMap<String, usize> = BTreeMap::new();
-        let mut renamed: HashMap<String, String> = HashMap::new();
-        for (old, new, n) in carried {
-            if n > 0 {
-                parts.insert(new.clone(), n);
-            }
-            renamed.insert(old, new);
-        }
-        for entry in index.entries.values_mut() {
-            if let Some(part) = &entry.part {
-                if let Some(new) = renamed.get(part) {
-                    entry.part = Some(new.clone());
-                }
-            }
-        }
-        Ok(parts)
+        .await
     }
 
-    /// Writes the arriving rows in new parts (with their projections) and points their index
-    /// entries at them. A collection left empty still gets one (empty) part, so that its
-    /// datasets are readable.
-    async fn write_new_parts(
+    /// One bucket of the new snapshot.
+    async fn build_bucket(
         &self,
-        index: &mut CollectionIndex,
-        parts: &mut BTreeMap<String, usize>,
-        arriving: &[VectorRow],
+        job: Job,
+        old: &OldIndex,
+        touched: &HashSet<&str>,
+        n: usize,
         snapshot: &str,
-        model: Option<&PcaModel>,
-    ) -> Result<()> {
-        let output = self.output;
-        let layout_ref = &self.layout;
-        let chunks: Vec<(String, &[VectorRow])> = arriving
-            .chunks(PART_ROWS)
-            .enumerate()
-            .map(|(i, chunk)| (part_name(snapshot, i), chunk))
-            .collect();
-        for (name, chunk) in &chunks {
-            for row in chunk.iter() {
-                if let Some(entry) = index.entries.get_mut(&row.path) {
-                    entry.part = Some(name.clone());
+    ) -> Result<Built> {
+        let (output, layout, prev) = (self.output, &self.layout, self.previous_id());
+        let (bucket, source, entries, arriving) = match job {
+            Job::Copy(bucket, info) => {
+                if let Some(part) = &info.part {
+                    output
+                        .copy(
+                            &format!("{}{part}", layout.results_prefix(&prev)),
+                            &format!("{}{part}", layout.results_prefix(snapshot)),
+                        )
+                        .await?;
                 }
+                if info.entries > 0 {
+                    output
+                        .copy(
+                            &layout.state_shard(&prev, bucket),
+                            &layout.state_shard(snapshot, bucket),
+                        )
+                        .await?;
+                }
+                return Ok(Built {
+                    bucket,
+                    info,
+                    gone: Vec::new(),
+                    rewritten: false,
+                });
             }
-            parts.insert(name.clone(), chunk.len());
+            Job::Rewrite {
+                bucket,
+                source,
+                entries,
+                arriving,
+            } => (bucket, source, entries, arriving),
+        };
+        let (mut shard, rows) = match source {
+            Source::Empty => (IndexShard::new(), Vec::new()),
+            Source::Given(shard, rows) => (shard, rows),
+            Source::Bucket(ob, shard) => {
+                let manifest = old.manifest.as_ref().ok_or_else(|| {
+                    Error::Invariant("a bucket to read without a manifest".into())
+                })?;
+                let info = &manifest.buckets[ob];
+                let shard = match shard {
+                    Some(shard) => shard,
+                    None => read_shard(output, layout, &prev, ob, info).await?,
+                };
+                let rows = match &info.part {
+                    Some(part) => parquet_io::read_rows(
+                        Dataset::Features,
+                        output
+                            .get(&format!("{}{part}", layout.results_prefix(&prev)))
+                            .await?,
+                    )?,
+                    None => Vec::new(),
+                };
+                let mine = |p: &str| n == manifest.buckets.len() || bucket_of(p, n) == bucket;
+                (
+                    shard.into_iter().filter(|(p, _)| mine(p)).collect(),
+                    rows.into_iter().filter(|r| mine(&r.path)).collect(),
+                )
+            }
+        };
+        shard.retain(|p, _| !touched.contains(p.as_str()));
+        let (gone, mut kept): (Vec<VectorRow>, Vec<VectorRow>) = rows
+            .into_iter()
+            .partition(|r| touched.contains(r.path.as_str()));
+        shard.extend(entries);
+        kept.extend(arriving);
+        kept.sort_by(|a, b| a.path.cmp(&b.path));
+        let part = (!kept.is_empty()).then(|| format!("b{bucket:05}-{snapshot}.parquet"));
+        let mut live = 0;
+        for entry in shard.values_mut().filter(|e| e.error.is_none()) {
+            entry.part = part.clone();
+            live += 1;
         }
-        stream::iter(
-            chunks
-                .iter()
-                .map(|(name, chunk)| {
-                    async move {
-                        let bytes = parquet_io::write_rows(Dataset::Features, chunk)?;
-                        publish_part(output, layout_ref, snapshot, name, bytes, chunk, model).await
-                    }
-                    .boxed()
-                })
-                .collect::<Vec<_>>(),
-        )
-        .buffer_unordered(self.concurrency)
-        .try_collect::<Vec<()>>()
-        .await?;
-        parts.retain(|_, n| *n > 0);
-        if parts.is_empty() {
-            // An empty collection still publishes readable (empty) datasets.
-            let name = part_name(snapshot, 0);
-            let bytes = parquet_io::write_rows(Dataset::Features, &[])?;
-            publish_part(output, &self.layout, snapshot, &name, bytes, &[], model).await?;
-        }
-        Ok(())
-    }
-
-    /// The live rows of the new index, checked against the statistics.
-    fn live_rows(&self, index: &CollectionIndex, sums: &RunningSums) -> Result<usize> {
-        let rows = index.entries.values().filter(|e| e.part.is_some()).count();
-        if rows as u64 != sums.count {
+        if live != kept.len() {
             return Err(Error::Invariant(format!(
-                "collection {}: {rows} live rows but statistics of {}",
-                self.collection, sums.count
+                "collection {} bucket {bucket}: {live} live paths but {} rows",
+                self.collection,
+                kept.len()
             )));
         }
-        Ok(rows)
+        if let Some(part) = &part {
+            output
+                .put(
+                    &format!("{}{part}", layout.results_prefix(snapshot)),
+                    parquet_io::write_rows(Dataset::Features, &kept)?,
+                )
+                .await?;
+        }
+        if !shard.is_empty() {
+            output
+                .put(
+                    &layout.state_shard(snapshot, bucket),
+                    serde_json::to_vec(&shard)?.into(),
+                )
+                .await?;
+        }
+        Ok(Built {
+            bucket,
+            info: BucketInfo {
+                entries: shard.len(),
+                rows: kept.len(),
+                part,
+            },
+            gone,
+            rewritten: true,
+        })
     }
 
-    /// Completes the snapshot: its model, error list, state (index and sums), summary (with
-    /// the publish and total times) and `_SUCCESS`, in that order.
+    /// The snapshot's documents but its summary: its model, error list and state (index
+    /// manifest and sums).
     async fn write_documents(
         &self,
         snapshot: &str,
-        fit: &Fit,
+        fit: &super::fit::Fit,
         errors: &[ImageError],
-        index: &CollectionIndex,
-        summary: &mut RefitSummary,
-        publish_start: Instant,
+        manifest: &IndexManifest,
     ) -> Result<()> {
         let (output, layout) = (self.output, &self.layout);
         if let Some(model) = &fit.model {
@@ -629,23 +759,14 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             )
             .await?;
         output
-            .put(
-                &layout.state_index(snapshot),
-                serde_json::to_vec(index)?.into(),
-            )
-            .await?;
-        output
             .put(&layout.state_sums(snapshot), fit.sums.to_bytes().into())
             .await?;
-        summary.publish_s = publish_start.elapsed().as_secs_f64();
-        summary.total_s = self.started.elapsed().as_secs_f64();
         output
             .put(
-                &layout.summary(snapshot),
-                serde_json::to_vec_pretty(&summary)?.into(),
+                &layout.state_buckets(snapshot),
+                serde_json::to_vec(manifest)?.into(),
             )
             .await?;
-        output.put(&layout.success(snapshot), Bytes::new()).await?;
         Ok(())
     }
 
@@ -671,71 +792,6 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             published_at_ms: crate::manifest::unix_now_ms(),
         }
     }
-
-    /// Points `current.json` at the new snapshot if it is still the pointer the refit started
-    /// from (absent if there was none). An answer "changed" / "exists" or a transient error
-    /// is read back: S3 may have applied the write and lost its response (then a retry finds
-    /// the pointer already ours), so only the stored pointer and the published chain say who
-    /// won. A write that did not land and failed is an error (the refit is retried).
-    async fn publish_pointer(&self, pointer: &CurrentPointer) -> Result<PointerWrite> {
-        let body: Bytes = serde_json::to_vec_pretty(pointer)?.into();
-        let current = self.layout.current();
-        let written = match &self.current {
-            Some((_, etag)) => self.output.put_if_match(&current, body, etag).await,
-            None => self.output.put_if_absent(&current, body).await,
-        };
-        let doubt = match written {
-            Ok(true) => return Ok(PointerWrite::Ours),
-            Ok(false) => None,
-            Err(e) if e.is_transient() => Some(e),
-            Err(e) => return Err(e.into()),
-        };
-        let read_back = read_back_pointer(self.output, &self.layout, pointer).await?;
-        match (read_back, doubt) {
-            (PointerWrite::NotLanded, Some(e)) => Err(e.into()),
-            (PointerWrite::NotLanded, None) => Ok(PointerWrite::Unknown),
-            (PointerWrite::Ours, _) => {
-                info!(collection = self.collection, snapshot = %pointer.snapshot,
-                    "the pointer write had landed (its answer was lost): published");
-                Ok(PointerWrite::Ours)
-            }
-            (other, _) => Ok(other),
-        }
-    }
-
-    /// Deletes the snapshot (and its state) of a refit that lost the race.
-    async fn discard(&self, snapshot: &str) -> Result<()> {
-        let collection = self.collection;
-        info!(collection, %snapshot, "another refit published first: this snapshot is discarded");
-        let (output, layout) = (self.output, &self.layout);
-        delete_prefix(output, &layout.snapshot_prefix(snapshot), self.concurrency).await?;
-        delete_prefix(
-            output,
-            &format!("{}{snapshot}/", layout.states_prefix()),
-            self.concurrency,
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// After publishing: deletes the consumed deltas (documents first: they are the commit
-    /// points), then what retention lets go (orphan snapshots first, then published ones
-    /// past their time, and orphan delta parts).
-    async fn clean_up(&self, deltas: &[Delta], _snapshot: &str) -> Result<()> {
-        let (output, layout) = (self.output, &self.layout);
-        for delta in deltas {
-            output.delete(&layout.delta_doc(&delta.id)).await?;
-            output.delete(&layout.delta_part(&delta.id)).await?;
-        }
-        let retention = Retention {
-            keep: self.options.keep_snapshots.max(1),
-            min_reader_ms: self.options.min_reader_ms,
-            orphan_delta_grace_ms: self.options.orphan_delta_grace_ms,
-            now_ms: crate::manifest::unix_now_ms(),
-        };
-        expire(output, layout, &retention, self.concurrency).await?;
-        Ok(())
-    }
 }
 
 /// The changed paths, each with the delta entries that mention it.
@@ -747,20 +803,4 @@ fn group_by_path(deltas: &[Delta]) -> ByPath<'_> {
         }
     }
     by_path
-}
-
-/// The error list of an index: its failed paths.
-fn error_list(index: &CollectionIndex) -> Vec<ImageError> {
-    index
-        .entries
-        .iter()
-        .filter_map(|(path, e)| {
-            e.error.as_ref().map(|(kind, reason)| ImageError {
-                path: path.clone(),
-                label: e.label.clone(),
-                kind: *kind,
-                reason: reason.clone(),
-            })
-        })
-        .collect()
 }

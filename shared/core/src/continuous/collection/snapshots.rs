@@ -4,53 +4,17 @@
 
 use std::collections::BTreeSet;
 
-use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use futures::FutureExt;
 use tracing::info;
 
 use super::{delta_time_ms, read_current, CollectionLayout, CurrentPointer, RefitSummary};
 use crate::error::Result;
-use crate::parquet_io::{self, Dataset, VectorRow};
 use crate::ports::store::{ObjectStore, StoreError};
-use engine::pca::PcaModel;
 
 /// The name of the `n`th part of new rows in `snapshot`.
 pub(super) fn part_name(snapshot: &str, n: usize) -> String {
     format!("part-{snapshot}-{n:05}.parquet")
-}
-
-/// Writes one `Results` part and its `Results_PCA` projection into a snapshot.
-pub(super) async fn publish_part<S: ObjectStore>(
-    output: &S,
-    layout: &CollectionLayout,
-    snapshot: &str,
-    name: &str,
-    features: Bytes,
-    rows: &[VectorRow],
-    model: Option<&PcaModel>,
-) -> Result<()> {
-    output
-        .put(
-            &format!("{}{name}", layout.results_prefix(snapshot)),
-            features,
-        )
-        .await?;
-    let projected: Vec<VectorRow> = rows
-        .iter()
-        .map(|r| VectorRow {
-            path: r.path.clone(),
-            label: r.label.clone(),
-            values: model.map(|m| m.project(&r.values)).unwrap_or_default(),
-        })
-        .collect();
-    output
-        .put(
-            &format!("{}{name}", layout.pca_prefix(snapshot)),
-            parquet_io::write_rows(Dataset::Pca, &projected)?,
-        )
-        .await?;
-    Ok(())
 }
 
 pub(super) async fn delete_prefix<S: ObjectStore>(

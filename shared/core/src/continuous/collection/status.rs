@@ -1,15 +1,19 @@
 //! A collection's status: the published snapshot, what waits for the next refit, and whether
-//! the collection is stuck ([`crate::stuck`]): a dangling pointer, a refit that will not be
-//! delivered again, or changes waiting longer than the staleness bound plus one refit.
+//! the collection is stuck ([`crate::stuck`]): features of two models that no refit will
+//! mix, a dangling pointer, a refit that will not be delivered again, or changes waiting
+//! longer than the staleness bound plus one refit.
 //!
 //! Refits leave two records beside the pointer, as shards do: `refits/started.json` (each
 //! delivery, with its receive count) and `refits/failure.json` (each failed delivery), written
 //! by the reducer's refit handler through [`record_refit_start`] and [`record_refit_failure`].
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{
-    delta_time_ms, list_deltas, read_current, CollectionLayout, CurrentPointer, Delta, RefitSummary,
+    delta_time_ms, list_deltas, read_current, CollectionLayout, CurrentPointer, Delta, DeltaEntry,
+    RefitSummary,
 };
 use crate::error::Result;
 use crate::ports::store::{ObjectStore, StoreError};
@@ -163,9 +167,38 @@ pub async fn collection_status_at<S: ObjectStore>(
     };
     let ids = list_deltas(store, &layout).await?;
     let mut pending_changes = 0;
+    let mut deltas: BTreeMap<String, Delta> = BTreeMap::new();
     for id in &ids {
         if let Some(delta) = get_json::<_, Delta>(store, &layout.delta_doc(id)).await? {
             pending_changes += delta.entries.len();
+            deltas.insert(id.clone(), delta);
+        }
+    }
+    let mut models: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if let (Some(p), Some(sha)) = (
+        &current,
+        summary
+            .as_ref()
+            .filter(|s: &&RefitSummary| s.rows > 0)
+            .and_then(|s| s.model_sha256.as_ref()),
+    ) {
+        models
+            .entry(sha.clone())
+            .or_default()
+            .push(format!("snapshot {}", p.snapshot));
+    }
+    for id in &ids {
+        if let Some(delta) = deltas.get(id) {
+            let features = delta
+                .entries
+                .iter()
+                .any(|e| matches!(e, DeltaEntry::Upsert { .. }));
+            if let (Some(sha), true) = (&delta.model_sha256, features) {
+                models
+                    .entry(sha.clone())
+                    .or_default()
+                    .push(format!("delta {id}"));
+            }
         }
     }
     let times: Vec<u64> = ids.iter().filter_map(|id| delta_time_ms(id)).collect();
@@ -189,8 +222,50 @@ pub async fn collection_status_at<S: ObjectStore>(
         Some(p) => missing_parts(store, &layout, p).await?,
         None => Vec::new(),
     };
-    status.stuck = stuck_collection(&status, &missing, policy, clock.now_unix());
+    status.stuck = match model_conflict(collection, &models) {
+        Some((reason, remedy)) => {
+            let since = status.oldest_change_ms.unwrap_or_default() / 1000;
+            Some(Stuck::new(StuckKind::ModelsMixed, since, reason, remedy))
+        }
+        None => stuck_collection(&status, &missing, policy, clock.now_unix()),
+    };
     Ok(status)
+}
+
+/// Whether the features of a collection would come from more than one model: `models` maps
+/// each model's SHA-256 to what holds features of it (the snapshot, deltas). Returns the
+/// reason and the remedy.
+pub fn model_conflict(
+    collection: &str,
+    models: &BTreeMap<String, Vec<String>>,
+) -> Option<(String, String)> {
+    if models.len() < 2 {
+        return None;
+    }
+    let held: Vec<String> = models
+        .iter()
+        .map(|(sha, holders)| {
+            let more = if holders.len() > 3 {
+                format!(" and {} more", holders.len() - 3)
+            } else {
+                String::new()
+            };
+            let shown: Vec<&str> = holders.iter().take(3).map(String::as_str).collect();
+            format!("model {sha} ({}{more})", shown.join(", "))
+        })
+        .collect();
+    let reason = format!(
+        "collection {collection} would mix the features of different models: {}; a PCA over \
+         them is meaningless, so its refits refuse",
+        held.join(" and ")
+    );
+    let remedy = format!(
+        "re-featurize the collection with one model: `featurize reconcile --collection \
+         {collection} --rebuild` (with --bucket, or --output and --input) runs the current model \
+         over every image of the inbox after deleting the collection's view, snapshots and \
+         waiting deltas; or put back the model the collection was built with"
+    );
+    Some((reason, remedy))
 }
 
 /// The stuck rules of a collection, in order: a dangling pointer, a lost refit, changes
