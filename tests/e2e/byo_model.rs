@@ -409,6 +409,31 @@ fn torchvision_preset_run_matches_the_python_reference() {
         worst <= MAX_DELTA,
         "max |delta| {worst:.2e} > {MAX_DELTA:.0e}"
     );
+    // The spec is part of the run id: the same images and model preprocessed another way
+    // make another run (never resume this one), the same spec again finds this run.
+    let runs = |spec: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_featurize"))
+            .args(["run", "--input", input.to_str().unwrap()])
+            .args(["--output", output.to_str().unwrap()])
+            .args(["--model", model.to_str().unwrap(), "--model-spec", spec])
+            .args(["--k", "2", "-q"])
+            .env("CI", "true")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut ids: Vec<String> = std::fs::read_dir(output.join("Results"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(runs("clip").len(), 2, "another spec makes another run");
+    assert_eq!(runs("torchvision").len(), 2, "the same spec finds its run");
 }
 
 /// A spec that does not fit the model's input is refused when the model loads, naming the

@@ -10,6 +10,7 @@ mod aws;
 mod binding;
 mod breaker;
 mod breaker_barrier;
+mod breaker_refit;
 mod byo_model;
 mod bytes;
 mod ceilings;

@@ -18,6 +18,7 @@ use pipeline::batch::inference::SYNTHETIC_MODEL_ID;
 use pipeline::batch::reducer::{ReduceOutcome, Reducer, ReducerSettings};
 use pipeline::batch::splitter::Splitter;
 use pipeline::batch::summary::Summary;
+use pipeline::cost::{Arch, Prices, Region};
 use pipeline::error::{Error, Result};
 use pipeline::layout::RunLayout;
 use pipeline::manifest::{ReduceMessage, RunOptions, RunRequest, ShardMessage};
@@ -222,13 +223,20 @@ pub struct SimulationReport {
     pub kept_bytes: u64,
     /// Requests as `pipeline::cost::requests` counts them for a deployed run.
     pub requests: pipeline::cost::Requests,
-    /// The AWS cost of such a run (x86_64 and arm64, us-east-1), with featurizer time
-    /// estimated from the measured 14.7 ms per image and core on 3 vCPUs plus 0.5 s of
-    /// writes per shard, and the splitter's and reducer's measured wall times.
+    /// The AWS cost of such a run (x86_64 and arm64, in the default region eu-west-3, with
+    /// the template's default 3,008 MB functions), with featurizer time estimated from
+    /// [`FEATURIZER_S_PER_IMAGE_CORE`] on the vCPUs of 3,008 MB plus 0.5 s of writes per
+    /// shard, and the splitter's and reducer's measured wall times.
     pub estimated_cost_usd: [f64; 2],
     /// The featurizer GB-seconds of that estimate.
     pub estimated_featurizer_gb_s: f64,
 }
+
+/// The template's default memory of the featurizer and the reducer (new accounts cap
+/// functions at 3,008 MB).
+const DEFAULT_MEMORY_MB: u64 = 3008;
+/// vCPUs Lambda gives 3,008 MB (one vCPU per 1,769 MB).
+const DEFAULT_VCPUS: f64 = 3008.0 / 1769.0;
 
 /// Per-image compute of the featurizer, seconds of one core (read, decode, resize, inference,
 /// write), used for the cost estimate: 12.7 ms, the median CPU time per image of the release
@@ -480,22 +488,22 @@ where
         shards: split.shards as u64,
         featurizer_s_per_shard: (options.images as f64 / split.shards.max(1) as f64)
             * FEATURIZER_S_PER_IMAGE_CORE
-            / 3.0
+            / DEFAULT_VCPUS
             + 0.5,
         featurizer_mb: mb,
         splitter_s: stages[0].wall_s,
         splitter_mb: 512,
         reducer_s: stages[2].wall_s,
-        reducer_mb: 4096,
+        reducer_mb: DEFAULT_MEMORY_MB,
         stored_bytes: kept_bytes,
     };
     let x86 = pipeline::cost::breakdown(
-        &shape(5308),
-        &pipeline::cost::Prices::us_east_1(pipeline::cost::Arch::X86_64),
+        &shape(DEFAULT_MEMORY_MB),
+        &Prices::for_region(Region::default(), Arch::X86_64),
     );
     let arm = pipeline::cost::breakdown(
-        &shape(5308),
-        &pipeline::cost::Prices::us_east_1(pipeline::cost::Arch::Arm64),
+        &shape(DEFAULT_MEMORY_MB),
+        &Prices::for_region(Region::default(), Arch::Arm64),
     );
     Ok(SimulationReport {
         backend: backend.to_string(),

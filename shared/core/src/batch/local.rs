@@ -138,7 +138,8 @@ async fn drive(
         RunOptions::default(),
         model.feature_dim(),
     )
-    .with_model_sha256(model.sha256());
+    .with_model_sha256(model.sha256())
+    .with_model_spec_sha256(custom_spec_sha256(&model));
     let split = match start {
         Start::New(request) => splitter.handle(&request).await?,
         Start::Resume(layout) => splitter.resume(&layout).await?,
@@ -202,4 +203,11 @@ fn check_input_folder(path: &Path) -> Result<()> {
     std::fs::read_dir(path)
         .map_err(|e| Error::io(format!("reading input folder {}", path.display()), e))?;
     Ok(())
+}
+
+/// The spec's sha256 when the model is not preprocessed with the built-in MobileNetV2 spec
+/// (`None` keeps the run ids of runs with the built-in spec as they were).
+fn custom_spec_sha256(model: &Model) -> Option<String> {
+    let record = model.record();
+    (record.spec != engine::model::ModelSpec::mobilenet_v2()).then_some(record.spec_sha256)
 }

@@ -73,6 +73,7 @@ pub struct Splitter<S, Q, R> {
     feature_dim: usize,
     input_bucket: Option<String>,
     model_sha256: String,
+    model_spec_sha256: Option<String>,
     reserved: Vec<String>,
     limits: RequestLimits,
 }
@@ -97,6 +98,7 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             feature_dim,
             input_bucket: None,
             model_sha256: String::new(),
+            model_spec_sha256: None,
             reserved: Vec::new(),
             limits: RequestLimits::local(),
         }
@@ -114,6 +116,23 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
     pub fn with_model_sha256(mut self, sha256: impl Into<String>) -> Self {
         self.model_sha256 = sha256.into();
         self
+    }
+
+    /// The sha256 of the preprocessing spec, when it is not the model's built-in one
+    /// (`--model-spec` with another preset or file): part of the run id, so the same images
+    /// preprocessed another way make another run instead of resuming this one.
+    pub fn with_model_spec_sha256(mut self, sha256: Option<String>) -> Self {
+        self.model_spec_sha256 = sha256;
+        self
+    }
+
+    /// What identifies the model in the run id: the file's sha256, and the spec's when it
+    /// is not the built-in one (so that run ids made with the built-in spec do not change).
+    fn model_identity(&self) -> String {
+        match &self.model_spec_sha256 {
+            Some(spec) => format!("{}+spec:{spec}", self.model_sha256),
+            None => self.model_sha256.clone(),
+        }
     }
 
     /// Records the bucket name in manifests (S3 inputs). The input is then the pipeline's
@@ -221,7 +240,7 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
         self.limits.check_shards(images.len(), &options)?;
         self.limits
             .check_components(images.len(), self.feature_dim, &options)?;
-        let fingerprint = run_fingerprint(&uri, &options, &images, &self.model_sha256);
+        let fingerprint = run_fingerprint(&uri, &options, &images, &self.model_identity());
         let mut run_id = match &bound {
             Some(binding) => binding.run_id.clone(),
             None => request

@@ -19,8 +19,8 @@ use super::snapshots::{
     delete_prefix, expire, part_name, read_back_pointer, PointerWrite, Retention,
 };
 use super::{
-    CollectionLayout, CurrentPointer, ProjectMessage, ProjectRange, RefitMessage, RefitOptions,
-    RefitSummary,
+    list_deltas, CollectionLayout, CurrentPointer, ProjectMessage, ProjectRange, RefitMessage,
+    RefitOptions, RefitSummary,
 };
 use crate::error::{Error, Result};
 use crate::parquet_io::{self, Dataset, VectorRow};
@@ -216,14 +216,26 @@ pub(super) enum Published {
 /// Publishes a complete snapshot: its summary (with the publish and total times), its
 /// `_SUCCESS`, then the pointer (if it is still the one the refit started from; read back
 /// when the answer is in doubt). Ours: the folded deltas are deleted and retention runs.
-/// Lost: the snapshot is discarded.
+/// Lost: the snapshot is discarded. A snapshot already published (a late or duplicated
+/// projection message) is left as it is: a published snapshot never changes.
+///
+/// After a publication, changes that it did not fold may be waiting whose own refit ended
+/// with a snapshot that retention removed (a fan-out that started on the same pointer and
+/// had not published yet): `sender` (the refit queue) gets a refit message for them, so no
+/// change waits for the next upload or reconcile.
 pub(super) async fn publish<S: ObjectStore>(
     output: &S,
     layout: &CollectionLayout,
     publication: &Publication,
     options: &RefitOptions,
+    sender: Option<&dyn ProjectSender>,
 ) -> Result<Published> {
     let snapshot = &publication.pointer.snapshot;
+    if read_back_pointer(output, layout, &publication.pointer).await? == PointerWrite::Ours {
+        clean_up(output, layout, &publication.deltas, options).await?;
+        refit_waiting_changes(output, layout, sender).await?;
+        return Ok(Published::Ours(Box::new(publication.summary.clone())));
+    }
     let now = crate::manifest::unix_now_ms();
     let mut summary = publication.summary.clone();
     summary.publish_s = now.saturating_sub(publication.publish_started_at_ms) as f64 / 1000.0;
@@ -258,7 +270,32 @@ pub(super) async fn publish<S: ObjectStore>(
         fit_s = summary.fit_s, publish_s = summary.publish_s, "collection published"
     );
     clean_up(output, layout, &publication.deltas, options).await?;
+    refit_waiting_changes(output, layout, sender).await?;
     Ok(Published::Ours(Box::new(summary)))
+}
+
+/// Sends `sender` a refit message (not forced: the quiet time and the staleness bound
+/// decide when it runs) if deltas are waiting after a publication.
+async fn refit_waiting_changes<S: ObjectStore>(
+    output: &S,
+    layout: &CollectionLayout,
+    sender: Option<&dyn ProjectSender>,
+) -> Result<()> {
+    let Some(sender) = sender else {
+        return Ok(());
+    };
+    if list_deltas(output, layout).await?.is_empty() {
+        return Ok(());
+    }
+    info!(
+        collection = layout.name(),
+        "changes wait after the publication: a refit is asked for"
+    );
+    let body = serde_json::to_string(&RefitMessage {
+        collection: layout.name().to_string(),
+        force: false,
+    })?;
+    sender.send_bodies(vec![body]).await
 }
 
 /// Points `current.json` at the new snapshot if it is still the pointer the refit started
@@ -430,7 +467,7 @@ pub async fn project<S: ObjectStore>(
         return Ok(ProjectOutcome::Projected { projected, missing });
     }
     Ok(
-        match publish(output, &layout, &publication, options).await? {
+        match publish(output, &layout, &publication, options, sender).await? {
             Published::Ours(summary) => ProjectOutcome::Published(summary),
             Published::InDoubt => ProjectOutcome::InDoubt,
             Published::Lost => {

@@ -32,7 +32,7 @@ use super::index::{
     StoredIndex, INDEX_FORMAT,
 };
 use super::publish::{fan_out, project_all, publish, ProjectSender, Publication, Published};
-use super::status::model_conflict;
+use super::status::{model_conflict, note_delta_model};
 use super::{
     delta_time_ms, inbox_key, list_deltas, read_current, valid_collection, CollectionLayout,
     CurrentPointer, Delta, DeltaEntry, IndexEntry, RefitOptions, RefitOutcome, RefitSummary,
@@ -312,7 +312,7 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
         )
         .await?;
         Ok(
-            match publish(output, layout, &publication, self.options).await? {
+            match publish(output, layout, &publication, self.options, self.sender).await? {
                 Published::Ours(summary) => RefitOutcome::Published(summary),
                 Published::Lost | Published::InDoubt => RefitOutcome::LostRace,
             },
@@ -385,16 +385,7 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             }
         }
         for delta in deltas {
-            let features = delta
-                .entries
-                .iter()
-                .any(|e| matches!(e, DeltaEntry::Upsert { .. }));
-            if let (Some(sha), true) = (&delta.model_sha256, features) {
-                models
-                    .entry(sha.clone())
-                    .or_default()
-                    .push(format!("delta {}", delta.id));
-            }
+            note_delta_model(&mut models, delta);
         }
         if let Some((reason, remedy)) = model_conflict(self.collection, &models) {
             return Err(Error::RunState(format!("{reason}. Remedy: {remedy}")));

@@ -189,16 +189,7 @@ pub async fn collection_status_at<S: ObjectStore>(
     }
     for id in &ids {
         if let Some(delta) = deltas.get(id) {
-            let features = delta
-                .entries
-                .iter()
-                .any(|e| matches!(e, DeltaEntry::Upsert { .. }));
-            if let (Some(sha), true) = (&delta.model_sha256, features) {
-                models
-                    .entry(sha.clone())
-                    .or_default()
-                    .push(format!("delta {id}"));
-            }
+            note_delta_model(&mut models, delta);
         }
     }
     let times: Vec<u64> = ids.iter().filter_map(|id| delta_time_ms(id)).collect();
@@ -230,6 +221,21 @@ pub async fn collection_status_at<S: ObjectStore>(
         None => stuck_collection(&status, &missing, policy, clock.now_unix()),
     };
     Ok(status)
+}
+
+/// Adds `delta`'s model to `models` (model SHA-256 → what holds its features) when the
+/// delta holds features (an upsert) and records its model.
+pub(super) fn note_delta_model(models: &mut BTreeMap<String, Vec<String>>, delta: &Delta) {
+    let features = delta
+        .entries
+        .iter()
+        .any(|e| matches!(e, DeltaEntry::Upsert { .. }));
+    if let (Some(sha), true) = (&delta.model_sha256, features) {
+        models
+            .entry(sha.clone())
+            .or_default()
+            .push(format!("delta {}", delta.id));
+    }
 }
 
 /// Whether the features of a collection would come from more than one model: `models` maps
