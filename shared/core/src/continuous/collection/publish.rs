@@ -19,8 +19,8 @@ use super::snapshots::{
     delete_prefix, expire, part_name, read_back_pointer, PointerWrite, Retention,
 };
 use super::{
-    list_deltas, CollectionLayout, CurrentPointer, ProjectMessage, ProjectRange, RefitMessage,
-    RefitOptions, RefitSummary,
+    list_deltas, read_current, CollectionLayout, CurrentPointer, ProjectMessage, ProjectRange,
+    RefitMessage, RefitOptions, RefitSummary,
 };
 use crate::error::{Error, Result};
 use crate::parquet_io::{self, Dataset, VectorRow};
@@ -231,22 +231,40 @@ pub(super) async fn publish<S: ObjectStore>(
     sender: Option<&dyn ProjectSender>,
 ) -> Result<Published> {
     let snapshot = &publication.pointer.snapshot;
-    if read_back_pointer(output, layout, &publication.pointer).await? == PointerWrite::Ours {
-        clean_up(output, layout, &publication.deltas, options).await?;
-        refit_waiting_changes(output, layout, sender).await?;
-        return Ok(Published::Ours(Box::new(publication.summary.clone())));
+    match read_back_pointer(output, layout, &publication.pointer).await? {
+        PointerWrite::NotLanded => {}
+        PointerWrite::Ours => {
+            clean_up(output, layout, &publication.deltas, options).await?;
+            // Only while the pointer is still ours: once it has moved on, the publication
+            // that moved it ran this check itself (and a refit asked for now would race
+            // the one in flight).
+            let current = read_current(output, layout).await?;
+            if current.is_some_and(|(p, _)| p.snapshot == *snapshot) {
+                refit_waiting_changes(output, layout, sender).await?;
+            }
+            return Ok(Published::Ours(Box::new(publication.summary.clone())));
+        }
+        PointerWrite::Lost => {
+            discard(output, layout, snapshot, options.concurrency).await?;
+            return Ok(Published::Lost);
+        }
+        PointerWrite::Unknown => return Ok(Published::InDoubt),
     }
     let now = crate::manifest::unix_now_ms();
     let mut summary = publication.summary.clone();
     summary.publish_s = now.saturating_sub(publication.publish_started_at_ms) as f64 / 1000.0;
     summary.total_s = now.saturating_sub(publication.started_at_ms) as f64 / 1000.0;
+    // If absent: two last projection messages finishing together both get here, and the
+    // first one's documents are the snapshot's.
     output
-        .put(
+        .put_if_absent(
             &layout.summary(snapshot),
             serde_json::to_vec_pretty(&summary)?.into(),
         )
         .await?;
-    output.put(&layout.success(snapshot), Bytes::new()).await?;
+    output
+        .put_if_absent(&layout.success(snapshot), Bytes::new())
+        .await?;
     match publish_pointer(
         output,
         layout,
