@@ -101,7 +101,7 @@ async fn moto_inbox() -> Result<(
         NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter,
     };
     let endpoint = std::env::var("MOTO_ENDPOINT").context("set MOTO_ENDPOINT (a moto server)")?;
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let config = aws::sdk::config_loader()
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(&endpoint)
         .credentials_provider(aws_sdk_s3::config::Credentials::new(

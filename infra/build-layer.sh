@@ -14,11 +14,18 @@
 #   build/layer/model/model_spec.json              -> /opt/model/model_spec.json
 #   build/model-layer.zip                          (same content, for manual upload)
 #   build/model-layer.sha256                       the model's sha256: the stack's ModelSha256
+#   build/model-spec.sha256                        the spec's sha256: the stack's ModelSpecSha256
 #
 # It prints the model's sha256 as `ModelSha256: <sha>`, and fails when samconfig.toml's
 # ModelSha256= (what `sam deploy` passes; the template's ModelSha256 has no default) is
 # missing or another one, so that the stack's ModelSha256 and the layer's model cannot drift
-# apart.
+# apart. Likewise the spec: it prints `ModelSpecSha256: <sha>` (the sha256 of the spec's
+# canonical JSON with the model's tensor names resolved, as engine::model::ModelSpec::sha256
+# computes it and the featurizer checks at cold start) and fails when samconfig.toml sets
+# another ModelSpecSha256=, or sets none while the spec is not the built-in one (the
+# template's default, models/model_spec.json.sha256). For a model or spec of your own the
+# value comes from loading the model with its spec (examples/model_identity.rs, through
+# `cargo run`, or the binary MODEL_IDENTITY names), which also checks that they fit.
 #
 # Lambda caps a function plus all its layers at 250 MB unzipped; this fails if
 # the layer alone exceeds LAYER_BUDGET_BYTES (default 200 MiB), leaving room
@@ -34,6 +41,8 @@ spec="models/model_spec.json"
 layer_dir="build/layer"
 zip_out="build/model-layer.zip"
 sha_out="build/model-layer.sha256"
+spec_sha_out="build/model-spec.sha256"
+builtin_spec="models/model_spec.json"
 lambda_limit=$((250 * 1000 * 1000)) # Lambda's documented 250 MB (decimal) unzipped limit
 budget="${LAYER_BUDGET_BYTES:-$((200 * 1024 * 1024))}"
 
@@ -100,15 +109,64 @@ overrides="$(grep -o 'ModelSha256=[^ "]*' "$samconfig" 2>/dev/null || true)"
 if [[ -z "$overrides" ]]; then
   echo "error: $samconfig passes no ModelSha256 (template.yaml requires it); add to its parameter_overrides:" >&2
   echo "  ModelSha256=$got" >&2
-  exit 1
+  sha_errors=1
 fi
 while read -r override; do
-  if [[ "${override#ModelSha256=}" != "$got" ]]; then
+  if [[ -n "$override" && "${override#ModelSha256=}" != "$got" ]]; then
     echo "error: $samconfig sets $override, the layer's model is $got" >&2
-    echo "  change both together: models/$name.sha256 and samconfig.toml's ModelSha256 (see models/README.md)" >&2
-    exit 1
+    if [[ -n "$byo" ]]; then
+      echo "  set ModelSha256=$got in its parameter_overrides (your model's sha256)" >&2
+    else
+      echo "  change both together: models/$name.sha256 and samconfig.toml's ModelSha256 (see models/README.md)" >&2
+    fi
+    sha_errors=1
   fi
 done <<<"$overrides"
+# Both values are named before stopping (the spec's below), so one edit of samconfig.toml fixes both.
+
+# The spec's identity: the built-in spec's is recorded beside it; any other comes from loading
+# the model with it (which also validates the spec against the model's input).
+builtin_spec_sha="$(awk 'NF {print $1; exit}' "$builtin_spec.sha256")"
+if cmp -s "$spec" "$builtin_spec"; then
+  spec_sha="$builtin_spec_sha"
+else
+  if [[ -n "${MODEL_IDENTITY:-}" ]]; then
+    identity_cmd=("$MODEL_IDENTITY")
+  else
+    identity_cmd=(cargo run --quiet --example model_identity --)
+  fi
+  echo "spec: $spec is not the built-in one: loading $model with it (${identity_cmd[*]})"
+  if ! identity="$("${identity_cmd[@]}" "$model" "$spec")"; then
+    echo "error: $model does not load with the spec $spec (see above)" >&2
+    exit 1
+  fi
+  spec_sha="$(printf '%s\n' "$identity" | sed -n 's/.*"spec_sha256": *"\([0-9a-f]\{64\}\)".*/\1/p')"
+  if [[ -z "$spec_sha" ]]; then
+    echo "error: no spec_sha256 in the model identity: $identity" >&2
+    exit 1
+  fi
+fi
+spec_overrides="$(grep -o 'ModelSpecSha256=[^ "]*' "$samconfig" 2>/dev/null || true)"
+if [[ -z "$spec_overrides" ]]; then
+  if [[ "$spec_sha" != "$builtin_spec_sha" ]]; then
+    echo "error: $spec is not the built-in spec, and $samconfig passes no ModelSpecSha256 (the template's" >&2
+    echo "  default is the built-in spec's); add to its parameter_overrides:" >&2
+    echo "  ModelSpecSha256=$spec_sha" >&2
+    sha_errors=1
+  fi
+else
+  while read -r override; do
+    if [[ "${override#ModelSpecSha256=}" != "$spec_sha" ]]; then
+      echo "error: $samconfig sets $override, the layer's spec ($spec) is $spec_sha" >&2
+      echo "  set ModelSpecSha256=$spec_sha in its parameter_overrides (or remove it for the built-in spec)" >&2
+      sha_errors=1
+    fi
+  done <<<"$spec_overrides"
+fi
+echo "spec: $spec (sha256 $spec_sha)"
+if [[ -n "${sha_errors:-}" ]]; then
+  exit 1
+fi
 
 # Stage. Copy only when the content changed, so mtimes (and the layer's hash
 # in sam build/package) stay stable across rebuilds.
@@ -150,6 +208,8 @@ done
 echo "layer zip:  $zip_out ($zipped bytes)"
 printf '%s  %s\n' "$got" "model/$name" >"$sha_out"
 echo "ModelSha256: $got (samconfig.toml passes it to sam deploy; recorded in $sha_out)"
+printf '%s  %s\n' "$spec_sha" "model/model_spec.json" >"$spec_sha_out"
+echo "ModelSpecSha256: $spec_sha ($( [[ "$spec_sha" == "$builtin_spec_sha" ]] && echo "the built-in spec: the template's default" || echo "pass it to sam deploy in samconfig.toml" ); recorded in $spec_sha_out)"
 echo "budget:     $budget bytes for the layer; Lambda limit $lambda_limit bytes unzipped (function + layers)"
 
 if ((unzipped > budget)); then

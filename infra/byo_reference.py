@@ -5,11 +5,14 @@ Rust code. Used by tests/e2e/byo_model.rs and infra/byo-matrix.sh; needs the tes
 (infra/requirements-test.txt: pillow, numpy, onnxruntime, onnx).
 
   byo_reference.py make-model OUT.onnx --layout NCHW|NHWC [--size 224] [--features 32]
-                   [--seed 0] [--input-name NAME] [--output-name NAME]
+                   [--seed 0] [--input-name NAME] [--output-name NAME] [--input-range R]
       A small image model with random weights: an 8x8 stride-8 convolution (every pixel
       reaches the output through its own weights, so a one-pixel shift shows), flattened,
       then a dense layer to FEATURES outputs, plus the global average of the convolution.
-      NHWC models start with a Transpose. The batch dimension is symbolic.
+      NHWC models start with a Transpose. The batch dimension is symbolic. The convolution's
+      weights are scaled for inputs of about -1..1; --input-range R divides them by R, as a
+      real model trained on inputs spanning about -R..R has them (a Caffe-style model, fed
+      0..255 less the mean: R = 128), so that its features stay of order 1.
 
   byo_reference.py features MODEL.onnx SPEC IMAGE... [--tensors DIR]
       SPEC is a spec file or a preset name (models/presets/, keras-mobilenet). Prints JSON:
@@ -136,7 +139,8 @@ def make_model(args):
     rng = np.random.default_rng(args.seed)
     size, k, channels = args.size, 8, 4
     cells = (size // k) ** 2 * channels
-    conv_w = rng.normal(0, 1 / np.sqrt(3 * k * k), (channels, 3, k, k)).astype(np.float32)
+    conv_w = (rng.normal(0, 1 / np.sqrt(3 * k * k), (channels, 3, k, k))
+              / args.input_range).astype(np.float32)
     conv_b = rng.normal(0, 0.1, channels).astype(np.float32)
     dense_w = rng.normal(0, 1 / np.sqrt(cells), (cells, args.features)).astype(np.float32)
     dense_b = rng.normal(0, 0.1, args.features).astype(np.float32)
@@ -184,6 +188,8 @@ def main():
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--input-name", default="pixel_values")
     make.add_argument("--output-name", default="image_embeds")
+    make.add_argument("--input-range", type=float, default=1.0,
+                      help="divide the first layer's weights by this (inputs in about -R..R)")
     feats = sub.add_parser("features")
     feats.add_argument("model")
     feats.add_argument("spec")

@@ -28,7 +28,7 @@ export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGIO
 if [ -n "${FEATURIZE_BIN:-}" ]; then
   bin=("$FEATURIZE_BIN")
 else
-  bin=(cargo run --quiet --release --bin featurize --)
+  bin=(cargo run --quiet --release -p featurize --features aws --)
 fi
 "${bin[@]}" simulate --images "$images" --shard-size "$shard_size" --endpoint "http://127.0.0.1:$port" --json >"$work/report.json"
 "${bin[@]}" simulate --from-json "$work/report.json"

@@ -50,4 +50,11 @@ export FEATURIZE_PYTHON="$PWD/$venv/bin/python"
 # The scenario tests drive whole handlers (S3 + SQS clients behind the retry and fault
 # layers) inside one test thread; their futures are deep, so test threads get 32 MiB.
 export RUST_MIN_STACK="${RUST_MIN_STACK:-33554432}"
-cargo test --workspace "$@"
+# The CLI with its `aws` feature (the AWS SDK; off in its default build, docs/architecture.md):
+# the e2e tests drive `featurize submit`, `status --bucket`, ... against moto.
+cargo test --workspace --features featurize/aws "$@"
+if [ $# -eq 0 ]; then
+  # The CLI's default build (no AWS SDK, the quick start's): its own unit tests, among them the
+  # refusal of every command that talks to AWS.
+  cargo test -p featurize --bin featurize
+fi

@@ -69,22 +69,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Run(args) => run::run(args).await,
-            Command::Bench(args) => bench::bench(args, process_start)
-                .await
-                .map(|()| ExitCode::SUCCESS),
-            Command::Submit(args) => submit::submit(args).await,
-            Command::Status(args) => status::status(args).await,
-            Command::Report(args) => report::report(args).await,
-            Command::Resume(args) => resume::resume(args).await,
-            Command::Watch(args) => watch::watch(args).await,
-            Command::Refit(args) => refit::refit(args).await,
-            Command::Reconcile(args) => reconcile::reconcile(args).await,
-            Command::Simulate(args) => simulate::simulate(args).await.map(|()| ExitCode::SUCCESS),
-        }
-    });
+    let result = runtime.block_on(dispatch(cli.command, process_start));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -96,6 +81,24 @@ fn main() -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs one subcommand.
+async fn dispatch(command: Command, process_start: Instant) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => run::run(args).await,
+        Command::Bench(args) => bench::bench(args, process_start)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Submit(args) => submit::submit(args).await,
+        Command::Status(args) => status::status(args).await,
+        Command::Report(args) => report::report(args).await,
+        Command::Resume(args) => resume::resume(args).await,
+        Command::Watch(args) => watch::watch(args).await,
+        Command::Refit(args) => refit::refit(args).await,
+        Command::Reconcile(args) => reconcile::reconcile(args).await,
+        Command::Simulate(args) => simulate::simulate(args).await.map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -111,4 +114,93 @@ fn error_chain(error: &anyhow::Error) -> String {
         }
     }
     text
+}
+
+/// Without the `aws` feature (the default build), every command on S3 or SQS is refused at
+/// once, naming itself and the build that has it (with it, tests/e2e/aws.rs drives them
+/// against moto).
+#[cfg(all(test, not(feature = "aws")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_on_aws_are_refused_at_once_without_the_aws_feature() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &[
+                    "submit",
+                    "--bucket=b",
+                    "--input-prefix=images/",
+                    "--shard-queue-url=http://127.0.0.1:9/shards",
+                    "--reduce-queue-url=http://127.0.0.1:9/reduce",
+                    "--model-sha256=00",
+                ],
+                "`featurize submit`",
+            ),
+            (
+                &["status", "--run=r1", "--bucket=b"],
+                "`featurize status --bucket`",
+            ),
+            (
+                &["status", "--collection=c", "--bucket=b"],
+                "`featurize status --collection --bucket`",
+            ),
+            (
+                &["report", "--run=r1", "--bucket=b"],
+                "`featurize report --bucket`",
+            ),
+            (
+                &[
+                    "resume",
+                    "--run=r1",
+                    "--bucket=b",
+                    "--shard-queue-url=http://127.0.0.1:9/shards",
+                    "--reduce-queue-url=http://127.0.0.1:9/reduce",
+                ],
+                "`featurize resume --bucket`",
+            ),
+            (
+                &["refit", "--collection=c", "--bucket=b"],
+                "`featurize refit --bucket`",
+            ),
+            (
+                &["reconcile", "--collection=c", "--bucket=b"],
+                "`featurize reconcile --bucket`",
+            ),
+            (
+                &["simulate", "--images=10", "--endpoint=http://127.0.0.1:9"],
+                "`featurize simulate --endpoint`",
+            ),
+        ];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (args, named) in cases {
+            let cli = Cli::try_parse_from(std::iter::once("featurize").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?} does not parse: {e}"));
+            let started = Instant::now();
+            let error = runtime
+                .block_on(dispatch(cli.command, started))
+                .expect_err("refused without the aws feature");
+            let message = error_chain(&error);
+            assert!(
+                message.starts_with(&format!(
+                    "{named} talks to AWS, and this featurize was built without it"
+                )),
+                "{args:?}: {message}"
+            );
+            assert!(
+                message.ends_with(
+                    "build it with `cargo build --release --bin featurize --features aws`"
+                ),
+                "{args:?}: {message}"
+            );
+            // At once: no connection was tried (nothing listens on port 9).
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{args:?}"
+            );
+        }
+    }
 }

@@ -149,10 +149,22 @@ pub struct AwsArgs {
     pub endpoint_url: Option<String>,
 }
 
+#[cfg(feature = "aws")]
 impl AwsArgs {
     pub async fn sdk(&self) -> aws::sdk::SdkConfig {
         aws::sdk::sdk_config_with_endpoint(self.endpoint_url.as_deref()).await
     }
+}
+
+/// The error of a command on S3 or SQS (`command`: `"submit"`, `"status --bucket"`, ...) in
+/// a featurize built without the `aws` feature: the AWS SDK is opt-in, since it is a large
+/// part of a cold build and the local commands never use it (docs/architecture.md).
+#[cfg(not(feature = "aws"))]
+pub fn needs_aws(command: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`featurize {command}` talks to AWS, and this featurize was built without it: \
+         build it with `cargo build --release --bin featurize --features aws`"
+    )
 }
 
 /// Where a run or a collection lives: an output folder here (embedded runs, `featurize

@@ -7,14 +7,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+#[cfg(feature = "aws")]
 use aws::retry::{RetryPolicy, Retrying};
 use clap::Args;
 use pipeline::batch::inference::Engine;
 use pipeline::batch::listing::ImageFilter;
 use pipeline::continuous::ingest::{IngestSettings, Ingestor};
+#[cfg(feature = "aws")]
+use pipeline::continuous::reconcile::QueueRepair;
 use pipeline::continuous::reconcile::{
-    reconcile as reconcile_collection, reconcile_key, Fixed, InProcessRepair, QueueRepair,
-    ReconcileRecord,
+    reconcile as reconcile_collection, reconcile_key, Fixed, InProcessRepair, ReconcileRecord,
 };
 use pipeline::ports::queue::InProcessQueue;
 use pipeline::ports::store::{FsStore, ObjectStore};
@@ -117,6 +119,16 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
     let Some(bucket) = &args.at.bucket else {
         bail!("give --output DIR --input DIR (local collection) or --bucket B (deployed stack)");
     };
+    reconcile_on_s3(&args, &filter, bucket).await
+}
+
+/// A deployed stack's collection: repaired through its ingest queue, or here.
+#[cfg(feature = "aws")]
+async fn reconcile_on_s3(
+    args: &ReconcileArgs,
+    filter: &ImageFilter,
+    bucket: &str,
+) -> Result<ExitCode> {
     let sdk = aws::sdk::sdk_config_with_endpoint(args.at.endpoint_url.as_deref()).await;
     let store = Retrying::new(
         aws::sdk::S3Store::new(aws::sdk::s3_client(&sdk), bucket),
@@ -136,7 +148,7 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
                     .as_ref()
                     .map(|u| aws::sdk::SqsQueue::new(sqs, u)),
             };
-            reconcile_collection(&store, &store, inbox, &args.collection, &filter, &repair).await?
+            reconcile_collection(&store, &store, inbox, &args.collection, filter, &repair).await?
         }
         None => {
             let queue = InProcessQueue::new();
@@ -151,10 +163,20 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
                 ingestor: &ingestor,
                 options: args.pca.refit_options(),
             };
-            reconcile_collection(&store, &store, inbox, &args.collection, &filter, &repair).await?
+            reconcile_collection(&store, &store, inbox, &args.collection, filter, &repair).await?
         }
     };
     Ok(print_record(&record, &|k| store.describe(k)))
+}
+
+/// Without the `aws` feature: refused at once (the AWS SDK is not in this build).
+#[cfg(not(feature = "aws"))]
+async fn reconcile_on_s3(
+    _args: &ReconcileArgs,
+    _filter: &ImageFilter,
+    _bucket: &str,
+) -> Result<ExitCode> {
+    Err(super::common::needs_aws("reconcile --bucket"))
 }
 
 /// Prints what a reconcile found and did; the exit code.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+#[cfg(feature = "aws")]
 use aws::retry::{RetryPolicy, Retrying};
 use clap::Args;
 
@@ -122,6 +123,17 @@ pub async fn refit(args: RefitArgs) -> Result<ExitCode> {
     let Some(bucket) = &args.at.bucket else {
         bail!("give --output DIR --input DIR (local collection) or --bucket B (deployed stack)");
     };
+    refit_on_s3(&args, &options, bucket).await
+}
+
+/// A deployed stack's collection: a refit request on its refit queue, or a refit here.
+#[cfg(feature = "aws")]
+async fn refit_on_s3(
+    args: &RefitArgs,
+    options: &pipeline::continuous::collection::RefitOptions,
+    bucket: &str,
+) -> Result<ExitCode> {
+    use pipeline::ports::store::ObjectStore;
     let sdk = aws::sdk::sdk_config_with_endpoint(args.at.endpoint_url.as_deref()).await;
     if let Some(url) = &args.refit_queue_url {
         use pipeline::ports::queue::Queue;
@@ -145,9 +157,19 @@ pub async fn refit(args: RefitArgs) -> Result<ExitCode> {
         &store,
         &args.inbox_prefix,
         &args.collection,
-        &options,
+        options,
     )
     .await?;
     print_refit(&outcome, &|k| store.describe(k));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Without the `aws` feature: refused at once (the AWS SDK is not in this build).
+#[cfg(not(feature = "aws"))]
+async fn refit_on_s3(
+    _args: &RefitArgs,
+    _options: &pipeline::continuous::collection::RefitOptions,
+    _bucket: &str,
+) -> Result<ExitCode> {
+    Err(super::common::needs_aws("refit --bucket"))
 }

@@ -5,10 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+#[cfg(feature = "aws")]
 use aws::retry::{RetryPolicy, Retrying};
 use clap::Args;
 
-use super::common::{named_input, terminal_safe, AwsArgs, LocationArgs};
+#[cfg(feature = "aws")]
+use super::common::AwsArgs;
+use super::common::{named_input, terminal_safe, LocationArgs};
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -70,7 +73,7 @@ pub async fn report(args: ReportArgs) -> Result<ExitCode> {
                     }
                 };
                 let built =
-                    pipeline::report::regenerate(&output, input.as_ref(), &args.run).await?;
+                    pipeline::batch::report::regenerate(&output, input.as_ref(), &args.run).await?;
                 eprintln!(
                     "report built in {:.2} s ({} kB, {} points, {} thumbnails)",
                     built.info.build_s,
@@ -84,38 +87,59 @@ pub async fn report(args: ReportArgs) -> Result<ExitCode> {
                 open(&path.display().to_string());
             }
         }
-        (None, Some(bucket)) => {
-            let aws = AwsArgs {
-                bucket: bucket.clone(),
-                endpoint_url: args.at.endpoint_url.clone(),
-            };
-            let sdk = aws.sdk().await;
-            let s3 = aws::sdk::S3Store::new(aws::sdk::s3_client(&sdk), bucket);
-            let store = Retrying::new(s3.clone(), RetryPolicy::default());
-            if args.regenerate || !store.exists(&layout.report()).await? {
-                // The images are in the same bucket, under the run's input prefix.
-                let built = pipeline::report::regenerate(&store, Some(&store), &args.run).await?;
-                eprintln!(
-                    "report built in {:.2} s ({} kB) and written to s3://{bucket}/{}",
-                    built.info.build_s,
-                    built.info.bytes / 1024,
-                    built.info.key
-                );
-            }
-            let url = s3
-                .presigned_get(
-                    &layout.report(),
-                    std::time::Duration::from_secs(args.expires),
-                )
-                .await?;
-            println!("{url}");
-            if args.open {
-                open(&url);
-            }
-        }
+        (None, Some(bucket)) => report_on_s3(&args, &layout, bucket).await?,
         (None, None) => bail!("give --output DIR (local run) or --bucket B (deployed run)"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A deployed run's report: built in the bucket when missing (or `--regenerate`); prints a
+/// presigned URL to it.
+#[cfg(feature = "aws")]
+async fn report_on_s3(
+    args: &ReportArgs,
+    layout: &pipeline::layout::RunLayout,
+    bucket: &str,
+) -> Result<()> {
+    use pipeline::ports::store::ObjectStore;
+    let aws = AwsArgs {
+        bucket: bucket.to_string(),
+        endpoint_url: args.at.endpoint_url.clone(),
+    };
+    let sdk = aws.sdk().await;
+    let s3 = aws::sdk::S3Store::new(aws::sdk::s3_client(&sdk), bucket);
+    let store = Retrying::new(s3.clone(), RetryPolicy::default());
+    if args.regenerate || !store.exists(&layout.report()).await? {
+        // The images are in the same bucket, under the run's input prefix.
+        let built = pipeline::batch::report::regenerate(&store, Some(&store), &args.run).await?;
+        eprintln!(
+            "report built in {:.2} s ({} kB) and written to s3://{bucket}/{}",
+            built.info.build_s,
+            built.info.bytes / 1024,
+            built.info.key
+        );
+    }
+    let url = s3
+        .presigned_get(
+            &layout.report(),
+            std::time::Duration::from_secs(args.expires),
+        )
+        .await?;
+    println!("{url}");
+    if args.open {
+        open(&url);
+    }
+    Ok(())
+}
+
+/// Without the `aws` feature: refused at once (the AWS SDK is not in this build).
+#[cfg(not(feature = "aws"))]
+async fn report_on_s3(
+    _args: &ReportArgs,
+    _layout: &pipeline::layout::RunLayout,
+    _bucket: &str,
+) -> Result<()> {
+    Err(super::common::needs_aws("report --bucket"))
 }
 
 /// Opens a file or URL with xdg-open when there is one; otherwise says so (the path or URL

@@ -31,6 +31,34 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     quiet: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// The inference engine, shared by `run` and `resume`.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Inference engine: auto (the native executor with this CPU's SIMD kernels where it
+    /// knows the graph, tract otherwise), tract, or the native executor with avx512, avx2 or
+    /// portable kernels. The run's summary and report say which ran.
+    #[arg(long = "engine", env = engine::model::Engine::ENV, default_value = "auto",
+          value_parser = parse_engine)]
+    pub engine: engine::model::Engine,
+}
+
+impl EngineArgs {
+    /// Load options with this engine.
+    pub fn load_options(&self) -> engine::model::LoadOptions {
+        engine::model::LoadOptions {
+            engine: self.engine,
+            ..Default::default()
+        }
+    }
+}
+
+fn parse_engine(name: &str) -> Result<engine::model::Engine, String> {
+    engine::model::Engine::parse(name)
+        .ok_or_else(|| format!("{name:?}: auto, tract, avx512, avx2 or portable"))
 }
 
 pub async fn run(args: RunArgs) -> Result<ExitCode> {
@@ -41,7 +69,7 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
     let started = Instant::now();
-    let model = args.model.load()?;
+    let model = args.model.load_with(args.engine.load_options())?;
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -88,6 +116,9 @@ pub async fn run(args: RunArgs) -> Result<ExitCode> {
         "  images {}  rows {}  errors {}  shards {}",
         s.images, s.rows, s.errors, s.shards
     );
+    if let Some(engines) = s.engines_line() {
+        println!("  engine {engines}");
+    }
     if s.status == "succeeded" {
         println!(
             "  PCA k = {}  cumulative explained variance {:.4}  ({})",

@@ -225,7 +225,17 @@ pub async fn simulate(args: SimulateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Without the `aws` feature: refused at once (the AWS SDK is not in this build).
+#[cfg(not(feature = "aws"))]
+async fn simulate_on_moto(
+    _options: &SimulationOptions,
+    _endpoint: &str,
+) -> Result<SimulationReport> {
+    Err(super::common::needs_aws("simulate --endpoint"))
+}
+
 /// One simulation on S3 + SQS at `endpoint`, in a bucket and queues of its own.
+#[cfg(feature = "aws")]
 async fn simulate_on_moto(options: &SimulationOptions, endpoint: &str) -> Result<SimulationReport> {
     let config = aws::sdk::sdk_config_with_endpoint(Some(endpoint)).await;
     let s3 = aws::sdk::s3_client(&config);

@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::common::{terminal_safe_lines, AwsArgs, LocationArgs};
+#[cfg(feature = "aws")]
+use super::common::AwsArgs;
+use super::common::{terminal_safe_lines, LocationArgs};
 
 /// Exit code of `status` when the run or collection is stuck.
 pub const EXIT_STUCK: u8 = 5;
@@ -133,6 +135,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
         (Some(dir), _) => {
             status_on(&pipeline::ports::store::FsStore::new(dir), &args, policy).await
         }
+        #[cfg(feature = "aws")]
         (None, Some(bucket)) => {
             let aws = AwsArgs {
                 bucket: bucket.clone(),
@@ -142,6 +145,8 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
             let store = aws::sdk::S3Store::new(aws::sdk::s3_client(&sdk), bucket);
             status_on(&store, &args, policy).await
         }
+        #[cfg(not(feature = "aws"))]
+        (None, Some(_)) => Err(super::common::needs_aws("status --bucket")),
         (None, None) => bail!("give --output DIR (local run) or --bucket B (deployed run)"),
     }
 }
@@ -366,6 +371,7 @@ async fn collection_status_cmd(
                 Box::new(move |k: &str| store.describe(k)),
             )
         }
+        #[cfg(feature = "aws")]
         (None, Some(bucket)) => {
             let sdk = aws::sdk::sdk_config_with_endpoint(endpoint).await;
             let store = aws::sdk::S3Store::new(aws::sdk::s3_client(&sdk), bucket);
@@ -374,6 +380,11 @@ async fn collection_status_cmd(
                 last_reconcile(&store, collection).await?,
                 Box::new(move |k: &str| store.describe(k)),
             )
+        }
+        #[cfg(not(feature = "aws"))]
+        (None, Some(_)) => {
+            let _ = endpoint; // read by the S3 arm only
+            return Err(super::common::needs_aws("status --collection --bucket"));
         }
         (None, None) => {
             bail!("give --output DIR (local collection) or --bucket B (deployed stack)")

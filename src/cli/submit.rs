@@ -2,7 +2,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+#[cfg(feature = "aws")]
+use anyhow::Context;
+use anyhow::Result;
+#[cfg(feature = "aws")]
 use aws::retry::{RetryPolicy, Retrying};
 use clap::Args;
 
@@ -36,6 +39,13 @@ pub struct SubmitArgs {
     options: RunOptionArgs,
 }
 
+/// Without the `aws` feature: refused at once (the AWS SDK is not in this build).
+#[cfg(not(feature = "aws"))]
+pub async fn submit(_args: SubmitArgs) -> Result<ExitCode> {
+    Err(super::common::needs_aws("submit"))
+}
+
+#[cfg(feature = "aws")]
 pub async fn submit(args: SubmitArgs) -> Result<ExitCode> {
     use aws::sdk::{s3_client, sqs_client, S3Store, SqsQueue};
     let model_sha256 = match &args.model_sha256 {
@@ -71,6 +81,7 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "aws")]
 fn file_sha256(path: &std::path::Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading model {}", path.display()))?;
     Ok(pipeline::batch::featurizer::sha256_hex(&bytes))

@@ -18,7 +18,7 @@ use pipeline::manifest::{ReduceMessage, RunOptions, RunRequest, ShardMessage};
 use pipeline::ports::store::{FsStore, ObjectStore};
 use testkit::faults::{Faults, Selector, WriteOp};
 
-use crate::aws::{assert_same_outputs, datasets, small_request, Stack};
+use crate::aws::{assert_same_outputs, datasets, small_request, Reference, Stack};
 use crate::common::*;
 use crate::faults::{
     before_last_shard, committed_state, committed_state_staged, setup, Local, Store,
@@ -207,131 +207,155 @@ const MODES: [Mode; 3] = [Mode::AckLoss, Mode::AckLossRetried, Mode::Duplicate];
 fn ack_loss_and_duplicates_at_every_write_of_every_handler_end_as_a_clean_run() {
     let (files, request, reference) = setup();
     runtime().block_on(async {
-        let mut scenarios = 0;
-        // The splitter.
-        let probe = Faults::new();
-        Local::new(&files).split(&probe, &request).await.unwrap();
-        let split_steps = probe.steps();
-        let log = probe.log();
-        for mode in MODES {
-            for n in points(&log, log.len()) {
-                if !mode.hits(&log[n]) {
-                    continue;
-                }
-                let what = format!("splitter, {mode:?} at step {n} ({})", log[n]);
-                let local = Local::new(&files);
-                let ok = split(&local, &mode.faults(n), mode, &request).await;
-                assert!(ok || !mode.must_succeed(), "{what}: failed");
-                let run = local.split(&Faults::new(), &request).await.unwrap();
-                local.drain().await;
-                local.assert_clean(&run.run_id, &reference, &what).await;
-                scenarios += 1;
-            }
-        }
-
-        // The last shard's featurizer.
+        let (split_steps, split_scenarios) = splitter_scenarios(&files, &request, &reference).await;
         let (base, run) = before_last_shard(&files, &request).await;
-        let last = run.shards - 1;
-        let probe = Faults::new();
-        let probed = base.fork();
-        probed.featurize(&probe, &run.run_id, last).await.unwrap();
-        let want = committed_state(&probed, &run.run_id, last);
-        let featurize_steps = probe.steps();
-        let log = probe.log();
-        for mode in MODES {
-            for n in points(&log, log.len()) {
-                if !mode.hits(&log[n]) {
-                    continue;
-                }
-                let what = format!("featurizer, {mode:?} at step {n} ({})", log[n]);
-                let local = base.fork();
-                let ok = featurize(&local, &mode.faults(n), mode, &run.run_id, last).await;
-                assert!(ok || !mode.must_succeed(), "{what}: failed");
-                if !ok {
-                    // SQS delivers the message again.
-                    local
-                        .featurize(&Faults::new(), &run.run_id, last)
-                        .await
-                        .unwrap();
-                }
-                let (_, stats, errors) = committed_state_staged(&local, &run.run_id, last);
-                assert!(
-                    (stats, errors) == (want.1.clone(), want.2.clone()),
-                    "{what}: committed"
-                );
-                local.drain().await;
-                let part = std::fs::read(
-                    local
-                        .output
-                        .join(RunLayout::new(&run.run_id).results_part(last)),
-                )
-                .unwrap();
-                assert!(part == want.0, "{what}: published part");
-                local.assert_clean(&run.run_id, &reference, &what).await;
-                scenarios += 1;
-            }
-        }
-
-        // The reducer: every kind of step up to `_SUCCESS` and the first after it, and the
-        // last.
-        let ready = base.fork();
-        ready
-            .featurize(&Faults::new(), &run.run_id, last)
-            .await
-            .unwrap();
-        let message: ReduceMessage = serde_json::from_str(&ready.reduces.pop().unwrap()).unwrap();
-        let probe = Faults::new();
-        ready
-            .fork()
-            .reducer(&probe, Duration::from_secs(900))
-            .process(&message, "m1")
-            .await
-            .unwrap();
-        let log = probe.log();
-        let success = log
-            .iter()
-            .position(|s| s.contains("Results_PCA/") && s.ends_with("_SUCCESS"))
-            .expect("_SUCCESS written");
-        let points = points(&log, success + 1);
-        for mode in MODES {
-            for &n in &points {
-                if !mode.hits(&log[n]) {
-                    continue;
-                }
-                let what = format!("reducer, {mode:?} at step {n} ({})", log[n]);
-                let local = ready.fork();
-                let first = reduce(&local, &mode.faults(n), mode, &message).await;
-                assert!(
-                    first.is_ok() || !mode.must_succeed(),
-                    "{what}: failed: {first:?}"
-                );
-                if let Err(e) = &first {
-                    assert!(!matches!(e, Error::Invariant(_)), "{what}: {e}");
-                    // The message again (the failed delivery let go of its lock).
-                    let retried = local
-                        .reducer(&Faults::new(), Duration::from_secs(900))
-                        .process(&message, "m1")
-                        .await
-                        .unwrap_or_else(|e| panic!("{what}: the retry failed: {e}"));
-                    assert!(
-                        matches!(
-                            retried,
-                            ReduceOutcome::Reduced(_) | ReduceOutcome::AlreadyReduced
-                        ),
-                        "{what}"
-                    );
-                }
-                local.assert_clean(&run.run_id, &reference, &what).await;
-                scenarios += 1;
-            }
-        }
+        let (featurize_steps, featurize_scenarios) =
+            featurizer_scenarios(&base, &run.run_id, run.shards - 1, &reference).await;
+        let (points, reduce_scenarios) =
+            reducer_scenarios(&base, &run.run_id, run.shards - 1, &reference).await;
+        let scenarios = split_scenarios + featurize_scenarios + reduce_scenarios;
         eprintln!(
             "ack loss (with and without retries) and duplicate apply at every write: splitter \
-             {split_steps} steps, featurizer {featurize_steps}, reducer {} points; {scenarios} \
-             scenarios, all clean",
-            points.len()
+             {split_steps} steps, featurizer {featurize_steps}, reducer {points} points; \
+             {scenarios} scenarios, all clean"
         );
     });
+}
+
+/// The splitter's scenarios: each mode at every kind of its writes, then the request again
+/// (a fresh delivery) and the run to its end. Returns its steps and the scenarios run.
+async fn splitter_scenarios(
+    files: &[(String, Vec<u8>)],
+    request: &RunRequest,
+    reference: &Reference,
+) -> (usize, usize) {
+    let mut scenarios = 0;
+    let probe = Faults::new();
+    Local::new(files).split(&probe, request).await.unwrap();
+    let split_steps = probe.steps();
+    let log = probe.log();
+    for mode in MODES {
+        for n in points(&log, log.len()) {
+            if !mode.hits(&log[n]) {
+                continue;
+            }
+            let what = format!("splitter, {mode:?} at step {n} ({})", log[n]);
+            let local = Local::new(files);
+            let ok = split(&local, &mode.faults(n), mode, request).await;
+            assert!(ok || !mode.must_succeed(), "{what}: failed");
+            let run = local.split(&Faults::new(), request).await.unwrap();
+            local.drain().await;
+            local.assert_clean(&run.run_id, reference, &what).await;
+            scenarios += 1;
+        }
+    }
+    (split_steps, scenarios)
+}
+
+/// The last shard's featurizer's scenarios, from `base` (every other shard done): each mode
+/// at every kind of its writes, the message again if the delivery failed; the shard commits
+/// what a clean attempt commits. Returns its steps and the scenarios run.
+async fn featurizer_scenarios(
+    base: &Local,
+    run_id: &str,
+    last: usize,
+    reference: &Reference,
+) -> (usize, usize) {
+    let mut scenarios = 0;
+    let probe = Faults::new();
+    let probed = base.fork();
+    probed.featurize(&probe, run_id, last).await.unwrap();
+    let want = committed_state(&probed, run_id, last);
+    let featurize_steps = probe.steps();
+    let log = probe.log();
+    for mode in MODES {
+        for n in points(&log, log.len()) {
+            if !mode.hits(&log[n]) {
+                continue;
+            }
+            let what = format!("featurizer, {mode:?} at step {n} ({})", log[n]);
+            let local = base.fork();
+            let ok = featurize(&local, &mode.faults(n), mode, run_id, last).await;
+            assert!(ok || !mode.must_succeed(), "{what}: failed");
+            if !ok {
+                // SQS delivers the message again.
+                local.featurize(&Faults::new(), run_id, last).await.unwrap();
+            }
+            let (_, stats, errors) = committed_state_staged(&local, run_id, last);
+            assert!(
+                (stats, errors) == (want.1.clone(), want.2.clone()),
+                "{what}: committed"
+            );
+            local.drain().await;
+            let part = std::fs::read(local.output.join(RunLayout::new(run_id).results_part(last)))
+                .unwrap();
+            assert!(part == want.0, "{what}: published part");
+            local.assert_clean(run_id, reference, &what).await;
+            scenarios += 1;
+        }
+    }
+    (featurize_steps, scenarios)
+}
+
+/// The reducer's scenarios, once the last shard of `base` is featurized: each mode at every
+/// kind of step up to `_SUCCESS` and the first after it, and the last; the message again if
+/// the delivery failed. Returns the points hit and the scenarios run.
+async fn reducer_scenarios(
+    base: &Local,
+    run_id: &str,
+    last: usize,
+    reference: &Reference,
+) -> (usize, usize) {
+    let mut scenarios = 0;
+    let ready = base.fork();
+    ready.featurize(&Faults::new(), run_id, last).await.unwrap();
+    let message: ReduceMessage = serde_json::from_str(&ready.reduces.pop().unwrap()).unwrap();
+    let probe = Faults::new();
+    ready
+        .fork()
+        .reducer(&probe, Duration::from_secs(900))
+        .process(&message, "m1")
+        .await
+        .unwrap();
+    let log = probe.log();
+    let success = log
+        .iter()
+        .position(|s| s.contains("Results_PCA/") && s.ends_with("_SUCCESS"))
+        .expect("_SUCCESS written");
+    let points = points(&log, success + 1);
+    for mode in MODES {
+        for &n in &points {
+            if !mode.hits(&log[n]) {
+                continue;
+            }
+            let what = format!("reducer, {mode:?} at step {n} ({})", log[n]);
+            let local = ready.fork();
+            let first = reduce(&local, &mode.faults(n), mode, &message).await;
+            assert!(
+                first.is_ok() || !mode.must_succeed(),
+                "{what}: failed: {first:?}"
+            );
+            if let Err(e) = &first {
+                assert!(!matches!(e, Error::Invariant(_)), "{what}: {e}");
+                // The message again (the failed delivery let go of its lock).
+                let retried = local
+                    .reducer(&Faults::new(), Duration::from_secs(900))
+                    .process(&message, "m1")
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: the retry failed: {e}"));
+                assert!(
+                    matches!(
+                        retried,
+                        ReduceOutcome::Reduced(_) | ReduceOutcome::AlreadyReduced
+                    ),
+                    "{what}"
+                );
+            }
+            local.assert_clean(run_id, reference, &what).await;
+            scenarios += 1;
+        }
+    }
+    (points.len(), scenarios)
 }
 
 /// On S3 (moto), a whole run under the production retry layer in which every conditional

@@ -5,20 +5,16 @@
 //! reducer. Fault tests check that nothing is lost and outputs equal a clean run.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws::lambda::{
     handle_reduce_batch, handle_shard_batch, handle_splitter_event, parse_splitter_event,
 };
-use aws::sdk::{s3_client, S3Store, SqsQueue};
+use aws::sdk::{S3Store, SqsQueue};
 use aws_lambda_events::event::sqs::SqsEvent;
-use aws_sdk_s3::types::{
-    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
-    QueueConfiguration, S3KeyFilter,
-};
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_s3::types::Event;
+use aws_sdk_sqs::types::QueueAttributeName;
 use pipeline::batch::featurizer::{FeaturizerSettings, ShardFeaturizer};
 use pipeline::batch::reducer::{Reducer, ReducerSettings};
 use pipeline::batch::splitter::{SplitOutcome, Splitter};
@@ -27,6 +23,7 @@ use pipeline::layout::RunLayout;
 use pipeline::manifest::{ImageError, RunOptions, RunRequest, ShardMessage};
 use pipeline::parquet_io::{read_rows, Dataset, VectorRow};
 use pipeline::ports::store::{Bytes, ObjectInfo, ObjectStore, StoreError, Versioned};
+use testkit::moto::{self, sqs_event, Moto, Notification, Redrive};
 
 use crate::common::*;
 
@@ -36,15 +33,16 @@ const MAX_RECEIVE_COUNT: u32 = 2;
 /// Visibility timeout of the test queues: how long a failed message waits to be redelivered.
 const VISIBILITY_S: i32 = 2;
 
+/// moto's URL (kept for the modules that read it here: [`testkit::moto::endpoint`]).
 pub(crate) fn endpoint() -> String {
-    std::env::var("MOTO_ENDPOINT")
-        .expect("MOTO_ENDPOINT is not set: run the tests with ./infra/test.sh, which starts moto")
+    moto::endpoint()
 }
 
 /// One isolated "stack" on the emulator: a bucket, the shard and reduce queues with their
 /// dead-letter queues, and a queue receiving the bucket's run-request notifications.
 pub(crate) struct Stack {
     max_receive: u32,
+    moto: Moto,
     pub(crate) s3: aws_sdk_s3::Client,
     pub(crate) sqs: aws_sdk_sqs::Client,
     pub(crate) bucket: String,
@@ -54,8 +52,6 @@ pub(crate) struct Stack {
     requests_queue: String,
 }
 
-static STACKS: AtomicUsize = AtomicUsize::new(0);
-
 impl Stack {
     pub(crate) async fn new(name: &str) -> Self {
         Self::with_max_receive(name, MAX_RECEIVE_COUNT).await
@@ -63,31 +59,15 @@ impl Stack {
 
     /// A stack whose queues dead-letter a message after `max_receive` deliveries.
     pub(crate) async fn with_max_receive(name: &str, max_receive: u32) -> Self {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(endpoint())
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "test", "test", None, None, "moto",
-            ))
-            .load()
-            .await;
-        let s3 = s3_client(&config);
-        let sqs = aws_sdk_sqs::Client::new(&config);
-        let unique = format!(
-            "{name}-{}-{}",
-            std::process::id(),
-            STACKS.fetch_add(1, Ordering::Relaxed)
-        );
+        let moto = Moto::connect().await;
+        let unique = moto::unique(name);
         let bucket = format!("it-{unique}");
-        s3.create_bucket()
-            .bucket(&bucket)
-            .send()
-            .await
-            .expect("create bucket");
+        moto.create_bucket(&bucket).await;
         let mut stack = Stack {
             max_receive,
-            s3,
-            sqs,
+            s3: moto.s3.clone(),
+            sqs: moto.sqs.clone(),
+            moto,
             bucket,
             shard_queue: String::new(),
             shard_dlq: String::new(),
@@ -125,94 +105,35 @@ impl Stack {
         suffix: Option<&str>,
         events: &[Event],
     ) {
-        let mut key = S3KeyFilter::builder().filter_rules(
-            FilterRule::builder()
-                .name(FilterRuleName::Prefix)
-                .value(prefix)
-                .build(),
-        );
-        if let Some(suffix) = suffix {
-            key = key.filter_rules(
-                FilterRule::builder()
-                    .name(FilterRuleName::Suffix)
-                    .value(suffix)
-                    .build(),
-            );
-        }
-        let mut notification = QueueConfiguration::builder()
-            .queue_arn(self.arn(queue_url).await)
-            .filter(
-                NotificationConfigurationFilter::builder()
-                    .key(key.build())
-                    .build(),
-            );
-        for event in events {
-            notification = notification.events(event.clone());
-        }
-        self.s3
-            .put_bucket_notification_configuration()
-            .bucket(&self.bucket)
-            .notification_configuration(
-                NotificationConfiguration::builder()
-                    .queue_configurations(notification.build().unwrap())
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("bucket notification");
+        let notification = Notification {
+            queue_arn: self.arn(queue_url).await,
+            events: events.to_vec(),
+            prefix: prefix.to_string(),
+            suffix: suffix.map(str::to_string),
+        };
+        self.moto.notify(&self.bucket, &[notification]).await;
     }
 
     async fn queue(&self, name: &str, dlq: Option<&str>) -> String {
-        let mut request = self.sqs.create_queue().queue_name(name).attributes(
-            QueueAttributeName::VisibilityTimeout,
-            VISIBILITY_S.to_string(),
-        );
-        if let Some(dlq) = dlq {
-            let policy = serde_json::json!({ "deadLetterTargetArn": self.arn(dlq).await, "maxReceiveCount": self.max_receive });
-            request = request.attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
-        }
-        request
-            .send()
+        let redrive = match dlq {
+            Some(dlq) => Some(Redrive {
+                dlq_arn: self.arn(dlq).await,
+                max_receive_count: self.max_receive,
+            }),
+            None => None,
+        };
+        self.moto
+            .create_queue(name, Some(VISIBILITY_S), redrive.as_ref())
             .await
-            .expect("create queue")
-            .queue_url()
-            .unwrap()
-            .to_string()
     }
 
     /// A queue's ARN.
     async fn arn(&self, url: &str) -> String {
-        let attributes = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap();
-        attributes.attributes().unwrap()[&QueueAttributeName::QueueArn].clone()
+        self.moto.queue_arn(url).await
     }
 
     pub(crate) async fn depth(&self, url: &str) -> (usize, usize) {
-        let attributes = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::All)
-            .send()
-            .await
-            .unwrap();
-        let attributes = attributes.attributes().unwrap();
-        let count = |name| {
-            attributes
-                .get(&name)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (
-            count(QueueAttributeName::ApproximateNumberOfMessages),
-            count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        )
+        self.moto.depth(url).await
     }
 
     pub(crate) fn store(&self) -> S3Store {
@@ -307,27 +228,11 @@ impl Stack {
     }
 
     pub(crate) async fn receive(&self, url: &str, max: i32) -> Vec<aws_sdk_sqs::types::Message> {
-        self.sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(max)
-            .wait_time_seconds(0)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .send()
-            .await
-            .unwrap()
-            .messages()
-            .to_vec()
+        self.moto.receive(url, max).await
     }
 
     pub(crate) async fn delete(&self, url: &str, receipt: &str) {
-        self.sqs
-            .delete_message()
-            .queue_url(url)
-            .receipt_handle(receipt)
-            .send()
-            .await
-            .unwrap();
+        self.moto.delete(url, receipt).await
     }
 
     /// The Lambda event-source mapping: receive up to `batch` messages, hand them to the
@@ -347,13 +252,9 @@ impl Stack {
         let dlq = self.queue(&format!("{unique}-dlq"), None).await;
         let url = self.queue(&unique, Some(&dlq)).await;
         // Batches of 100 inbox records take longer than the shard tests' 2 s to featurize.
-        self.sqs
-            .set_queue_attributes()
-            .queue_url(&url)
-            .attributes(QueueAttributeName::VisibilityTimeout, "300")
-            .send()
-            .await
-            .expect("visibility timeout");
+        self.moto
+            .set_attribute(&url, QueueAttributeName::VisibilityTimeout, "300")
+            .await;
         url
     }
 
@@ -426,35 +327,6 @@ impl Stack {
         })
         .await
     }
-}
-
-/// Builds the `SqsEvent` Lambda would deliver for these messages.
-fn sqs_event(messages: &[aws_sdk_sqs::types::Message], arn: &str) -> SqsEvent {
-    let records: Vec<serde_json::Value> = messages
-        .iter()
-        .map(|m| {
-            let attributes: HashMap<String, String> = m
-                .attributes()
-                .map(|a| {
-                    a.iter()
-                        .map(|(k, v)| (k.as_str().to_string(), v.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            serde_json::json!({
-                "messageId": m.message_id(),
-                "receiptHandle": m.receipt_handle(),
-                "body": m.body(),
-                "attributes": attributes,
-                "messageAttributes": {},
-                "md5OfBody": m.md5_of_body(),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": arn,
-                "awsRegion": "us-east-1",
-            })
-        })
-        .collect();
-    serde_json::from_value(serde_json::json!({ "Records": records })).expect("SqsEvent")
 }
 
 /// Whether `key` matches `pattern`, where `*` stands for any run of characters.

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use pipeline::batch::inference::synthetic_features;
 use pipeline::continuous::collection::{
     list_deltas, read_current, CollectionLayout, RefitMessage, RefitOptions,
 };
@@ -100,9 +99,20 @@ impl<S: ObjectStore + Clone> Rig<S> {
         self.ingest_queue.drain().await.unwrap()
     }
 
-    /// Delivers these refit-queue bodies to the reducer; asserts none failed.
-    async fn deliver(&self, bodies: &[String]) {
-        let response = aws::lambda::handle_reducer_invocation(
+    /// The reducer (and its refitter) see the folder through `wrap` from now on (a new
+    /// fault plan, say).
+    fn rewire(&mut self, wrap: impl FnOnce(FsStore) -> S) {
+        let seen = wrap(self.store.clone());
+        self.refitter.store = seen.clone();
+        self.reducer = pipeline::batch::reducer::Reducer::new(
+            seen,
+            pipeline::batch::reducer::ReducerSettings::default(),
+        );
+    }
+
+    /// Delivers these refit-queue bodies to the reducer in one invocation.
+    async fn invoke(&self, bodies: &[String]) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+        aws::lambda::handle_reducer_invocation(
             &self.reducer,
             Some(&self.refitter),
             Some(&self.refit_queue),
@@ -110,8 +120,31 @@ impl<S: ObjectStore + Clone> Rig<S> {
             "t",
             None,
         )
-        .await;
+        .await
+    }
+
+    /// Delivers these refit-queue bodies to the reducer; asserts none failed.
+    async fn deliver(&self, bodies: &[String]) {
+        let response = self.invoke(bodies).await;
         assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    }
+
+    /// Delivers these bodies; returns those reported failed (SQS delivers them again).
+    async fn deliver_failing(&self, bodies: &[String]) -> Vec<String> {
+        let response = self.invoke(bodies).await;
+        response
+            .batch_item_failures
+            .iter()
+            .map(|f| {
+                let i: usize = f
+                    .item_identifier
+                    .strip_prefix('m')
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                bodies[i].clone()
+            })
+            .collect()
     }
 
     /// What the reducer sent to the refit queue since the last call.
@@ -199,50 +232,7 @@ async fn assert_view_exact(store: &FsStore, live: &[String]) {
         list_deltas(store, &layout).await.unwrap()
     );
     assert_eq!(got, want);
-    for (path, row) in &features {
-        let expected = synthetic_features(path, 6);
-        assert!(
-            row.values
-                .iter()
-                .zip(&expected)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{path}"
-        );
-    }
-    let refs: Vec<&[f32]> = features.values().map(|r| r.values.as_slice()).collect();
-    let direct =
-        engine::pca::fit(&engine::stats::ShardStats::from_rows(&refs, 6), &k2().pca).unwrap();
-    let model: engine::pca::PcaModel = serde_json::from_slice(
-        &store
-            .get(pointer.pca_model.as_ref().unwrap())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    for (a, b) in model.components.iter().zip(&direct.components) {
-        let sign: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>().signum();
-        let worst = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - sign * y).abs())
-            .fold(0.0, f64::max);
-        assert!(worst < 1e-6, "component differs by {worst:e}");
-    }
-    let mut projected = 0;
-    for o in store.list(&pointer.results_pca).await.unwrap() {
-        for r in parquet_io::read_rows(Dataset::Pca, store.get(&o.key).await.unwrap()).unwrap() {
-            let want = direct.project(&features[&r.path].values);
-            for (a, b) in r.values.iter().zip(&want) {
-                assert!(
-                    (a.abs() - b.abs()).abs() <= 1e-5 * b.abs().max(1.0),
-                    "{}",
-                    r.path
-                );
-            }
-            projected += 1;
-        }
-    }
-    assert_eq!(projected, features.len());
+    crate::refit::assert_rows_and_pca_exact(store, &pointer, &features).await;
     assert!(
         list_deltas(store, &layout).await.unwrap().is_empty(),
         "deltas left waiting with nothing on the refit queue"
@@ -497,4 +487,222 @@ async fn current_summary(store: &FsStore) -> serde_json::Value {
     let layout = CollectionLayout::new("c");
     let (pointer, _) = read_current(store, &layout).await.unwrap().unwrap();
     serde_json::from_slice(&store.get(&pointer.summary).await.unwrap()).unwrap()
+}
+
+/// The reducer's store in the tests of a refused pointer write: the production retry layer
+/// over a fault plan.
+type Flaky = aws::retry::Retrying<testkit::faults::FaultyStore<FsStore>>;
+
+/// HOLDS (liveness: a pointer write refused without landing is retried). The store answers
+/// the conditional write of `current.json` "precondition failed" once without applying it
+/// (as S3 answers 409 `ConditionalRequestConflict` to a write that raced another conditional
+/// write in progress, which then failed too), and the read-back finds the pointer still the
+/// one the refit started from. Acked as "in doubt", the folded deltas would wait with no
+/// message pending; instead the publishing message fails, SQS delivers it again and the
+/// publication is retried: the first publication (`If-None-Match`) and a later one
+/// (`If-Match`), fanned out (the last projection message publishes; its redelivery publishes
+/// the same snapshot) and in process (the refit message; its redelivery refits again and
+/// retention removes the abandoned snapshot), with and without the retry's pointer write
+/// losing its answer (ack loss under the retry layer). Between the failure and the
+/// redelivery an upload lands that the refit did not fold: the retried publication deletes
+/// only the deltas it folded. Each publication takes exactly one refit number, a late
+/// duplicate of the failed message moves nothing, and the view is exact.
+#[test]
+fn a_refused_pointer_write_fails_the_message_and_its_redelivery_publishes() {
+    block(async {
+        for fanned_out in [true, false] {
+            for ack_loss in [false, true] {
+                let variant = format!(
+                    "{}, {}",
+                    if fanned_out {
+                        "fanned out"
+                    } else {
+                        "in process"
+                    },
+                    if ack_loss {
+                        "ack lost on the retry"
+                    } else {
+                        "retry answered"
+                    }
+                );
+                let options = if fanned_out {
+                    fanout_options()
+                } else {
+                    RefitOptions {
+                        fanout_parts: usize::MAX,
+                        ..fanout_options()
+                    }
+                };
+                let faults = refusing_plan(ack_loss);
+                let mut rig = Rig::with(|s| flaky(&faults, s), options);
+                let first = keys(0..300);
+                rig.upload(&first).await;
+                let publishing = if fanned_out {
+                    rig.deliver(&[forced()]).await;
+                    rig.sent().await
+                } else {
+                    vec![forced()]
+                };
+                let mut live = first.clone();
+                let foreign = keys(300..302);
+                refused_then_retried(&rig, &faults, &publishing, &foreign, ack_loss, &variant)
+                    .await;
+                live.extend(foreign);
+                assert_view_exact(&rig.store, &live).await;
+                // A later publication (`If-Match` on the pointer), with a fresh plan.
+                let faults = refusing_plan(ack_loss);
+                rig.rewire(|s| flaky(&faults, s));
+                let one = keys(302..303);
+                let messages = rig.upload(&one).await;
+                let publishing = if fanned_out {
+                    rig.deliver(&messages).await;
+                    let projections = rig.sent().await;
+                    assert!(
+                        projections.iter().all(|b| b.contains("\"project\"")),
+                        "{variant}: {projections:?}"
+                    );
+                    projections
+                } else {
+                    messages
+                };
+                live.extend(one);
+                let foreign = keys(303..304);
+                refused_then_retried(&rig, &faults, &publishing, &foreign, ack_loss, &variant)
+                    .await;
+                live.extend(foreign);
+                assert_view_exact(&rig.store, &live).await;
+            }
+        }
+    });
+}
+
+/// Refuses the first conditional write of the pointer without applying it; with `ack_loss`,
+/// the first one that lands (the retry's) loses its answer too.
+fn refusing_plan(ack_loss: bool) -> testkit::faults::Faults {
+    use testkit::faults::{Faults, Selector};
+    let pointer = || {
+        Selector::conditional()
+            .on_key("collections/c/current.json")
+            .times(1)
+    };
+    let faults = Faults::spurious_precondition_failures(pointer());
+    if ack_loss {
+        faults.and_ack_loss(pointer())
+    } else {
+        faults
+    }
+}
+
+/// `faults` over the folder, under the production retry layer.
+fn flaky(faults: &testkit::faults::Faults, store: FsStore) -> Flaky {
+    let policy = aws::retry::RetryPolicy {
+        attempts: 4,
+        base_delay: std::time::Duration::from_millis(1),
+        max_delay: std::time::Duration::from_millis(2),
+    };
+    aws::retry::Retrying::new(faults.store(store), policy)
+}
+
+/// Delivers `publishing` (the messages whose handling publishes: projection messages, or a
+/// refit message) with the pointer write refused once: exactly one fails, leaving the
+/// pointer and the deltas as they were and nothing on the refit queue. Then `foreign` is
+/// uploaded (its refit messages held back) and the failed message delivered again: it
+/// publishes at the next refit number (fanned out: the very snapshot of the projection,
+/// keeping the foreign deltas and asking a refit for them), and no other snapshot of that
+/// number is left. The held messages and whatever was asked are then delivered until the
+/// queue is empty, and a late duplicate of the failed message moves nothing.
+async fn refused_then_retried(
+    rig: &Rig<Flaky>,
+    faults: &testkit::faults::Faults,
+    publishing: &[String],
+    foreign: &[String],
+    ack_loss: bool,
+    variant: &str,
+) {
+    let layout = CollectionLayout::new("c");
+    let before = read_current(&rig.store, &layout).await.unwrap();
+    let seq = before.as_ref().map_or(0, |(p, _)| p.seq) + 1;
+    let folded = list_deltas(&rig.store, &layout).await.unwrap();
+    assert!(!folded.is_empty(), "{variant}");
+    let failed = rig.deliver_failing(publishing).await;
+    assert_eq!(failed.len(), 1, "{variant}: the publishing message fails");
+    assert_eq!(faults.spurious_failures(), 1, "{variant}");
+    let after = read_current(&rig.store, &layout).await.unwrap();
+    assert_eq!(
+        after.map(|(p, etag)| (p.snapshot, etag)),
+        before.map(|(p, etag)| (p.snapshot, etag)),
+        "{variant}: the refused write moved the pointer"
+    );
+    assert_eq!(
+        list_deltas(&rig.store, &layout).await.unwrap(),
+        folded,
+        "{variant}: a failed publication deleted deltas"
+    );
+    assert!(
+        rig.sent().await.is_empty(),
+        "{variant}: only the redelivery carries the publication"
+    );
+    let held = rig.upload(foreign).await;
+    let waiting = list_deltas(&rig.store, &layout).await.unwrap();
+    let foreign_ids: Vec<&String> = waiting.iter().filter(|d| !folded.contains(d)).collect();
+    // One ingest batch is one delta, however many files it holds.
+    assert!(
+        !foreign_ids.is_empty() && foreign_ids.len() <= foreign.len(),
+        "{variant}: the foreign upload left no delta waiting"
+    );
+    // The redelivery.
+    rig.deliver(&failed).await;
+    assert_eq!(faults.acks_lost(), usize::from(ack_loss), "{variant}");
+    let (now, _) = read_current(&rig.store, &layout).await.unwrap().unwrap();
+    assert_eq!(now.seq, seq, "{variant}: one refit number per publication");
+    let left = list_deltas(&rig.store, &layout).await.unwrap();
+    if failed[0].contains("\"project\"") {
+        assert_eq!(now.snapshot, snapshot_of(&failed[0]), "{variant}");
+        let kept: Vec<&String> = left.iter().collect();
+        assert_eq!(
+            kept, foreign_ids,
+            "{variant}: folded deltas kept or foreign ones deleted"
+        );
+        assert!(
+            !rig.refit_queue.is_empty(),
+            "{variant}: no refit asked for the changes waiting"
+        );
+    } else {
+        assert!(
+            left.is_empty(),
+            "{variant}: the new refit folds everything: {left:?}"
+        );
+    }
+    let at_seq: Vec<String> = rig
+        .store
+        .list(&layout.snapshots_prefix())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|o| {
+            let id = o
+                .key
+                .strip_prefix(&layout.snapshots_prefix())?
+                .split('/')
+                .next()?;
+            (id.split('-').next()?.parse::<u64>().ok()? == seq).then(|| id.to_string())
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        at_seq,
+        std::slice::from_ref(&now.snapshot),
+        "{variant}: abandoned snapshots left"
+    );
+    rig.deliver(&held).await;
+    rig.settle().await;
+    let (settled, _) = read_current(&rig.store, &layout).await.unwrap().unwrap();
+    rig.deliver(&failed).await;
+    rig.settle().await;
+    let (late, _) = read_current(&rig.store, &layout).await.unwrap().unwrap();
+    assert_eq!(
+        late.snapshot, settled.snapshot,
+        "{variant}: a late duplicate moved the pointer"
+    );
 }

@@ -72,7 +72,8 @@ fn featurize_commands(block: &str) -> Vec<(String, Vec<String>)> {
         let Some(at) = words.iter().position(|w| {
             *w == "featurize"
                 || w.ends_with("/featurize")
-                || (*w == "--" && line.contains("--bin featurize"))
+                || (*w == "--"
+                    && (line.contains("--bin featurize") || line.contains("-p featurize")))
         }) else {
             continue;
         };

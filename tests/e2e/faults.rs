@@ -49,6 +49,15 @@ pub(crate) struct Local {
 
 pub(crate) type Store = FaultyStore<FsStore>;
 
+/// The featurizers' settings: two threads, no deadline margin.
+fn featurizer_settings() -> FeaturizerSettings {
+    FeaturizerSettings {
+        worker_threads: 2,
+        deadline_margin: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
 impl Local {
     pub(crate) fn new(files: &[(String, Vec<u8>)]) -> Self {
         let (input, output) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -112,11 +121,7 @@ impl Local {
             faults.store(self.output_store()),
             faults.queue(&self.reduces),
             model(),
-            FeaturizerSettings {
-                worker_threads: 2,
-                deadline_margin: Duration::ZERO,
-                ..Default::default()
-            },
+            featurizer_settings(),
         )
     }
 
@@ -131,11 +136,7 @@ impl Local {
             faults.store(self.output_store()),
             faults.queue(&self.reduces),
             1280,
-            FeaturizerSettings {
-                worker_threads: 2,
-                deadline_margin: Duration::ZERO,
-                ..Default::default()
-            },
+            featurizer_settings(),
         )
     }
 
@@ -229,17 +230,8 @@ pub(crate) fn committed_state(
     run_id: &str,
     shard: usize,
 ) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let layout = RunLayout::new(run_id);
-    let marker: pipeline::manifest::DoneMarker = serde_json::from_slice(
-        &std::fs::read(local.output.join(layout.done_marker(shard))).expect("committed"),
-    )
-    .unwrap();
-    let read = |key: String| std::fs::read(local.output.join(key)).unwrap();
-    (
-        read(layout.results_part(shard)),
-        read(layout.attempt_stats(shard, &marker.attempt)),
-        read(layout.attempt_errors(shard, &marker.attempt)),
-    )
+    let (part, stats, errors) = committed_state_staged(local, run_id, shard);
+    (part.expect("the published part"), stats, errors)
 }
 
 /// [`committed_state`] before the part is necessarily published (it may be missing).
@@ -291,6 +283,173 @@ pub(crate) async fn before_last_shard(
     (local, run)
 }
 
+/// The splitter: crash after each step, then the same request again (a resume). Returns
+/// its number of steps.
+async fn sweep_splitter(
+    files: &[(String, Vec<u8>)],
+    request: &RunRequest,
+    reference: &Reference,
+) -> usize {
+    let clean = Faults::new();
+    let probe = Local::new(files);
+    probe.split(&clean, request).await.unwrap();
+    let split_steps = clean.steps();
+    assert!(
+        split_steps >= 2,
+        "manifest + shard messages: {:?}",
+        clean.log()
+    );
+    for n in 0..split_steps {
+        let local = Local::new(files);
+        let faults = Faults::crash_after(n);
+        assert!(
+            local.split(&faults, request).await.is_err(),
+            "splitter step {n}"
+        );
+        let run = local.split(&Faults::new(), request).await.unwrap();
+        local.drain().await;
+        local
+            .assert_clean(
+                &run.run_id,
+                reference,
+                &format!("splitter crash after step {n}"),
+            )
+            .await;
+    }
+    split_steps
+}
+
+/// The featurizer of the last shard (from `base`, every other shard featurized): attempt
+/// objects, commit, publish, claim, send. Returns its number of steps.
+async fn sweep_featurizer(base: &Local, run: &SplitOutcome, reference: &Reference) -> usize {
+    let last = run.shards - 1;
+    let clean = Faults::new();
+    let probe = base.fork();
+    let outcome = probe.featurize(&clean, &run.run_id, last).await.unwrap();
+    assert!(outcome.sent_reduce);
+    let featurize_steps = clean.steps();
+    assert_eq!(
+        featurize_steps,
+        9,
+        "attempt started, 3 attempt objects, commit, publish, the barrier's tree node over \
+         shards 2-3, claim, send: {:?}",
+        clean.log()
+    );
+    let want = committed_state(&probe, &run.run_id, last);
+    for n in 0..featurize_steps {
+        let local = base.fork();
+        let faults = Faults::crash_after(n);
+        let crashed = local.featurize(&faults, &run.run_id, last).await;
+        assert!(crashed.is_err(), "featurizer step {n}: {crashed:?}");
+        // SQS delivers the message again.
+        local
+            .featurize(&Faults::new(), &run.run_id, last)
+            .await
+            .unwrap();
+        let what = format!("featurizer crash after step {n} ({})", clean.log()[n]);
+        if n + 1 < featurize_steps {
+            // Crashed before its send: the redelivery claims and sends the reduce.
+            assert_eq!(local.reduces.len(), 1, "{what}: one reduce requested");
+        }
+        let (_, stats, errors) = committed_state_staged(&local, &run.run_id, last);
+        assert!(
+            (stats, errors) == (want.1.clone(), want.2.clone()),
+            "{what}: committed"
+        );
+        local.drain().await;
+        // A crash between the commit and the publication leaves the part to the reducer.
+        let part = std::fs::read(
+            local
+                .output
+                .join(RunLayout::new(&run.run_id).results_part(last)),
+        )
+        .unwrap();
+        assert!(part == want.0, "{what}: published part");
+        local.assert_clean(&run.run_id, reference, &what).await;
+    }
+    featurize_steps
+}
+
+/// No file under `dir` (or no `dir` at all).
+fn no_files_under(dir: &Path) -> bool {
+    !dir.exists()
+        || walkdir::WalkDir::new(dir)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .all(|e| !e.file_type().is_file())
+}
+
+/// The reducer (from `ready`, the reduce message queued): crash after each write, then the
+/// same message delivered again. Returns its number of steps and of crash points.
+async fn sweep_reducer(ready: &Local, run: &SplitOutcome, reference: &Reference) -> (usize, usize) {
+    let message: ReduceMessage = serde_json::from_str(&ready.reduces.pop().unwrap()).unwrap();
+    let clean = Faults::new();
+    let probe = ready.fork();
+    let reduced = probe
+        .reducer(&clean, Duration::from_secs(900))
+        .process(&message, "m1")
+        .await
+        .unwrap();
+    assert!(matches!(reduced, ReduceOutcome::Reduced(_)));
+    let reduce_steps = clean.steps();
+    assert!(reduce_steps >= 8, "{:?}", clean.log());
+    // Every step up to `_SUCCESS` and the first after it; the deletes of staging after
+    // it are all alike, so of those the first and the last.
+    let success = clean
+        .log()
+        .iter()
+        .position(|s| s.contains("Results_PCA/") && s.ends_with("_SUCCESS"))
+        .expect("_SUCCESS written");
+    let points: Vec<usize> = (0..reduce_steps)
+        .filter(|&n| n <= success + 1 || n + 1 == reduce_steps)
+        .collect();
+    let layout = RunLayout::new(&run.run_id);
+    for &n in &points {
+        let local = ready.fork();
+        let faults = Faults::crash_after(n);
+        let crashed = local
+            .reducer(&faults, Duration::from_secs(900))
+            .process(&message, "m1")
+            .await;
+        assert!(crashed.is_err(), "reducer step {n}");
+        // The message again, once the dead delivery's lock is stale (SQS redelivers after
+        // the visibility timeout, which is longer).
+        let retried = local
+            .reducer(&Faults::new(), Duration::ZERO)
+            .process(&message, "m1")
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                retried,
+                ReduceOutcome::Reduced(_) | ReduceOutcome::AlreadyReduced
+            ),
+            "step {n}"
+        );
+        assert!(
+            !local.output.join(layout.staging_prefix()).exists()
+                || no_files_under(&local.output.join("staging")),
+            "step {n}: staging deleted after the retry"
+        );
+        assert!(
+            no_files_under(
+                &local
+                    .output
+                    .join(pipeline::batch::reducer::reduce_prefix(&layout))
+            ),
+            "step {n}: the reduce's staged outputs deleted after the retry"
+        );
+        local
+            .assert_clean(
+                &run.run_id,
+                reference,
+                &format!("reducer crash after step {n} ({})", clean.log()[n]),
+            )
+            .await;
+    }
+    (reduce_steps, points.len())
+}
+
 /// Scenario a: crash-point sweep of the splitter, the featurizer and the reducer. Each is
 /// stopped after each of its write or send steps in turn, then its message is delivered
 /// again (or the run resumed), and the run must end as a clean one.
@@ -298,169 +457,18 @@ pub(crate) async fn before_last_shard(
 fn crash_point_sweep_of_every_handler_loses_and_duplicates_nothing() {
     let (files, request, reference) = setup();
     runtime().block_on(async {
-        // The splitter: crash after each step, then the same request again (a resume).
-        let clean = Faults::new();
-        let probe = Local::new(&files);
-        probe.split(&clean, &request).await.unwrap();
-        let split_steps = clean.steps();
-        assert!(
-            split_steps >= 2,
-            "manifest + shard messages: {:?}",
-            clean.log()
-        );
-        for n in 0..split_steps {
-            let local = Local::new(&files);
-            let faults = Faults::crash_after(n);
-            assert!(
-                local.split(&faults, &request).await.is_err(),
-                "splitter step {n}"
-            );
-            let run = local.split(&Faults::new(), &request).await.unwrap();
-            local.drain().await;
-            local
-                .assert_clean(
-                    &run.run_id,
-                    &reference,
-                    &format!("splitter crash after step {n}"),
-                )
-                .await;
-        }
-
-        // The featurizer of the last shard: attempt objects, commit, publish, claim, send.
+        let split_steps = sweep_splitter(&files, &request, &reference).await;
         let (base, run) = before_last_shard(&files, &request).await;
-        let last = run.shards - 1;
-        let clean = Faults::new();
-        let probe = base.fork();
-        let outcome = probe.featurize(&clean, &run.run_id, last).await.unwrap();
-        assert!(outcome.sent_reduce);
-        let featurize_steps = clean.steps();
-        assert_eq!(
-            featurize_steps,
-            9,
-            "attempt started, 3 attempt objects, commit, publish, the barrier's tree node over \
-             shards 2-3, claim, send: {:?}",
-            clean.log()
-        );
-        let want = committed_state(&probe, &run.run_id, last);
-        for n in 0..featurize_steps {
-            let local = base.fork();
-            let faults = Faults::crash_after(n);
-            let crashed = local.featurize(&faults, &run.run_id, last).await;
-            assert!(crashed.is_err(), "featurizer step {n}: {crashed:?}");
-            // SQS delivers the message again.
-            local
-                .featurize(&Faults::new(), &run.run_id, last)
-                .await
-                .unwrap();
-            let what = format!("featurizer crash after step {n} ({})", clean.log()[n]);
-            if n + 1 < featurize_steps {
-                // Crashed before its send: the redelivery claims and sends the reduce.
-                assert_eq!(local.reduces.len(), 1, "{what}: one reduce requested");
-            }
-            let (_, stats, errors) = committed_state_staged(&local, &run.run_id, last);
-            assert!(
-                (stats, errors) == (want.1.clone(), want.2.clone()),
-                "{what}: committed"
-            );
-            local.drain().await;
-            // A crash between the commit and the publication leaves the part to the reducer.
-            let part = std::fs::read(
-                local
-                    .output
-                    .join(RunLayout::new(&run.run_id).results_part(last)),
-            )
-            .unwrap();
-            assert!(part == want.0, "{what}: published part");
-            local.assert_clean(&run.run_id, &reference, &what).await;
-        }
-
-        // The reducer: crash after each write, then the same message delivered again.
+        let featurize_steps = sweep_featurizer(&base, &run, &reference).await;
         let ready = base.fork();
         ready
-            .featurize(&Faults::new(), &run.run_id, last)
+            .featurize(&Faults::new(), &run.run_id, run.shards - 1)
             .await
             .unwrap();
-        let message: ReduceMessage = serde_json::from_str(&ready.reduces.pop().unwrap()).unwrap();
-        let clean = Faults::new();
-        let probe = ready.fork();
-        let reduced = probe
-            .reducer(&clean, Duration::from_secs(900))
-            .process(&message, "m1")
-            .await
-            .unwrap();
-        assert!(matches!(reduced, ReduceOutcome::Reduced(_)));
-        let reduce_steps = clean.steps();
-        assert!(reduce_steps >= 8, "{:?}", clean.log());
-        // Every step up to `_SUCCESS` and the first after it; the deletes of staging after
-        // it are all alike, so of those the first and the last.
-        let success = clean
-            .log()
-            .iter()
-            .position(|s| s.contains("Results_PCA/") && s.ends_with("_SUCCESS"))
-            .expect("_SUCCESS written");
-        let points: Vec<usize> = (0..reduce_steps)
-            .filter(|&n| n <= success + 1 || n + 1 == reduce_steps)
-            .collect();
-        for &n in &points {
-            let local = ready.fork();
-            let faults = Faults::crash_after(n);
-            let crashed = local
-                .reducer(&faults, Duration::from_secs(900))
-                .process(&message, "m1")
-                .await;
-            assert!(crashed.is_err(), "reducer step {n}");
-            // The message again, once the dead delivery's lock is stale (SQS redelivers after
-            // the visibility timeout, which is longer).
-            let retried = local
-                .reducer(&Faults::new(), Duration::ZERO)
-                .process(&message, "m1")
-                .await
-                .unwrap();
-            assert!(
-                matches!(
-                    retried,
-                    ReduceOutcome::Reduced(_) | ReduceOutcome::AlreadyReduced
-                ),
-                "step {n}"
-            );
-            assert!(
-                !local
-                    .output
-                    .join(RunLayout::new(&run.run_id).staging_prefix())
-                    .exists()
-                    || walkdir::WalkDir::new(local.output.join("staging"))
-                        .into_iter()
-                        .filter_map(|e| e.ok())
-                        .all(|e| !e.file_type().is_file()),
-                "step {n}: staging deleted after the retry"
-            );
-            assert!(
-                !local
-                    .output
-                    .join(pipeline::batch::reducer::reduce_prefix(&RunLayout::new(
-                        &run.run_id
-                    )))
-                    .exists()
-                    || walkdir::WalkDir::new(local.output.join(
-                        pipeline::batch::reducer::reduce_prefix(&RunLayout::new(&run.run_id))
-                    ))
-                    .into_iter()
-                    .filter_map(|e| e.ok())
-                    .all(|e| !e.file_type().is_file()),
-                "step {n}: the reduce's staged outputs deleted after the retry"
-            );
-            local
-                .assert_clean(
-                    &run.run_id,
-                    &reference,
-                    &format!("reducer crash after step {n} ({})", clean.log()[n]),
-                )
-                .await;
-        }
+        let (reduce_steps, points) = sweep_reducer(&ready, &run, &reference).await;
         eprintln!(
             "crash-point sweep: splitter {split_steps} steps, featurizer {featurize_steps}, \
-             reducer {reduce_steps} ({} crash points): every crash recovered to the clean outputs",
-            points.len()
+             reducer {reduce_steps} ({points} crash points): every crash recovered to the clean outputs"
         );
     });
 }

@@ -6,9 +6,9 @@
 //! splitter's asynchronous-invocation harness sends to its on-failure destination under the
 //! splitter's role.
 //!
-//! The template is read at run time (`FEATURIZE_TEMPLATE` overrides the path) and its
-//! intrinsic functions are resolved for a test stack: a unique stack name, moto's account
-//! (123456789012), us-east-1 and the `aws` partition. The bucket and the queues are created
+//! The template is read at run time ([`testkit::template`]: `FEATURIZE_TEMPLATE` overrides the
+//! path) and its intrinsic functions are resolved for a test stack: a unique stack name,
+//! moto's account (123456789012), us-east-1 and the `aws` partition. The bucket and the queues are created
 //! with the names the template gives them, so the resolved ARNs are those of the test stack.
 //! Only the queues' timings are shortened (visibility 2 s, 2 deliveries before the DLQ).
 //!
@@ -19,7 +19,6 @@
 //! re-run too (`infra/iam-drop-statement.sh` re-runs the scenarios on edited templates).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,13 +27,9 @@ use aws::lambda::{
     handle_reducer_batch_requeuing, handle_shard_batch, handle_splitter_event,
     parse_splitter_event, Refitter,
 };
-use aws::sdk::{s3_client, S3Store, SqsQueue, SQS_EVENT_SOURCE_ACTIONS};
+use aws::sdk::{S3Store, SqsQueue, SQS_EVENT_SOURCE_ACTIONS};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use aws_sdk_s3::types::{
-    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
-    QueueConfiguration, S3KeyFilter,
-};
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_s3::types::Event;
 use pipeline::batch::featurizer::{FeaturizerSettings, ReduceClaim, ShardFeaturizer};
 use pipeline::batch::inference::Engine;
 use pipeline::batch::listing::ImageFilter;
@@ -46,16 +41,15 @@ use pipeline::layout::{request_binding, RunLayout};
 use pipeline::manifest::{ReduceMessage, RunOptions, RunRequest, ShardMessage};
 use pipeline::ports::queue::{Queue, QueueError};
 use pipeline::ports::store::{Bytes, ObjectStore};
-use serde_json::{json, Value as Json};
-use serde_norway::Value;
+use serde_json::{json, Value};
 use testkit::iam::{CheckedQueue, CheckedStore, Effect, Policy, Role, Statement};
+use testkit::moto::{self, sqs_event, Moto, Notification, Redrive, ACCOUNT, REGION};
+use testkit::template::{call, getatt, names, ref_name};
 
 use crate::common::*;
 
 mod checker;
 
-const ACCOUNT: &str = "123456789012"; // moto's default account
-const REGION: &str = "us-east-1";
 const PARTITION: &str = "aws";
 /// Test timings of the queues (the template's are minutes; the wiring is the template's).
 const VISIBILITY_S: i32 = 3;
@@ -64,17 +58,6 @@ const MAX_RECEIVE_COUNT: u32 = 2;
 /// Requests may read only under `images/` too (the splitter's listing grant is conditioned on it).
 const PARAMETER_OVERRIDES: &[(&str, &str)] =
     &[("InputPrefix", "images/"), ("InputPrefixes", "images/")];
-
-fn endpoint() -> String {
-    std::env::var("MOTO_ENDPOINT")
-        .expect("MOTO_ENDPOINT is not set: run the tests with ./infra/test.sh, which starts moto")
-}
-
-fn template_path() -> std::path::PathBuf {
-    std::env::var_os("FEATURIZE_TEMPLATE")
-        .map(Into::into)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml").into())
-}
 
 // ---------------------------------------------------------------------------------------------
 // The template, resolved for a test stack.
@@ -87,12 +70,14 @@ struct Created {
     arn: String,
 }
 
+/// The template ([`testkit::template`]) with its intrinsic functions resolved for a test
+/// stack.
 struct Template {
-    doc: Value,
+    t: &'static testkit::template::Template,
     stack: String,
-    params: HashMap<String, String>,
+    params: BTreeMap<String, String>,
     /// Parameters of type `CommaDelimitedList`: `!Ref` gives a list.
-    list_params: std::collections::HashSet<String>,
+    list_params: BTreeSet<String>,
     resources: HashMap<String, Created>,
 }
 
@@ -101,74 +86,28 @@ const NO_VALUE: &str = "\u{0}AWS::NoValue";
 
 impl Template {
     fn load(stack: &str) -> Self {
-        let path = template_path();
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        let doc: Value = serde_norway::from_str(&text)
-            .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
-        let mut params = HashMap::new();
-        let mut list_params = std::collections::HashSet::new();
-        if let Some(declared) = doc["Parameters"].as_mapping() {
-            for (name, p) in declared {
-                if p["Type"].as_str() == Some("CommaDelimitedList") {
-                    list_params.insert(name.as_str().unwrap().to_string());
-                }
-                let default = match &p["Default"] {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    Value::Bool(b) => b.to_string(),
-                    _ => continue,
-                };
-                params.insert(name.as_str().unwrap().to_string(), default);
-            }
-        }
+        let t = testkit::template::template();
+        let mut params = t.parameter_defaults();
         for (name, value) in PARAMETER_OVERRIDES {
             if params.contains_key(*name) {
                 params.insert(name.to_string(), value.to_string());
             }
         }
         Self {
-            doc,
+            t,
             stack: stack.to_string(),
             params,
-            list_params,
+            list_params: t.list_parameters(),
             resources: HashMap::new(),
         }
     }
 
-    fn resource(&self, id: &str) -> &Value {
-        let r = &self.doc["Resources"][id];
-        assert!(!r.is_null(), "template.yaml has no resource {id}");
-        r
+    fn resource(&self, id: &str) -> &'static Value {
+        self.t.resource(id)
     }
 
-    fn of_type<'a>(&'a self, ty: &'a str) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
-        self.doc["Resources"]
-            .as_mapping()
-            .expect("template.yaml has no Resources")
-            .iter()
-            .filter(move |(_, r)| r["Type"].as_str() == Some(ty))
-            .map(|(id, r)| (id.as_str().unwrap(), r))
-    }
-
-    /// An intrinsic function call: (name without `Fn::`, argument).
-    fn intrinsic(v: &Value) -> Option<(String, &Value)> {
-        match v {
-            Value::Tagged(t) => Some((
-                t.tag.to_string().trim_start_matches('!').to_string(),
-                &t.value,
-            )),
-            Value::Mapping(m) if m.len() == 1 => {
-                let (k, arg) = m.iter().next()?;
-                let k = k.as_str()?;
-                if k == "Ref" || k == "Condition" {
-                    Some((k.to_string(), arg))
-                } else {
-                    k.strip_prefix("Fn::").map(|name| (name.to_string(), arg))
-                }
-            }
-            _ => None,
-        }
+    fn of_type(&self, ty: &'static str) -> impl Iterator<Item = (&'static str, &'static Value)> {
+        self.t.of_type(ty)
     }
 
     fn reference(&self, name: &str) -> String {
@@ -222,20 +161,20 @@ impl Template {
     }
 
     fn condition(&self, name: &str) -> bool {
-        let c = &self.doc["Conditions"][name];
+        let c = &self.t["Conditions"][name];
         assert!(!c.is_null(), "no condition {name}");
         self.truth(c)
     }
 
     fn truth(&self, v: &Value) -> bool {
-        let (name, arg) = Self::intrinsic(v).unwrap_or_else(|| panic!("not a condition: {v:?}"));
-        let args = || arg.as_sequence().expect("condition arguments").iter();
-        match name.as_str() {
+        let (name, arg) = call(v).unwrap_or_else(|| panic!("not a condition: {v:?}"));
+        let args = || arg.as_array().expect("condition arguments").iter();
+        match name {
             "Equals" => {
-                let a: Vec<Json> = args().map(|x| self.resolve(x)).collect();
+                let a: Vec<Value> = args().map(|x| self.resolve(x)).collect();
                 a[0].to_string().trim_matches('"') == a[1].to_string().trim_matches('"')
             }
-            "Not" => !self.truth(&arg.as_sequence().expect("!Not [cond]")[0]),
+            "Not" => !self.truth(&arg.as_array().expect("!Not [cond]")[0]),
             "And" => args().all(|x| self.truth(x)),
             "Or" => args().any(|x| self.truth(x)),
             "Condition" => self.condition(arg.as_str().unwrap()),
@@ -243,110 +182,106 @@ impl Template {
         }
     }
 
-    /// The value with every intrinsic function resolved, as JSON.
-    fn resolve(&self, v: &Value) -> Json {
-        if let Some((name, arg)) = Self::intrinsic(v) {
-            return match name.as_str() {
-                "Ref" => {
-                    let name = arg.as_str().expect("!Ref name");
-                    let value = self.reference(name);
-                    if self.list_params.contains(name) {
-                        Json::Array(value.split(',').map(|v| Json::String(v.into())).collect())
-                    } else {
-                        Json::String(value)
-                    }
-                }
-                "Split" => {
-                    let s = arg.as_sequence().unwrap();
-                    let text = match self.resolve(&s[1]) {
-                        Json::String(t) => t,
-                        other => panic!("!Split of {other}"),
-                    };
-                    Json::Array(
-                        text.split(s[0].as_str().unwrap())
-                            .map(|v| Json::String(v.into()))
-                            .collect(),
-                    )
-                }
-                "GetAtt" => {
-                    let (id, attr) = match arg {
-                        Value::Sequence(s) => (
-                            s[0].as_str().unwrap().to_string(),
-                            s[1].as_str().unwrap().to_string(),
-                        ),
-                        other => {
-                            let (a, b) = other.as_str().unwrap().split_once('.').unwrap();
-                            (a.to_string(), b.to_string())
-                        }
-                    };
-                    Json::String(self.getatt(&id, &attr))
-                }
-                "Sub" => match arg {
-                    Value::Sequence(s) => {
-                        let vars = s[1]
-                            .as_mapping()
-                            .unwrap()
-                            .iter()
-                            .map(|(k, v)| {
-                                let value = match self.resolve(v) {
-                                    Json::String(s) => s,
-                                    other => other.to_string(),
-                                };
-                                (k.as_str().unwrap().to_string(), value)
-                            })
-                            .collect();
-                        Json::String(self.sub(s[0].as_str().unwrap(), &vars))
-                    }
-                    other => Json::String(self.sub(other.as_str().unwrap(), &HashMap::new())),
-                },
-                "If" => {
-                    let s = arg.as_sequence().unwrap();
-                    let pick = if self.condition(s[0].as_str().unwrap()) {
-                        &s[1]
-                    } else {
-                        &s[2]
-                    };
-                    self.resolve(pick)
-                }
-                "Join" => {
-                    let s = arg.as_sequence().unwrap();
-                    let parts: Vec<String> = match self.resolve(&s[1]) {
-                        Json::Array(items) => items
-                            .into_iter()
-                            .map(|i| i.as_str().unwrap_or_default().to_string())
-                            .collect(),
-                        other => panic!("!Join of {other}"),
-                    };
-                    Json::String(parts.join(s[0].as_str().unwrap()))
-                }
-                other => panic!("intrinsic function {other} is not modelled by the IAM test"),
-            };
+    /// The value with every intrinsic function resolved.
+    fn resolve(&self, v: &Value) -> Value {
+        if let Some((name, arg)) = call(v) {
+            return self.resolve_call(name, arg);
         }
         match v {
-            Value::Null => Json::Null,
-            Value::Bool(b) => Json::Bool(*b),
-            Value::Number(n) => serde_json::from_str(&n.to_string()).unwrap(),
-            Value::String(s) => Json::String(s.clone()),
-            Value::Sequence(items) => Json::Array(
+            Value::Array(items) => Value::Array(
                 items
                     .iter()
                     .map(|i| self.resolve(i))
                     .filter(|i| i.as_str() != Some(NO_VALUE))
                     .collect(),
             ),
-            Value::Mapping(m) => Json::Object(
+            Value::Object(m) => Value::Object(
                 m.iter()
-                    .map(|(k, v)| (k.as_str().unwrap().to_string(), self.resolve(v)))
+                    .map(|(k, v)| (k.clone(), self.resolve(v)))
                     .filter(|(_, v)| v.as_str() != Some(NO_VALUE))
                     .collect(),
             ),
-            Value::Tagged(_) => unreachable!("handled above"),
+            scalar => scalar.clone(),
+        }
+    }
+
+    /// An intrinsic function's value: `name` (without `Fn::`) called on `arg`.
+    fn resolve_call(&self, name: &str, arg: &Value) -> Value {
+        let list = || arg.as_array().unwrap();
+        match name {
+            "Ref" => {
+                let name = arg.as_str().expect("!Ref name");
+                let value = self.reference(name);
+                if self.list_params.contains(name) {
+                    Value::Array(value.split(',').map(|v| Value::String(v.into())).collect())
+                } else {
+                    Value::String(value)
+                }
+            }
+            "Split" => {
+                let s = list();
+                let text = match self.resolve(&s[1]) {
+                    Value::String(t) => t,
+                    other => panic!("!Split of {other}"),
+                };
+                Value::Array(
+                    text.split(s[0].as_str().unwrap())
+                        .map(|v| Value::String(v.into()))
+                        .collect(),
+                )
+            }
+            "GetAtt" => {
+                let (id, attr) = match arg {
+                    Value::Array(s) => (s[0].as_str().unwrap(), s[1].as_str().unwrap()),
+                    other => other.as_str().unwrap().split_once('.').unwrap(),
+                };
+                Value::String(self.getatt(id, attr))
+            }
+            "Sub" => match arg {
+                Value::Array(s) => {
+                    let vars = s[1]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| {
+                            let value = match self.resolve(v) {
+                                Value::String(s) => s,
+                                other => other.to_string(),
+                            };
+                            (k.clone(), value)
+                        })
+                        .collect();
+                    Value::String(self.sub(s[0].as_str().unwrap(), &vars))
+                }
+                other => Value::String(self.sub(other.as_str().unwrap(), &HashMap::new())),
+            },
+            "If" => {
+                let s = list();
+                let pick = if self.condition(s[0].as_str().unwrap()) {
+                    &s[1]
+                } else {
+                    &s[2]
+                };
+                self.resolve(pick)
+            }
+            "Join" => {
+                let s = list();
+                let parts: Vec<String> = match self.resolve(&s[1]) {
+                    Value::Array(items) => items
+                        .into_iter()
+                        .map(|i| i.as_str().unwrap_or_default().to_string())
+                        .collect(),
+                    other => panic!("!Join of {other}"),
+                };
+                Value::String(parts.join(s[0].as_str().unwrap()))
+            }
+            other => panic!("intrinsic function {other} is not modelled by the IAM test"),
         }
     }
 
     fn resolve_str(&self, v: &Value) -> String {
         match self.resolve(v) {
-            Json::String(s) => s,
+            Value::String(s) => s,
             other => panic!("expected a string, got {other}"),
         }
     }
@@ -355,17 +290,8 @@ impl Template {
     /// else the last component of CodeUri).
     fn function(&self, binary: &str) -> String {
         let found: Vec<&str> = self
-            .of_type("AWS::Serverless::Function")
-            .filter(|(_, f)| {
-                let name = f["Metadata"]["BuildProperties"]["Binary"]
-                    .as_str()
-                    .or_else(|| {
-                        f["Properties"]["CodeUri"]
-                            .as_str()
-                            .map(|u| u.trim_end_matches('/').rsplit('/').next().unwrap_or(u))
-                    });
-                name == Some(binary)
-            })
+            .t
+            .functions_built_from(binary)
             .map(|(id, _)| id)
             .collect();
         assert_eq!(
@@ -376,46 +302,24 @@ impl Template {
         found[0].to_string()
     }
 
-    /// Whether `v` names the function `id` (`!Ref id`, `!GetAtt id.Arn`, or the literal).
-    fn names(v: &Value, id: &str) -> bool {
-        match Self::intrinsic(v) {
-            Some((name, arg)) if name == "Ref" => arg.as_str() == Some(id),
-            Some((name, arg)) if name == "GetAtt" => match arg {
-                Value::Sequence(s) => s[0].as_str() == Some(id),
-                other => other
-                    .as_str()
-                    .is_some_and(|s| s.split('.').next() == Some(id)),
-            },
-            _ => false,
-        }
-    }
-
     /// Every statement of the role of function `id`: its SAM `Policies` (inline statements
     /// only: a managed policy cannot be checked), or the policies of its explicit `Role`, plus
     /// what SAM attaches for SQS event sources (AWSLambdaSQSQueueExecutionRole).
     fn role_policy(&self, id: &str) -> Policy {
         let props = &self.resource(id)["Properties"];
-        let mut documents: Vec<(String, Json)> = Vec::new();
+        let mut documents: Vec<(String, Value)> = Vec::new();
         if !props["Role"].is_null() {
-            let role_id = match Self::intrinsic(&props["Role"]) {
-                Some((_, arg)) => match arg {
-                    Value::Sequence(s) => s[0].as_str().unwrap().to_string(),
-                    other => other
-                        .as_str()
-                        .unwrap()
-                        .split('.')
-                        .next()
-                        .unwrap()
-                        .to_string(),
-                },
+            let role_id = match call(&props["Role"]) {
+                Some((_, Value::Array(s))) => s[0].as_str().unwrap(),
+                Some((_, other)) => other.as_str().unwrap().split('.').next().unwrap(),
                 None => panic!("{id}: Role must be !GetAtt <AWS::IAM::Role>.Arn"),
             };
-            let role = &self.resource(&role_id)["Properties"];
+            let role = &self.resource(role_id)["Properties"];
             assert!(
                 role["ManagedPolicyArns"].is_null(),
                 "{role_id}: managed policies cannot be checked"
             );
-            for p in role["Policies"].as_sequence().into_iter().flatten() {
+            for p in role["Policies"].as_array().into_iter().flatten() {
                 documents.push((
                     format!("{role_id}/{}", p["PolicyName"].as_str().unwrap_or("?")),
                     self.resolve(&p["PolicyDocument"]),
@@ -423,7 +327,7 @@ impl Template {
             }
         }
         for (i, p) in props["Policies"]
-            .as_sequence()
+            .as_array()
             .into_iter()
             .flatten()
             .enumerate()
@@ -438,7 +342,7 @@ impl Template {
         let mut statements = Vec::new();
         for (name, doc) in documents {
             let list = match &doc["Statement"] {
-                Json::Array(items) => items.clone(),
+                Value::Array(items) => items.clone(),
                 single => vec![single.clone()],
             };
             for (i, s) in list.iter().enumerate() {
@@ -446,13 +350,13 @@ impl Template {
                     .push(Statement::from_json(s, i).unwrap_or_else(|e| panic!("{name}: {e}")));
             }
         }
-        for (event, e) in props["Events"].as_mapping().into_iter().flatten() {
+        for (event, e) in props["Events"].as_object().into_iter().flatten() {
             if e["Type"].as_str() == Some("SQS") {
                 // SAM attaches the managed policy AWSLambdaSQSQueueExecutionRole.
                 statements.push(
                     Statement::from_json(
                         &json!({
-                            "Sid": format!("SAM-AWSLambdaSQSQueueExecutionRole({})", event.as_str().unwrap_or("?")),
+                            "Sid": format!("SAM-AWSLambdaSQSQueueExecutionRole({event})"),
                             "Effect": "Allow",
                             "Action": SQS_EVENT_SOURCE_ACTIONS,
                             "Resource": "*"
@@ -470,11 +374,11 @@ impl Template {
     fn consumed_queues(&self, id: &str) -> Vec<String> {
         let mut found: Vec<String> = self
             .of_type("AWS::Lambda::EventSourceMapping")
-            .filter(|(_, m)| Self::names(&m["Properties"]["FunctionName"], id))
+            .filter(|(_, m)| names(&m["Properties"]["FunctionName"], id))
             .map(|(_, m)| self.resolve_str(&m["Properties"]["EventSourceArn"]))
             .collect();
         for (_, e) in self.resource(id)["Properties"]["Events"]
-            .as_mapping()
+            .as_object()
             .into_iter()
             .flatten()
         {
@@ -493,7 +397,7 @@ impl Template {
             .next()
             .expect("template.yaml has no AWS::S3::Bucket");
         let configs = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
-            .as_sequence()
+            .as_array()
             .expect("the bucket notifies a queue of inbox objects (QueueConfigurations)");
         let events: Vec<String> = configs
             .iter()
@@ -505,15 +409,11 @@ impl Template {
                 "no {wanted} notification: {events:?}"
             );
         }
-        let queue = match Self::intrinsic(&configs[0]["Queue"]) {
-            Some((name, Value::Sequence(s))) if name == "GetAtt" => {
-                s[0].as_str().unwrap().to_string()
-            }
-            Some((name, v)) if name == "GetAtt" => {
-                v.as_str().unwrap().split('.').next().unwrap().to_string()
-            }
-            other => panic!(
-                "the inbox notification's Queue should be !GetAtt <queue>.Arn, got {other:?}"
+        let queue = match getatt(&configs[0]["Queue"]) {
+            Some((queue, _)) => queue.to_string(),
+            None => panic!(
+                "the inbox notification's Queue should be !GetAtt <queue>.Arn, got {:?}",
+                configs[0]["Queue"]
             ),
         };
         let prefix = self.resolve_str(&configs[0]["Filter"]["S3Key"]["Rules"][0]["Value"]);
@@ -524,13 +424,13 @@ impl Template {
     /// retries before it (AWS::Lambda::EventInvokeConfig).
     fn on_failure(&self, id: &str) -> Option<(String, u32)> {
         self.of_type("AWS::Lambda::EventInvokeConfig")
-            .find(|(_, c)| Self::names(&c["Properties"]["FunctionName"], id))
+            .find(|(_, c)| names(&c["Properties"]["FunctionName"], id))
             .and_then(|(_, c)| {
                 let p = &c["Properties"];
                 let destination = &p["DestinationConfig"]["OnFailure"]["Destination"];
                 (!destination.is_null()).then(|| {
                     let retries = match self.resolve(&p["MaximumRetryAttempts"]) {
-                        Json::Null => 2,
+                        Value::Null => 2,
                         v => v.as_u64().or_else(|| v.as_str()?.parse().ok()).unwrap() as u32,
                     };
                     (self.resolve_str(destination), retries)
@@ -541,9 +441,9 @@ impl Template {
     /// The queue (logical id) an environment variable of function `id` points at (`!Ref Q`).
     fn env_queue(&self, id: &str, var: &str) -> String {
         let v = &self.resource(id)["Properties"]["Environment"]["Variables"][var];
-        match Self::intrinsic(v) {
-            Some((name, arg)) if name == "Ref" => arg.as_str().unwrap().to_string(),
-            _ => panic!("{id}: {var} should be !Ref <queue>, got {v:?}"),
+        match ref_name(v) {
+            Some(queue) => queue.to_string(),
+            None => panic!("{id}: {var} should be !Ref <queue>, got {v:?}"),
         }
     }
 }
@@ -571,8 +471,7 @@ impl Roles {
 }
 
 struct Stack {
-    s3: aws_sdk_s3::Client,
-    sqs: aws_sdk_sqs::Client,
+    moto: Moto,
     bucket: String,
     bucket_arn: String,
     shard_queue: QueueRef,
@@ -592,117 +491,22 @@ struct Stack {
     splitter_on_failure: Option<(QueueRef, u32)>,
 }
 
-static STACKS: AtomicUsize = AtomicUsize::new(0);
-
 impl Stack {
     async fn new() -> Self {
-        let stack_name = format!(
-            "iam{}-{}",
-            std::process::id(),
-            STACKS.fetch_add(1, Ordering::Relaxed)
-        );
+        let stack_name = moto::unique("iam");
         let mut t = Template::load(&stack_name);
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(endpoint())
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "test", "test", None, None, "moto",
-            ))
-            .load()
+        let moto = Moto::connect().await;
+        let queues = create_queues(&moto, &mut t, &stack_name).await;
+        let (bucket, bucket_arn) = create_bucket(&moto, &mut t).await;
+        let requests_queue = moto
+            .create_queue(&format!("{stack_name}-test-requests"), None, None)
             .await;
-        let s3 = s3_client(&config);
-        let sqs = aws_sdk_sqs::Client::new(&config);
-
-        // Queues, named as the template names them; then their redrive policies.
-        let mut queues = BTreeMap::new();
-        let queue_ids: Vec<String> = t
-            .of_type("AWS::SQS::Queue")
-            .map(|(id, _)| id.to_string())
-            .collect();
-        for id in &queue_ids {
-            let props = &t.resource(id)["Properties"];
-            let name = match &props["QueueName"] {
-                Value::Null => format!("{stack_name}-{id}"),
-                v => t.resolve_str(v),
-            };
-            let url = sqs
-                .create_queue()
-                .queue_name(&name)
-                .attributes(
-                    QueueAttributeName::VisibilityTimeout,
-                    VISIBILITY_S.to_string(),
-                )
-                .send()
-                .await
-                .expect("create queue")
-                .queue_url()
-                .unwrap()
-                .to_string();
-            let arn = queue_arn(&sqs, &url).await;
-            t.resources.insert(
-                id.clone(),
-                Created {
-                    reference: url.clone(),
-                    arn: arn.clone(),
-                },
-            );
-            queues.insert(id.clone(), QueueRef { url, arn });
-        }
-        for id in &queue_ids {
-            let redrive = &t.resource(id)["Properties"]["RedrivePolicy"];
-            if redrive.is_null() {
-                continue;
-            }
-            let dlq = t.resolve_str(&redrive["deadLetterTargetArn"]);
-            let policy =
-                json!({ "deadLetterTargetArn": dlq, "maxReceiveCount": MAX_RECEIVE_COUNT });
-            sqs.set_queue_attributes()
-                .queue_url(&queues[id].url)
-                .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
-                .send()
-                .await
-                .expect("redrive policy");
-        }
-
-        // The data bucket, named as the template names it, notifying run requests.
-        let (bucket_id, bucket) = t
-            .of_type("AWS::S3::Bucket")
-            .next()
-            .map(|(id, b)| {
-                (
-                    id.to_string(),
-                    t.resolve_str(&b["Properties"]["BucketName"]),
-                )
-            })
-            .expect("template.yaml has no AWS::S3::Bucket");
-        let bucket_arn = format!("arn:{PARTITION}:s3:::{bucket}");
-        t.resources.insert(
-            bucket_id,
-            Created {
-                reference: bucket.clone(),
-                arn: bucket_arn.clone(),
-            },
-        );
-        s3.create_bucket()
-            .bucket(&bucket)
-            .send()
-            .await
-            .expect("create bucket");
-        let requests_queue = sqs
-            .create_queue()
-            .queue_name(format!("{stack_name}-test-requests"))
-            .send()
-            .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_string();
         let (ingest_id, inbox) = t.inbox_notification();
         let ingest_queue = queues[&ingest_id].clone();
         notify_requests(
-            &s3,
+            &moto,
             &bucket,
-            &queue_arn(&sqs, &requests_queue).await,
+            &moto.queue_arn(&requests_queue).await,
             (&ingest_queue.arn, &inbox),
         )
         .await;
@@ -737,8 +541,7 @@ impl Stack {
             ingest_queue,
             refit_queue,
             inbox,
-            s3,
-            sqs,
+            moto,
             bucket,
             bucket_arn,
             shard_queue,
@@ -761,7 +564,7 @@ impl Stack {
         assert!(
             denials.is_empty(),
             "{step}: the roles of template.yaml ({}) refuse calls the pipeline makes:\n  {}",
-            template_path().display(),
+            testkit::template::template().path().display(),
             denials.join("\n  ")
         );
     }
@@ -772,7 +575,7 @@ impl Stack {
     }
 
     fn store(&self) -> S3Store {
-        S3Store::new(self.s3.clone(), &self.bucket)
+        S3Store::new(self.moto.s3.clone(), &self.bucket)
     }
 
     fn checked_store(&self, role: &Arc<Role>) -> CheckedStore<S3Store> {
@@ -781,7 +584,7 @@ impl Stack {
 
     fn checked_queue(&self, role: &Arc<Role>, queue: &QueueRef) -> CheckedQueue<SqsQueue> {
         CheckedQueue::new(
-            SqsQueue::new(self.sqs.clone(), &queue.url),
+            SqsQueue::new(self.moto.sqs.clone(), &queue.url),
             role.clone(),
             &queue.arn,
         )
@@ -822,17 +625,13 @@ impl Stack {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             assert!(Instant::now() < deadline, "no S3 notification for {key}");
-            for message in receive(&self.sqs, &self.requests_queue, 10).await {
+            for message in self.moto.receive(&self.requests_queue, 10).await {
                 let body = message.body().unwrap().to_string();
-                let event: Json = serde_json::from_str(&body).unwrap();
+                let event: Value = serde_json::from_str(&body).unwrap();
                 let ours = body.contains(&format!("{name}.json"));
-                self.sqs
-                    .delete_message()
-                    .queue_url(&self.requests_queue)
-                    .receipt_handle(message.receipt_handle().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
+                self.moto
+                    .delete(&self.requests_queue, message.receipt_handle().unwrap())
+                    .await;
                 let retries = self.splitter_on_failure.as_ref().map_or(2, |(_, r)| *r);
                 let mut last_error = String::new();
                 for _ in 0..=retries {
@@ -867,7 +666,8 @@ impl Stack {
                         "requestPayload": event,
                         "responsePayload": {"errorMessage": last_error},
                     });
-                    self.sqs
+                    self.moto
+                        .sqs
                         .send_message()
                         .queue_url(&destination.url)
                         .message_body(record.to_string())
@@ -881,7 +681,7 @@ impl Stack {
     }
 
     async fn submit(&self, name: &str, request: &RunRequest) -> SplitOutcome {
-        let shard_queue = SqsQueue::new(self.sqs.clone(), &self.shard_queue.url);
+        let shard_queue = SqsQueue::new(self.moto.sqs.clone(), &self.shard_queue.url);
         let result = self.submit_with(name, request, shard_queue).await;
         self.assert_allowed(&format!("splitter on request {name}"));
         let mut outcomes = result.unwrap_or_else(|e| panic!("splitter failed on {name}: {e}"));
@@ -921,14 +721,14 @@ impl Stack {
                 Instant::now() < deadline,
                 "queue {} did not drain: {delivered} deliveries, {failures} reported failed, depth {:?}",
                 queue.url,
-                depth(&self.sqs, &queue.url).await
+                self.moto.depth(&queue.url).await
             );
             if role.check("sqs:ReceiveMessage", &queue.arn).is_err() {
                 return delivered;
             }
-            let messages = receive(&self.sqs, &queue.url, batch).await;
+            let messages = self.moto.receive(&queue.url, batch).await;
             if messages.is_empty() {
-                if depth(&self.sqs, &queue.url).await == (0, 0) {
+                if self.moto.depth(&queue.url).await == (0, 0) {
                     return delivered;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -947,13 +747,9 @@ impl Stack {
                     if role.check("sqs:DeleteMessage", &queue.arn).is_err() {
                         return delivered;
                     }
-                    self.sqs
-                        .delete_message()
-                        .queue_url(&queue.url)
-                        .receipt_handle(message.receipt_handle().unwrap())
-                        .send()
-                        .await
-                        .unwrap();
+                    self.moto
+                        .delete(&queue.url, message.receipt_handle().unwrap())
+                        .await;
                 }
             }
         }
@@ -1124,27 +920,11 @@ impl Stack {
 
     /// Takes every message off a queue unprocessed (a lost message, as far as the run knows).
     async fn lose_messages(&self, queue: &QueueRef) -> usize {
-        let mut n = 0;
-        loop {
-            let messages = receive(&self.sqs, &queue.url, 10).await;
-            if messages.is_empty() {
-                return n;
-            }
-            for m in messages {
-                n += 1;
-                self.sqs
-                    .delete_message()
-                    .queue_url(&queue.url)
-                    .receipt_handle(m.receipt_handle().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        }
+        self.moto.drain(&queue.url).await
     }
 
     async fn send(&self, queue: &QueueRef, body: String) {
-        SqsQueue::new(self.sqs.clone(), &queue.url)
+        SqsQueue::new(self.moto.sqs.clone(), &queue.url)
             .send_all(vec![body])
             .await
             .unwrap();
@@ -1171,136 +951,95 @@ impl Stack {
             .get(&RunLayout::new(run_id).summary())
             .await
             .unwrap();
-        let summary: Json = serde_json::from_slice(&bytes).unwrap();
+        let summary: Value = serde_json::from_slice(&bytes).unwrap();
         summary["status"].as_str().unwrap().to_string()
     }
 }
 
-async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
-    let attributes = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap();
-    attributes.attributes().unwrap()[&QueueAttributeName::QueueArn].clone()
+/// The template's queues, named as the template names them (their timings the test's), then
+/// their redrive policies; each registered in `t` for `!Ref`/`!GetAtt`. By logical id.
+async fn create_queues(
+    moto: &Moto,
+    t: &mut Template,
+    stack_name: &str,
+) -> BTreeMap<String, QueueRef> {
+    let mut queues = BTreeMap::new();
+    let queue_ids: Vec<&str> = t.of_type("AWS::SQS::Queue").map(|(id, _)| id).collect();
+    for id in &queue_ids {
+        let props = &t.resource(id)["Properties"];
+        let name = match &props["QueueName"] {
+            Value::Null => format!("{stack_name}-{id}"),
+            v => t.resolve_str(v),
+        };
+        let url = moto.create_queue(&name, Some(VISIBILITY_S), None).await;
+        let arn = moto.queue_arn(&url).await;
+        t.resources.insert(
+            id.to_string(),
+            Created {
+                reference: url.clone(),
+                arn: arn.clone(),
+            },
+        );
+        queues.insert(id.to_string(), QueueRef { url, arn });
+    }
+    for id in &queue_ids {
+        let redrive = &t.resource(id)["Properties"]["RedrivePolicy"];
+        if redrive.is_null() {
+            continue;
+        }
+        let redrive = Redrive {
+            dlq_arn: t.resolve_str(&redrive["deadLetterTargetArn"]),
+            max_receive_count: MAX_RECEIVE_COUNT,
+        };
+        moto.set_redrive(&queues[*id].url, &redrive).await;
+    }
+    queues
 }
 
-async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> (usize, usize) {
-    let attributes = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::All)
-        .send()
-        .await
-        .unwrap();
-    let attributes = attributes.attributes().unwrap();
-    let count = |name| {
-        attributes
-            .get(&name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (
-        count(QueueAttributeName::ApproximateNumberOfMessages),
-        count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-    )
+/// The data bucket, named as the template names it, registered in `t`: (name, ARN).
+async fn create_bucket(moto: &Moto, t: &mut Template) -> (String, String) {
+    let (bucket_id, bucket) = t
+        .of_type("AWS::S3::Bucket")
+        .next()
+        .map(|(id, b)| (id, t.resolve_str(&b["Properties"]["BucketName"])))
+        .expect("template.yaml has no AWS::S3::Bucket");
+    let bucket_arn = format!("arn:{PARTITION}:s3:::{bucket}");
+    t.resources.insert(
+        bucket_id.to_string(),
+        Created {
+            reference: bucket.clone(),
+            arn: bucket_arn.clone(),
+        },
+    );
+    moto.create_bucket(&bucket).await;
+    (bucket, bucket_arn)
 }
 
-async fn receive(
-    sqs: &aws_sdk_sqs::Client,
-    url: &str,
-    max: i32,
-) -> Vec<aws_sdk_sqs::types::Message> {
-    sqs.receive_message()
-        .queue_url(url)
-        .max_number_of_messages(max)
-        .wait_time_seconds(0)
-        .message_system_attribute_names(MessageSystemAttributeName::All)
-        .send()
-        .await
-        .unwrap()
-        .messages()
-        .to_vec()
-}
-
+/// The bucket's notifications: run requests to the test's queue (S3 → the splitter's
+/// asynchronous invoke), and the template's inbox notifications (created and removed
+/// objects → the ingest queue).
 async fn notify_requests(
-    s3: &aws_sdk_s3::Client,
+    moto: &Moto,
     bucket: &str,
     queue_arn: &str,
     (ingest_arn, inbox): (&str, &str),
 ) {
-    let rule = |name, value: &str| FilterRule::builder().name(name).value(value).build();
-    let filter = NotificationConfigurationFilter::builder()
-        .key(
-            S3KeyFilter::builder()
-                .filter_rules(rule(FilterRuleName::Prefix, "runs/requests/"))
-                .filter_rules(rule(FilterRuleName::Suffix, ".json"))
-                .build(),
-        )
-        .build();
-    let notification = QueueConfiguration::builder()
-        .queue_arn(queue_arn)
-        .events(Event::S3ObjectCreated)
-        .filter(filter)
-        .build()
-        .unwrap();
-    // The template's inbox notifications: created and removed objects → the ingest queue.
-    let inbox_filter = NotificationConfigurationFilter::builder()
-        .key(
-            S3KeyFilter::builder()
-                .filter_rules(rule(FilterRuleName::Prefix, inbox))
-                .build(),
-        )
-        .build();
-    let ingest = QueueConfiguration::builder()
-        .queue_arn(ingest_arn)
-        .events(Event::from("s3:ObjectCreated:*"))
-        .events(Event::from("s3:ObjectRemoved:*"))
-        .filter(inbox_filter)
-        .build()
-        .unwrap();
-    s3.put_bucket_notification_configuration()
-        .bucket(bucket)
-        .notification_configuration(
-            NotificationConfiguration::builder()
-                .queue_configurations(notification)
-                .queue_configurations(ingest)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("bucket notification");
-}
-
-/// The `SqsEvent` Lambda delivers for these messages.
-fn sqs_event(messages: &[aws_sdk_sqs::types::Message], arn: &str) -> SqsEvent {
-    let records: Vec<Json> = messages
-        .iter()
-        .map(|m| {
-            let attributes: HashMap<String, String> = m
-                .attributes()
-                .map(|a| {
-                    a.iter()
-                        .map(|(k, v)| (k.as_str().to_string(), v.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            json!({
-                "messageId": m.message_id(),
-                "receiptHandle": m.receipt_handle(),
-                "body": m.body(),
-                "attributes": attributes,
-                "messageAttributes": {},
-                "md5OfBody": m.md5_of_body(),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": arn,
-                "awsRegion": REGION,
-            })
-        })
-        .collect();
-    serde_json::from_value(json!({ "Records": records })).expect("SqsEvent")
+    let requests = Notification {
+        queue_arn: queue_arn.to_string(),
+        events: vec![Event::S3ObjectCreated],
+        prefix: "runs/requests/".into(),
+        suffix: Some(".json".into()),
+    };
+    let ingest = Notification {
+        queue_arn: ingest_arn.to_string(),
+        events: vec![
+            Event::from("s3:ObjectCreated:*"),
+            Event::from("s3:ObjectRemoved:*"),
+        ],
+        prefix: inbox.to_string(),
+        suffix: None,
+    };
+    moto.notify(bucket, &[requests, ingest]).await;
 }
 
 /// A shard queue that cannot be reached (the splitter's call to it fails after the IAM check).
@@ -1363,7 +1102,7 @@ async fn scenario_run() -> Recorded {
         .await;
     assert_eq!(stack.pump_shards().await, 1);
     assert_eq!(
-        depth(&stack.sqs, &stack.reduce_queue.url).await,
+        stack.moto.depth(&stack.reduce_queue.url).await,
         (0, 0),
         "no second reduce for a complete run"
     );
@@ -1416,7 +1155,10 @@ async fn scenario_resume() -> Recorded {
         )
         .await
         .unwrap();
-    let splitter = stack.splitter(SqsQueue::new(stack.sqs.clone(), &stack.shard_queue.url));
+    let splitter = stack.splitter(SqsQueue::new(
+        stack.moto.sqs.clone(),
+        &stack.shard_queue.url,
+    ));
     let retried = splitter
         .handle_bound(&request(3), Some(identity))
         .await
@@ -1513,11 +1255,11 @@ async fn scenario_failures() -> Recorded {
     stack.assert_allowed("splitter failing into its on-failure destination");
     let (destination, _) = stack.splitter_on_failure.as_ref().unwrap();
     assert_eq!(
-        depth(&stack.sqs, &destination.url).await.0,
+        stack.moto.depth(&destination.url).await.0,
         1,
         "the failed invocation's record is in the on-failure destination"
     );
-    let result: Json = serde_json::from_slice(
+    let result: Value = serde_json::from_slice(
         &stack
             .store()
             .get("runs/request-results/unreachable.json")

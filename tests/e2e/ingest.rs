@@ -25,6 +25,7 @@ use futures::stream::{self, StreamExt};
 use pipeline::batch::featurizer::ShardFeaturizer;
 use pipeline::batch::inference::Engine;
 use pipeline::batch::listing::ImageFilter;
+use pipeline::batch::reducer::Reducer;
 use pipeline::continuous::collection::{
     collection_status, read_current, CollectionLayout, CurrentPointer, RefitOptions,
 };
@@ -278,6 +279,14 @@ async fn upload_all(store: &S3Store, files: &[(String, Vec<u8>)]) {
     .await;
 }
 
+/// `files` (paths under a collection) as keys in its inbox.
+fn inbox_keys(collection: &str, files: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    files
+        .iter()
+        .map(|(p, b)| (format!("{INBOX}{collection}/{p}"), b.clone()))
+        .collect()
+}
+
 /// Downloads the live images of a collection into `<dir>/<collection>/…` (for the batch run).
 async fn download_collection(store: &S3Store, collection: &str, dir: &Path) -> usize {
     let prefix = format!("{INBOX}{collection}/");
@@ -292,288 +301,427 @@ async fn download_collection(store: &S3Store, collection: &str, dir: &Path) -> u
     objects.len()
 }
 
+/// `view` against a batch run over the collection's live objects, less the files in
+/// `skip` (paths in the collection the batch run is not to see).
+async fn assert_matches_live(store: &S3Store, collection: &str, view: View, skip: &[&str]) -> View {
+    let dir = tempfile::tempdir().unwrap();
+    download_collection(store, collection, dir.path()).await;
+    let folder = dir.path().join(collection);
+    for path in skip {
+        std::fs::remove_file(folder.join(path)).unwrap();
+    }
+    tokio::task::spawn_blocking(move || {
+        assert_view_matches_batch(&view, &folder);
+        drop(dir);
+        view
+    })
+    .await
+    .unwrap()
+}
+
+/// The collection's view against a batch run over its live objects.
+async fn assert_exact(store: &S3Store, collection: &str) -> View {
+    let view = read_view(store, collection).await;
+    assert_matches_live(store, collection, view, &[]).await
+}
+
+/// The template's wiring: `events` under the inbox → `queue`.
+async fn notify_inbox(stack: &Stack, queue: &str, events: &[&str]) {
+    let events: Vec<Event> = events.iter().map(|e| Event::from(*e)).collect();
+    stack.notify(queue, INBOX, None, &events).await;
+}
+
+/// A stack whose inbox's ObjectCreated and ObjectRemoved notify a new ingest queue, and a
+/// refit queue: `(stack, ingest queue, refit queue)`.
+async fn notified_stack(name: &str) -> (Stack, String, String) {
+    let stack = Stack::new(name).await;
+    let ingest_queue = stack.make_queue("ingest").await;
+    let refit_queue = stack.make_queue("refit").await;
+    notify_inbox(
+        &stack,
+        &ingest_queue,
+        &["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+    )
+    .await;
+    (stack, ingest_queue, refit_queue)
+}
+
+/// The model's ingestor reading the inbox in `input`, writing the stack's bucket and
+/// asking for refits on `refit_queue`.
+fn model_ingestor<I: ObjectStore>(
+    stack: &Stack,
+    input: I,
+    refit_queue: &str,
+    quiet_s: u32,
+) -> Ingestor<I, S3Store, SqsQueue> {
+    Ingestor::new(
+        input,
+        stack.store(),
+        SqsQueue::new(stack.sqs.clone(), refit_queue),
+        Engine::Model(model()),
+        settings(quiet_s),
+    )
+}
+
+/// The reducer's refitter on the bucket: `quiet_ms`, a PCA of `K` components, and
+/// `options` otherwise.
+fn refitter(store: &S3Store, quiet_ms: u64, options: RefitOptions) -> Refitter<S3Store> {
+    Refitter {
+        store: store.clone(),
+        inbox: INBOX.into(),
+        quiet_ms,
+        options: RefitOptions {
+            pca: PcaOptions {
+                k: K,
+                ..Default::default()
+            },
+            ..options
+        },
+    }
+}
+
+/// The reducer's event-source mapping on the refit queue until it is empty: the number of
+/// deliveries.
+async fn pump_reducer(
+    stack: &Stack,
+    refit_queue: &str,
+    reducer: &Reducer<S3Store>,
+    refitter: &Refitter<S3Store>,
+) -> usize {
+    stack
+        .pump_queue(refit_queue, 10, |event| async move {
+            handle_reducer_batch(reducer, Some(refitter), event, "it").await
+        })
+        .await
+}
+
+/// The featurizer and the reducer of a stack whose inbox notifies the ingest queue, with
+/// a quiet time of 1 s and no reader to wait for.
+struct Lambdas {
+    stack: Stack,
+    ingest_queue: String,
+    refit_queue: String,
+    store: S3Store,
+    featurizer: ShardFeaturizer<S3Store, SqsQueue>,
+    ingestor: Ingestor<S3Store, S3Store, SqsQueue>,
+    reducer: Reducer<S3Store>,
+    refitter: Refitter<S3Store>,
+}
+
+impl Lambdas {
+    async fn new(name: &str) -> Self {
+        let (stack, ingest_queue, refit_queue) = notified_stack(name).await;
+        let store = stack.store();
+        Self {
+            featurizer: stack.featurizer(store.clone()),
+            ingestor: model_ingestor(&stack, store.clone(), &refit_queue, 1),
+            reducer: stack.reducer(store.clone()),
+            // No reader to wait for: only the KEEP_SNAPSHOTS newest stay (checked below).
+            refitter: refitter(
+                &store,
+                1000,
+                RefitOptions {
+                    min_reader_ms: 0,
+                    ..Default::default()
+                },
+            ),
+            stack,
+            ingest_queue,
+            refit_queue,
+            store,
+        }
+    }
+
+    /// The featurizer's mapping until the ingest queue is empty: the bodies processed.
+    async fn ingest(&self) -> Vec<String> {
+        pump_ingest(
+            &self.stack,
+            &self.ingest_queue,
+            &self.featurizer,
+            &self.ingestor,
+        )
+        .await
+    }
+
+    /// Delayed refit messages arrive after the quiet time; the reducer refits once.
+    async fn refits(&self) -> usize {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        pump_reducer(
+            &self.stack,
+            &self.refit_queue,
+            &self.reducer,
+            &self.refitter,
+        )
+        .await
+    }
+
+    /// `featurize <args> --collection fruits` on the stack: its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_featurize"))
+            .args(args)
+            .args([
+                "--collection",
+                "fruits",
+                "--bucket",
+                &self.stack.bucket,
+                "--endpoint-url",
+                &crate::aws::endpoint(),
+            ])
+            .envs([
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+                ("AWS_REGION", "us-east-1"),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+}
+
+/// The first burst: what was uploaded and the ingest queue's bodies.
+struct FirstBurst {
+    /// 20 distinct images under their own names.
+    distinct: Vec<(String, Vec<u8>)>,
+    /// Every key of the bulk upload.
+    keys: Vec<(String, Vec<u8>)>,
+    bodies: Vec<String>,
+}
+
+/// Burst 1, one bulk upload of 1,020 keys: 20 distinct images under their own names, and
+/// 1,000 more keys holding copies of them. Every key has its row.
+async fn first_burst(lambdas: &Lambdas) -> FirstBurst {
+    let distinct = fruit_images(4, 5);
+    let mut keys = inbox_keys("fruits", &distinct);
+    for i in 0..1000 {
+        let (p, b) = &distinct[i % distinct.len()];
+        let label = p.split('/').next().unwrap();
+        keys.push((format!("{INBOX}fruits/{label}/bulk-{i:04}.jpg"), b.clone()));
+    }
+    let started = Instant::now();
+    upload_all(&lambdas.store, &keys).await;
+    let bodies = lambdas.ingest().await;
+    assert!(lambdas.refits().await >= 1, "refit messages were sent");
+    let view = read_view(&lambdas.store, "fruits").await;
+    println!(
+        "burst of {} keys: published in {:.1} s",
+        keys.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        view.features.len(),
+        1020,
+        "every key of the bulk upload has its row"
+    );
+    assert_eq!(view.pca.len(), 1020);
+    assert!(view.errors.is_empty(), "{:?}", view.errors);
+    FirstBurst {
+        distinct,
+        keys,
+        bodies,
+    }
+}
+
+/// What the second burst changed.
+struct SecondBurst {
+    /// The key uploaded twice, and its second content.
+    twice: String,
+    new_image: (String, Vec<u8>),
+    deleted: Vec<String>,
+}
+
+/// Burst 2: a key uploaded twice with different content, deletes, a non-image, an empty
+/// object, and a `_refit`-free quiet refit; then every event of burst 1 delivered again
+/// (late and out of order): they change nothing.
+async fn second_burst(lambdas: &Lambdas, first: &FirstBurst) -> SecondBurst {
+    let (store, distinct) = (&lambdas.store, &first.distinct);
+    let twice = format!(
+        "{INBOX}fruits/{}",
+        distinct[0].0.replace(".jpg", "-twice.jpg")
+    );
+    store
+        .put(&twice, Bytes::from(distinct[1].1.clone()))
+        .await
+        .unwrap();
+    let new_image = fruit_images(5, 1).pop().unwrap();
+    store
+        .put(&twice, Bytes::from(new_image.1.clone()))
+        .await
+        .unwrap();
+    let deleted: Vec<String> = (0..1000)
+        .step_by(10)
+        .map(|i| first.keys[20 + i].0.clone())
+        .collect();
+    for key in &deleted {
+        store.delete(key).await.unwrap();
+    }
+    store
+        .put(
+            &format!("{INBOX}fruits/notes.txt"),
+            Bytes::from_static(b"not an image"),
+        )
+        .await
+        .unwrap();
+    let empty = format!(
+        "{INBOX}fruits/{}/empty.jpg",
+        distinct[0].0.split('/').next().unwrap()
+    );
+    store.put(&empty, Bytes::new()).await.unwrap();
+    lambdas.ingest().await;
+    let sender = SqsQueue::new(lambdas.stack.sqs.clone(), &lambdas.ingest_queue);
+    use pipeline::ports::queue::Queue;
+    let mut again = first.bodies.clone();
+    again.reverse();
+    sender.send_all(again).await.unwrap();
+    lambdas.ingest().await;
+    assert!(lambdas.refits().await >= 1);
+    SecondBurst {
+        twice,
+        new_image,
+        deleted,
+    }
+}
+
+/// The view holds exactly the live images, the empty object is its one error, and the
+/// status shows it with nothing pending. Returns the view and the number of live images.
+async fn check_live_view(store: &S3Store, second: &SecondBurst) -> (View, usize) {
+    let view = read_view(store, "fruits").await;
+    let live: BTreeSet<String> = store
+        .list(&format!("{INBOX}fruits/"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| {
+            o.key
+                .strip_prefix(&format!("{INBOX}fruits/"))
+                .unwrap()
+                .to_string()
+        })
+        .filter(|p| p.ends_with(".jpg") && !p.ends_with("empty.jpg"))
+        .collect();
+    assert_eq!(
+        view.features.keys().cloned().collect::<BTreeSet<_>>(),
+        live,
+        "the view holds exactly the live images"
+    );
+    assert_eq!(live.len(), 1020 - second.deleted.len() + 1);
+    assert_eq!(view.errors.len(), 1, "{:?}", view.errors);
+    assert!(
+        view.errors[0].path.ends_with("empty.jpg"),
+        "{:?}",
+        view.errors
+    );
+    assert_eq!(serde_json::to_value(view.errors[0].kind).unwrap(), "empty");
+    assert!(view.pointer.seq >= 2);
+
+    // The status shows it, with nothing pending.
+    let status = collection_status(store, "fruits").await.unwrap();
+    assert_eq!(status.pending_deltas, 0);
+    assert_eq!(status.summary.as_ref().unwrap().rows, live.len());
+    (view, live.len())
+}
+
+/// The CLI on the stack: `refit --refit-queue-url` asks the reducer for a refit (a forced
+/// message: no quiet time), `status --collection` shows the published view.
+async fn check_cli(lambdas: &Lambdas, view: &View, live: usize) {
+    let (stack, refit_queue) = (&lambdas.stack, &lambdas.refit_queue);
+    let requested = lambdas.cli(&["refit", "--refit-queue-url", refit_queue]);
+    assert!(
+        requested.contains("refit of fruits requested"),
+        "{requested}"
+    );
+    let messages = stack.receive(refit_queue, 10).await;
+    assert_eq!(messages.len(), 1, "one refit message");
+    let message: pipeline::continuous::collection::RefitMessage =
+        serde_json::from_str(messages[0].body().unwrap()).unwrap();
+    assert_eq!(
+        message,
+        pipeline::continuous::collection::RefitMessage {
+            collection: "fruits".into(),
+            force: true
+        }
+    );
+    // Handled as the reducer would: nothing changed since the last refit.
+    let event = stack.sqs_event(&messages, refit_queue).await;
+    let response =
+        handle_reducer_batch(&lambdas.reducer, Some(&lambdas.refitter), event, "it").await;
+    assert!(response.batch_item_failures.is_empty());
+    stack
+        .delete(refit_queue, messages[0].receipt_handle().unwrap())
+        .await;
+    let shown = lambdas.cli(&["status"]);
+    println!("featurize status --collection fruits:\n{shown}");
+    assert!(shown.contains(&format!("rows {live}  errors 1")), "{shown}");
+    assert!(
+        shown.contains("pending    nothing: the view is current"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("(refit {})", view.pointer.seq)),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "Results      s3://{}/collections/fruits/snapshots/",
+            stack.bucket
+        )),
+        "{shown}"
+    );
+}
+
+/// Old snapshots expire: at most KEEP_SNAPSHOTS folders remain.
+async fn check_snapshots_expire(store: &S3Store) {
+    let snapshots: BTreeSet<String> = store
+        .list(&CollectionLayout::new("fruits").snapshots_prefix())
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.key.split('/').nth(3).unwrap().to_string())
+        .collect();
+    assert!(
+        snapshots.len() <= pipeline::continuous::collection::KEEP_SNAPSHOTS,
+        "{snapshots:?}"
+    );
+}
+
+/// Against a batch run over the same final set; the key uploaded twice holds the second
+/// content's features.
+async fn check_against_batch(store: &S3Store, view: View, second: SecondBurst) {
+    let twice_path = second
+        .twice
+        .strip_prefix(&format!("{INBOX}fruits/"))
+        .unwrap();
+    let twice_row = view.features[twice_path].values.clone();
+    assert_matches_live(store, "fruits", view, &["notes.txt"]).await;
+    let expected = Engine::Model(model())
+        .featurize(
+            &["x".into()],
+            &[Ok(Bytes::from(second.new_image.1))],
+            1,
+            50_000_000,
+        )
+        .unwrap();
+    match &expected[0] {
+        pipeline::batch::inference::ImageOutcome::Features(f) => assert_eq!(f, &twice_row),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn bucket_drops_are_featurized_and_the_view_matches_a_batch_run() {
     runtime().block_on(async {
-        let stack = Stack::new("ingest").await;
-        let ingest_queue = stack.make_queue("ingest").await;
-        let refit_queue = stack.make_queue("refit").await;
-        // The template's wiring: ObjectCreated and ObjectRemoved under the inbox → the ingest queue.
-        stack
-            .notify(
-                &ingest_queue,
-                INBOX,
-                None,
-                &[
-                    Event::from("s3:ObjectCreated:*"),
-                    Event::from("s3:ObjectRemoved:*"),
-                ],
-            )
-            .await;
-        let store = stack.store();
-        let featurizer = stack.featurizer(store.clone());
-        let ingestor = Ingestor::new(
-            store.clone(),
-            store.clone(),
-            SqsQueue::new(stack.sqs.clone(), &refit_queue),
-            Engine::Model(model()),
-            IngestSettings {
-                inbox: INBOX.into(),
-                filter: ImageFilter::new("*.{jpg,jpeg,png}").unwrap(),
-                max_pixels: 50_000_000,
-                threads: 2,
-                fetch_concurrency: 16,
-                quiet_s: 1,
-            },
-        );
-        let reducer = stack.reducer(store.clone());
-        let refitter = Refitter {
-            store: store.clone(),
-            inbox: INBOX.into(),
-            quiet_ms: 1000,
-            options: RefitOptions {
-                pca: PcaOptions {
-                    k: K,
-                    ..Default::default()
-                },
-                // No reader to wait for: only the KEEP_SNAPSHOTS newest stay (checked below).
-                min_reader_ms: 0,
-                ..Default::default()
-            },
-        };
-        let pump_refits = || {
-            let (stack, refit_queue, reducer, refitter) =
-                (&stack, &refit_queue, &reducer, &refitter);
-            async move {
-                // Delayed refit messages arrive after the quiet time; the reducer refits once.
-                tokio::time::sleep(Duration::from_millis(1200)).await;
-                stack
-                    .pump_queue(refit_queue, 10, |event| async move {
-                        handle_reducer_batch(reducer, Some(refitter), event, "it").await
-                    })
-                    .await
-            }
-        };
-
-        // Burst 1, one bulk upload of 1,020 keys: 20 distinct images under their own names,
-        // and 1,000 more keys holding copies of them.
-        let distinct = fruit_images(4, 5);
-        let mut burst: Vec<(String, Vec<u8>)> = distinct
-            .iter()
-            .map(|(p, b)| (format!("{INBOX}fruits/{p}"), b.clone()))
-            .collect();
-        for i in 0..1000 {
-            let (p, b) = &distinct[i % distinct.len()];
-            let label = p.split('/').next().unwrap();
-            burst.push((format!("{INBOX}fruits/{label}/bulk-{i:04}.jpg"), b.clone()));
-        }
-        let started = Instant::now();
-        upload_all(&store, &burst).await;
-        let first_bodies = pump_ingest(&stack, &ingest_queue, &featurizer, &ingestor).await;
-        assert!(pump_refits().await >= 1, "refit messages were sent");
-        let view = read_view(&store, "fruits").await;
-        println!(
-            "burst of {} keys: published in {:.1} s",
-            burst.len(),
-            started.elapsed().as_secs_f64()
-        );
-        assert_eq!(
-            view.features.len(),
-            1020,
-            "every key of the bulk upload has its row"
-        );
-        assert_eq!(view.pca.len(), 1020);
-        assert!(view.errors.is_empty(), "{:?}", view.errors);
-
-        // Burst 2: a key uploaded twice with different content, deletes, a non-image, an
-        // empty object, and a `_refit`-free quiet refit.
-        let twice = format!(
-            "{INBOX}fruits/{}",
-            distinct[0].0.replace(".jpg", "-twice.jpg")
-        );
-        store
-            .put(&twice, Bytes::from(distinct[1].1.clone()))
-            .await
-            .unwrap();
-        let new_image = fruit_images(5, 1).pop().unwrap();
-        store
-            .put(&twice, Bytes::from(new_image.1.clone()))
-            .await
-            .unwrap();
-        let deleted: Vec<String> = (0..1000)
-            .step_by(10)
-            .map(|i| burst[20 + i].0.clone())
-            .collect();
-        for key in &deleted {
-            store.delete(key).await.unwrap();
-        }
-        store
-            .put(
-                &format!("{INBOX}fruits/notes.txt"),
-                Bytes::from_static(b"not an image"),
-            )
-            .await
-            .unwrap();
-        let empty = format!(
-            "{INBOX}fruits/{}/empty.jpg",
-            distinct[0].0.split('/').next().unwrap()
-        );
-        store.put(&empty, Bytes::new()).await.unwrap();
-        pump_ingest(&stack, &ingest_queue, &featurizer, &ingestor).await;
-        // Every event of burst 1 delivered again (late and out of order): they change nothing.
-        let sender = SqsQueue::new(stack.sqs.clone(), &ingest_queue);
-        use pipeline::ports::queue::Queue;
-        let mut again = first_bodies.clone();
-        again.reverse();
-        sender.send_all(again).await.unwrap();
-        pump_ingest(&stack, &ingest_queue, &featurizer, &ingestor).await;
-        assert!(pump_refits().await >= 1);
-
-        let view = read_view(&store, "fruits").await;
-        let live: BTreeSet<String> = store
-            .list(&format!("{INBOX}fruits/"))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| {
-                o.key
-                    .strip_prefix(&format!("{INBOX}fruits/"))
-                    .unwrap()
-                    .to_string()
-            })
-            .filter(|p| p.ends_with(".jpg") && !p.ends_with("empty.jpg"))
-            .collect();
-        assert_eq!(
-            view.features.keys().cloned().collect::<BTreeSet<_>>(),
-            live,
-            "the view holds exactly the live images"
-        );
-        assert_eq!(live.len(), 1020 - deleted.len() + 1);
-        let twice_path = twice.strip_prefix(&format!("{INBOX}fruits/")).unwrap();
-        assert_eq!(view.errors.len(), 1, "{:?}", view.errors);
-        assert!(
-            view.errors[0].path.ends_with("empty.jpg"),
-            "{:?}",
-            view.errors
-        );
-        assert_eq!(serde_json::to_value(view.errors[0].kind).unwrap(), "empty");
-        assert!(view.pointer.seq >= 2);
-
-        // The status shows it, with nothing pending.
-        let status = collection_status(&store, "fruits").await.unwrap();
-        assert_eq!(status.pending_deltas, 0);
-        assert_eq!(status.summary.as_ref().unwrap().rows, live.len());
-
-        // The CLI on the stack: `refit --refit-queue-url` asks the reducer for a refit (a
-        // forced message: no quiet time), `status --collection` shows the published view.
-        let cli = |args: &[&str]| {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_featurize"))
-                .args(args)
-                .args([
-                    "--collection",
-                    "fruits",
-                    "--bucket",
-                    &stack.bucket,
-                    "--endpoint-url",
-                    &crate::aws::endpoint(),
-                ])
-                .envs([
-                    ("AWS_ACCESS_KEY_ID", "test"),
-                    ("AWS_SECRET_ACCESS_KEY", "test"),
-                    ("AWS_REGION", "us-east-1"),
-                ])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(
-                out.status.success(),
-                "{args:?}: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            text
-        };
-        let requested = cli(&["refit", "--refit-queue-url", &refit_queue]);
-        assert!(
-            requested.contains("refit of fruits requested"),
-            "{requested}"
-        );
-        let messages = stack.receive(&refit_queue, 10).await;
-        assert_eq!(messages.len(), 1, "one refit message");
-        let message: pipeline::continuous::collection::RefitMessage =
-            serde_json::from_str(messages[0].body().unwrap()).unwrap();
-        assert_eq!(
-            message,
-            pipeline::continuous::collection::RefitMessage {
-                collection: "fruits".into(),
-                force: true
-            }
-        );
-        // Handled as the reducer would: nothing changed since the last refit.
-        let event = stack.sqs_event(&messages, &refit_queue).await;
-        let response = handle_reducer_batch(&reducer, Some(&refitter), event, "it").await;
-        assert!(response.batch_item_failures.is_empty());
-        stack
-            .delete(&refit_queue, messages[0].receipt_handle().unwrap())
-            .await;
-        let shown = cli(&["status"]);
-        println!("featurize status --collection fruits:\n{shown}");
-        assert!(
-            shown.contains(&format!("rows {}  errors 1", live.len())),
-            "{shown}"
-        );
-        assert!(
-            shown.contains("pending    nothing: the view is current"),
-            "{shown}"
-        );
-        assert!(
-            shown.contains(&format!("(refit {})", view.pointer.seq)),
-            "{shown}"
-        );
-        assert!(
-            shown.contains(&format!(
-                "Results      s3://{}/collections/fruits/snapshots/",
-                stack.bucket
-            )),
-            "{shown}"
-        );
-        // Old snapshots expire: at most KEEP_SNAPSHOTS folders remain.
-        let snapshots: BTreeSet<String> = store
-            .list(&CollectionLayout::new("fruits").snapshots_prefix())
-            .await
-            .unwrap()
-            .iter()
-            .map(|o| o.key.split('/').nth(3).unwrap().to_string())
-            .collect();
-        assert!(
-            snapshots.len() <= pipeline::continuous::collection::KEEP_SNAPSHOTS,
-            "{snapshots:?}"
-        );
-
-        // Against a batch run over the same final set.
-        let dir = tempfile::tempdir().unwrap();
-        download_collection(&store, "fruits", dir.path()).await;
-        std::fs::remove_file(dir.path().join("fruits/notes.txt")).unwrap();
-        let folder = dir.path().join("fruits");
-        let twice_row = view.features[twice_path].values.clone();
-        tokio::task::spawn_blocking(move || {
-            let _keep = dir;
-            assert_view_matches_batch(&view, &folder);
-        })
-        .await
-        .unwrap();
-        // The key uploaded twice holds the second content's features.
-        let expected = Engine::Model(model())
-            .featurize(
-                &["x".into()],
-                &[Ok(Bytes::from(new_image.1))],
-                1,
-                50_000_000,
-            )
-            .unwrap();
-        match &expected[0] {
-            pipeline::batch::inference::ImageOutcome::Features(f) => assert_eq!(f, &twice_row),
-            other => panic!("{other:?}"),
-        }
+        let lambdas = Lambdas::new("ingest").await;
+        let first = first_burst(&lambdas).await;
+        let second = second_burst(&lambdas, &first).await;
+        let (view, live) = check_live_view(&lambdas.store, &second).await;
+        check_cli(&lambdas, &view, live).await;
+        check_snapshots_expire(&lambdas.store).await;
+        check_against_batch(&lambdas.store, view, second).await;
     });
 }
 

@@ -243,47 +243,10 @@ fn bad_inputs_are_listed_and_nothing_is_lost() {
     assert_eq!(summary.k, 5);
 
     let run = &summary.run_id;
-    let errors: Vec<ImageError> = serde_json::from_slice(
-        &std::fs::read(output.path().join(format!("runs/{run}/errors.json"))).unwrap(),
-    )
-    .unwrap();
-    let got: BTreeMap<String, String> = errors
-        .iter()
-        .map(|e| {
-            (
-                e.path.clone(),
-                serde_json::to_value(e.kind)
-                    .unwrap()
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
-            )
-        })
-        .collect();
-    assert_eq!(got, expected_errors, "error kinds: {errors:#?}");
-    assert!(errors
-        .iter()
-        .all(|e| !e.reason.is_empty() && e.label == "bad"));
+    assert_errors_listed(output.path(), run, &expected_errors);
 
     // Rows: every non-failed image exactly once, with its label; PCA rows the same paths.
-    let mut rows = Vec::new();
-    let mut pca_rows = Vec::new();
-    for shard in 0..summary.shards {
-        let part = std::fs::read(
-            output
-                .path()
-                .join(format!("Results/{run}/part-{shard:05}.parquet")),
-        )
-        .unwrap();
-        rows.extend(read_rows(Dataset::Features, Bytes::from(part)).unwrap());
-        let part = std::fs::read(
-            output
-                .path()
-                .join(format!("Results_PCA/{run}/part-{shard:05}.parquet")),
-        )
-        .unwrap();
-        pca_rows.extend(read_rows(Dataset::Pca, Bytes::from(part)).unwrap());
-    }
+    let (rows, pca_rows) = read_run_parts(output.path(), run, summary.shards);
     assert_eq!(rows.len(), summary.rows);
     assert!(rows
         .iter()
@@ -313,6 +276,65 @@ fn bad_inputs_are_listed_and_nothing_is_lost() {
     assert_eq!(first_projection, pca_rows[0].values);
 
     // pyarrow reads each folder as one dataset, with the schema we promise.
+    assert_pyarrow_reads_the_run(output.path(), run, summary.rows, &rows);
+}
+
+/// Asserts that the run's error list names exactly `expected` (path -> kind), each error
+/// with a reason and the label `bad`.
+fn assert_errors_listed(output: &Path, run: &str, expected: &BTreeMap<String, String>) {
+    let errors: Vec<ImageError> = serde_json::from_slice(
+        &std::fs::read(output.join(format!("runs/{run}/errors.json"))).unwrap(),
+    )
+    .unwrap();
+    let got: BTreeMap<String, String> = errors
+        .iter()
+        .map(|e| {
+            (
+                e.path.clone(),
+                serde_json::to_value(e.kind)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(&got, expected, "error kinds: {errors:#?}");
+    assert!(errors
+        .iter()
+        .all(|e| !e.reason.is_empty() && e.label == "bad"));
+}
+
+/// The rows of the run's `Results` and `Results_PCA` parts, shard by shard.
+fn read_run_parts(
+    output: &Path,
+    run: &str,
+    shards: usize,
+) -> (
+    Vec<pipeline::parquet_io::VectorRow>,
+    Vec<pipeline::parquet_io::VectorRow>,
+) {
+    let mut rows = Vec::new();
+    let mut pca_rows = Vec::new();
+    for shard in 0..shards {
+        let part =
+            std::fs::read(output.join(format!("Results/{run}/part-{shard:05}.parquet"))).unwrap();
+        rows.extend(read_rows(Dataset::Features, Bytes::from(part)).unwrap());
+        let part = std::fs::read(output.join(format!("Results_PCA/{run}/part-{shard:05}.parquet")))
+            .unwrap();
+        pca_rows.extend(read_rows(Dataset::Pca, Bytes::from(part)).unwrap());
+    }
+    (rows, pca_rows)
+}
+
+/// Asserts that pyarrow reads `Results` and `Results_PCA` of the run as one dataset each,
+/// with the schema we promise: `summary_rows` rows, and the first (by path) of `rows`.
+fn assert_pyarrow_reads_the_run(
+    output: &Path,
+    run: &str,
+    summary_rows: usize,
+    rows: &[pipeline::parquet_io::VectorRow],
+) {
     let check = r#"
 import sys, json, pyarrow.dataset as ds
 out = {}
@@ -329,10 +351,10 @@ for name, column in (("Results", "features"), ("Results_PCA", "pca_features")):
     }
 print(json.dumps(out))
 "#;
-    let out = run_python(check, &[output.path().to_str().unwrap(), run]);
+    let out = run_python(check, &[output.to_str().unwrap(), run]);
     let read: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let results = &read["Results"];
-    assert_eq!(results["rows"], summary.rows);
+    assert_eq!(results["rows"], summary_rows);
     assert_eq!(results["schema"][0], "string not null");
     assert_eq!(results["schema"][1], "string not null");
     assert!(
@@ -344,12 +366,12 @@ print(json.dumps(out))
         results["schema"]
     );
     assert_eq!(results["item_nullable"], false);
-    let mut sorted = rows.clone();
+    let mut sorted = rows.to_vec();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
     assert_eq!(results["first_path"].as_str().unwrap(), sorted[0].path);
     let first: Vec<f32> = serde_json::from_value(results["first"].clone()).unwrap();
     assert_eq!(first, sorted[0].values, "pyarrow reads the same vector");
-    assert_eq!(read["Results_PCA"]["rows"], summary.rows);
+    assert_eq!(read["Results_PCA"]["rows"], summary_rows);
     assert_eq!(read["Results_PCA"]["first"].as_array().unwrap().len(), 5);
 }
 

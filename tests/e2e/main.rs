@@ -17,6 +17,7 @@ mod ceilings;
 mod common;
 mod docs;
 mod faults;
+mod features;
 mod fencing;
 mod fidelity;
 mod guard;

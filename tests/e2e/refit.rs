@@ -645,35 +645,13 @@ fn refit_queue_event(bodies: &[String]) -> aws_lambda_events::event::sqs::SqsEve
 /// synthetic engine's, the PCA within 1e-6 of a fit from scratch over the live rows.
 #[test]
 fn the_reducer_fans_out_a_large_projection_and_publishes_it_once_complete() {
-    use pipeline::batch::inference::synthetic_features;
     use pipeline::ports::queue::{Drain, InProcessQueue};
     use pipeline::ports::store::FsStore;
     block(async {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::new(dir.path());
-        let queue = InProcessQueue::new();
-        let ingestor = synthetic_ingestor(store.clone(), store.clone(), &queue);
-        let keys: Vec<String> = (0..300)
-            .map(|i| format!("inbox/c/l{}/{i:04}.jpg", i % 4))
-            .collect();
-        for k in &keys {
-            store.put(k, Bytes::from(k.clone())).await.unwrap();
-        }
-        ingestor.ingest(&keys).await.unwrap();
-        queue.drain().await.unwrap();
-        let refitter = aws::lambda::Refitter {
-            store: store.clone(),
-            inbox: "inbox/".into(),
-            quiet_ms: 0,
-            options: RefitOptions {
-                part_rows: 16,
-                fanout_parts: 4,
-                parts_per_message: 5,
-                concurrency: 1,
-                deadline_margin_ms: 60_000,
-                ..k2()
-            },
-        };
+        ingest_files(&store, 300).await;
+        let refitter = fanning_out_refitter(&store);
         let reducer = pipeline::batch::reducer::Reducer::new(
             store.clone(),
             pipeline::batch::reducer::ReducerSettings::default(),
@@ -734,59 +712,117 @@ fn the_reducer_fans_out_a_large_projection_and_publishes_it_once_complete() {
         let (pointer, _) = read_current(&store, &layout).await.unwrap().unwrap();
         assert!(list_deltas(&store, &layout).await.unwrap().is_empty());
         // The view against the live files.
-        let mut features = std::collections::BTreeMap::new();
-        for o in store.list(&pointer.results).await.unwrap() {
-            for r in
-                parquet_io::read_rows(Dataset::Features, store.get(&o.key).await.unwrap()).unwrap()
-            {
-                features.insert(r.path.clone(), r);
-            }
-        }
-        assert_eq!(features.len(), 300);
-        for (path, row) in &features {
-            let expected = synthetic_features(path, 6);
-            assert!(
-                row.values
-                    .iter()
-                    .zip(&expected)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{path}"
-            );
-        }
-        let refs: Vec<&[f32]> = features.values().map(|r| r.values.as_slice()).collect();
-        let direct =
-            engine::pca::fit(&engine::stats::ShardStats::from_rows(&refs, 6), &k2().pca).unwrap();
-        let model: engine::pca::PcaModel = serde_json::from_slice(
-            &store
-                .get(pointer.pca_model.as_ref().unwrap())
-                .await
-                .unwrap(),
-        )
-        .unwrap();
-        for (a, b) in model.components.iter().zip(&direct.components) {
-            let sign: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>().signum();
-            let worst = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - sign * y).abs())
-                .fold(0.0, f64::max);
-            assert!(worst < 1e-6, "component differs by {worst:e}");
-        }
-        let mut projected = 0;
-        for o in store.list(&pointer.results_pca).await.unwrap() {
-            for r in parquet_io::read_rows(Dataset::Pca, store.get(&o.key).await.unwrap()).unwrap()
-            {
-                let expected = direct.project(&features[&r.path].values);
-                for (a, b) in r.values.iter().zip(&expected) {
-                    assert!(
-                        (a.abs() - b.abs()).abs() <= 1e-5 * b.abs().max(1.0),
-                        "{}",
-                        r.path
-                    );
-                }
-                projected += 1;
-            }
-        }
-        assert_eq!(projected, 300);
+        assert_view_is_exact(&store, &pointer, 300).await;
     });
+}
+
+/// Puts `files` images (four labels) into the inbox of collection `c` and ingests them
+/// (synthetic features); the refit messages of the ingest are dropped.
+async fn ingest_files(store: &pipeline::ports::store::FsStore, files: usize) {
+    use pipeline::ports::queue::{Drain, InProcessQueue};
+    let queue = InProcessQueue::new();
+    let ingestor = synthetic_ingestor(store.clone(), store.clone(), &queue);
+    let keys: Vec<String> = (0..files)
+        .map(|i| format!("inbox/c/l{}/{i:04}.jpg", i % 4))
+        .collect();
+    for k in &keys {
+        store.put(k, Bytes::from(k.clone())).await.unwrap();
+    }
+    ingestor.ingest(&keys).await.unwrap();
+    queue.drain().await.unwrap();
+}
+
+/// The reducer's refitter of `store`, with parts of 16 rows, fanned out past 4 parts, 5 per
+/// message.
+fn fanning_out_refitter(
+    store: &pipeline::ports::store::FsStore,
+) -> aws::lambda::Refitter<pipeline::ports::store::FsStore> {
+    aws::lambda::Refitter {
+        store: store.clone(),
+        inbox: "inbox/".into(),
+        quiet_ms: 0,
+        options: RefitOptions {
+            part_rows: 16,
+            fanout_parts: 4,
+            parts_per_message: 5,
+            concurrency: 1,
+            deadline_margin_ms: 60_000,
+            ..k2()
+        },
+    }
+}
+
+/// Asserts that the snapshot `pointer` points at holds every one of the `files` live files
+/// once, features bit-identical to the synthetic engine's, a PCA within 1e-6 of a fit from
+/// scratch over the live rows, and every row projected as that fit projects it.
+async fn assert_view_is_exact(
+    store: &pipeline::ports::store::FsStore,
+    pointer: &pipeline::continuous::collection::CurrentPointer,
+    files: usize,
+) {
+    let mut features = std::collections::BTreeMap::new();
+    for o in store.list(&pointer.results).await.unwrap() {
+        for r in parquet_io::read_rows(Dataset::Features, store.get(&o.key).await.unwrap()).unwrap()
+        {
+            features.insert(r.path.clone(), r);
+        }
+    }
+    assert_eq!(features.len(), files);
+    assert_rows_and_pca_exact(store, pointer, &features).await;
+}
+
+/// Asserts that `features` (the snapshot's `Results` rows by path) are bit-identical to the
+/// synthetic engine's, that the snapshot's PCA is within 1e-6 of a fit from scratch over them,
+/// and that `Results_PCA` holds every row, projected as that fit projects it. Shared by the
+/// refit and breaker_refit tests.
+pub(crate) async fn assert_rows_and_pca_exact(
+    store: &pipeline::ports::store::FsStore,
+    pointer: &pipeline::continuous::collection::CurrentPointer,
+    features: &std::collections::BTreeMap<String, pipeline::parquet_io::VectorRow>,
+) {
+    use pipeline::batch::inference::synthetic_features;
+    for (path, row) in features {
+        let expected = synthetic_features(path, 6);
+        assert!(
+            row.values
+                .iter()
+                .zip(&expected)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{path}"
+        );
+    }
+    let refs: Vec<&[f32]> = features.values().map(|r| r.values.as_slice()).collect();
+    let direct =
+        engine::pca::fit(&engine::stats::ShardStats::from_rows(&refs, 6), &k2().pca).unwrap();
+    let model: engine::pca::PcaModel = serde_json::from_slice(
+        &store
+            .get(pointer.pca_model.as_ref().unwrap())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    for (a, b) in model.components.iter().zip(&direct.components) {
+        let sign: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>().signum();
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - sign * y).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-6, "component differs by {worst:e}");
+    }
+    let mut projected = 0;
+    for o in store.list(&pointer.results_pca).await.unwrap() {
+        for r in parquet_io::read_rows(Dataset::Pca, store.get(&o.key).await.unwrap()).unwrap() {
+            let expected = direct.project(&features[&r.path].values);
+            for (a, b) in r.values.iter().zip(&expected) {
+                assert!(
+                    (a.abs() - b.abs()).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{}",
+                    r.path
+                );
+            }
+            projected += 1;
+        }
+    }
+    assert_eq!(projected, features.len());
 }

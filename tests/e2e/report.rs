@@ -86,8 +86,51 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
     let rows = pca_rows(output, summary);
     assert_eq!(rows.len(), summary.rows);
     let labels: BTreeSet<&str> = rows.iter().map(|r| r.label.as_str()).collect();
+    check_scatter(&doc, &rows, &labels);
 
-    // The scatter: one circle per row (below the sampling limit), every label in the legend.
+    // Explained variance, with the k mark.
+    let variance = doc
+        .select(&sel("figure#variance svg"))
+        .next()
+        .expect("variance chart");
+    let text: String = variance.text().collect();
+    assert!(text.contains(&format!("k = {}", summary.k)), "{text}");
+
+    let mut thumbnails = check_nearest(&doc, &rows, &labels, summary.k);
+    // Outliers: 12 images, each with its thumbnail.
+    let outliers: Vec<_> = doc.select(&sel("#outliers .cell")).collect();
+    assert_eq!(outliers.len(), 12.min(rows.len()));
+    for cell in &outliers {
+        let img = cell.select(&sel("img")).next().expect("outlier thumbnail");
+        decode_thumbnail(img);
+        thumbnails += 1;
+    }
+    let info = summary.report.as_ref().expect("summary records the report");
+    assert!(
+        thumbnails >= info.thumbnails,
+        "{thumbnails} img, {} built",
+        info.thumbnails
+    );
+    check_stages(&doc);
+    check_errors(&doc, expected_error_kinds);
+
+    // Parameters and cost.
+    let params: String = doc
+        .select(&sel("#parameters"))
+        .next()
+        .expect("parameters")
+        .text()
+        .collect();
+    assert!(
+        params.contains("image glob") && params.contains("max error rate"),
+        "{params}"
+    );
+    assert!(html.contains("per 1,000 images"), "a cost estimate");
+}
+
+/// The scatter: one circle per row (below the sampling limit), every label in the legend,
+/// the points spread along PC1.
+fn check_scatter(doc: &Html, rows: &[VectorRow], labels: &BTreeSet<&str>) {
     let scatter = doc
         .select(&sel("figure#scatter svg"))
         .next()
@@ -107,7 +150,7 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
         .select(&sel("text"))
         .map(|t| t.text().collect::<String>().trim().to_string())
         .collect();
-    for label in &labels {
+    for label in labels {
         assert!(
             texts.contains(*label),
             "label {label} in the legend: {texts:?}"
@@ -120,19 +163,13 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
         .collect();
     xs.sort_by(f64::total_cmp);
     assert!(xs.first() < xs.last(), "points spread along PC1");
+}
 
-    // Explained variance, with the k mark.
-    let variance = doc
-        .select(&sel("figure#variance svg"))
-        .next()
-        .expect("variance chart");
-    let text: String = variance.text().collect();
-    assert!(text.contains(&format!("k = {}", summary.k)), "{text}");
-
-    // Thumbnails nearest each label's centroid, checked against centroids computed here.
-    let k = summary.k;
+/// Thumbnails nearest each label's centroid, checked against centroids computed here.
+/// Returns the number of thumbnails decoded.
+fn check_nearest(doc: &Html, rows: &[VectorRow], labels: &BTreeSet<&str>, k: usize) -> usize {
     let mut centroids: BTreeMap<&str, (usize, Vec<f64>)> = BTreeMap::new();
-    for r in &rows {
+    for r in rows {
         let (n, sum) = centroids
             .entry(r.label.as_str())
             .or_insert_with(|| (0, vec![0.0; k]));
@@ -174,22 +211,11 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
             thumbnails += 1;
         }
     }
-    // Outliers: 12 images, each with its thumbnail.
-    let outliers: Vec<_> = doc.select(&sel("#outliers .cell")).collect();
-    assert_eq!(outliers.len(), 12.min(rows.len()));
-    for cell in &outliers {
-        let img = cell.select(&sel("img")).next().expect("outlier thumbnail");
-        decode_thumbnail(img);
-        thumbnails += 1;
-    }
-    let info = summary.report.as_ref().expect("summary records the report");
-    assert!(
-        thumbnails >= info.thumbnails,
-        "{thumbnails} img, {} built",
-        info.thumbnails
-    );
+    thumbnails
+}
 
-    // Time per stage and throughput.
+/// Time per stage and throughput.
+fn check_stages(doc: &Html) {
     let stages: String = doc
         .select(&sel("figure#stages svg text"))
         .map(|t| t.text().collect::<String>())
@@ -210,8 +236,10 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
         doc.select(&sel("figure#throughput svg")).next().is_some(),
         "throughput chart"
     );
+}
 
-    // Errors grouped by kind, with examples.
+/// Errors grouped by kind, with examples.
+fn check_errors(doc: &Html, expected_error_kinds: &[&str]) {
     let kinds: BTreeMap<String, String> = doc
         .select(&sel("#errors tr[data-kind]"))
         .map(|tr| {
@@ -231,19 +259,6 @@ fn check_report(html: &str, output: &Path, summary: &Summary, expected_error_kin
     let want: BTreeMap<String, String> =
         want.into_iter().map(|(k, n)| (k, n.to_string())).collect();
     assert_eq!(kinds, want);
-
-    // Parameters and cost.
-    let params: String = doc
-        .select(&sel("#parameters"))
-        .next()
-        .expect("parameters")
-        .text()
-        .collect();
-    assert!(
-        params.contains("image glob") && params.contains("max error rate"),
-        "{params}"
-    );
-    assert!(html.contains("per 1,000 images"), "a cost estimate");
 }
 
 fn fruit_folder(classes: usize, per_class: usize) -> (tempfile::TempDir, usize) {
@@ -414,41 +429,17 @@ fn a_folder_with_fewer_images_than_k_runs_with_k_clamped() {
     assert!(err.contains("a PCA needs at least 2"), "{err}");
 }
 
-#[test]
-fn status_watch_follows_a_run_and_stops_when_it_completes() {
-    let (input, images) = fruit_folder(3, 16);
-    let output = tempfile::tempdir().unwrap();
-    let mut run = featurize()
-        .args([
-            "run",
-            "-q",
-            "-j",
-            "1",
-            "--k",
-            "5",
-            "--shard-size",
-            "8",
-            "--input",
-        ])
-        .arg(input.path())
-        .arg("--output")
-        .arg(output.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait for the manifest, then watch.
+/// Waits for a spawned run's manifest: its run id.
+fn wait_for_manifest(output: &Path, run: &mut std::process::Child) -> String {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let run_id = loop {
-        let found = std::fs::read_dir(output.path().join("runs"))
-            .ok()
-            .and_then(|dir| {
-                dir.filter_map(|e| e.ok())
-                    .find(|e| e.path().join("manifest.json").is_file())
-                    .map(|e| e.file_name().to_string_lossy().to_string())
-            });
+    loop {
+        let found = std::fs::read_dir(output.join("runs")).ok().and_then(|dir| {
+            dir.filter_map(|e| e.ok())
+                .find(|e| e.path().join("manifest.json").is_file())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+        });
         if let Some(id) = found {
-            break id;
+            return id;
         }
         assert!(
             Instant::now() < deadline,
@@ -459,7 +450,16 @@ fn status_watch_follows_a_run_and_stops_when_it_completes() {
             "the run ended before its manifest"
         );
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
+
+/// `status --watch --json` on a running run until it stops by itself (it must exit 0, and
+/// the run succeed): the JSON lines it printed.
+fn watch_json(
+    output: &Path,
+    run_id: &str,
+    run: &mut std::process::Child,
+) -> Vec<serde_json::Value> {
     // Its output goes to files: a pipe nobody reads while it runs would fill and block it.
     let logs = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (logs.path().join("out"), logs.path().join("err"));
@@ -471,10 +471,10 @@ fn status_watch_follows_a_run_and_stops_when_it_completes() {
             "--interval",
             "0.5",
             "--run",
-            &run_id,
+            run_id,
             "--output",
         ])
-        .arg(output.path())
+        .arg(output)
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
@@ -499,11 +499,39 @@ fn status_watch_follows_a_run_and_stops_when_it_completes() {
     );
     let run_status = run.wait().unwrap();
     assert!(run_status.success());
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out_path)
+    std::fs::read_to_string(&out_path)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn status_watch_follows_a_run_and_stops_when_it_completes() {
+    let (input, images) = fruit_folder(3, 16);
+    let output = tempfile::tempdir().unwrap();
+    let mut run = featurize()
+        .args([
+            "run",
+            "-q",
+            "-j",
+            "1",
+            "--k",
+            "5",
+            "--shard-size",
+            "8",
+            "--input",
+        ])
+        .arg(input.path())
+        .arg("--output")
+        .arg(output.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the manifest, then watch.
+    let run_id = wait_for_manifest(output.path(), &mut run);
+    let lines = watch_json(output.path(), &run_id, &mut run);
     assert!(!lines.is_empty());
     let last = lines.last().unwrap();
     assert_eq!(last["reduced"], true, "stops only once the run is complete");

@@ -662,20 +662,10 @@ fn the_checker_counts_stuck_runs_and_collections_and_skips_finished_runs() {
 #[test]
 fn the_checker_on_s3_lists_run_folders_with_a_delimiter() {
     block(async {
-        let endpoint = std::env::var("MOTO_ENDPOINT").expect(
-            "MOTO_ENDPOINT is not set: run the tests with ./infra/test.sh, which starts moto",
-        );
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(endpoint)
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "test", "test", None, None, "moto",
-            ))
-            .load()
-            .await;
-        let s3 = aws::sdk::s3_client(&config);
-        let bucket = format!("stuck-{}", std::process::id());
-        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+        let moto = testkit::moto::Moto::connect().await;
+        let s3 = moto.s3.clone();
+        let bucket = testkit::moto::unique("stuck");
+        moto.create_bucket(&bucket).await;
         let store = aws::sdk::S3Store::new(s3.clone(), &bucket);
         let now = aws::checker::WINDOW_STEP_S * 1_000_000;
         populate(&store, now).await;

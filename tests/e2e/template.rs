@@ -1,22 +1,23 @@
 //! The SAM template (`template.yaml`) against the code's contract: environment variables,
 //! queues, IAM, event sources, the model layer and the runtime. No AWS needed.
 //!
-//! The template is read as plain YAML. CloudFormation's short forms (`!Ref X`, `!GetAtt X.Arn`,
-//! `!Sub '...'`, `!If [...]`) arrive as `Value::Tagged`; the long forms (`Ref: X`,
-//! `Fn::GetAtt: [X, Arn]`) are understood too. Beware that serde_norway's accessors (`as_str`,
-//! `get`, indexing) look through tags: `!Ref Foo` answers `as_str()` with `"Foo"`, so every
-//! check that cares whether a value is literal goes through [`intrinsic`] first.
+//! The template is read by [`testkit::template`]: CloudFormation's short forms (`!Ref X`,
+//! `!GetAtt X.Arn`, `!Sub '...'`, `!If [...]`) arrive as their long forms (`{"Ref": "X"}`,
+//! `{"Fn::GetAtt": "X.Arn"}`, ...), read with [`intrinsic`], [`ref_name`] and [`getatt`]. A
+//! call is never a string: where a check reads a `!Sub`'s template as text (bucket names, ARN
+//! patterns, metric namespaces) it says so with [`text`].
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use aws::config::{env_vars, Role};
-use serde_norway::Value;
+use serde_json::Value;
+use testkit::template::{
+    binary_of, getatt, intrinsic, names, ref_name, template, text, variables, Template,
+};
 
 mod deploy;
 mod stuck;
 
-const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml");
 const LAYER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/build-layer.sh");
 const ROLES: [Role; 4] = [
     Role::Splitter,
@@ -35,48 +36,8 @@ const OPTIONAL_VARS: &[(Role, &str)] = &[
 // Helpers: one per concept.
 // ---------------------------------------------------------------------------------------------
 
-/// The parsed template (parsed once).
-fn template() -> &'static Value {
-    static PARSED: OnceLock<Value> = OnceLock::new();
-    PARSED.get_or_init(|| {
-        let text =
-            std::fs::read_to_string(TEMPLATE).unwrap_or_else(|e| panic!("read {TEMPLATE}: {e}"));
-        serde_norway::from_str(&text).unwrap_or_else(|e| panic!("parse {TEMPLATE}: {e}"))
-    })
-}
-
-/// The argument of intrinsic function `name` ("Ref", "GetAtt", "If", ...) when `v` is a call of
-/// it, in short (`!GetAtt x`) or long (`Fn::GetAtt: x`) form.
-fn intrinsic<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    match v {
-        Value::Tagged(tagged) if tagged.tag == name => Some(&tagged.value),
-        Value::Mapping(m) if m.len() == 1 => {
-            let long = if name == "Ref" {
-                name.to_string()
-            } else {
-                format!("Fn::{name}")
-            };
-            m.get(long.as_str())
-        }
-        _ => None,
-    }
-}
-
-/// `X` of `!Ref X`.
-fn ref_name(v: &Value) -> Option<&str> {
-    intrinsic(v, "Ref")?.as_str()
-}
-
-/// `(X, Attr)` of `!GetAtt X.Attr` or `!GetAtt [X, Attr]`.
-fn getatt(v: &Value) -> Option<(&str, &str)> {
-    match intrinsic(v, "GetAtt")? {
-        Value::Sequence(s) if s.len() == 2 => Some((s[0].as_str()?, s[1].as_str()?)),
-        other => other.as_str()?.split_once('.'),
-    }
-}
-
 /// A number: a literal, a numeric string, or `!Ref` to a parameter with a numeric `Default`.
-fn number(t: &Value, v: &Value) -> f64 {
+fn number(t: &Template, v: &Value) -> f64 {
     if let Some(param) = ref_name(v) {
         let default = &t["Parameters"][param]["Default"];
         assert!(
@@ -95,13 +56,16 @@ fn number(t: &Value, v: &Value) -> f64 {
         })
 }
 
-/// The string items of a string-or-list field (`Action`, `Resource`, ...). Tagged items are
-/// read through their tag (`!Sub 'arn:...'` gives its template), which is what the
-/// wildcard check wants.
+/// The string items of a string-or-list field (`Action`, `Resource`, ...), as written: a
+/// `!Sub 'arn:...'` gives its template (what the wildcard check wants), an `!If [c, a, b]` the
+/// items of both branches.
 fn items(v: &Value) -> Vec<&str> {
-    match v.as_sequence() {
-        Some(list) => list.iter().filter_map(Value::as_str).collect(),
-        None => v.as_str().into_iter().collect(),
+    if let Some(args) = intrinsic(v, "If").and_then(Value::as_array) {
+        return args.iter().skip(1).flat_map(items).collect();
+    }
+    match v.as_array() {
+        Some(list) => list.iter().flat_map(items).collect(),
+        None => text(v).into_iter().collect(),
     }
 }
 
@@ -111,39 +75,15 @@ fn always_set(v: &Value) -> bool {
     if v.is_null() || ref_name(v) == Some("AWS::NoValue") {
         return false;
     }
-    match intrinsic(v, "If").and_then(Value::as_sequence) {
+    match intrinsic(v, "If").and_then(Value::as_array) {
         Some(args) => args.iter().skip(1).all(always_set),
         None => true,
     }
 }
 
-/// The template's resources, by logical id.
-fn resources(t: &Value) -> impl Iterator<Item = (&str, &Value)> {
-    t["Resources"]
-        .as_mapping()
-        .expect("template.yaml has no Resources")
-        .iter()
-        .filter_map(|(id, r)| Some((id.as_str()?, r)))
-}
-
-/// The resources of one type.
-fn of_type<'a>(t: &'a Value, ty: &'a str) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
-    resources(t).filter(move |(_, r)| r["Type"].as_str() == Some(ty))
-}
-
-/// Which of the four functions a `AWS::Serverless::Function` is: its
-/// `Metadata.BuildProperties.Binary`, else the last component of its `CodeUri`.
+/// Which of the four functions a `AWS::Serverless::Function` is ([`binary_of`]).
 fn role_of(function: &Value) -> Option<Role> {
-    let binary = function["Metadata"]["BuildProperties"]["Binary"]
-        .as_str()
-        .or_else(|| {
-            function["Properties"]["CodeUri"]
-                .as_str()?
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-        })?;
-    match binary {
+    match binary_of(function)? {
         "splitter" => Some(Role::Splitter),
         "featurizer" => Some(Role::Featurizer),
         "reducer" => Some(Role::Reducer),
@@ -153,8 +93,9 @@ fn role_of(function: &Value) -> Option<Role> {
 }
 
 /// The four functions: (role, logical id, resource). Asserts that each is there exactly once.
-fn functions(t: &Value) -> Vec<(Role, &str, &Value)> {
-    let found: Vec<(Role, &str, &Value)> = of_type(t, "AWS::Serverless::Function")
+fn functions(t: &Template) -> Vec<(Role, &str, &Value)> {
+    let found: Vec<(Role, &str, &Value)> = t
+        .of_type("AWS::Serverless::Function")
         .filter_map(|(id, f)| Some((role_of(f)?, id, f)))
         .collect();
     for role in ROLES {
@@ -170,7 +111,7 @@ fn functions(t: &Value) -> Vec<(Role, &str, &Value)> {
 }
 
 /// One function: (logical id, resource).
-fn function(t: &Value, role: Role) -> (&str, &Value) {
+fn function(t: &Template, role: Role) -> (&str, &Value) {
     functions(t)
         .into_iter()
         .find(|(r, _, _)| *r == role)
@@ -178,42 +119,10 @@ fn function(t: &Value, role: Role) -> (&str, &Value) {
         .expect("checked by functions()")
 }
 
-/// A function property, falling back to `Globals.Function` (as SAM does).
-fn prop<'a>(t: &'a Value, f: &'a Value, key: &str) -> &'a Value {
-    match &f["Properties"][key] {
-        Value::Null => &t["Globals"]["Function"][key],
-        v => v,
-    }
-}
-
-/// The environment variables set on `x` (a function's `Properties` or `Globals.Function`).
-fn env_of(x: &Value) -> BTreeMap<&str, &Value> {
-    x["Environment"]["Variables"]
-        .as_mapping()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.as_str()?, v)))
-                .collect::<BTreeMap<_, _>>()
-        })
-        .unwrap_or_default()
-}
-
-/// A function's environment: `Globals.Function` overridden by its own variables.
-fn environment<'a>(t: &'a Value, f: &'a Value) -> BTreeMap<&'a str, &'a Value> {
-    let mut vars = env_of(&t["Globals"]["Function"]);
-    vars.extend(env_of(&f["Properties"]));
-    vars
-}
-
-/// Whether `v` names the resource `id`: `!Ref id` or `!GetAtt id.<attr>`.
-fn names(v: &Value, id: &str) -> bool {
-    ref_name(v) == Some(id) || getatt(v).is_some_and(|(x, _)| x == id)
-}
-
 /// The `Properties` of the SQS event-source mappings (`AWS::Lambda::EventSourceMapping`)
 /// that invoke function `id`.
-fn sqs_mappings<'a>(t: &'a Value, id: &str) -> Vec<&'a Value> {
-    of_type(t, "AWS::Lambda::EventSourceMapping")
+fn sqs_mappings<'a>(t: &'a Template, id: &str) -> Vec<&'a Value> {
+    t.of_type("AWS::Lambda::EventSourceMapping")
         .map(|(_, m)| &m["Properties"])
         .filter(|p| names(&p["FunctionName"], id))
         .collect()
@@ -222,7 +131,7 @@ fn sqs_mappings<'a>(t: &'a Value, id: &str) -> Vec<&'a Value> {
 /// SAM `Events` of type SQS on a function (SAM would attach AWSLambdaSQSQueueExecutionRole).
 fn sam_sqs_events(f: &Value) -> Vec<&Value> {
     f["Properties"]["Events"]
-        .as_mapping()
+        .as_object()
         .map(|events| {
             events
                 .values()
@@ -235,21 +144,20 @@ fn sam_sqs_events(f: &Value) -> Vec<&Value> {
 /// Every IAM statement under `v`: the items of any `Statement` key, at any depth.
 fn statements<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     match v {
-        Value::Mapping(m) => {
+        Value::Object(m) => {
             for (key, child) in m {
                 match (key.as_str(), child) {
-                    (Some("Statement"), Value::Sequence(list)) => out.extend(list.iter()),
-                    (Some("Statement"), single) => out.push(single),
+                    ("Statement", Value::Array(list)) => out.extend(list.iter()),
+                    ("Statement", single) => out.push(single),
                     _ => statements(child, out),
                 }
             }
         }
-        Value::Sequence(list) => {
+        Value::Array(list) => {
             for child in list {
                 statements(child, out);
             }
         }
-        Value::Tagged(tagged) => statements(&tagged.value, out),
         _ => {}
     }
 }
@@ -305,7 +213,7 @@ fn replace_shell_var(text: &str, name: &str, value: &str) -> String {
 fn every_env_var_the_code_reads_is_set() {
     let t = template();
     for (role, id, f) in functions(t) {
-        let vars = environment(t, f);
+        let vars = t.environment(f);
         let missing: Vec<String> = env_vars(role)
             .iter()
             .filter_map(|var| match vars.get(var) {
@@ -325,7 +233,7 @@ fn every_env_var_the_code_reads_is_set() {
 #[test]
 fn no_env_var_the_code_does_not_read() {
     let t = template();
-    for (var, _) in env_of(&t["Globals"]["Function"]) {
+    for (var, _) in variables(&t["Globals"]["Function"]) {
         let unread: Vec<Role> = ROLES
             .into_iter()
             .filter(|role| !env_vars(*role).contains(&var))
@@ -336,7 +244,7 @@ fn no_env_var_the_code_does_not_read() {
         );
     }
     for (role, id, f) in functions(t) {
-        for (var, _) in env_of(&f["Properties"]) {
+        for (var, _) in variables(&f["Properties"]) {
             let known = env_vars(role).contains(&var) || OPTIONAL_VARS.contains(&(role, var));
             assert!(
                 known,
@@ -350,7 +258,7 @@ fn no_env_var_the_code_does_not_read() {
 #[test]
 fn consumed_queues_have_a_dead_letter_queue_and_a_long_enough_visibility_timeout() {
     let t = template();
-    let queues: Vec<&str> = of_type(t, "AWS::SQS::Queue").map(|(id, _)| id).collect();
+    let queues: Vec<&str> = t.of_type("AWS::SQS::Queue").map(|(id, _)| id).collect();
     let mut consumed = Vec::new();
     for (role, fid, f) in functions(t) {
         for event in sqs_mappings(t, fid) {
@@ -384,7 +292,7 @@ fn consumed_queues_have_a_dead_letter_queue_and_a_long_enough_visibility_timeout
                 Value::Null => 30.0,
                 v => number(t, v),
             };
-            let timeout = match prop(t, f, "Timeout") {
+            let timeout = match t.function_property(f, "Timeout") {
                 Value::Null => 3.0,
                 v => number(t, v),
             };
@@ -418,7 +326,7 @@ fn iam_statements_have_no_wildcards() {
     let t = template();
     for (_, id, f) in functions(t) {
         let policies = f["Properties"]["Policies"]
-            .as_sequence()
+            .as_array()
             .map(Vec::as_slice)
             .unwrap_or_default();
         assert!(
@@ -435,7 +343,7 @@ fn iam_statements_have_no_wildcards() {
 
     let mut problems = Vec::new();
     let mut checked = 0;
-    for (id, resource) in resources(t) {
+    for (id, resource) in t.resources() {
         let bucket_policy = resource["Type"].as_str() == Some("AWS::S3::BucketPolicy");
         let key_policy = resource["Type"].as_str() == Some("AWS::KMS::Key");
         let mut found = Vec::new();
@@ -523,8 +431,9 @@ fn model_layer_puts_the_model_where_the_featurizer_looks() {
     let t = template();
     let (id, f) = function(t, Role::Featurizer);
 
-    let layers = prop(t, f, "Layers")
-        .as_sequence()
+    let layers = t
+        .function_property(f, "Layers")
+        .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default();
     let layer = layers
@@ -541,7 +450,7 @@ fn model_layer_puts_the_model_where_the_featurizer_looks() {
         .trim_end_matches('/');
 
     let script = expanded_layer_script();
-    let vars = environment(t, f);
+    let vars = t.environment(f);
     for var in ["MODEL_PATH", "MODEL_SPEC_PATH"] {
         let path = match vars.get(var) {
             Some(Value::String(path)) => path.as_str(),
@@ -586,13 +495,13 @@ fn functions_are_rust_on_provided_al2023_for_the_architecture_parameter() {
         );
     }
     for (role, id, f) in functions(t) {
-        let runtime = prop(t, f, "Runtime");
+        let runtime = t.function_property(f, "Runtime");
         assert!(
             intrinsic(runtime, "Ref").is_none() && runtime.as_str() == Some("provided.al2023"),
             "{id} ({role:?}): Runtime should be provided.al2023, got {runtime:?}"
         );
         assert_eq!(
-            prop(t, f, "Handler").as_str(),
+            t.function_property(f, "Handler").as_str(),
             Some("bootstrap"),
             "{id}: Handler should be bootstrap"
         );
@@ -601,8 +510,9 @@ fn functions_are_rust_on_provided_al2023_for_the_architecture_parameter() {
             Some("rust-cargolambda"),
             "{id}: Metadata.BuildMethod should be rust-cargolambda"
         );
-        let archs = prop(t, f, "Architectures")
-            .as_sequence()
+        let archs = t
+            .function_property(f, "Architectures")
+            .as_array()
             .map(Vec::as_slice)
             .unwrap_or_default();
         assert!(
@@ -616,8 +526,8 @@ fn functions_are_rust_on_provided_al2023_for_the_architecture_parameter() {
 fn timeouts_and_margins_are_consistent() {
     let t = template();
     let (fid, featurizer) = function(t, Role::Featurizer);
-    let margin = number(t, environment(t, featurizer)["DEADLINE_MARGIN_SECS"]);
-    let timeout = number(t, prop(t, featurizer, "Timeout"));
+    let margin = number(t, t.environment(featurizer)["DEADLINE_MARGIN_SECS"]);
+    let timeout = number(t, t.function_property(featurizer, "Timeout"));
     assert!(
         margin < timeout / 2.0,
         "{fid}: DEADLINE_MARGIN_SECS {margin} s leaves too little of its {timeout} s timeout for work"
@@ -631,25 +541,26 @@ fn timeouts_and_margins_are_consistent() {
 #[test]
 fn alarms_watch_dlqs_queue_age_errors_and_throttles() {
     let t = template();
-    let alarms: Vec<(&str, &Value)> = of_type(t, "AWS::CloudWatch::Alarm")
+    let alarms: Vec<(&str, &Value)> = t
+        .of_type("AWS::CloudWatch::Alarm")
         .map(|(id, a)| (id, &a["Properties"]))
         .collect();
     let watched = |metric: &str, dimension: &str, target: &str| {
         alarms.iter().any(|(_, a)| {
             a["MetricName"].as_str() == Some(metric)
-                && a["Dimensions"].as_sequence().is_some_and(|ds| {
+                && a["Dimensions"].as_array().is_some_and(|ds| {
                     ds.iter().any(|d| {
                         d["Name"].as_str() == Some(dimension) && names(&d["Value"], target)
                     })
                 })
                 && a["AlarmActions"]
-                    .as_sequence()
+                    .as_array()
                     .is_some_and(|actions| !actions.is_empty())
         })
     };
     let mut missing = Vec::new();
-    let queues: Vec<&str> = of_type(t, "AWS::SQS::Queue").map(|(id, _)| id).collect();
-    for (id, q) in of_type(t, "AWS::SQS::Queue") {
+    let queues: Vec<&str> = t.of_type("AWS::SQS::Queue").map(|(id, _)| id).collect();
+    for (id, q) in t.of_type("AWS::SQS::Queue") {
         if let Some((dlq, _)) = getatt(&q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]) {
             if !watched("ApproximateNumberOfMessagesVisible", "QueueName", dlq) {
                 missing.push(format!("depth of {dlq} (DLQ of {id})"));
@@ -667,7 +578,8 @@ fn alarms_watch_dlqs_queue_age_errors_and_throttles() {
         }
     }
     let (sid, _) = function(t, Role::Splitter);
-    let invoke = of_type(t, "AWS::Lambda::EventInvokeConfig")
+    let invoke = t
+        .of_type("AWS::Lambda::EventInvokeConfig")
         .find(|(_, c)| names(&c["Properties"]["FunctionName"], sid))
         .map(|(_, c)| &c["Properties"])
         .unwrap_or_else(|| {
@@ -705,12 +617,12 @@ fn alarms_watch_dlqs_queue_age_errors_and_throttles() {
 fn outputs_and_names_for_operators() {
     let t = template();
     let outputs: Vec<&Value> = t["Outputs"]
-        .as_mapping()
+        .as_object()
         .expect("Outputs")
         .values()
         .map(|o| &o["Value"])
         .collect();
-    for (id, q) in of_type(t, "AWS::SQS::Queue") {
+    for (id, q) in t.of_type("AWS::SQS::Queue") {
         if getatt(&q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]).is_some() {
             let (dlq, _) =
                 getatt(&q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]).unwrap();
@@ -720,7 +632,7 @@ fn outputs_and_names_for_operators() {
             );
         }
     }
-    let (_, bucket) = of_type(t, "AWS::S3::Bucket").next().expect("a bucket");
+    let (_, bucket) = t.of_type("AWS::S3::Bucket").next().expect("a bucket");
     let name = items(&bucket["Properties"]["BucketName"]);
     assert!(
         name.len() == 1
@@ -728,7 +640,7 @@ fn outputs_and_names_for_operators() {
             && name[0].contains("${AWS::AccountId}"),
         "the bucket name should include the region and the account id, got {name:?}"
     );
-    let globals = env_of(&t["Globals"]["Function"]);
+    let globals = variables(&t["Globals"]["Function"]);
     assert_eq!(
         items(globals["BUCKET"]),
         name,
@@ -738,7 +650,7 @@ fn outputs_and_names_for_operators() {
 
 /// A value as the stack gets it with every parameter at its default: a literal, `!Ref` to a
 /// parameter, or `!If` on a condition `!Equals [!Ref P, literal]`.
-fn default_value(t: &Value, v: &Value) -> String {
+fn default_value(t: &Template, v: &Value) -> String {
     if let Some(param) = ref_name(v) {
         let default = &t["Parameters"][param]["Default"];
         assert!(
@@ -747,10 +659,10 @@ fn default_value(t: &Value, v: &Value) -> String {
         );
         return default_value(t, default);
     }
-    if let Some(args) = intrinsic(v, "If").and_then(Value::as_sequence) {
+    if let Some(args) = intrinsic(v, "If").and_then(Value::as_array) {
         let condition = args[0].as_str().expect("!If names a condition");
         let equals = intrinsic(&t["Conditions"][condition], "Equals")
-            .and_then(Value::as_sequence)
+            .and_then(Value::as_array)
             .unwrap_or_else(|| panic!("condition {condition} is not an !Equals"));
         let holds = default_value(t, &equals[0]) == default_value(t, &equals[1]);
         return default_value(t, &args[if holds { 1 } else { 2 }]);

@@ -9,7 +9,8 @@ use pipeline::batch::featurizer::FeaturizerSettings;
 use pipeline::batch::reducer::{Pricing, ReducerSettings};
 use pipeline::batch::splitter::INTERNAL_PREFIXES;
 use pipeline::error::{Error, Result};
-use pipeline::manifest::{RequestLimits, RunOptions, DEFAULT_IMAGE_GLOB};
+use pipeline::limits::RequestLimits;
+use pipeline::manifest::{RunOptions, DEFAULT_IMAGE_GLOB};
 use pipeline::stuck::{defaults as stall, StallPolicy};
 
 /// Everything the three functions read from their environment. Queue URLs are optional
@@ -31,6 +32,11 @@ pub struct Config {
     /// `MODEL_SHA256`: the deployed model's checksum, recorded by the splitter in each run
     /// (featurizers refuse the shards of a run made for another model).
     pub model_sha256: String,
+    /// `MODEL_SPEC_SHA256`: the sha256 of the layer's preprocessing spec (the stack's
+    /// `ModelSpecSha256`; unset: the built-in MobileNetV2 spec's). The splitter records it in
+    /// each run and, when it is not the built-in one, in the run id; the featurizer's cold
+    /// start checks its layer's spec against it.
+    pub model_spec_sha256: String,
     /// Default run options (`SHARD_SIZE`, `PCA_K`, `PCA_VARIANCE`, `PCA_CONVENTION`,
     /// `IMAGE_GLOB`, `MAX_PIXELS`, `MAX_ERROR_RATE`, `MAX_IMAGE_BYTES`).
     pub run_defaults: RunOptions,
@@ -178,6 +184,23 @@ pub fn limits_from(
     Ok(limits)
 }
 
+/// `MODEL_SPEC_SHA256`'s value: 64 lowercase hex digits, or the built-in spec's sha256 when
+/// unset.
+pub fn model_spec_sha256_from(value: Option<String>) -> Result<String> {
+    match value {
+        None => Ok(engine::model::ModelSpec::builtin_sha256()),
+        Some(sha)
+            if sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+        {
+            Ok(sha)
+        }
+        Some(other) => Err(Error::Config(format!(
+            "MODEL_SPEC_SHA256={other:?} is not a sha256 (64 lowercase hex digits): set the \
+             stack's ModelSpecSha256 to the value infra/build-layer.sh prints"
+        ))),
+    }
+}
+
 fn var(name: &str) -> Option<String> {
     std::env::var(name)
         .ok()
@@ -262,6 +285,7 @@ impl Config {
             model_spec_path,
             feature_dim: parsed("FEATURE_DIM", 1280usize)?,
             model_sha256: var("MODEL_SHA256").unwrap_or_default(),
+            model_spec_sha256: model_spec_sha256_from(var("MODEL_SPEC_SHA256"))?,
             run_defaults,
             limits,
             featurizer,
@@ -275,6 +299,12 @@ impl Config {
             stack_name: var("STACK_NAME").unwrap_or_else(|| "featurize".into()),
             checker_max_items: parsed("CHECKER_MAX_ITEMS", 200usize)?.max(1),
         })
+    }
+
+    /// What the splitter records of the layer's spec in each run (its sha256 only: the
+    /// splitter has no layer).
+    pub fn model_spec_record(&self) -> pipeline::manifest::ModelSpecRecord {
+        pipeline::manifest::ModelSpecRecord::of_sha256(&self.model_spec_sha256)
     }
 
     /// `SHARD_QUEUE_URL`, or a clear error.
@@ -330,6 +360,7 @@ pub fn env_vars(role: Role) -> &'static [&'static str] {
             "REDUCE_QUEUE_URL",
             "FEATURE_DIM",
             "MODEL_SHA256",
+            "MODEL_SPEC_SHA256",
             "SHARD_SIZE",
             "PCA_K",
             "PCA_CONVENTION",
@@ -350,6 +381,8 @@ pub fn env_vars(role: Role) -> &'static [&'static str] {
             "REDUCE_QUEUE_URL",
             "MODEL_PATH",
             "MODEL_SPEC_PATH",
+            "MODEL_SHA256",
+            "MODEL_SPEC_SHA256",
             "FETCH_CONCURRENCY",
             "WORKER_THREADS",
             "DEADLINE_MARGIN_SECS",
@@ -435,6 +468,28 @@ mod tests {
         );
         assert_eq!(lock_stale_after(None, None, 60).map(secs).unwrap(), 900);
         assert!(lock_stale_after(None, Some(300), 0).is_err());
+    }
+
+    #[test]
+    fn the_spec_sha256_defaults_to_the_builtin_spec_and_is_checked() {
+        let builtin = engine::model::ModelSpec::builtin_sha256();
+        assert_eq!(model_spec_sha256_from(None).unwrap(), builtin);
+        let custom = "0123456789abcdef".repeat(4);
+        assert_eq!(
+            model_spec_sha256_from(Some(custom.clone())).unwrap(),
+            custom
+        );
+        let upper = "A".repeat(64);
+        for bad in ["F0558D", "torchvision", upper.as_str()] {
+            let e = model_spec_sha256_from(Some(bad.into()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("ModelSpecSha256"), "{e}");
+        }
+        let record = pipeline::manifest::ModelSpecRecord::of_sha256(&builtin);
+        assert!(record.builtin && record.custom_sha256().is_none());
+        let record = pipeline::manifest::ModelSpecRecord::of_sha256(&custom);
+        assert_eq!(record.custom_sha256(), Some(custom));
     }
 
     #[test]

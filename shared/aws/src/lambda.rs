@@ -625,6 +625,42 @@ pub async fn check_model_at_cold_start<S: ObjectStore>(
         .map_err(|unhealthy| Error::Config(unhealthy.message()))
 }
 
+/// The featurizer's cold-start check of its layer's spec against `MODEL_SPEC_SHA256` (the
+/// stack's `ModelSpecSha256`, the built-in spec's when unset): a layer packaged with another
+/// spec fails the init, naming both and the fix, so that no image is preprocessed otherwise
+/// than the runs and the run ids say.
+pub fn check_spec_at_cold_start(config: &Config, model: &Model) -> Result<()> {
+    spec_matches(
+        &config.model_spec_sha256,
+        &model.record(),
+        &config.model_spec_path.display().to_string(),
+    )
+}
+
+/// [`check_spec_at_cold_start`] on the values.
+fn spec_matches(
+    expected: &str,
+    loaded: &engine::model::ModelRecord,
+    spec_path: &str,
+) -> Result<()> {
+    if loaded.spec_sha256 == expected {
+        return Ok(());
+    }
+    tracing::error!(
+        expected,
+        loaded = %loaded.spec_sha256,
+        spec_path,
+        "model spec mismatch at cold start"
+    );
+    Err(Error::Config(format!(
+        "the featurizer's model spec {:?} ({spec_path}, or the built-in one when that file is \
+         absent) has sha256 {}, but the stack's ModelSpecSha256 is {expected}: deploy the layer \
+         built with the spec ModelSpecSha256 names, or set ModelSpecSha256 to the value \
+         infra/build-layer.sh printed for this layer (its ModelSpecSha256 line)",
+        loaded.name, loaded.spec_sha256
+    )))
+}
+
 /// The featurizer function: the shard featurizer (batch runs) and, when a refit queue is
 /// configured, the ingestor (continuous ingestion), sharing one model.
 pub struct FeaturizerFunction {
@@ -634,13 +670,15 @@ pub struct FeaturizerFunction {
 
 impl FeaturizerFunction {
     /// Builds both handlers from the configuration, loading the model once per container and
-    /// verifying it at cold start ([`check_model_at_cold_start`]): a layer with another model
-    /// than `MODEL_SHA256` fails the init, so neither a shard nor an ingested image is ever
-    /// featurized with it.
+    /// verifying it at cold start ([`check_model_at_cold_start`],
+    /// [`check_spec_at_cold_start`]): a layer with another model than `MODEL_SHA256`, or
+    /// another spec than `MODEL_SPEC_SHA256`, fails the init, so neither a shard nor an
+    /// ingested image is ever featurized with it.
     pub async fn from_config(config: &Config, aws: &SdkConfig) -> Result<Self> {
         let store = deployed_store(config, aws);
         let model = load_model(config)?;
         check_model_at_cold_start(&store, config, model.sha256()).await?;
+        check_spec_at_cold_start(config, &model)?;
         let ingestor = match &config.refit_queue_url {
             Some(url) => Some(Ingestor::new(
                 store.clone(),
@@ -691,89 +729,4 @@ impl FeaturizerFunction {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use pipeline::notification::decode_s3_key;
-
-    #[test]
-    fn an_early_refit_is_resent_only_when_the_staleness_bound_comes_first() {
-        let not_quiet = |quiet_left_ms, staleness_left_ms| RefitOutcome::NotQuiet {
-            since_change_ms: 1_000,
-            quiet_left_ms,
-            staleness_left_ms,
-        };
-        // The newest change's own message arrives first (in 59 s): nothing to re-send.
-        assert_eq!(requeue_delay_s(&not_quiet(59_000, Some(600_000))), None);
-        assert_eq!(requeue_delay_s(&not_quiet(59_000, None)), None);
-        // The bound comes first: back when it is reached (rounded up, at least 1 s).
-        assert_eq!(requeue_delay_s(&not_quiet(59_000, Some(12_300))), Some(13));
-        assert_eq!(requeue_delay_s(&not_quiet(59_000, Some(0))), Some(1));
-        assert_eq!(requeue_delay_s(&RefitOutcome::NothingToDo), None);
-    }
-
-    #[test]
-    fn deadlines_from_lambda_and_from_emulators() {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        let remaining = |d: Option<Instant>| {
-            d.unwrap()
-                .saturating_duration_since(Instant::now())
-                .as_secs()
-        };
-        assert!((29..=30).contains(&remaining(deadline_instant(now_ms + 30_000))));
-        assert!((599..=600).contains(&remaining(deadline_instant(600_000))));
-        assert_eq!(remaining(deadline_instant(now_ms - 5_000)), 0);
-        assert!(deadline_instant(0).is_none());
-    }
-
-    #[test]
-    fn s3_keys_are_decoded() {
-        assert_eq!(
-            decode_s3_key("runs/requests/demo+run.json"),
-            "runs/requests/demo run.json"
-        );
-        assert_eq!(
-            decode_s3_key("images/Pomme%C3%A9+1/a%2Bb.jpg"),
-            "images/Pommeé 1/a+b.jpg"
-        );
-        assert_eq!(
-            request_result_key("runs/requests/a.json"),
-            "runs/request-results/a.json"
-        );
-    }
-
-    #[test]
-    fn sample_events_parse() {
-        let s3: serde_json::Value =
-            serde_json::from_str(include_str!("../../../tests/events/s3-run-request.json"))
-                .unwrap();
-        assert!(matches!(
-            parse_splitter_event(s3).unwrap(),
-            SplitterEvent::S3(_)
-        ));
-        let test: serde_json::Value =
-            serde_json::from_str(include_str!("../../../tests/events/s3-test-event.json")).unwrap();
-        assert!(matches!(
-            parse_splitter_event(test).unwrap(),
-            SplitterEvent::S3Test
-        ));
-        let direct: serde_json::Value =
-            serde_json::from_str(include_str!("../../../tests/events/run-request.json")).unwrap();
-        assert!(matches!(
-            parse_splitter_event(direct).unwrap(),
-            SplitterEvent::Direct(_)
-        ));
-        let bad = serde_json::json!({"input_prefx": "x"});
-        assert!(parse_splitter_event(bad).is_err());
-        let sqs: SqsEvent =
-            serde_json::from_str(include_str!("../../../tests/events/sqs-shard-batch.json"))
-                .unwrap();
-        let shard: ShardMessage = parse_body(&sqs.records[1]).unwrap();
-        assert_eq!(shard.shard, 1);
-        let sqs: SqsEvent =
-            serde_json::from_str(include_str!("../../../tests/events/sqs-reduce.json")).unwrap();
-        let _: ReduceMessage = parse_body(&sqs.records[0]).unwrap();
-    }
-}
+mod tests;

@@ -17,9 +17,21 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
     sdk_config_with_endpoint(None).await
 }
 
+/// The SDK's configuration loader (region, credentials and endpoint from the environment),
+/// with its HTTPS client: hyper + rustls on the `ring` provider (the SDK's default client links
+/// `aws-lc-rs`, a C library that doubled the cold build: docs/performance.md). Everything
+/// that talks to AWS or to moto, tests included, starts here.
+pub fn config_loader() -> aws_config::ConfigLoader {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https)
+}
+
 /// [`sdk_config`], with an explicit endpoint URL (an emulator) taking precedence.
 pub async fn sdk_config_with_endpoint(endpoint_url: Option<&str>) -> aws_config::SdkConfig {
-    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let loader = config_loader();
     match endpoint_url {
         Some(url) => loader.endpoint_url(url).load().await,
         None => loader.load().await,

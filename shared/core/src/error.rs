@@ -66,7 +66,7 @@ pub enum Error {
     },
     /// The run report could not be drawn.
     #[error("report: {0}")]
-    Report(#[from] crate::report::ReportError),
+    Report(#[from] ReportError),
     /// A worker thread or blocking task panicked or was cancelled.
     #[error("worker task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -80,4 +80,18 @@ impl Error {
             source,
         }
     }
+}
+
+/// Why the report could not be drawn.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// plotters failed to draw a chart.
+    #[error("drawing the {chart} chart: {source}")]
+    Chart {
+        /// Which chart.
+        chart: &'static str,
+        /// plotters' error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }

@@ -13,11 +13,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 
 use crate::error::Result;
+use crate::layout::HEALTH_RUN_ID;
 use crate::ports::store::{ObjectStore, StoreError};
 use crate::stuck::{Stuck, StuckKind};
-
-/// The reserved run id under which the health records live.
-pub const HEALTH_RUN_ID: &str = "_health";
 
 /// The featurizer's health record.
 pub fn featurizer_health_key() -> String {

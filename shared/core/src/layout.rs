@@ -24,6 +24,10 @@ pub fn request_binding(identity: &str) -> String {
     format!("{BINDINGS_PREFIX}{digest}.json")
 }
 
+/// The reserved run id under which the functions' health records live (`runs/_health/`,
+/// [`crate::health`]).
+pub const HEALTH_RUN_ID: &str = "_health";
+
 /// Prefix of every run's intermediate objects (expired by a lifecycle rule).
 pub const STAGING_PREFIX: &str = "staging/";
 

@@ -6,9 +6,9 @@
 //! - [`manifest`], [`layout`], [`parquet_io`], [`notification`]: the run's documents, keys,
 //!   Parquet datasets and the S3 events that start work;
 //! - [`batch`]: the batch handlers (listing, splitter, featurizer, reducer, status, the
-//!   embedded driver);
+//!   run report, the embedded driver);
 //! - [`continuous`]: collections fed by an inbox (ingest and refit);
-//! - [`report`], [`cost`]: the run report and the cost model.
+//! - [`cost`]: the cost model.
 
 pub mod batch;
 pub mod continuous;
@@ -21,7 +21,6 @@ pub mod manifest;
 pub mod notification;
 pub mod parquet_io;
 pub mod ports;
-pub mod report;
 pub mod stuck;
 #[cfg(test)]
 mod test_util;

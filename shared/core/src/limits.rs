@@ -242,15 +242,9 @@ mod tests {
     use super::*;
     use engine::pca::PcaOptions;
 
-    #[test]
-    fn requests_above_a_ceiling_are_refused_naming_the_field_and_the_bound() {
-        let limits = RequestLimits {
-            input_prefixes: vec!["images/".into()],
-            ..RequestLimits::stack_defaults()
-        };
-        let o = RunOptions::default();
-        assert!(limits.check_options(&o).is_ok());
-        let cases: Vec<(RunOptions, &str)> = vec![
+    /// Options each above one ceiling of the stack's defaults, with the message it gets.
+    fn above_a_ceiling(o: &RunOptions) -> Vec<(RunOptions, &'static str)> {
+        vec![
             (
                 RunOptions {
                     shard_size: 1,
@@ -296,7 +290,18 @@ mod tests {
                 },
                 "max_image_bytes = 1099511627776 is above the maximum 67108864",
             ),
-        ];
+        ]
+    }
+
+    #[test]
+    fn requests_above_a_ceiling_are_refused_naming_the_field_and_the_bound() {
+        let limits = RequestLimits {
+            input_prefixes: vec!["images/".into()],
+            ..RequestLimits::stack_defaults()
+        };
+        let o = RunOptions::default();
+        assert!(limits.check_options(&o).is_ok());
+        let cases = above_a_ceiling(&o);
         for (options, expected) in cases {
             let msg = limits.check_options(&options).unwrap_err().to_string();
             assert!(msg.contains(expected), "{msg}");

@@ -8,10 +8,6 @@ use engine::pca::{PcaConvention, PcaOptions};
 use engine::preprocess::ImageErrorKind;
 
 use crate::error::{Error, Result};
-pub use crate::limits::{
-    RequestLimits, DEFAULT_MAX_PCA_K, DEFAULT_MAX_SHARDS_PER_RUN, DEFAULT_MAX_SHARD_SIZE,
-    DEFAULT_MIN_SHARD_SIZE, LOCAL_MAX_IMAGE_BYTES, LOCAL_MAX_PIXELS,
-};
 
 /// Default number of images per shard: about 20 s of compute for a 3-vCPU featurizer
 /// (14.7 ms per image and core), long enough that per-invocation overhead is small and that
@@ -61,6 +57,89 @@ pub struct RunOptions {
         skip_serializing_if = "is_default_max_image_bytes"
     )]
     pub max_image_bytes: u64,
+    /// The model's preprocessing spec the run is featurized with (its sha256, and its name
+    /// and content when known): a featurizer or a `resume` with another spec refuses the run.
+    /// Not hashed with the other options: the spec reaches the fingerprint through the
+    /// model's identity, and only when it is not the built-in one, so that runs made with the
+    /// built-in spec keep their ids. `None` in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_spec: Option<ModelSpecRecord>,
+}
+
+/// What a run records about its model's preprocessing spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpecRecord {
+    /// sha256 of the spec's canonical JSON ([`engine::model::ModelSpec::sha256`]; on AWS the
+    /// stack's `ModelSpecSha256`, which the featurizers check their layer's spec against).
+    pub sha256: String,
+    /// The built-in MobileNetV2 spec (`keras-mobilenet`).
+    #[serde(default)]
+    pub builtin: bool,
+    /// The spec's name, when not the built-in one and known (local runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The spec itself (input and output names resolved), when not the built-in one and known
+    /// (local runs; a deployed splitter knows only `ModelSpecSha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<engine::model::ModelSpec>,
+}
+
+impl ModelSpecRecord {
+    /// The record of a loaded model's spec.
+    pub fn of(record: &engine::model::ModelRecord) -> Self {
+        let builtin = record.spec.is_builtin();
+        Self {
+            sha256: record.spec_sha256.clone(),
+            builtin,
+            name: (!builtin).then(|| record.name.clone()),
+            spec: (!builtin).then(|| record.spec.clone()),
+        }
+    }
+
+    /// The record of a spec known by its sha256 only (a deployed splitter's
+    /// `ModelSpecSha256`).
+    pub fn of_sha256(sha256: &str) -> Self {
+        Self {
+            sha256: sha256.to_string(),
+            builtin: sha256 == engine::model::ModelSpec::builtin_sha256(),
+            name: None,
+            spec: None,
+        }
+    }
+
+    /// The spec's sha256 for the run id: `None` for the built-in spec (run ids made with it
+    /// stay as they were before the spec was part of them).
+    pub fn custom_sha256(&self) -> Option<String> {
+        (!self.builtin).then(|| self.sha256.clone())
+    }
+
+    /// How the spec reads in messages: its name (or "built-in keras-mobilenet") and sha256.
+    pub fn describe(&self) -> String {
+        let name = match (&self.name, self.builtin) {
+            (_, true) => "the built-in keras-mobilenet spec".to_string(),
+            (Some(name), false) => format!("spec {name:?}"),
+            (None, false) => "a custom spec".to_string(),
+        };
+        format!("{name} (sha256 {})", self.sha256)
+    }
+
+    /// Refuses to go on with `run_id` (recorded with `recorded`, `None` in manifests written
+    /// before specs were recorded: not checked) with the spec `current`: the message names
+    /// both specs and what to do.
+    pub fn check_same(recorded: Option<&Self>, current: &Self, run_id: &str) -> Result<()> {
+        match recorded {
+            Some(recorded) if recorded.sha256 != current.sha256 => {
+                Err(Error::InvalidRequest(format!(
+                    "run {run_id} was made with {}, but this model is preprocessed with {}: \
+                     resume it with the spec it was made with (--model-spec), or start a new run \
+                     with this one (`featurize run`, which gives it another run id)",
+                    recorded.describe(),
+                    current.describe()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for RunOptions {
@@ -73,6 +152,7 @@ impl Default for RunOptions {
             max_pixels: DEFAULT_MAX_PIXELS,
             max_error_rate: DEFAULT_MAX_ERROR_RATE,
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            model_spec: None,
         }
     }
 }
@@ -121,9 +201,20 @@ impl RunOptions {
         if self.max_image_bytes == 0 {
             return bad("max_image_bytes must be at least 1".into());
         }
-        crate::batch::listing::ImageFilter::new(&self.image_glob)?;
+        compile_image_glob(&self.image_glob)?;
         Ok(())
     }
+}
+
+/// Compiles an image glob (`RunOptions::image_glob`): tried on file names,
+/// case-insensitively (`*.{jpg,jpeg,png}`); a bad glob is an invalid request naming it.
+pub fn compile_image_glob(glob: &str) -> Result<globset::GlobMatcher> {
+    Ok(globset::GlobBuilder::new(glob)
+        .case_insensitive(true)
+        .literal_separator(false)
+        .build()
+        .map_err(|e| Error::InvalidRequest(format!("image glob {glob:?}: {e}")))?
+        .compile_matcher())
 }
 
 /// A request to run the job, as dropped in `runs/requests/<name>.json`, sent to the splitter
@@ -438,6 +529,10 @@ pub struct DoneMarker {
     /// reducer against the list it uses. `None` in markers written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors_sha256: Option<String>,
+    /// The engine that ran the model in this shard (`native (avx2)`, `tract`, ...: each
+    /// featurizer may run on another CPU). `None` in markers written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 /// The fingerprint of a run: sha256 (hex) over the input location, every listed key with
@@ -473,7 +568,12 @@ fn fingerprint_with_code(
     hasher.update([0]);
     hasher.update(input_uri.as_bytes());
     hasher.update([0]);
-    hasher.update(serde_json::to_vec(options).expect("options serialize"));
+    // The spec is hashed through the model's identity (custom specs only), not here.
+    let options = RunOptions {
+        model_spec: None,
+        ..options.clone()
+    };
+    hasher.update(serde_json::to_vec(&options).expect("options serialize"));
     hasher.update([0]);
     hasher.update(model_sha256.as_bytes());
     for image in images {
@@ -499,7 +599,7 @@ pub fn derive_run_id(fingerprint: &str) -> String {
 /// it), `runs/request-results/` (the splitter's record of each request) and `runs/_health/`
 /// (the functions' health records, [`crate::health`]).
 pub const RESERVED_RUN_IDS: &[&str] =
-    &["requests", "request-results", crate::health::HEALTH_RUN_ID];
+    &["requests", "request-results", crate::layout::HEALTH_RUN_ID];
 
 /// Checks an explicit run id: it becomes part of keys, so keep it to a safe alphabet, and
 /// away from the keys under `runs/` that are not runs ([`RESERVED_RUN_IDS`]).
@@ -579,219 +679,4 @@ pub fn now_rfc3339() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn images(n: usize) -> Vec<ImageRef> {
-        (0..n)
-            .map(|i| ImageRef {
-                path: format!("c/{i:03}.jpg"),
-                label: "c".into(),
-                version: format!("etag-{i}"),
-                size: 0,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn shards_by_size_and_by_count() {
-        let mut o = RunOptions {
-            shard_size: 4,
-            ..Default::default()
-        };
-        let s = make_shards(images(10), &o);
-        assert_eq!(
-            s.iter().map(|s| s.images.len()).collect::<Vec<_>>(),
-            vec![4, 4, 2]
-        );
-        assert_eq!(s[2].id, 2);
-        o.shard_count = Some(3);
-        let s = make_shards(images(10), &o);
-        assert_eq!(
-            s.iter().map(|s| s.images.len()).collect::<Vec<_>>(),
-            vec![4, 4, 2]
-        );
-        o.shard_count = Some(20);
-        assert_eq!(make_shards(images(10), &o).len(), 10);
-        assert!(make_shards(Vec::new(), &o).is_empty());
-    }
-
-    #[test]
-    fn run_id_is_stable_and_sensitive() {
-        let o = RunOptions::default();
-        let id = |uri: &str, o: &RunOptions, images: &[ImageRef], model: &str| {
-            derive_run_id(&run_fingerprint(uri, o, images, model))
-        };
-        let a = id("/in", &o, &images(3), "m1");
-        assert_eq!(a, id("/in", &o, &images(3), "m1"));
-        assert_ne!(a, id("/in", &o, &images(4), "m1"));
-        assert_ne!(
-            a,
-            id("/in", &o, &images(3), "m2"),
-            "the model is part of it"
-        );
-        let mut overwritten = images(3);
-        overwritten[1].version = "etag-new".into();
-        assert_ne!(
-            a,
-            id("/in", &o, &overwritten, "m1"),
-            "so is each image's version"
-        );
-        let bumped = derive_run_id(&fingerprint_with_code(
-            "/in",
-            &o,
-            &images(3),
-            "m1",
-            engine::FEATURIZER_VERSION + 1,
-        ));
-        assert_ne!(a, bumped, "so is the featurizing code's version");
-        assert!(validate_run_id("requests").is_err());
-        assert!(validate_run_id("request-results").is_err());
-        let o2 = RunOptions {
-            pca: PcaOptions {
-                k: 10,
-                ..Default::default()
-            },
-            ..o.clone()
-        };
-        assert_ne!(a, id("/in", &o2, &images(3), "m1"));
-        assert!(validate_run_id(&a).is_ok());
-        assert!(validate_run_id("../x").is_err());
-    }
-
-    #[test]
-    fn run_ids_colliding_with_reserved_keys_are_rejected() {
-        for reserved in RESERVED_RUN_IDS {
-            let msg = validate_run_id(reserved).unwrap_err().to_string();
-            assert!(msg.contains("is reserved"), "{msg}");
-        }
-        assert!(validate_run_id("requests-2").is_ok());
-        assert!(
-            validate_run_id("Requests").is_ok(),
-            "S3 keys are case-sensitive"
-        );
-    }
-
-    #[test]
-    fn request_rejects_unknown_fields_and_validates() {
-        let err = serde_json::from_str::<RunRequest>(r#"{"input_prefix":"a/","kk":3}"#);
-        assert!(err.is_err());
-        let req: RunRequest = serde_json::from_str(r#"{"input_prefix":"a/","k":2000}"#).unwrap();
-        let o = req.options(&RunOptions::default());
-        let msg = o.validate(1280, 5000).unwrap_err().to_string();
-        assert!(
-            msg.contains("larger than the feature dimension 1280"),
-            "{msg}"
-        );
-        let req: RunRequest =
-            serde_json::from_str(r#"{"input_prefix":"a/","variance":0.95}"#).unwrap();
-        assert!(req
-            .options(&RunOptions::default())
-            .validate(1280, 3)
-            .is_ok());
-    }
-
-    #[test]
-    fn fewer_images_than_k_is_accepted_but_one_image_is_not() {
-        let o = RunOptions::default();
-        assert_eq!(o.pca.k, 50);
-        assert!(o.validate(1280, 30).is_ok(), "the reducer clamps k instead");
-        let msg = o.validate(1280, 1).unwrap_err().to_string();
-        assert!(msg.contains("a PCA needs at least 2"), "{msg}");
-    }
-
-    #[test]
-    fn shard_lists_keep_versions_and_read_old_lists() {
-        let listed = images(2);
-        let json = serde_json::to_string(&listed).unwrap();
-        assert!(json.contains("etag-1"), "{json}");
-        let back: Vec<ImageRef> = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, listed);
-        let old: Vec<ImageRef> =
-            serde_json::from_str(r#"[{"path":"c/000.jpg","label":"c"}]"#).unwrap();
-        assert_eq!(
-            old[0].version, "",
-            "a list written before versions were kept"
-        );
-    }
-
-    #[test]
-    fn done_markers_keep_the_error_list_and_read_old_markers() {
-        let marker = DoneMarker {
-            shard: 3,
-            attempt: "a1".into(),
-            part_sha256: "00".into(),
-            images: 2,
-            rows: 1,
-            errors: 1,
-            timings: StageTimings::default(),
-            cost: InvocationCost {
-                duration_ms: 1.0,
-                memory_mb: None,
-            },
-            finished_at_ms: None,
-            stats_sha256: Some("11".into()),
-            errors_sha256: None,
-            error_list: vec![ImageError {
-                path: "c/1.jpg".into(),
-                label: "c".into(),
-                kind: ImageErrorKind::Archived,
-                reason: "archived".into(),
-            }],
-        };
-        let json = serde_json::to_value(&marker).unwrap();
-        assert_eq!(json["error_list"][0]["kind"], "archived");
-        let back: DoneMarker = serde_json::from_value(json.clone()).unwrap();
-        assert_eq!(back, marker);
-        assert_eq!(json["stats_sha256"], "11");
-        assert!(json.get("errors_sha256").is_none(), "None is left out");
-        let mut old = json;
-        old.as_object_mut().unwrap().remove("error_list");
-        old.as_object_mut().unwrap().remove("stats_sha256");
-        let old: DoneMarker = serde_json::from_value(old).unwrap();
-        assert!(old.error_list.is_empty());
-        assert_eq!(old.stats_sha256, None, "a marker from before the checksums");
-    }
-
-    #[test]
-    fn the_image_size_limit_keeps_old_run_ids_and_reads_old_manifests() {
-        let o = RunOptions::default();
-        let json = serde_json::to_value(&o).unwrap();
-        assert!(
-            json.get("max_image_bytes").is_none(),
-            "the default is left out, so run ids made before it existed stay the same"
-        );
-        let back: RunOptions = serde_json::from_value(json).unwrap();
-        assert_eq!(back.max_image_bytes, DEFAULT_MAX_IMAGE_BYTES);
-        let smaller = RunOptions {
-            max_image_bytes: 1 << 20,
-            ..o.clone()
-        };
-        assert_eq!(
-            serde_json::to_value(&smaller).unwrap()["max_image_bytes"],
-            1 << 20
-        );
-        assert_ne!(
-            run_fingerprint("/in", &o, &images(3), "m"),
-            run_fingerprint("/in", &smaller, &images(3), "m"),
-            "another limit is another run"
-        );
-        let req: RunRequest =
-            serde_json::from_str(r#"{"input_prefix":"a/","max_image_bytes":1000}"#).unwrap();
-        assert_eq!(req.options(&o).max_image_bytes, 1000);
-        let zero = RunOptions {
-            max_image_bytes: 0,
-            ..o
-        };
-        assert!(zero.validate(1280, 10).is_err());
-    }
-
-    #[test]
-    fn rfc3339_round_trip() {
-        let ms = rfc3339_to_unix_ms("2026-01-02T03:04:05.250Z").unwrap();
-        assert_eq!(ms, 1_767_323_045_250);
-        assert!(rfc3339_to_unix_ms("yesterday").is_none());
-        let now = rfc3339_to_unix_ms(&now_rfc3339()).unwrap();
-        assert!(now.abs_diff(unix_now_ms()) < 5_000);
-    }
-}
+mod tests;

@@ -72,6 +72,21 @@ pub enum Engine {
     Native(Isa),
 }
 
+impl Engine {
+    /// The environment variable `featurize run` and `featurize resume` read the engine from
+    /// (`--engine` overrides it): `auto`, `tract`, `avx512`, `avx2` or `portable`.
+    pub const ENV: &'static str = "FEATURIZE_ENGINE";
+
+    /// Parses `auto`, `tract`, or a native executor's kernels (`avx512`, `avx2`, `portable`).
+    pub fn parse(name: &str) -> Option<Engine> {
+        match name {
+            "auto" => Some(Engine::Auto),
+            "tract" => Some(Engine::Tract),
+            isa => Isa::parse(isa).map(Engine::Native),
+        }
+    }
+}
+
 /// Graph rewrites and engine choice applied at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {

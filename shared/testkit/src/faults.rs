@@ -8,7 +8,12 @@
 //! caller sees a transient 504, so a retry layer sends it again and a conditional write
 //! answers "exists" / "changed") and **duplicate apply** ([`Faults::duplicate_apply`]: the
 //! write is applied twice, as a retried request whose first copy had landed, and the caller
-//! gets the second answer). A [`Selector`] picks the writes they hit: by kind, key, step.
+//! gets the second answer). One acts *instead of* a conditional write: a **spurious
+//! precondition failure** ([`Faults::spurious_precondition_failures`]: the create or replace
+//! is answered "precondition failed", `Ok(false)`, and not applied — as S3 answers 409
+//! `ConditionalRequestConflict` to a conditional write that raced another one in progress,
+//! even if that one fails too). A [`Selector`] picks the writes they hit: by kind, key, step.
+//! Plans combine with [`Faults::and_ack_loss`].
 //!
 //! One [`Faults`] plan is shared by the store and the queue of one handler, so that "step"
 //! counts every write and send of that handler in order. They work over any store (the local
@@ -58,8 +63,9 @@ impl WriteOp {
 }
 
 /// Which mutating calls an after-the-fact fault ([`Faults::ack_loss`],
-/// [`Faults::duplicate_apply`]) hits. Every condition given must hold; by default every
-/// mutating call (sends included) is hit, every time.
+/// [`Faults::duplicate_apply`]) or a refusal ([`Faults::spurious_precondition_failures`])
+/// hits. Every condition given must hold; by default every mutating call (sends included) is
+/// hit, every time.
 #[derive(Debug, Clone, Default)]
 pub struct Selector {
     ops: Vec<WriteOp>,
@@ -128,11 +134,15 @@ impl Selector {
     }
 }
 
-/// A fault that acts after the call took effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum After {
-    AckLoss,
-    Duplicate,
+/// A fault a [`Selector`] picks the calls of: after the call took effect (a lost answer, a
+/// second copy), instead of it (a refusal), or before it (a pause). The number indexes
+/// [`State::matched`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Picked {
+    AckLoss = 0,
+    Duplicate = 1,
+    Pause = 2,
+    Refuse = 3,
 }
 
 /// Counts the calls a selector matched, for [`Selector::nth`]; whether this one is the one.
@@ -162,6 +172,8 @@ struct Plan {
     ack_loss: Option<Selector>,
     /// Writes applied twice; the caller gets the second answer.
     duplicate: Option<Selector>,
+    /// Conditional writes answered "precondition failed" (`Ok(false)`) without being applied.
+    refuse: Option<Selector>,
 }
 
 #[derive(Debug)]
@@ -172,12 +184,14 @@ struct State {
     injected: AtomicUsize,
     rng: Mutex<fastrand::Rng>,
     log: Mutex<Vec<String>>,
-    /// Requests an after-the-fact fault already hit (for `once_per_request`).
-    hit_requests: Mutex<HashSet<(WriteOp, String, u64)>>,
+    /// Requests each selected fault already hit (for `once_per_request`).
+    hit_requests: Mutex<HashSet<(Picked, WriteOp, String, u64)>>,
     acks_lost: AtomicUsize,
     duplicated: AtomicUsize,
-    /// Calls each selector matched (ack loss, duplicate, pause), for [`Selector::nth`].
-    matched: [AtomicUsize; 3],
+    refused: AtomicUsize,
+    /// Calls each selector matched (ack loss, duplicate, pause, refusal; by [`Picked`]), for
+    /// [`Selector::nth`].
+    matched: [AtomicUsize; 4],
     paused: watch::Sender<bool>,
     resumed: watch::Sender<bool>,
 }
@@ -212,6 +226,7 @@ impl Faults {
                 hit_requests: Mutex::new(HashSet::new()),
                 acks_lost: AtomicUsize::new(0),
                 duplicated: AtomicUsize::new(0),
+                refused: AtomicUsize::new(0),
                 matched: Default::default(),
                 paused: watch::channel(false).0,
                 resumed: watch::channel(false).0,
@@ -336,6 +351,41 @@ impl Faults {
         )
     }
 
+    /// The conditional writes (creates and replaces; other calls are never refused) that
+    /// `selector` picks are answered "precondition failed" (`Ok(false)`) and **not applied**:
+    /// the object is left as it was, and the call is not a step (it took no effect). On S3:
+    /// a 409 `ConditionalRequestConflict` (a conditional write racing another one in
+    /// progress on the key, which may then fail as well), which the S3 adapter answers as
+    /// `false` — the caller's read-back then finds neither its write nor anyone else's.
+    /// Logged as `<op> <key> (precondition failed, not applied)`. With
+    /// [`Selector::times`]`(n)`: the first `n` such writes; with
+    /// [`Selector::once_per_request`]: each request the first time only.
+    pub fn spurious_precondition_failures(selector: Selector) -> Self {
+        Self::with_plan(
+            Plan {
+                refuse: Some(selector),
+                ..Plan::default()
+            },
+            0,
+        )
+    }
+
+    /// This plan, with [`Faults::ack_loss`] on the writes `selector` picks as well (a write
+    /// refused by [`Faults::spurious_precondition_failures`] is not applied, so it is never
+    /// one of them: `times(1)` loses the answer of the first write that lands). Call it
+    /// before the plan is shared (before [`Faults::store`] or a clone); it panics otherwise.
+    pub fn and_ack_loss(mut self, selector: Selector) -> Self {
+        let state = Arc::get_mut(&mut self.state)
+            .expect("and_ack_loss: add faults to a plan before it is shared");
+        state.plan.ack_loss = Some(selector);
+        self
+    }
+
+    /// How many conditional writes [`Faults::spurious_precondition_failures`] has refused.
+    pub fn spurious_failures(&self) -> usize {
+        self.state.refused.load(Ordering::SeqCst)
+    }
+
     /// How many answers [`Faults::ack_loss`] has lost.
     pub fn acks_lost(&self) -> usize {
         self.state.acks_lost.load(Ordering::SeqCst)
@@ -451,7 +501,8 @@ impl Faults {
                 .as_deref()
                 .is_some_and(|k| key.contains(k))
             || plan.pause_at.as_ref().is_some_and(|s| {
-                s.matches(write, key, step) && nth_matches(s, &self.state.matched[2])
+                s.matches(write, key, step)
+                    && nth_matches(s, &self.state.matched[Picked::Pause as usize])
             });
         if pause_here && !*self.state.resumed.borrow() {
             self.state.paused.send_replace(true);
@@ -475,12 +526,15 @@ impl Faults {
             .push(format!("{op} {key}"));
     }
 
-    /// Whether the after-the-fact fault `which` hits this call (made at `step`), counting it.
-    fn hits(&self, which: After, op: WriteOp, key: &str, step: usize, body: u64) -> bool {
+    /// Whether the selected fault `which` hits this call (made at `step`), counting it.
+    fn hits(&self, which: Picked, op: WriteOp, key: &str, step: usize, body: u64) -> bool {
         let plan = &self.state.plan;
         let (selector, counter) = match which {
-            After::AckLoss => (&plan.ack_loss, &self.state.acks_lost),
-            After::Duplicate => (&plan.duplicate, &self.state.duplicated),
+            Picked::AckLoss => (&plan.ack_loss, &self.state.acks_lost),
+            Picked::Duplicate => (&plan.duplicate, &self.state.duplicated),
+            Picked::Refuse => (&plan.refuse, &self.state.refused),
+            // Decided in `before_step`.
+            Picked::Pause => return false,
         };
         let Some(selector) = selector else {
             return false;
@@ -496,7 +550,7 @@ impl Faults {
                 .hit_requests
                 .lock()
                 .expect("hit requests")
-                .insert((op, key.to_string(), body))
+                .insert((which, op, key.to_string(), body))
         {
             return false;
         }
@@ -534,13 +588,15 @@ pub struct FaultyStore<S> {
 }
 
 impl<S: ObjectStore> FaultyStore<S> {
-    /// One mutating call: the plan's faults before it (crash, pause, deny, 503), the call,
-    /// then the faults after it (a lost answer, a duplicate).
+    /// One mutating call: the plan's faults before it (crash, pause, deny, 503), a refusal
+    /// instead of it (conditional writes only: `refused` is their "precondition failed"
+    /// answer), the call, then the faults after it (a lost answer, a duplicate).
     async fn write<T, F, Fut>(
         &self,
         op: WriteOp,
         key: &str,
         body: u64,
+        refused: Option<T>,
         call: F,
     ) -> Result<T, StoreError>
     where
@@ -550,16 +606,27 @@ impl<S: ObjectStore> FaultyStore<S> {
         let name = op.name();
         self.faults.before_step(op, key).await?;
         let step = self.faults.steps();
+        if let Some(refused) = refused {
+            if self.faults.hits(Picked::Refuse, op, key, step, body) {
+                self.faults
+                    .state
+                    .log
+                    .lock()
+                    .expect("fault log")
+                    .push(format!("{name} {key} (precondition failed, not applied)"));
+                return Ok(refused);
+            }
+        }
         let answer = call().await?;
         self.faults.after_step(name, key);
-        if self.faults.hits(After::Duplicate, op, key, step, body) {
+        if self.faults.hits(Picked::Duplicate, op, key, step, body) {
             let again = call().await;
             if again.is_ok() {
                 self.faults.after_step(&format!("{name} (again)"), key);
             }
             return again;
         }
-        if self.faults.hits(After::AckLoss, op, key, step, body) {
+        if self.faults.hits(Picked::AckLoss, op, key, step, body) {
             self.faults
                 .state
                 .log
@@ -598,27 +665,39 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     /// (a denied or crashed source fails as a read does).
     async fn copy(&self, from: &str, to: &str) -> Result<u64, StoreError> {
         self.faults.before_call("get", from).await?;
-        self.write(WriteOp::Copy, to, body_digest(from.as_bytes()), || {
-            self.inner.copy(from, to)
-        })
+        self.write(
+            WriteOp::Copy,
+            to,
+            body_digest(from.as_bytes()),
+            None,
+            || self.inner.copy(from, to),
+        )
         .await
     }
     async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
-        self.write(WriteOp::Put, key, body_digest(&body), || {
+        self.write(WriteOp::Put, key, body_digest(&body), None, || {
             self.inner.put(key, body.clone())
         })
         .await
     }
     async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<bool, StoreError> {
-        self.write(WriteOp::Create, key, body_digest(&body), || {
-            self.inner.put_if_absent(key, body.clone())
-        })
+        self.write(
+            WriteOp::Create,
+            key,
+            body_digest(&body),
+            Some(false),
+            || self.inner.put_if_absent(key, body.clone()),
+        )
         .await
     }
     async fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<bool, StoreError> {
-        self.write(WriteOp::Replace, key, body_digest(&body), || {
-            self.inner.put_if_match(key, body.clone(), etag)
-        })
+        self.write(
+            WriteOp::Replace,
+            key,
+            body_digest(&body),
+            Some(false),
+            || self.inner.put_if_match(key, body.clone(), etag),
+        )
         .await
     }
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {
@@ -630,7 +709,7 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         self.inner.head(key).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.write(WriteOp::Delete, key, 0, || self.inner.delete(key))
+        self.write(WriteOp::Delete, key, 0, None, || self.inner.delete(key))
             .await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
@@ -668,12 +747,12 @@ impl<Q: Queue> Queue for FaultyQueue<Q> {
         }
         self.faults.after_step("send", "queue");
         let faults = &self.faults;
-        if faults.hits(After::Duplicate, WriteOp::Send, "queue", step, digest) {
+        if faults.hits(Picked::Duplicate, WriteOp::Send, "queue", step, digest) {
             if deliver {
                 self.inner.send_all(bodies).await?;
             }
             faults.after_step("send (again)", "queue");
-        } else if faults.hits(After::AckLoss, WriteOp::Send, "queue", step, digest) {
+        } else if faults.hits(Picked::AckLoss, WriteOp::Send, "queue", step, digest) {
             return Err(as_queue_error(Faults::ack_lost_error("send", "queue")));
         }
         Ok(())

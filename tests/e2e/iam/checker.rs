@@ -8,10 +8,11 @@
 use std::sync::Arc;
 
 use aws::checker::{check, reconcile_collections, CheckerSettings, ListedFolders};
-use aws::sdk::SqsQueue;
+use aws::sdk::{S3Store, SqsQueue};
 use pipeline::batch::attempts::{started_key, ShardStart};
 use pipeline::batch::featurizer::ShardFailure;
 use pipeline::batch::listing::ImageFilter;
+use pipeline::batch::splitter::SplitOutcome;
 use pipeline::continuous::reconcile::QueueRepair;
 use pipeline::layout::RunLayout;
 use pipeline::ports::store::{Bytes, ObjectStore};
@@ -58,7 +59,25 @@ async fn scenario_checker() -> Arc<Role> {
     let stack = Stack::new().await;
     let role = checker_role(&stack);
     stack.upload_images().await;
+    let (lost, unreduced) = runs_in_three_states(&stack).await;
+    collection_with_a_missed_image(&stack).await;
 
+    let store = CheckedStore::new(stack.store(), role.clone(), &stack.bucket_arn);
+    scan_finds_the_stuck_runs(&store, &lost, &unreduced).await;
+    reconcile_repairs_the_missed_image(&stack, &role, &store).await;
+
+    let denials: Vec<String> = role.denials().iter().map(|d| d.to_string()).collect();
+    assert!(
+        denials.is_empty(),
+        "the checker's role refuses calls it makes:\n  {}",
+        denials.join("\n  ")
+    );
+    role
+}
+
+/// A run whose shard messages were lost (one shard's delivery died, one failed with a
+/// record), a run whose reduce message was lost, and a complete run: (lost, unreduced).
+async fn runs_in_three_states(stack: &Stack) -> (SplitOutcome, SplitOutcome) {
     // Its shard messages lost; shard 0's fifth delivery started long ago and died (no
     // failure record), shard 1 failed with a record.
     let lost = stack.submit("lost", &request(2)).await;
@@ -70,7 +89,7 @@ async fn scenario_checker() -> Arc<Role> {
         attempt: "a5".into(),
         at_unix: 1_000,
     };
-    put_json(&stack, &started_key(&layout, 0), &start).await;
+    put_json(stack, &started_key(&layout, 0), &start).await;
     let failure = ShardFailure {
         shard: 1,
         attempt: Some(1),
@@ -78,7 +97,7 @@ async fn scenario_checker() -> Arc<Role> {
         at: pipeline::manifest::now_rfc3339(),
     };
     put_json(
-        &stack,
+        stack,
         &format!("{}failures/shard-00001.json", layout.run_prefix()),
         &failure,
     )
@@ -93,8 +112,11 @@ async fn scenario_checker() -> Arc<Role> {
     stack.submit("complete", &request(4)).await;
     stack.pump_shards().await;
     assert_eq!(stack.pump_reduce().await, 1);
+    (lost, unreduced)
+}
 
-    // A published collection, then an image whose notification is lost.
+/// A published collection, then an image whose notification is lost.
+async fn collection_with_a_missed_image(stack: &Stack) {
     let files = fruit_images(2, 2);
     let key = |p: &str| format!("{}c/{p}", stack.inbox);
     for (path, bytes) in &files[..3] {
@@ -112,13 +134,20 @@ async fn scenario_checker() -> Arc<Role> {
         .await
         .unwrap();
     assert!(stack.lose_messages(&stack.ingest_queue).await >= 1);
+}
 
-    let store = CheckedStore::new(stack.store(), role.clone(), &stack.bucket_arn);
+/// The scan under the checker's role: the lost run is stuck, the unreduced one only once its
+/// claim's grace is zero.
+async fn scan_finds_the_stuck_runs(
+    store: &CheckedStore<S3Store>,
+    lost: &SplitOutcome,
+    unreduced: &SplitOutcome,
+) {
     let settings = CheckerSettings {
         policy: StallPolicy::default(),
         max_items: 100,
     };
-    let report = check(&store, &ListedFolders(&store), &settings, &SystemClock)
+    let report = check(store, &ListedFolders(store), &settings, &SystemClock)
         .await
         .unwrap();
     let kind_of = |id: &str| {
@@ -150,7 +179,7 @@ async fn scenario_checker() -> Arc<Role> {
         },
         max_items: 100,
     };
-    let report = check(&store, &ListedFolders(&store), &eager, &SystemClock)
+    let report = check(store, &ListedFolders(store), &eager, &SystemClock)
         .await
         .unwrap();
     assert!(
@@ -160,11 +189,17 @@ async fn scenario_checker() -> Arc<Role> {
             .any(|s| s.id == unreduced.run_id && s.stuck.kind == StuckKind::ClaimWithoutLock),
         "{report:?}"
     );
+}
 
-    // The scheduled reconcile: the missed image goes to the ingest queue, a refit is asked.
+/// The scheduled reconcile: the missed image goes to the ingest queue, a refit is asked.
+async fn reconcile_repairs_the_missed_image(
+    stack: &Stack,
+    role: &Arc<Role>,
+    store: &CheckedStore<S3Store>,
+) {
     let queue = |q: &super::QueueRef| {
         CheckedQueue::new(
-            SqsQueue::new(stack.sqs.clone(), &q.url),
+            SqsQueue::new(stack.moto.sqs.clone(), &q.url),
             role.clone(),
             &q.arn,
         )
@@ -174,20 +209,12 @@ async fn scenario_checker() -> Arc<Role> {
         refit_queue: Some(queue(&stack.refit_queue)),
     };
     let filter = ImageFilter::new("*.{jpg,jpeg,png}").unwrap();
-    let records = reconcile_collections(&store, &stack.inbox, &filter, &repair)
+    let records = reconcile_collections(store, &stack.inbox, &filter, &repair)
         .await
         .unwrap();
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].missing.count, 1, "{records:?}");
     assert_eq!(records[0].repair.queued, 1, "{records:?}");
-
-    let denials: Vec<String> = role.denials().iter().map(|d| d.to_string()).collect();
-    assert!(
-        denials.is_empty(),
-        "the checker's role refuses calls it makes:\n  {}",
-        denials.join("\n  ")
-    );
-    role
 }
 
 /// Each Allow statement of the checker's role, and each action and resource of a

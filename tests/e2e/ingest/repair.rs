@@ -82,20 +82,7 @@ impl ObjectStore for Hostile {
 
 /// A stack with an ingest queue fed by the inbox's notifications and a refit queue.
 async fn inbox_stack(name: &str) -> (Stack, String, String) {
-    let stack = Stack::new(name).await;
-    let ingest_queue = stack.make_queue("ingest").await;
-    let refit_queue = stack.make_queue("refit").await;
-    stack
-        .notify(
-            &ingest_queue,
-            INBOX,
-            None,
-            &[
-                Event::from("s3:ObjectCreated:*"),
-                Event::from("s3:ObjectRemoved:*"),
-            ],
-        )
-        .await;
+    let (stack, ingest_queue, refit_queue) = notified_stack(name).await;
     // The `s3:TestEvent` S3 sends when the notification is configured: not an upload.
     for m in stack.receive(&ingest_queue, 10).await {
         assert!(m.body().unwrap().contains("s3:TestEvent"), "{m:?}");
@@ -125,40 +112,9 @@ async fn take(stack: &Stack, queue: &str, n: usize) -> Vec<aws_sdk_sqs::types::M
 /// The reducer's refits, once the quiet time (1 s) has passed.
 async fn pump_refits(stack: &Stack, refit_queue: &str, store: &S3Store) -> usize {
     let reducer = stack.reducer(store.clone());
-    let refitter = Refitter {
-        store: store.clone(),
-        inbox: INBOX.into(),
-        quiet_ms: 1000,
-        options: RefitOptions {
-            pca: PcaOptions {
-                k: K,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    };
+    let refitter = refitter(store, 1000, RefitOptions::default());
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    stack
-        .pump_queue(refit_queue, 10, |event| {
-            let (reducer, refitter) = (&reducer, &refitter);
-            async move { handle_reducer_batch(reducer, Some(refitter), event, "it").await }
-        })
-        .await
-}
-
-/// The collection's view against a batch run over its live objects.
-async fn assert_exact(store: &S3Store, collection: &str) -> View {
-    let view = read_view(store, collection).await;
-    let dir = tempfile::tempdir().unwrap();
-    download_collection(store, collection, dir.path()).await;
-    let folder = dir.path().join(collection);
-    tokio::task::spawn_blocking(move || {
-        assert_view_matches_batch(&view, &folder);
-        drop(dir);
-        view
-    })
-    .await
-    .unwrap()
+    pump_reducer(stack, refit_queue, &reducer, &refitter).await
 }
 
 /// `featurize reconcile` on the stack (in this process, with the model): its output.
@@ -198,6 +154,119 @@ fn cli_reconcile(stack: &Stack, collection: &str) -> String {
     text
 }
 
+/// The featurizer's handler with an ingestor that reads through [`Hostile`].
+struct HostileLambda {
+    stack: Stack,
+    ingest_queue: String,
+    refit_queue: String,
+    store: S3Store,
+    armed: Arc<AtomicBool>,
+    featurizer: ShardFeaturizer<S3Store, SqsQueue>,
+    ingestor: Ingestor<Hostile, S3Store, SqsQueue>,
+}
+
+impl HostileLambda {
+    async fn new(name: &str) -> Self {
+        let (stack, ingest_queue, refit_queue) = inbox_stack(name).await;
+        let store = stack.store();
+        let armed = Arc::new(AtomicBool::new(true));
+        let hostile = Hostile {
+            inner: store.clone(),
+            armed: armed.clone(),
+        };
+        Self {
+            featurizer: stack.featurizer(store.clone()),
+            ingestor: model_ingestor(&stack, hostile, &refit_queue, 1),
+            stack,
+            ingest_queue,
+            refit_queue,
+            store,
+            armed,
+        }
+    }
+
+    /// One invocation of the featurizer's handler on `batch`.
+    async fn handle(
+        &self,
+        batch: &[aws_sdk_sqs::types::Message],
+    ) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+        let event = self.stack.sqs_event(batch, &self.ingest_queue).await;
+        self.handle_event(event).await
+    }
+
+    async fn handle_event(
+        &self,
+        event: aws_lambda_events::event::sqs::SqsEvent,
+    ) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+        handle_featurizer_batch(&self.featurizer, Some(&self.ingestor), event, "it", None).await
+    }
+
+    async fn delete(&self, message: &aws_sdk_sqs::types::Message) {
+        self.stack
+            .delete(&self.ingest_queue, message.receipt_handle().unwrap())
+            .await;
+    }
+}
+
+/// 100 records in one invocation (99 images and one that panics when read): no record
+/// is reported failed. Returns the poison's key.
+async fn poison_batch(lambda: &HostileLambda, images: &[(String, Vec<u8>)]) -> String {
+    let mut files = inbox_keys("fruits", &images[..99]);
+    let poison = format!(
+        "{INBOX}fruits/{}",
+        images[99].0.replace(".jpg", "-poison.jpg")
+    );
+    files.push((poison.clone(), images[99].1.clone()));
+    upload_all(&lambda.store, &files).await;
+    let batch = take(&lambda.stack, &lambda.ingest_queue, 100).await;
+    let event = lambda.stack.sqs_event(&batch, &lambda.ingest_queue).await;
+    assert_eq!(event.records.len(), 100);
+    let response = lambda.handle_event(event).await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "the poison is an error entry, not a failed record: {:?}",
+        response.batch_item_failures
+    );
+    for m in &batch {
+        lambda.delete(m).await;
+    }
+    poison
+}
+
+/// A throttled key in the next batch: its record alone is retried, and succeeds once SQS
+/// delivers it again (the throttling is over by then).
+async fn throttled_batch(lambda: &HostileLambda, images: &[(String, Vec<u8>)]) {
+    let throttled = format!(
+        "{INBOX}fruits/{}",
+        images[100].0.replace(".jpg", "-throttled.jpg")
+    );
+    let mut more = inbox_keys("fruits", &images[101..110]);
+    more.push((throttled.clone(), images[100].1.clone()));
+    upload_all(&lambda.store, &more).await;
+    let batch = take(&lambda.stack, &lambda.ingest_queue, 10).await;
+    let response = lambda.handle(&batch).await;
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    let throttled_record = batch
+        .iter()
+        .find(|m| m.body().unwrap().contains("throttled"))
+        .unwrap();
+    assert_eq!(failed, [throttled_record.message_id().unwrap()]);
+    for m in &batch {
+        if Some(m.message_id().unwrap()) != failed.first().copied() {
+            lambda.delete(m).await;
+        }
+    }
+    // SQS delivers the failed record again; the throttling is over by then.
+    lambda.armed.store(false, Ordering::SeqCst);
+    let response = lambda.handle(std::slice::from_ref(throttled_record)).await;
+    assert!(response.batch_item_failures.is_empty());
+    lambda.delete(throttled_record).await;
+}
+
 /// 100 records in one invocation, one of which panics when read: 99 featurized, the poison
 /// is its path's error (with the reason), and no record is reported failed. A throttled
 /// record in the next batch is the only one reported failed. Once the cause is gone, a
@@ -205,94 +274,14 @@ fn cli_reconcile(stack: &Stack, collection: &str) -> String {
 #[test]
 fn one_poison_record_in_a_batch_of_100_fails_alone() {
     runtime().block_on(async {
-        let (stack, ingest_queue, refit_queue) = inbox_stack("poison").await;
-        let store = stack.store();
-        let armed = Arc::new(AtomicBool::new(true));
-        let hostile = Hostile {
-            inner: store.clone(),
-            armed: armed.clone(),
-        };
-        let featurizer = stack.featurizer(store.clone());
-        let ingestor = Ingestor::new(
-            hostile,
-            store.clone(),
-            SqsQueue::new(stack.sqs.clone(), &refit_queue),
-            Engine::Model(model()),
-            settings(1),
-        );
+        let lambda = HostileLambda::new("poison").await;
+        let (stack, store) = (&lambda.stack, &lambda.store);
         let images = fruit_images(10, 12);
-        let mut files: Vec<(String, Vec<u8>)> = images[..99]
-            .iter()
-            .map(|(p, b)| (format!("{INBOX}fruits/{p}"), b.clone()))
-            .collect();
-        let poison = format!(
-            "{INBOX}fruits/{}",
-            images[99].0.replace(".jpg", "-poison.jpg")
-        );
-        files.push((poison.clone(), images[99].1.clone()));
-        upload_all(&store, &files).await;
-        let batch = take(&stack, &ingest_queue, 100).await;
-        let event = stack.sqs_event(&batch, &ingest_queue).await;
-        assert_eq!(event.records.len(), 100);
-        let response =
-            handle_featurizer_batch(&featurizer, Some(&ingestor), event, "it", None).await;
-        assert!(
-            response.batch_item_failures.is_empty(),
-            "the poison is an error entry, not a failed record: {:?}",
-            response.batch_item_failures
-        );
-        for m in &batch {
-            stack
-                .delete(&ingest_queue, m.receipt_handle().unwrap())
-                .await;
-        }
+        let poison = poison_batch(&lambda, &images).await;
+        throttled_batch(&lambda, &images).await;
+        assert!(pump_refits(stack, &lambda.refit_queue, store).await >= 1);
 
-        // A throttled key in the next batch: its record alone is retried.
-        let throttled = format!(
-            "{INBOX}fruits/{}",
-            images[100].0.replace(".jpg", "-throttled.jpg")
-        );
-        let more: Vec<(String, Vec<u8>)> = images[101..110]
-            .iter()
-            .map(|(p, b)| (format!("{INBOX}fruits/{p}"), b.clone()))
-            .chain([(throttled.clone(), images[100].1.clone())])
-            .collect();
-        upload_all(&store, &more).await;
-        let batch = take(&stack, &ingest_queue, 10).await;
-        let event = stack.sqs_event(&batch, &ingest_queue).await;
-        let response =
-            handle_featurizer_batch(&featurizer, Some(&ingestor), event, "it", None).await;
-        let failed: Vec<&str> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect();
-        let throttled_record = batch
-            .iter()
-            .find(|m| m.body().unwrap().contains("throttled"))
-            .unwrap();
-        assert_eq!(failed, [throttled_record.message_id().unwrap()]);
-        for m in &batch {
-            if Some(m.message_id().unwrap()) != failed.first().copied() {
-                stack
-                    .delete(&ingest_queue, m.receipt_handle().unwrap())
-                    .await;
-            }
-        }
-        // SQS delivers the failed record again; the throttling is over by then.
-        armed.store(false, Ordering::SeqCst);
-        let event = stack
-            .sqs_event(std::slice::from_ref(throttled_record), &ingest_queue)
-            .await;
-        let response =
-            handle_featurizer_batch(&featurizer, Some(&ingestor), event, "it", None).await;
-        assert!(response.batch_item_failures.is_empty());
-        stack
-            .delete(&ingest_queue, throttled_record.receipt_handle().unwrap())
-            .await;
-        assert!(pump_refits(&stack, &refit_queue, &store).await >= 1);
-
-        let view = read_view(&store, "fruits").await;
+        let view = read_view(store, "fruits").await;
         assert_eq!(
             view.features.len(),
             109,
@@ -308,9 +297,9 @@ fn one_poison_record_in_a_batch_of_100_fails_alone() {
         );
 
         // The panic's cause is gone (disarmed): a reconcile retries the failed entry.
-        let shown = cli_reconcile(&stack, "fruits");
+        let shown = cli_reconcile(stack, "fruits");
         assert!(shown.contains("retried 1"), "{shown}");
-        let record = last_reconcile(&store, "fruits").await.unwrap().unwrap();
+        let record = last_reconcile(store, "fruits").await.unwrap().unwrap();
         assert_eq!(
             (
                 record.missing.count,
@@ -319,7 +308,7 @@ fn one_poison_record_in_a_batch_of_100_fails_alone() {
             ),
             (0, 0, 1)
         );
-        let view = assert_exact(&store, "fruits").await;
+        let view = assert_exact(store, "fruits").await;
         assert!(view.errors.is_empty(), "{:?}", view.errors);
         assert_eq!(view.features.len(), 110);
     });
@@ -334,21 +323,10 @@ fn a_dead_lettered_batch_is_repaired_by_reconcile() {
         let (stack, ingest_queue, refit_queue) = inbox_stack("dlq").await;
         let store = stack.store();
         let featurizer = stack.featurizer(store.clone());
-        let healthy = Ingestor::new(
-            store.clone(),
-            store.clone(),
-            SqsQueue::new(stack.sqs.clone(), &refit_queue),
-            Engine::Model(model()),
-            settings(1),
-        );
+        let healthy = model_ingestor(&stack, store.clone(), &refit_queue, 1);
         let images = fruit_images(6, 5);
         let (first, later) = images.split_at(20);
-        let keyed = |files: &[(String, Vec<u8>)]| -> Vec<(String, Vec<u8>)> {
-            files
-                .iter()
-                .map(|(p, b)| (format!("{INBOX}fruits/{p}"), b.clone()))
-                .collect()
-        };
+        let keyed = |files: &[(String, Vec<u8>)]| inbox_keys("fruits", files);
         upload_all(&store, &keyed(first)).await;
         pump_ingest(&stack, &ingest_queue, &featurizer, &healthy).await;
         pump_refits(&stack, &refit_queue, &store).await;
@@ -366,13 +344,7 @@ fn a_dead_lettered_batch_is_repaired_by_reconcile() {
             .await
             .unwrap();
         let outage = testkit::faults::Faults::transient(1.0, Duration::ZERO, 7);
-        let broken = Ingestor::new(
-            outage.store(store.clone()),
-            store.clone(),
-            SqsQueue::new(stack.sqs.clone(), &refit_queue),
-            Engine::Model(model()),
-            settings(1),
-        );
+        let broken = model_ingestor(&stack, outage.store(store.clone()), &refit_queue, 1);
         upload_all(&store, &keyed(later)).await;
         let deleted: Vec<String> = keyed(&first[..5]).into_iter().map(|(k, _)| k).collect();
         for key in &deleted {
@@ -429,22 +401,12 @@ fn objects_present_before_the_first_deploy_are_backfilled() {
     runtime().block_on(async {
         let stack = Stack::new("backfill").await;
         let store = stack.store();
-        let old: Vec<(String, Vec<u8>)> = fruit_images(5, 6)
-            .into_iter()
-            .map(|(p, b)| (format!("{INBOX}orchard/{p}"), b))
-            .collect();
+        let old = inbox_keys("orchard", &fruit_images(5, 6));
         upload_all(&store, &old).await;
         // The deploy: notifications from now on.
         let ingest_queue = stack.make_queue("ingest").await;
         let refit_queue = stack.make_queue("refit").await;
-        stack
-            .notify(
-                &ingest_queue,
-                INBOX,
-                None,
-                &[Event::from("s3:ObjectCreated:*")],
-            )
-            .await;
+        notify_inbox(&stack, &ingest_queue, &["s3:ObjectCreated:*"]).await;
         let filter = ImageFilter::new("*.{jpg,jpeg,png}").unwrap();
         let repair = QueueRepair {
             ingest_queue: SqsQueue::new(stack.sqs.clone(), &ingest_queue),
@@ -457,13 +419,7 @@ fn objects_present_before_the_first_deploy_are_backfilled() {
         assert_eq!(record.missing.count, old.len());
         assert_eq!(record.repair.queued, old.len());
         let featurizer = stack.featurizer(store.clone());
-        let ingestor = Ingestor::new(
-            store.clone(),
-            store.clone(),
-            SqsQueue::new(stack.sqs.clone(), &refit_queue),
-            Engine::Model(model()),
-            settings(1),
-        );
+        let ingestor = model_ingestor(&stack, store.clone(), &refit_queue, 1);
         pump_ingest(&stack, &ingest_queue, &featurizer, &ingestor).await;
         pump_refits(&stack, &refit_queue, &store).await;
         let view = assert_exact(&store, "orchard").await;

@@ -189,152 +189,157 @@ fn watch_publishes_under_steady_uploads_within_max_staleness() {
     assert_view_matches_batch(&view, &folder);
 }
 
-/// The same steady load on the Lambdas' handlers over moto: S3 notifications into the
-/// ingest queue, the featurizer's handler on it, the reducer's handler on the refit queue
-/// (re-sending refits that are not due, with SQS delays).
-#[test]
-fn steady_uploads_to_the_bucket_are_published_within_max_staleness() {
-    runtime().block_on(async {
-        let stack = Stack::new("steady").await;
-        let ingest_queue = stack.make_queue("ingest").await;
-        let refit_queue = stack.make_queue("refit").await;
-        stack
-            .notify(
-                &ingest_queue,
-                INBOX,
-                None,
-                &[
-                    Event::from("s3:ObjectCreated:*"),
-                    Event::from("s3:ObjectRemoved:*"),
-                ],
-            )
-            .await;
-        let store = stack.store();
-        let featurizer = stack.featurizer(store.clone());
-        let refit_sender = SqsQueue::new(stack.sqs.clone(), &refit_queue);
-        let ingestor = Ingestor::new(
-            store.clone(),
-            store.clone(),
-            refit_sender.clone(),
-            Engine::Model(model()),
-            settings(QUIET_S as u32),
-        );
-        let reducer = stack.reducer(store.clone());
-        let refitter = Refitter {
-            store: store.clone(),
-            inbox: INBOX.into(),
-            quiet_ms: QUIET_S * 1000,
-            options: RefitOptions {
-                pca: PcaOptions {
-                    k: K,
-                    ..Default::default()
-                },
-                max_staleness_ms: Some(STALENESS_S * 1000),
-                ..Default::default()
-            },
-        };
-        let uploads = fruit_images(8, 5);
-        let done = AtomicBool::new(false);
-        let seen = tokio::sync::Mutex::new(Seen::default());
-        let mut written = Vec::new();
-        // The event-source mappings: each queue polled, a batch handled, the rest deleted.
-        let mapping = |queue: &str, ingest: bool| {
-            let (stack, featurizer, ingestor, reducer, refitter, sender, done) = (
-                &stack,
-                &featurizer,
-                &ingestor,
-                &reducer,
-                &refitter,
-                &refit_sender,
-                &done,
-            );
-            let queue = queue.to_string();
-            async move {
-                while !done.load(Ordering::SeqCst) {
-                    let messages = stack.receive(&queue, 10).await;
-                    if messages.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                    let event = stack.sqs_event(&messages, &queue).await;
-                    let response = if ingest {
-                        handle_featurizer_batch(featurizer, Some(ingestor), event, "it", None).await
-                    } else {
-                        handle_reducer_batch_requeuing(
-                            reducer,
-                            Some(refitter),
-                            Some(sender),
-                            event,
-                            "it",
-                        )
-                        .await
-                    };
-                    assert!(response.batch_item_failures.is_empty());
-                    for m in &messages {
-                        stack.delete(&queue, m.receipt_handle().unwrap()).await;
-                    }
-                }
-            }
-        };
-        let watcher = async {
-            while !done.load(Ordering::SeqCst) {
-                seen.lock().await.look(&store, "fruits").await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        let load = async {
-            let start = Instant::now();
-            for (path, bytes) in &uploads {
-                let key = format!("{INBOX}fruits/{path}");
-                store.put(&key, Bytes::from(bytes.clone())).await.unwrap();
-                written.push((path.clone(), Instant::now()));
-                tokio::time::sleep(GAP).await;
-            }
-            let end = Instant::now();
-            let all = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < all {
-                let seen = seen.lock().await;
-                if written.iter().all(|(p, _)| seen.first.contains_key(p)) {
-                    break;
-                }
-                drop(seen);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            done.store(true, Ordering::SeqCst);
-            (start, end)
-        };
-        let ((start, end), (), (), ()) = tokio::join!(
-            load,
-            mapping(&ingest_queue, true),
-            mapping(&refit_queue, false),
-            watcher
-        );
-        seen.into_inner().check(&written, (start, end), SLACK_SQS);
+/// The Lambdas' handlers on moto for the steady load: the featurizer's on the ingest
+/// queue, the reducer's (re-sending refits that are not due) on the refit queue.
+struct SteadyLambdas {
+    stack: Stack,
+    ingest_queue: String,
+    refit_queue: String,
+    store: S3Store,
+    featurizer: ShardFeaturizer<S3Store, SqsQueue>,
+    refit_sender: SqsQueue,
+    ingestor: Ingestor<S3Store, S3Store, SqsQueue>,
+    reducer: Reducer<S3Store>,
+    refitter: Refitter<S3Store>,
+}
 
-        // Once the uploads stop, the quiet time publishes the rest: the final view is a
-        // batch run's over the live objects.
+impl SteadyLambdas {
+    async fn new() -> Self {
+        let (stack, ingest_queue, refit_queue) = notified_stack("steady").await;
+        let store = stack.store();
+        let options = RefitOptions {
+            max_staleness_ms: Some(STALENESS_S * 1000),
+            ..Default::default()
+        };
+        Self {
+            featurizer: stack.featurizer(store.clone()),
+            refit_sender: SqsQueue::new(stack.sqs.clone(), &refit_queue),
+            ingestor: model_ingestor(&stack, store.clone(), &refit_queue, QUIET_S as u32),
+            reducer: stack.reducer(store.clone()),
+            refitter: refitter(&store, QUIET_S * 1000, options),
+            stack,
+            ingest_queue,
+            refit_queue,
+            store,
+        }
+    }
+
+    /// An event-source mapping until `done`: the ingest (or refit) queue polled, a batch
+    /// handled, the rest deleted.
+    async fn mapping(&self, ingest: bool, done: &AtomicBool) {
+        let queue = if ingest {
+            &self.ingest_queue
+        } else {
+            &self.refit_queue
+        };
+        while !done.load(Ordering::SeqCst) {
+            let messages = self.stack.receive(queue, 10).await;
+            if messages.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let event = self.stack.sqs_event(&messages, queue).await;
+            let response = if ingest {
+                handle_featurizer_batch(&self.featurizer, Some(&self.ingestor), event, "it", None)
+                    .await
+            } else {
+                handle_reducer_batch_requeuing(
+                    &self.reducer,
+                    Some(&self.refitter),
+                    Some(&self.refit_sender),
+                    event,
+                    "it",
+                )
+                .await
+            };
+            assert!(response.batch_item_failures.is_empty());
+            for m in &messages {
+                self.stack.delete(queue, m.receipt_handle().unwrap()).await;
+            }
+        }
+    }
+
+    /// The uploads, one every [`GAP`], into `written`; then a wait (up to 60 s) until all
+    /// are seen, and `done`. Returns when the load started and ended.
+    async fn upload_steadily(
+        &self,
+        uploads: &[(String, Vec<u8>)],
+        seen: &tokio::sync::Mutex<Seen>,
+        written: &mut Vec<(String, Instant)>,
+        done: &AtomicBool,
+    ) -> (Instant, Instant) {
+        let start = Instant::now();
+        for (path, bytes) in uploads {
+            let key = format!("{INBOX}fruits/{path}");
+            self.store
+                .put(&key, Bytes::from(bytes.clone()))
+                .await
+                .unwrap();
+            written.push((path.clone(), Instant::now()));
+            tokio::time::sleep(GAP).await;
+        }
+        let end = Instant::now();
+        let all = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < all {
+            let seen = seen.lock().await;
+            if written.iter().all(|(p, _)| seen.first.contains_key(p)) {
+                break;
+            }
+            drop(seen);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        done.store(true, Ordering::SeqCst);
+        (start, end)
+    }
+
+    /// Once the uploads stop, the quiet time publishes the rest: the final view is a
+    /// batch run's over the live objects.
+    async fn publish_the_rest(&self, uploads: usize) {
         tokio::time::sleep(Duration::from_secs(QUIET_S)).await;
         let forced = serde_json::to_string(&RefitMessage {
             collection: "fruits".into(),
             force: true,
         })
         .unwrap();
-        refit_sender.send_all(vec![forced]).await.unwrap();
-        stack
-            .pump_queue(&refit_queue, 10, |event| {
-                let (reducer, refitter) = (&reducer, &refitter);
-                async move { handle_reducer_batch(reducer, Some(refitter), event, "it").await }
-            })
-            .await;
-        let view = read_view(&store, "fruits").await;
-        assert_eq!(view.features.len(), uploads.len());
-        let dir = tempfile::tempdir().unwrap();
-        download_collection(&store, "fruits", dir.path()).await;
-        tokio::task::spawn_blocking(move || {
-            assert_view_matches_batch(&view, &dir.path().join("fruits"))
-        })
-        .await
-        .unwrap();
+        self.refit_sender.send_all(vec![forced]).await.unwrap();
+        pump_reducer(
+            &self.stack,
+            &self.refit_queue,
+            &self.reducer,
+            &self.refitter,
+        )
+        .await;
+        let view = read_view(&self.store, "fruits").await;
+        assert_eq!(view.features.len(), uploads);
+        assert_matches_live(&self.store, "fruits", view, &[]).await;
+    }
+}
+
+/// The same steady load on the Lambdas' handlers over moto: S3 notifications into the
+/// ingest queue, the featurizer's handler on it, the reducer's handler on the refit queue
+/// (re-sending refits that are not due, with SQS delays).
+#[test]
+fn steady_uploads_to_the_bucket_are_published_within_max_staleness() {
+    runtime().block_on(async {
+        let lambdas = SteadyLambdas::new().await;
+        let uploads = fruit_images(8, 5);
+        let done = AtomicBool::new(false);
+        let seen = tokio::sync::Mutex::new(Seen::default());
+        let mut written = Vec::new();
+        let watcher = async {
+            while !done.load(Ordering::SeqCst) {
+                seen.lock().await.look(&lambdas.store, "fruits").await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let ((start, end), (), (), ()) = tokio::join!(
+            lambdas.upload_steadily(&uploads, &seen, &mut written, &done),
+            lambdas.mapping(true, &done),
+            lambdas.mapping(false, &done),
+            watcher
+        );
+        seen.into_inner().check(&written, (start, end), SLACK_SQS);
+        lambdas.publish_the_rest(uploads.len()).await;
     });
 }
 

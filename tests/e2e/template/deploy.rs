@@ -70,7 +70,7 @@ fn matches_pattern(pattern: &str, value: &str) -> bool {
 fn memory_defaults_fit_a_new_account_and_a_parameter_raises_them() {
     let t = template();
     for (role, id, f) in functions(t) {
-        let memory = prop(t, f, "MemorySize");
+        let memory = t.function_property(f, "MemorySize");
         let mb = number(t, memory);
         assert!(
             mb <= NEW_ACCOUNT_MAX_MB,
@@ -96,7 +96,7 @@ fn memory_defaults_fit_a_new_account_and_a_parameter_raises_them() {
 #[test]
 fn a_failed_first_create_leaves_no_bucket_behind_and_versions_expire() {
     let t = template();
-    let (id, bucket) = of_type(t, "AWS::S3::Bucket").next().expect("a bucket");
+    let (id, bucket) = t.of_type("AWS::S3::Bucket").next().expect("a bucket");
     assert_eq!(
         bucket["DeletionPolicy"].as_str(),
         Some("RetainExceptOnCreate"),
@@ -114,7 +114,7 @@ fn a_failed_first_create_leaves_no_bucket_behind_and_versions_expire() {
         Some("Enabled")
     );
     let rules = p["LifecycleConfiguration"]["Rules"]
-        .as_sequence()
+        .as_array()
         .expect("lifecycle rules");
     let noncurrent = rules
         .iter()
@@ -132,7 +132,7 @@ fn a_failed_first_create_leaves_no_bucket_behind_and_versions_expire() {
 #[test]
 fn the_alarm_topic_key_lets_cloudwatch_publish() {
     let t = template();
-    let topics: Vec<(&str, &Value)> = of_type(t, "AWS::SNS::Topic").collect();
+    let topics: Vec<(&str, &Value)> = t.of_type("AWS::SNS::Topic").collect();
     assert!(!topics.is_empty(), "no SNS topic");
     for (id, topic) in topics {
         let key = &topic["Properties"]["KmsMasterKeyId"];
@@ -179,11 +179,11 @@ fn the_alarm_topic_key_lets_cloudwatch_publish() {
 fn every_alarm_notifies_on_alarm_and_on_ok() {
     let t = template();
     let mut count = 0;
-    for (id, alarm) in of_type(t, "AWS::CloudWatch::Alarm") {
+    for (id, alarm) in t.of_type("AWS::CloudWatch::Alarm") {
         count += 1;
         for actions in ["AlarmActions", "OKActions"] {
             let list = alarm["Properties"][actions]
-                .as_sequence()
+                .as_array()
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             assert!(
@@ -215,10 +215,11 @@ fn failed_shards_and_ingest_records_have_a_metric_and_an_alarm() {
             &["ingest batch processed", "failed_records"][..],
         ),
     ] {
-        let (id, filter) = of_type(t, "AWS::Logs::MetricFilter")
+        let (id, filter) = t
+            .of_type("AWS::Logs::MetricFilter")
             .find(|(_, f)| {
                 f["Properties"]["MetricTransformations"]
-                    .as_sequence()
+                    .as_array()
                     .is_some_and(|ts| ts.iter().any(|m| m["MetricName"].as_str() == Some(metric)))
             })
             .unwrap_or_else(|| panic!("no AWS::Logs::MetricFilter makes the metric {metric}"));
@@ -236,12 +237,12 @@ fn failed_shards_and_ingest_records_have_a_metric_and_an_alarm() {
             );
         }
         let transform = &p["MetricTransformations"][0];
-        let namespace = transform["MetricNamespace"].as_str().expect("namespace");
-        let alarm = of_type(t, "AWS::CloudWatch::Alarm")
+        let namespace = text(&transform["MetricNamespace"]).expect("namespace");
+        let alarm = t
+            .of_type("AWS::CloudWatch::Alarm")
             .map(|(_, a)| &a["Properties"])
             .find(|a| {
-                a["MetricName"].as_str() == Some(metric)
-                    && a["Namespace"].as_str() == Some(namespace)
+                a["MetricName"].as_str() == Some(metric) && text(&a["Namespace"]) == Some(namespace)
             })
             .unwrap_or_else(|| panic!("no alarm on {namespace}/{metric}"));
         assert_eq!(number(t, &alarm["Threshold"]), 1.0, "{metric}");
@@ -251,10 +252,9 @@ fn failed_shards_and_ingest_records_have_a_metric_and_an_alarm() {
         );
     }
     // The metrics are per stack (a metric filter cannot add a fixed dimension).
-    let namespaces: Vec<&str> = of_type(t, "AWS::Logs::MetricFilter")
-        .filter_map(|(_, f)| {
-            f["Properties"]["MetricTransformations"][0]["MetricNamespace"].as_str()
-        })
+    let namespaces: Vec<&str> = t
+        .of_type("AWS::Logs::MetricFilter")
+        .filter_map(|(_, f)| text(&f["Properties"]["MetricTransformations"][0]["MetricNamespace"]))
         .collect();
     assert!(
         namespaces.iter().all(|n| n.contains("${AWS::StackName}")),
@@ -268,7 +268,7 @@ fn failed_shards_and_ingest_records_have_a_metric_and_an_alarm() {
 fn every_sqs_mapping_caps_its_concurrency() {
     let t = template();
     let mut count = 0;
-    for (id, mapping) in of_type(t, "AWS::Lambda::EventSourceMapping") {
+    for (id, mapping) in t.of_type("AWS::Lambda::EventSourceMapping") {
         count += 1;
         let max = &mapping["Properties"]["ScalingConfig"]["MaximumConcurrency"];
         let param = ref_name(max).unwrap_or_else(|| {
@@ -296,14 +296,14 @@ fn every_sqs_mapping_caps_its_concurrency() {
 #[test]
 fn every_parameter_is_constrained_and_its_default_fits() {
     let t = template();
-    let params = t["Parameters"].as_mapping().expect("Parameters");
+    let params = t["Parameters"].as_object().expect("Parameters");
     let mut problems = Vec::new();
     for (name, p) in params {
-        let name = name.as_str().unwrap();
+        let name = name.as_str();
         match p["Type"].as_str() {
             Some("Number") if !p["AllowedValues"].is_null() => {
                 let allowed: Vec<f64> = p["AllowedValues"]
-                    .as_sequence()
+                    .as_array()
                     .expect("AllowedValues is a list")
                     .iter()
                     .map(|v| number(t, v))
@@ -387,7 +387,7 @@ fn rule_holds(v: &Value, values: &BTreeMap<&str, &str>) -> bool {
             None => default_value(template(), x),
         }
     };
-    let args = |f: &str| intrinsic(v, f).and_then(Value::as_sequence);
+    let args = |f: &str| intrinsic(v, f).and_then(Value::as_array);
     if let Some(a) = args("Equals") {
         return text(&a[0]) == text(&a[1]);
     }
@@ -401,12 +401,7 @@ fn rule_holds(v: &Value, values: &BTreeMap<&str, &str>) -> bool {
         return a.iter().any(|x| rule_holds(x, values));
     }
     if let Some(a) = args("Contains") {
-        let list: Vec<String> = a[0]
-            .as_sequence()
-            .expect("a list")
-            .iter()
-            .map(text)
-            .collect();
+        let list: Vec<String> = a[0].as_array().expect("a list").iter().map(text).collect();
         return list.contains(&text(&a[1]));
     }
     panic!("unsupported rule function {v:?}")
@@ -415,7 +410,7 @@ fn rule_holds(v: &Value, values: &BTreeMap<&str, &str>) -> bool {
 /// Whether the template's Rules accept these parameter values (the others at their defaults).
 fn rules_accept(values: &[(&str, &str)]) -> bool {
     let values: BTreeMap<&str, &str> = values.iter().copied().collect();
-    let rules = template()["Rules"].as_mapping().expect("a Rules section");
+    let rules = template()["Rules"].as_object().expect("a Rules section");
     rules.values().all(|rule| {
         let applies = match &rule["RuleCondition"] {
             Value::Null => true,
@@ -423,7 +418,7 @@ fn rules_accept(values: &[(&str, &str)]) -> bool {
         };
         !applies
             || rule["Assertions"]
-                .as_sequence()
+                .as_array()
                 .expect("Assertions")
                 .iter()
                 .all(|a| rule_holds(&a["Assert"], &values))
@@ -537,7 +532,7 @@ fn the_ceilings_reach_the_functions() {
     ];
     for (role, var, param) in wired {
         let (id, f) = function(t, role);
-        let env = environment(t, f);
+        let env = t.environment(f);
         assert_eq!(
             env.get(var).and_then(|v| ref_name(v)),
             Some(param),
@@ -545,10 +540,11 @@ fn the_ceilings_reach_the_functions() {
         );
     }
     let (id, splitter) = function(t, Role::Splitter);
-    let joined = environment(t, splitter)
+    let joined = t
+        .environment(splitter)
         .get("INPUT_PREFIXES")
         .and_then(|v| intrinsic(v, "Join"))
-        .and_then(Value::as_sequence)
+        .and_then(Value::as_array)
         .unwrap_or_else(|| panic!("{id}: INPUT_PREFIXES should be !Join [',', !Ref InputPrefixes]"))
         .clone();
     assert_eq!(joined[0].as_str(), Some(","));
@@ -582,10 +578,10 @@ fn cargo_lambda_deploy_changes_code_only() {
 
     let t = template();
     let outputs: Vec<&str> = t["Outputs"]
-        .as_mapping()
+        .as_object()
         .expect("Outputs")
         .keys()
-        .filter_map(Value::as_str)
+        .map(String::as_str)
         .collect();
     let doc = read("docs/deploy.md");
     let section = doc

@@ -8,15 +8,15 @@ use super::*;
 /// (`aws::config::lock_stale_after`), so it must get its own timeout (the same parameter as
 /// its `Timeout`, never a copy that could drift) and a margin of at least 1 s, and no explicit
 /// REDUCE_LOCK_STALE_SECS (which could be at or below the timeout).
-pub(super) fn reducer_lock_stale_time_exceeds_its_timeout(t: &Value) {
+pub(super) fn reducer_lock_stale_time_exceeds_its_timeout(t: &Template) {
     let (rid, reducer) = function(t, Role::Reducer);
-    let env = environment(t, reducer);
+    let env = t.environment(reducer);
     assert!(
         !env.contains_key("REDUCE_LOCK_STALE_SECS"),
         "{rid}: set REDUCER_TIMEOUT_SECS and REDUCE_LOCK_MARGIN_SECS, not REDUCE_LOCK_STALE_SECS \
          (CloudFormation cannot check that it exceeds the timeout)"
     );
-    let timeout = prop(t, reducer, "Timeout");
+    let timeout = t.function_property(reducer, "Timeout");
     let given = env
         .get("REDUCER_TIMEOUT_SECS")
         .unwrap_or_else(|| panic!("{rid}: REDUCER_TIMEOUT_SECS is not set"));
@@ -53,7 +53,7 @@ fn the_stuck_checker_is_scheduled_and_alarmed() {
     let t = template();
     let (cid, checker) = function(t, Role::Checker);
     let events = checker["Properties"]["Events"]
-        .as_mapping()
+        .as_object()
         .unwrap_or_else(|| panic!("{cid} has no Events"));
     let schedules: Vec<(&str, &str)> = events
         .values()
@@ -87,15 +87,21 @@ fn the_stuck_checker_is_scheduled_and_alarmed() {
     }
 
     // The bounds: the same parameters as the queues and functions they describe.
-    let env = environment(t, checker);
+    let env = t.environment(checker);
     let (_, featurizer) = function(t, Role::Featurizer);
     let (_, reducer) = function(t, Role::Reducer);
     let shard_queue = &t["Resources"]["ShardQueue"]["Properties"];
     let reduce_queue = &t["Resources"]["ReduceQueue"]["Properties"];
     for (var, source) in [
-        ("FEATURIZER_TIMEOUT_SECS", prop(t, featurizer, "Timeout")),
+        (
+            "FEATURIZER_TIMEOUT_SECS",
+            t.function_property(featurizer, "Timeout"),
+        ),
         ("SHARD_VISIBILITY_SECS", &shard_queue["VisibilityTimeout"]),
-        ("REDUCER_TIMEOUT_SECS", prop(t, reducer, "Timeout")),
+        (
+            "REDUCER_TIMEOUT_SECS",
+            t.function_property(reducer, "Timeout"),
+        ),
         ("REDUCE_VISIBILITY_SECS", &reduce_queue["VisibilityTimeout"]),
         (
             "MAX_RECEIVE_COUNT",
@@ -118,7 +124,8 @@ fn the_stuck_checker_is_scheduled_and_alarmed() {
 
     // The alarms on the checker's metrics, to the alarm topic.
     for metric in ["StuckRuns", "StuckCollections"] {
-        let alarm = of_type(t, "AWS::CloudWatch::Alarm")
+        let alarm = t
+            .of_type("AWS::CloudWatch::Alarm")
             .map(|(_, a)| &a["Properties"])
             .find(|a| {
                 a["Namespace"].as_str() == Some(aws::checker::NAMESPACE)
@@ -130,7 +137,7 @@ fn the_stuck_checker_is_scheduled_and_alarmed() {
             alarm["ComparisonOperator"].as_str(),
             Some("GreaterThanOrEqualToThreshold")
         );
-        let dims = alarm["Dimensions"].as_sequence().expect("Dimensions");
+        let dims = alarm["Dimensions"].as_array().expect("Dimensions");
         assert!(
             dims.iter().any(|d| d["Name"].as_str() == Some("Stack")
                 && ref_name(&d["Value"]) == Some("AWS::StackName")),
@@ -138,12 +145,13 @@ fn the_stuck_checker_is_scheduled_and_alarmed() {
         );
         assert!(
             alarm["AlarmActions"]
-                .as_sequence()
+                .as_array()
                 .is_some_and(|a| a.iter().any(|x| ref_name(x) == Some("AlarmTopic"))),
             "{metric}: AlarmActions [!Ref AlarmTopic]"
         );
     }
-    let subscription = of_type(t, "AWS::SNS::Subscription")
+    let subscription = t
+        .of_type("AWS::SNS::Subscription")
         .map(|(_, s)| s)
         .find(|s| ref_name(&s["Properties"]["Endpoint"]) == Some("AlarmEmail"))
         .expect("an e-mail subscription to AlarmEmail");

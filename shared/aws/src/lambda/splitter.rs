@@ -139,17 +139,25 @@ impl SplitterFunction {
         let sqs = sqs_client(aws);
         let shard_queue = SqsQueue::new(sqs.clone(), config.shard_queue_url()?);
         let reduce_queue = SqsQueue::new(sqs, config.reduce_queue_url()?);
+        // Each run records the layer's spec (ModelSpecSha256), and its id covers it when it
+        // is not the built-in one (runs with the built-in spec keep their ids).
+        let spec = config.model_spec_record();
+        let defaults = pipeline::manifest::RunOptions {
+            model_spec: Some(spec.clone()),
+            ..config.run_defaults.clone()
+        };
         let splitter = Splitter::new(
             store.clone(),
             store.clone(),
             shard_queue,
             reduce_queue,
-            config.run_defaults.clone(),
+            defaults,
             config.feature_dim,
         )
         .with_input_bucket(&config.bucket)
         .with_reserved_prefix(&config.inbox_prefix)
         .with_model_sha256(&config.model_sha256)
+        .with_model_spec_sha256(spec.custom_sha256())
         .with_limits(config.limits.clone());
         Ok(Self { splitter, store })
     }

@@ -339,6 +339,21 @@ async fn write_first_snapshot(
     let layout = CollectionLayout::new(SIM_COLLECTION);
     let n = bucket_count(0, options.images, PART_ROWS);
     let snapshot = format!("{:08}-{:08x}", 1, 0);
+    let buckets = write_first_buckets(store, inbox, options, &layout, &snapshot, n).await?;
+    let sums = expected_sums(options.images as u64, options.dim);
+    publish_first_snapshot(store, options, &layout, &snapshot, buckets, &sums).await
+}
+
+/// The first snapshot's buckets: each image's inbox entry (ETag `v0`), then each bucket's
+/// part (its rows sorted by path) and state shard. One [`BucketInfo`] per bucket, in order.
+async fn write_first_buckets(
+    store: &FsStore,
+    inbox: &SimInbox,
+    options: &CollectionSimOptions,
+    layout: &CollectionLayout,
+    snapshot: &str,
+    n: usize,
+) -> Result<Vec<BucketInfo>> {
     let mut members: Vec<Vec<u32>> = vec![Vec::new(); n];
     for i in 0..options.images {
         let (path, _) = sim_key(i, options.labels);
@@ -373,13 +388,13 @@ async fn write_first_snapshot(
             })
             .collect();
         if !rows.is_empty() {
-            let key = format!("{}{part}", layout.results_prefix(&snapshot));
+            let key = format!("{}{part}", layout.results_prefix(snapshot));
             store
                 .put(&key, parquet_io::write_rows(Dataset::Features, &rows)?)
                 .await?;
             store
                 .put(
-                    &layout.state_shard(&snapshot, b),
+                    &layout.state_shard(snapshot, b),
                     serde_json::to_vec(&shard)?.into(),
                 )
                 .await?;
@@ -390,18 +405,36 @@ async fn write_first_snapshot(
             part: (!rows.is_empty()).then_some(part),
         });
     }
-    let dim = options.dim;
-    let count = options.images as u64;
+    Ok(buckets)
+}
+
+/// The running sums `count` synthetic rows are expected to have: every coordinate uniform
+/// on [0, 6), so shifted by its mean 3 the first moments are 0 and the co-moment matrix is
+/// diagonal with the variance 3 (times the count).
+fn expected_sums(count: u64, dim: usize) -> engine::stats::RunningSums {
     let mut s2 = vec![0.0; dim * dim];
     for j in 0..dim {
         s2[j * dim + j] = 3.0 * count as f64;
     }
-    let sums = engine::stats::RunningSums {
+    engine::stats::RunningSums {
         count,
         shift: vec![3.0; dim],
         s1: vec![0.0; dim],
         s2,
-    };
+    }
+}
+
+/// Writes the first snapshot's state (bucket manifest, sums, empty error list) and
+/// publishes it as refit 1: its summary, its success marker, then the current pointer.
+async fn publish_first_snapshot(
+    store: &FsStore,
+    options: &CollectionSimOptions,
+    layout: &CollectionLayout,
+    snapshot: &str,
+    buckets: Vec<BucketInfo>,
+    sums: &engine::stats::RunningSums,
+) -> Result<()> {
+    let n = buckets.len();
     let manifest = IndexManifest {
         format: INDEX_FORMAT,
         buckets,
@@ -409,20 +442,20 @@ async fn write_first_snapshot(
     };
     store
         .put(
-            &layout.state_buckets(&snapshot),
+            &layout.state_buckets(snapshot),
             serde_json::to_vec(&manifest)?.into(),
         )
         .await?;
     store
-        .put(&layout.state_sums(&snapshot), sums.to_bytes().into())
+        .put(&layout.state_sums(snapshot), sums.to_bytes().into())
         .await?;
     store
-        .put(&layout.errors(&snapshot), Bytes::from_static(b"[]"))
+        .put(&layout.errors(snapshot), Bytes::from_static(b"[]"))
         .await?;
     let now = pipeline::manifest::unix_now_ms();
     let summary = RefitSummary {
         collection: SIM_COLLECTION.into(),
-        snapshot: snapshot.clone(),
+        snapshot: snapshot.to_string(),
         seq: 1,
         rows: options.images,
         published_at_ms: now,
@@ -432,20 +465,20 @@ async fn write_first_snapshot(
     };
     store
         .put(
-            &layout.summary(&snapshot),
+            &layout.summary(snapshot),
             serde_json::to_vec(&summary)?.into(),
         )
         .await?;
-    store.put(&layout.success(&snapshot), Bytes::new()).await?;
+    store.put(&layout.success(snapshot), Bytes::new()).await?;
     let pointer = CurrentPointer {
         collection: SIM_COLLECTION.into(),
-        snapshot: snapshot.clone(),
+        snapshot: snapshot.to_string(),
         seq: 1,
-        results: layout.results_prefix(&snapshot),
-        results_pca: layout.pca_prefix(&snapshot),
+        results: layout.results_prefix(snapshot),
+        results_pca: layout.pca_prefix(snapshot),
         pca_model: None,
-        summary: layout.summary(&snapshot),
-        errors: layout.errors(&snapshot),
+        summary: layout.summary(snapshot),
+        errors: layout.errors(snapshot),
         published_at: pipeline::manifest::now_rfc3339(),
         published_at_ms: now,
     };

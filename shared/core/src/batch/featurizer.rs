@@ -339,15 +339,7 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
                 .await?,
         };
         let shard = &shard;
-        if !manifest.model_sha256.is_empty() && manifest.model_sha256 != self.engine.sha256() {
-            return Err(Error::RunState(format!(
-                "run {} is featurized with model sha256 {}, but this featurizer loaded {}: \
-                 deploy that model again, or start a new run",
-                manifest.run_id,
-                manifest.model_sha256,
-                self.engine.sha256()
-            )));
-        }
+        self.check_engine_matches(&manifest)?;
         if let Some(marker) = self.committed(&layout, shard.id).await? {
             // Its part was published by the committing attempt, or, if that one died first,
             // is published by the reducer (which checks every part against its marker).
@@ -380,41 +372,11 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             .fetch_and_infer(&manifest, shard, compute_deadline)
             .await?;
 
-        let write_start = Instant::now();
-        let (rows, errors) = split_outcomes(&shard.images, batch.outcomes);
-        let (part, stats) = encode_part_and_stats(&rows, self.engine.feature_dim())?;
         // The attempt's objects first, under its own keys; then the done marker, created
         // only if absent, commits exactly one attempt; then the committed part is published.
-        self.output
-            .put(&layout.attempt_part(shard.id, &attempt), part.clone())
+        let (marker, part) = self
+            .stage_attempt(&layout, shard, &attempt, batch, fetch_s, started)
             .await?;
-        let stats_bytes = Bytes::from(stats.to_bytes());
-        let errors_bytes = Bytes::from(serde_json::to_vec(&errors)?);
-        let (stats_sha256, errors_sha256) = (sha256_hex(&stats_bytes), sha256_hex(&errors_bytes));
-        self.output
-            .put(&layout.attempt_stats(shard.id, &attempt), stats_bytes)
-            .await?;
-        self.output
-            .put(&layout.attempt_errors(shard.id, &attempt), errors_bytes)
-            .await?;
-        let mut timings = batch.timings;
-        timings.fetch_s = fetch_s;
-        timings.write_s = write_start.elapsed().as_secs_f64();
-        timings.wall_s = started.elapsed().as_secs_f64();
-        let marker = DoneMarker {
-            shard: shard.id,
-            attempt: attempt.clone(),
-            part_sha256: sha256_hex(&part),
-            images: shard.images.len(),
-            rows: rows.len(),
-            errors: errors.len(),
-            timings,
-            cost: InvocationCost::since(started),
-            finished_at_ms: Some(crate::manifest::unix_now_ms()),
-            error_list: errors,
-            stats_sha256: Some(stats_sha256),
-            errors_sha256: Some(errors_sha256),
-        };
         let committed = self.commit(&layout, &manifest.run_id, marker).await?;
         let ours = committed.attempt == attempt;
         if ours {
@@ -437,6 +399,83 @@ impl<S: ObjectStore, Q: Queue> ShardFeaturizer<S, Q> {
             already_done: !ours,
             sent_reduce,
         })
+    }
+
+    /// Refuses a run featurized with another model, or with another preprocessing spec,
+    /// than this featurizer's engine.
+    fn check_engine_matches(&self, manifest: &Manifest) -> Result<()> {
+        if !manifest.model_sha256.is_empty() && manifest.model_sha256 != self.engine.sha256() {
+            return Err(Error::RunState(format!(
+                "run {} is featurized with model sha256 {}, but this featurizer loaded {}: \
+                 deploy that model again, or start a new run",
+                manifest.run_id,
+                manifest.model_sha256,
+                self.engine.sha256()
+            )));
+        }
+        if let (Some(recorded), Some(ours)) =
+            (&manifest.options.model_spec, self.engine.spec_sha256())
+        {
+            if recorded.sha256 != ours {
+                return Err(Error::RunState(format!(
+                    "run {} is featurized with {}, but this featurizer's model is preprocessed \
+                     with the spec of sha256 {ours}: featurize it with that spec (`--model-spec`; on \
+                     AWS the layer built with it, ModelSpecSha256), or start a new run",
+                    manifest.run_id,
+                    recorded.describe()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes attempt `attempt`'s objects under its own keys (part, statistics, errors)
+    /// and returns its done marker, not yet committed, with the part's bytes. `started` is
+    /// the invocation's start, `fetch_s` the fetch's wall time.
+    async fn stage_attempt(
+        &self,
+        layout: &RunLayout,
+        shard: &Shard,
+        attempt: &str,
+        batch: FeaturizedBatch,
+        fetch_s: f64,
+        started: Instant,
+    ) -> Result<(DoneMarker, Bytes)> {
+        let write_start = Instant::now();
+        let (rows, errors) = split_outcomes(&shard.images, batch.outcomes);
+        let (part, stats) = encode_part_and_stats(&rows, self.engine.feature_dim())?;
+        self.output
+            .put(&layout.attempt_part(shard.id, attempt), part.clone())
+            .await?;
+        let stats_bytes = Bytes::from(stats.to_bytes());
+        let errors_bytes = Bytes::from(serde_json::to_vec(&errors)?);
+        let (stats_sha256, errors_sha256) = (sha256_hex(&stats_bytes), sha256_hex(&errors_bytes));
+        self.output
+            .put(&layout.attempt_stats(shard.id, attempt), stats_bytes)
+            .await?;
+        self.output
+            .put(&layout.attempt_errors(shard.id, attempt), errors_bytes)
+            .await?;
+        let mut timings = batch.timings;
+        timings.fetch_s = fetch_s;
+        timings.write_s = write_start.elapsed().as_secs_f64();
+        timings.wall_s = started.elapsed().as_secs_f64();
+        let marker = DoneMarker {
+            shard: shard.id,
+            attempt: attempt.to_string(),
+            part_sha256: sha256_hex(&part),
+            images: shard.images.len(),
+            rows: rows.len(),
+            errors: errors.len(),
+            timings,
+            cost: InvocationCost::since(started),
+            finished_at_ms: Some(crate::manifest::unix_now_ms()),
+            error_list: errors,
+            stats_sha256: Some(stats_sha256),
+            errors_sha256: Some(errors_sha256),
+            engine: Some(self.engine.name()),
+        };
+        Ok((marker, part))
     }
 
     /// Fetches the shard's images and runs the engine on them at once: the fetcher fills a

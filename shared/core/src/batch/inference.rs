@@ -410,6 +410,23 @@ impl Engine {
             Engine::Synthetic { .. } => SYNTHETIC_MODEL_ID,
         }
     }
+    /// What ran the features, as a shard's done marker records it: the model's engine
+    /// (`native (avx2)`, `tract`, ...) or `synthetic`.
+    pub fn name(&self) -> String {
+        match self {
+            Engine::Model(model) => model.engine_name(),
+            Engine::Synthetic { .. } => "synthetic".into(),
+        }
+    }
+
+    /// sha256 of the model's preprocessing spec (`None` for synthetic features).
+    pub(crate) fn spec_sha256(&self) -> Option<String> {
+        match self {
+            Engine::Model(model) => Some(model.spec().sha256()),
+            Engine::Synthetic { .. } => None,
+        }
+    }
+
     pub(crate) fn feature_dim(&self) -> usize {
         match self {
             Engine::Model(model) => model.feature_dim(),

@@ -1,9 +1,9 @@
 //! Listing: which objects are images, their labels, in a deterministic order.
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobMatcher;
 
-use crate::error::{Error, Result};
-use crate::manifest::ImageRef;
+use crate::error::Result;
+use crate::manifest::{compile_image_glob, ImageRef};
 use crate::ports::store::ObjectStore;
 
 /// Selects image files by a glob on the file name, case-insensitively (`*.{jpg,jpeg,png}`).
@@ -15,13 +15,9 @@ pub struct ImageFilter {
 impl ImageFilter {
     /// Compiles the glob.
     pub fn new(glob: &str) -> Result<Self> {
-        let matcher = GlobBuilder::new(glob)
-            .case_insensitive(true)
-            .literal_separator(false)
-            .build()
-            .map_err(|e| Error::InvalidRequest(format!("image glob {glob:?}: {e}")))?
-            .compile_matcher();
-        Ok(Self { matcher })
+        Ok(Self {
+            matcher: compile_image_glob(glob)?,
+        })
     }
 
     /// Whether the object at `key` is selected (the glob is tried on the file name).

@@ -18,7 +18,7 @@ use crate::batch::splitter::{SplitOutcome, Splitter};
 use crate::batch::summary::Summary;
 use crate::error::{Error, Result};
 use crate::layout::RunLayout;
-use crate::manifest::{ReduceMessage, RunOptions, RunRequest, ShardMessage};
+use crate::manifest::{ModelSpecRecord, ReduceMessage, RunOptions, RunRequest, ShardMessage};
 use crate::ports::queue::InProcessQueue;
 use crate::ports::store::{FsStore, ObjectStore};
 use engine::model::Model;
@@ -106,6 +106,12 @@ pub async fn resume_local(run: LocalRun, run_id: &str, model: Model) -> Result<L
             manifest.input.uri
         )));
     }
+    // The spec the run was made with, before anything is featurized or reduced with another.
+    ModelSpecRecord::check_same(
+        manifest.options.model_spec.as_ref(),
+        &ModelSpecRecord::of(&model.record()),
+        run_id,
+    )?;
     let input_root = run.input.clone();
     check_input_folder(&input_root)?;
     drive(
@@ -130,16 +136,22 @@ async fn drive(
     let output = FsStore::new(&run.output);
     let shard_queue = InProcessQueue::new();
     let reduce_queue = InProcessQueue::new();
+    // The run's options record the spec; its sha256 is in the run id when it is not the
+    // built-in one (runs with the built-in spec keep their ids).
+    let spec = ModelSpecRecord::of(&model.record());
     let splitter = Splitter::new(
         input.clone(),
         output.clone(),
         &shard_queue,
         &reduce_queue,
-        RunOptions::default(),
+        RunOptions {
+            model_spec: Some(spec.clone()),
+            ..RunOptions::default()
+        },
         model.feature_dim(),
     )
     .with_model_sha256(model.sha256())
-    .with_model_spec_sha256(custom_spec_sha256(&model));
+    .with_model_spec_sha256(spec.custom_sha256());
     let split = match start {
         Start::New(request) => splitter.handle(&request).await?,
         Start::Resume(layout) => splitter.resume(&layout).await?,
@@ -203,11 +215,4 @@ fn check_input_folder(path: &Path) -> Result<()> {
     std::fs::read_dir(path)
         .map_err(|e| Error::io(format!("reading input folder {}", path.display()), e))?;
     Ok(())
-}
-
-/// The spec's sha256 when the model is not preprocessed with the built-in MobileNetV2 spec
-/// (`None` keeps the run ids of runs with the built-in spec as they were).
-fn custom_spec_sha256(model: &Model) -> Option<String> {
-    let record = model.record();
-    (record.spec != engine::model::ModelSpec::mobilenet_v2()).then_some(record.spec_sha256)
 }

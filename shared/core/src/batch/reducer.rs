@@ -33,6 +33,7 @@ pub use publish::{
 };
 
 use crate::batch::featurizer::sha256_hex;
+use crate::batch::report::{self, Collector, Limits, Selection};
 use crate::batch::summary::{
     clamped_pca_options, initial_summary, CostEstimate, ReduceTimings, Summary,
 };
@@ -41,7 +42,6 @@ use crate::layout::RunLayout;
 use crate::manifest::{DoneMarker, ImageError, InvocationCost, Manifest, ReduceMessage};
 use crate::parquet_io::{self, Dataset, VectorRow};
 use crate::ports::store::{ObjectStore, StoreError};
-use crate::report::{self, Collector, Limits, Selection};
 use engine::pca::{self, PcaModel};
 
 /// Lambda prices used for the run's cost estimate.

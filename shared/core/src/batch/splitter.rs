@@ -12,9 +12,10 @@ use crate::batch::listing::{list_images, root_name, ImageFilter};
 use crate::batch::run_manifest;
 use crate::error::{Error, Result};
 use crate::layout::{request_binding, RunLayout};
+use crate::limits::RequestLimits;
 use crate::manifest::{
-    derive_run_id, make_shards, now_rfc3339, run_fingerprint, validate_run_id, InputLocation,
-    InvocationCost, Manifest, ReduceMessage, RequestLimits, RunOptions, RunRequest, ShardMessage,
+    derive_run_id, make_shards, now_rfc3339, run_fingerprint, validate_run_id, ImageRef,
+    InputLocation, InvocationCost, Manifest, ReduceMessage, RunOptions, RunRequest, ShardMessage,
 };
 use crate::ports::queue::Queue;
 use crate::ports::store::{ObjectStore, StoreError};
@@ -48,6 +49,15 @@ pub const INTERNAL_PREFIXES: [&str; 5] = [
     "Results_PCA/",
     "collections/",
 ];
+
+/// A validated request's input: its options, its normalized prefix and that prefix's URI,
+/// and the images listed under it.
+struct RequestListing {
+    options: RunOptions,
+    prefix: String,
+    uri: String,
+    images: Vec<ImageRef>,
+}
 
 /// Which run a request started (`runs/bindings/<digest>.json`): created once, before the
 /// run's manifest, and read by every retry of the same request.
@@ -191,55 +201,17 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             None => None,
         };
         if let Some(binding) = &bound {
-            let layout = RunLayout::new(&binding.run_id);
-            if self.output.exists(&layout.manifest()).await? {
-                // Ours only if this request created it, or it holds the very listing bound: a
-                // request refused for reusing another run's id stays refused on its retries.
-                let existing = self.read_manifest(&layout).await?;
-                let ours = existing.request.as_deref() == identity
-                    || existing.fingerprint == binding.fingerprint;
-                if !ours {
-                    return Err(Error::InvalidRequest(format!(
-                        "run {} already exists for other images, options or model \
-                         (fingerprint {} vs {}); give another run_id, or none to derive one",
-                        binding.run_id,
-                        short(&existing.fingerprint),
-                        short(&binding.fingerprint)
-                    )));
-                }
-                info!(run_id = %binding.run_id, "request already bound to a run: resuming it");
-                return self.resume(&layout).await;
+            if let Some(resumed) = self.resume_bound(binding, identity).await? {
+                return Ok(resumed);
             }
         }
         let started = Instant::now();
-        let options = request.options(&self.defaults);
-        if let Some(id) = &request.run_id {
-            validate_run_id(id)?;
-        }
-        let filter = ImageFilter::new(&options.image_glob)?;
-        self.limits.check_options(&options)?;
-        let prefix = normalize_prefix(&request.input_prefix)?;
-        self.check_reserved(&prefix)?;
-        self.limits.check_prefix(&prefix)?;
-        let mut images = list_images(&self.input, &prefix, &filter, &root_name(&prefix)).await?;
-        images.retain(|image| {
-            let key = format!("{prefix}{}", image.path);
-            !self.reserved.iter().any(|r| key.starts_with(r.as_str()))
-        });
-        let uri = match &self.input_bucket {
-            Some(bucket) => format!("s3://{bucket}/{prefix}"),
-            None => self.input.describe(&prefix),
-        };
-        if images.is_empty() {
-            return Err(Error::InvalidRequest(format!(
-                "no images under {uri} (filter {:?}); check input_prefix",
-                options.image_glob
-            )));
-        }
-        options.validate(self.feature_dim, images.len())?;
-        self.limits.check_shards(images.len(), &options)?;
-        self.limits
-            .check_components(images.len(), self.feature_dim, &options)?;
+        let RequestListing {
+            options,
+            prefix,
+            uri,
+            images,
+        } = self.list_request(request).await?;
         let fingerprint = run_fingerprint(&uri, &options, &images, &self.model_identity());
         let mut run_id = match &bound {
             Some(binding) => binding.run_id.clone(),
@@ -312,6 +284,73 @@ impl<S: ObjectStore, Q: Queue, R: Queue> Splitter<S, Q, R> {
             shards_sent: sent,
             reduce_sent: false,
             already_complete: false,
+        })
+    }
+
+    /// The run `binding` names, resumed, if its manifest exists and is this request's: one
+    /// this request created, or one holding the very listing bound (a request refused for
+    /// reusing another run's id stays refused on its retries). None: no manifest yet.
+    async fn resume_bound(
+        &self,
+        binding: &RequestBinding,
+        identity: Option<&str>,
+    ) -> Result<Option<SplitOutcome>> {
+        let layout = RunLayout::new(&binding.run_id);
+        if !self.output.exists(&layout.manifest()).await? {
+            return Ok(None);
+        }
+        let existing = self.read_manifest(&layout).await?;
+        let ours =
+            existing.request.as_deref() == identity || existing.fingerprint == binding.fingerprint;
+        if !ours {
+            return Err(Error::InvalidRequest(format!(
+                "run {} already exists for other images, options or model \
+                 (fingerprint {} vs {}); give another run_id, or none to derive one",
+                binding.run_id,
+                short(&existing.fingerprint),
+                short(&binding.fingerprint)
+            )));
+        }
+        info!(run_id = %binding.run_id, "request already bound to a run: resuming it");
+        self.resume(&layout).await.map(Some)
+    }
+
+    /// Validates a request (its run id, options and input prefix) and lists its images,
+    /// reserved prefixes left out; refuses an empty listing and one over the limits.
+    async fn list_request(&self, request: &RunRequest) -> Result<RequestListing> {
+        let options = request.options(&self.defaults);
+        if let Some(id) = &request.run_id {
+            validate_run_id(id)?;
+        }
+        let filter = ImageFilter::new(&options.image_glob)?;
+        self.limits.check_options(&options)?;
+        let prefix = normalize_prefix(&request.input_prefix)?;
+        self.check_reserved(&prefix)?;
+        self.limits.check_prefix(&prefix)?;
+        let mut images = list_images(&self.input, &prefix, &filter, &root_name(&prefix)).await?;
+        images.retain(|image| {
+            let key = format!("{prefix}{}", image.path);
+            !self.reserved.iter().any(|r| key.starts_with(r.as_str()))
+        });
+        let uri = match &self.input_bucket {
+            Some(bucket) => format!("s3://{bucket}/{prefix}"),
+            None => self.input.describe(&prefix),
+        };
+        if images.is_empty() {
+            return Err(Error::InvalidRequest(format!(
+                "no images under {uri} (filter {:?}); check input_prefix",
+                options.image_glob
+            )));
+        }
+        options.validate(self.feature_dim, images.len())?;
+        self.limits.check_shards(images.len(), &options)?;
+        self.limits
+            .check_components(images.len(), self.feature_dim, &options)?;
+        Ok(RequestListing {
+            options,
+            prefix,
+            uri,
+            images,
         })
     }
 

@@ -2,12 +2,14 @@
 //! errors by kind, the PCA's explained variance, where the time went and what it cost — and
 //! the pure steps that fill it before the PCA.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::batch::reducer::Pricing;
+use crate::batch::report::ReportInfo;
 use crate::manifest::{DoneMarker, ImageError, Manifest, StageTimings};
-use crate::report::ReportInfo;
 use engine::pca;
 use engine::stats::ShardStats;
 
@@ -29,7 +31,7 @@ pub struct Summary {
     /// errors / images.
     pub error_rate: f64,
     /// Errors per kind.
-    pub errors_by_kind: std::collections::BTreeMap<String, usize>,
+    pub errors_by_kind: BTreeMap<String, usize>,
     /// Number of shards.
     pub shards: usize,
     /// Feature dimension.
@@ -60,6 +62,34 @@ pub struct Summary {
     /// The HTML report: key, size and build time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<ReportInfo>,
+    /// Which engine ran the model, and in how many shards (each featurizer may run on
+    /// another CPU): e.g. `{"native (avx2)": 5, "tract": 1}`. Shards whose marker predates
+    /// the record are not counted; empty in summaries written before it was kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub engines: BTreeMap<String, usize>,
+}
+
+impl Summary {
+    /// The engines, as a line reads them: `native (avx2)`, or `native (avx2) × 5 shards,
+    /// tract × 1 shard` when the shards differ; `None` when none was recorded.
+    pub fn engines_line(&self) -> Option<String> {
+        match self.engines.len() {
+            0 => None,
+            1 => self.engines.keys().next().cloned(),
+            _ => Some(
+                self.engines
+                    .iter()
+                    .map(|(engine, shards)| {
+                        format!(
+                            "{engine} × {shards} shard{}",
+                            if *shards == 1 { "" } else { "s" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        }
+    }
 }
 
 /// Where the time went.
@@ -197,6 +227,13 @@ pub(crate) fn initial_summary(
         k_requested: None,
         warnings: Vec::new(),
         report: None,
+        engines: markers.iter().filter_map(|m| m.engine.clone()).fold(
+            BTreeMap::new(),
+            |mut engines, engine| {
+                *engines.entry(engine).or_insert(0) += 1;
+                engines
+            },
+        ),
     };
     if summary.timings.featurize.wall_s > 0.0 {
         summary.timings.fetch_wait_share =
@@ -207,4 +244,74 @@ pub(crate) fn initial_summary(
             summary.timings.featurize.infer_s * 1000.0 / rows as f64;
     }
     summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{InputLocation, InvocationCost, RunOptions};
+
+    fn marker(shard: usize, engine: Option<&str>) -> DoneMarker {
+        DoneMarker {
+            shard,
+            attempt: "a".into(),
+            part_sha256: String::new(),
+            images: 1,
+            rows: 1,
+            errors: 0,
+            timings: StageTimings::default(),
+            cost: InvocationCost {
+                duration_ms: 1.0,
+                memory_mb: None,
+            },
+            finished_at_ms: None,
+            error_list: Vec::new(),
+            stats_sha256: None,
+            errors_sha256: None,
+            engine: engine.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_summary_counts_the_engines_of_the_shards_and_reads_old_summaries() {
+        let manifest = Manifest {
+            run_id: "r".into(),
+            created_at: String::new(),
+            input: InputLocation {
+                uri: "in".into(),
+                bucket: None,
+                prefix: String::new(),
+            },
+            options: RunOptions::default(),
+            total_images: 4,
+            shards: Vec::new(),
+            splitter: None,
+            model_sha256: String::new(),
+            fingerprint: String::new(),
+            request: None,
+        };
+        let markers = [
+            marker(0, Some("native (avx2)")),
+            marker(1, Some("tract")),
+            marker(2, Some("native (avx2)")),
+            marker(3, None),
+        ];
+        let summary = initial_summary(&manifest, &markers, &[]);
+        assert_eq!(
+            summary.engines,
+            BTreeMap::from([("native (avx2)".to_string(), 2), ("tract".to_string(), 1)])
+        );
+        assert_eq!(
+            summary.engines_line().unwrap(),
+            "native (avx2) × 2 shards, tract × 1 shard"
+        );
+        let json = serde_json::to_value(&summary).unwrap();
+        assert_eq!(json["engines"]["tract"], 1);
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("engines");
+        let old: Summary = serde_json::from_value(old).unwrap();
+        assert!(old.engines.is_empty() && old.engines_line().is_none());
+        let one = initial_summary(&manifest, &markers[..1], &[]);
+        assert_eq!(one.engines_line().unwrap(), "native (avx2)");
+    }
 }

@@ -40,9 +40,10 @@ use pipeline::continuous::collection::{
     RefitSummary,
 };
 use pipeline::health::ModelHealth;
+use pipeline::limits::RequestLimits;
 use pipeline::manifest::{
-    validate_run_id, DoneMarker, ImageRef, Manifest, ReduceMessage, RequestLimits, RunOptions,
-    RunRequest, ShardMessage,
+    validate_run_id, DoneMarker, ImageRef, Manifest, ReduceMessage, RunOptions, RunRequest,
+    ShardMessage,
 };
 
 /// Cases per decoder and run (CI): ~15 decoders, a few seconds in all.

@@ -192,6 +192,18 @@ impl ModelSpec {
             .collect()
     }
 
+    /// sha256 of the built-in MobileNetV2 spec ([`ModelSpec::mobilenet_v2`]): the template's
+    /// `ModelSpecSha256` default and `models/model_spec.json.sha256`. Runs made with this spec
+    /// keep the run ids they had before the spec was part of them.
+    pub fn builtin_sha256() -> String {
+        Self::mobilenet_v2().sha256()
+    }
+
+    /// Whether this is the built-in MobileNetV2 spec.
+    pub fn is_builtin(&self) -> bool {
+        *self == Self::mobilenet_v2()
+    }
+
     /// Number of floats of one input image.
     pub fn input_len(&self) -> usize {
         (self.width * self.height * self.channels) as usize
@@ -324,6 +336,20 @@ mod tests {
         let json = DEFAULT_SPEC_JSON.replace("\"bicubic\"", "\"area\"");
         let e = ModelSpec::parse(&json).unwrap_err();
         assert!(e.contains("unknown variant `area`"), "{e}");
+    }
+
+    #[test]
+    fn the_builtin_spec_sha256_is_the_recorded_one() {
+        let recorded = include_str!("../../../../models/model_spec.json.sha256");
+        let recorded = recorded.split_whitespace().next().unwrap();
+        assert_eq!(
+            ModelSpec::builtin_sha256(),
+            recorded,
+            "models/model_spec.json changed: update models/model_spec.json.sha256 and the \
+             template's ModelSpecSha256 default"
+        );
+        assert!(ModelSpec::mobilenet_v2().is_builtin());
+        assert!(!ModelSpec::preset("torchvision").unwrap().is_builtin());
     }
 
     #[test]

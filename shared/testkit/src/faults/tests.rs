@@ -225,6 +225,138 @@ fn a_lost_send_ack_leaves_the_message_queued() {
     assert_eq!(queue.len(), 1);
 }
 
+#[test]
+fn a_spurious_precondition_failure_answers_false_and_applies_nothing() {
+    let dir = tempfile_dir("refuse");
+    let faults = Faults::spurious_precondition_failures(Selector::conditional().once_per_request());
+    let store = faults.store(FsStore::new(&dir));
+    block(async {
+        // A create: "exists", yet nothing is there; sent again, it lands.
+        assert!(!store
+            .put_if_absent("lock", Bytes::from_static(b"mine"))
+            .await
+            .unwrap());
+        assert!(matches!(
+            store.get("lock").await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(store
+            .put_if_absent("lock", Bytes::from_static(b"mine"))
+            .await
+            .unwrap());
+        assert_eq!(
+            store.get("lock").await.unwrap(),
+            Bytes::from_static(b"mine")
+        );
+        // A replace on the right tag: "changed", yet the object and its tag are unchanged;
+        // sent again, it lands.
+        let v = store.get_versioned("lock").await.unwrap();
+        assert!(!store
+            .put_if_match("lock", Bytes::from_static(b"next"), &v.etag)
+            .await
+            .unwrap());
+        let after = store.get_versioned("lock").await.unwrap();
+        assert_eq!(after.body, Bytes::from_static(b"mine"));
+        assert_eq!(after.etag, v.etag);
+        assert!(store
+            .put_if_match("lock", Bytes::from_static(b"next"), &v.etag)
+            .await
+            .unwrap());
+        assert_eq!(
+            store.get("lock").await.unwrap(),
+            Bytes::from_static(b"next")
+        );
+        // Plain writes are never refused.
+        store.put("plain", Bytes::from_static(b"p")).await.unwrap();
+    });
+    assert_eq!(faults.spurious_failures(), 2);
+    assert_eq!(faults.steps(), 3, "a refused write is not a step");
+    assert_eq!(
+        faults.log(),
+        vec![
+            "create lock (precondition failed, not applied)",
+            "create lock",
+            "replace lock (precondition failed, not applied)",
+            "replace lock",
+            "put plain"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn spurious_precondition_failures_pick_by_key_and_count_and_only_conditional_writes() {
+    let dir = tempfile_dir("refusepick");
+    block(async {
+        // Every write selected: only the conditional ones can be refused.
+        let faults = Faults::spurious_precondition_failures(Selector::every_write());
+        let store = faults.store(FsStore::new(&dir));
+        store.put("p", Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!(store.copy("p", "q").await.unwrap(), 1);
+        store.delete("q").await.unwrap();
+        assert!(dir.join("p").exists() && !dir.join("q").exists());
+        assert!(!store.put_if_absent("c", Bytes::new()).await.unwrap());
+        assert!(!dir.join("c").exists());
+        assert_eq!(faults.spurious_failures(), 1);
+        // By key and count: the first conditional write on "current", once.
+        let faults = Faults::spurious_precondition_failures(
+            Selector::conditional().on_key("current").times(1),
+        );
+        let store = faults.store(FsStore::new(&dir));
+        assert!(store.put_if_absent("other", Bytes::new()).await.unwrap());
+        assert!(!store.put_if_absent("current", Bytes::new()).await.unwrap());
+        assert!(!dir.join("current").exists());
+        assert!(store.put_if_absent("current", Bytes::new()).await.unwrap());
+        assert_eq!(faults.spurious_failures(), 1);
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_refused_write_then_a_lost_ack_on_its_retry() {
+    let dir = tempfile_dir("refuseack");
+    let pick = || Selector::conditional().on_key("current").times(1);
+    let faults = Faults::spurious_precondition_failures(pick()).and_ack_loss(pick());
+    let store = faults.store(FsStore::new(&dir));
+    block(async {
+        let body = Bytes::from_static(b"pointer");
+        // Refused: not applied, and not the write whose answer is lost.
+        assert!(!store.put_if_absent("current", body.clone()).await.unwrap());
+        assert!(!dir.join("current").exists());
+        // The retry lands; its answer is lost.
+        let e = store
+            .put_if_absent("current", body.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            e.is_transient() && e.to_string().contains("ack loss"),
+            "{e}"
+        );
+        assert_eq!(store.get("current").await.unwrap(), body);
+        // Sent again: it finds its own write.
+        assert!(!store.put_if_absent("current", body.clone()).await.unwrap());
+    });
+    assert_eq!((faults.spurious_failures(), faults.acks_lost()), (1, 1));
+    assert_eq!(
+        faults.log(),
+        vec![
+            "create current (precondition failed, not applied)",
+            "create current",
+            "create current (ack lost)",
+            "create current"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[should_panic(expected = "before it is shared")]
+fn faults_are_added_to_a_plan_before_it_is_shared() {
+    let faults = Faults::spurious_precondition_failures(Selector::conditional());
+    let _store = faults.store(());
+    let _ = faults.and_ack_loss(Selector::conditional());
+}
+
 /// Writes `k0..kn` (one put each) and tells which answered success.
 async fn futures_results(store: &FaultyStore<FsStore>, n: usize) -> Vec<bool> {
     let mut results = Vec::new();

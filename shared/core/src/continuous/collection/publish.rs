@@ -209,7 +209,8 @@ pub(super) enum Published {
     Ours(Box<RefitSummary>),
     /// Another refit published at its refit number: discarded.
     Lost,
-    /// Cannot tell, or the write did not land: left to retention.
+    /// Cannot tell (the pointer moved past ours and the chain back to it is gone): left to
+    /// retention.
     InDoubt,
 }
 
@@ -279,6 +280,7 @@ pub(super) async fn publish<S: ObjectStore>(
             return Ok(Published::Lost);
         }
         // Never deleted when in doubt: retention removes it if no pointer names it.
+        // (`publish_pointer` answers a write that did not land with an error.)
         PointerWrite::NotLanded | PointerWrite::Unknown => return Ok(Published::InDoubt),
     }
     info!(
@@ -320,7 +322,17 @@ async fn refit_waiting_changes<S: ObjectStore>(
 /// from (`replaces`; absent if there was none). An answer "changed" / "exists" or a
 /// transient error is read back: S3 may have applied the write and lost its response (then
 /// a retry finds the pointer already ours), so only the stored pointer and the published
-/// chain say who won. A write that did not land and failed is an error (retried).
+/// chain say who won: ours (published), another at our refit number or a chain without
+/// ours (lost), or a chain too short to tell (unknown: left to retention).
+///
+/// A write that did not land — the pointer is still older than ours — is an error, whatever
+/// the answer: a transient failure, or "precondition failed" although nothing else was
+/// published (S3 answers 409 `ConditionalRequestConflict` to a conditional write that raced
+/// another one in progress, which may then fail too; or the pointer was deleted meanwhile).
+/// The message is then delivered again and the publication retried: a projection message
+/// finds the pointer not landed at the start of [`publish`] and writes it again with the
+/// same `If-Match`; a refit message starts the refit over from the pointer as it is. Acked
+/// instead, the folded deltas would wait with no message pending.
 async fn publish_pointer<S: ObjectStore>(
     output: &S,
     layout: &CollectionLayout,
@@ -342,14 +354,49 @@ async fn publish_pointer<S: ObjectStore>(
     let read_back = read_back_pointer(output, layout, pointer).await?;
     match (read_back, doubt) {
         (PointerWrite::NotLanded, Some(e)) => Err(e.into()),
-        (PointerWrite::NotLanded, None) => Ok(PointerWrite::Unknown),
+        (PointerWrite::NotLanded, None) => Err(not_landed(output, layout, pointer, replaces).await),
         (PointerWrite::Ours, _) => {
             info!(collection = layout.name(), snapshot = %pointer.snapshot,
                 "the pointer write had landed (its answer was lost): published");
             Ok(PointerWrite::Ours)
         }
-        (other, _) => Ok(other),
+        (other @ (PointerWrite::Lost | PointerWrite::Unknown), _) => Ok(other),
     }
+}
+
+/// The error of a pointer write answered "precondition failed" that did not land: what
+/// `current.json` holds now, and that the message is delivered again.
+async fn not_landed<S: ObjectStore>(
+    output: &S,
+    layout: &CollectionLayout,
+    pointer: &CurrentPointer,
+    replaces: Option<&str>,
+) -> Error {
+    let now = match read_current(output, layout).await {
+        Ok(Some((p, etag))) if replaces == Some(etag.as_str()) => format!(
+            "it still names snapshot {} (refit {}), with the entity tag this publication \
+             replaces",
+            p.snapshot, p.seq
+        ),
+        Ok(Some((p, etag))) => format!(
+            "it names snapshot {} (refit {}), entity tag {etag}, not {}: it was rewritten \
+             without moving on, and a retry with the same tag will be refused again",
+            p.snapshot,
+            p.seq,
+            replaces.unwrap_or("(none: a first publication)")
+        ),
+        Ok(None) => "there is none".to_string(),
+        Err(e) => format!("it cannot be read back: {e}"),
+    };
+    Error::RunState(format!(
+        "collection {}: the pointer write of snapshot {} (refit {}) was answered \
+         \"precondition failed\" but did not land ({}: {now}); not published — the message \
+         will be delivered again and the publication retried",
+        layout.name(),
+        pointer.snapshot,
+        pointer.seq,
+        output.describe(&layout.current()),
+    ))
 }
 
 /// Deletes the snapshot (and its state) of a refit that lost the race.
@@ -412,7 +459,9 @@ pub enum ProjectOutcome {
     LostRace,
     /// The snapshot is gone (discarded, or expired) or already published: nothing to do.
     Nothing,
-    /// The pointer write is in doubt: the snapshot is left to retention.
+    /// Whether the snapshot was published cannot be told (the pointer moved past it and the
+    /// chain back to it is gone): it is left to retention. A pointer write that did not
+    /// land is an error instead (the message is delivered again).
     InDoubt,
 }
 

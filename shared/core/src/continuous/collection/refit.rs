@@ -31,7 +31,7 @@ use super::index::{
     bucket_count, bucket_of, read_shard, read_stored_index, BucketInfo, IndexManifest, IndexShard,
     StoredIndex, INDEX_FORMAT,
 };
-use super::publish::{fan_out, project_all, publish, ProjectSender, Publication, Published};
+use super::publish::{ProjectSender, Publication};
 use super::status::{model_conflict, note_delta_model};
 use super::{
     delta_time_ms, inbox_key, list_deltas, read_current, valid_collection, CollectionLayout,
@@ -42,6 +42,8 @@ use crate::manifest::ImageError;
 use crate::parquet_io::{self, Dataset, VectorRow};
 use crate::ports::store::{ObjectStore, StoreError};
 use engine::stats::RunningSums;
+
+mod write;
 
 /// How many times a refit that lost the race for `current.json` starts over before giving up
 /// ([`RefitOutcome::LostRace`]: the caller retries later).
@@ -208,14 +210,7 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
         let built = self
             .build_buckets(jobs, &old, &touched, n, &snapshot)
             .await?;
-        let mut buckets = vec![BucketInfo::default(); n];
-        let mut rewritten = 0;
-        for b in built {
-            let gone: Vec<&[f32]> = b.gone.iter().map(|r| r.values.as_slice()).collect();
-            sums.remove(&gone)?;
-            rewritten += usize::from(b.rewritten);
-            buckets[b.bucket] = b.info;
-        }
+        let (buckets, rewritten) = collect_buckets(built, n, &mut sums)?;
         let model_sha256 = model_sha256.or_else(|| old.manifest.and_then(|m| m.model_sha256));
         let manifest = IndexManifest {
             format: INDEX_FORMAT,
@@ -268,7 +263,7 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
         };
         self.write_documents(&snapshot, &fit, &errors, &manifest)
             .await?;
-        let mut publication = Publication {
+        let publication = Publication {
             pointer: self.pointer(&snapshot, seq, fit.model.is_some(), published_at),
             replaces: self.current.as_ref().map(|(_, etag)| etag.clone()),
             deltas: deltas.iter().map(|d| d.id.clone()).collect(),
@@ -279,44 +274,8 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             mean_bits: Vec::new(),
             component_bits: Vec::new(),
         };
-        let model = fit.model.as_ref();
-        if let Some(sender) = self.sender {
-            if publication.parts.len() > self.options.fanout_parts {
-                publication.summary.parts_fanned_out = publication.parts.len();
-                publication.keep_model_bits(model);
-                let (output, layout) = (self.output, &self.layout);
-                output
-                    .put(
-                        &layout.state_publish(&snapshot),
-                        serde_json::to_vec(&publication)?.into(),
-                    )
-                    .await?;
-                let per = self.options.parts_per_message;
-                let messages = fan_out(sender, self.collection, &publication, per).await?;
-                return Ok(RefitOutcome::Projecting {
-                    snapshot,
-                    seq,
-                    parts: publication.parts.len(),
-                    messages,
-                });
-            }
-        }
-        let (output, layout) = (self.output, &self.layout);
-        project_all(
-            output,
-            layout,
-            &snapshot,
-            &publication.parts,
-            model,
-            self.concurrency,
-        )
-        .await?;
-        Ok(
-            match publish(output, layout, &publication, self.options, self.sender).await? {
-                Published::Ours(summary) => RefitOutcome::Published(summary),
-                Published::Lost | Published::InDoubt => RefitOutcome::LostRace,
-            },
-        )
+        self.project_and_publish(snapshot, seq, publication, fit.model.as_ref())
+            .await
     }
 
     /// Reads the published pointer and lists the deltas. Stops here when a change is younger
@@ -724,65 +683,6 @@ impl<'a, S: ObjectStore, I: ObjectStore> Refit<'a, S, I> {
             rewritten: true,
         })
     }
-
-    /// The snapshot's documents but its summary: its model, error list and state (index
-    /// manifest and sums).
-    async fn write_documents(
-        &self,
-        snapshot: &str,
-        fit: &super::fit::Fit,
-        errors: &[ImageError],
-        manifest: &IndexManifest,
-    ) -> Result<()> {
-        let (output, layout) = (self.output, &self.layout);
-        if let Some(model) = &fit.model {
-            output
-                .put(
-                    &layout.pca_model(snapshot),
-                    serde_json::to_vec(model)?.into(),
-                )
-                .await?;
-        }
-        output
-            .put(
-                &layout.errors(snapshot),
-                serde_json::to_vec_pretty(&errors)?.into(),
-            )
-            .await?;
-        output
-            .put(&layout.state_sums(snapshot), fit.sums.to_bytes().into())
-            .await?;
-        output
-            .put(
-                &layout.state_buckets(snapshot),
-                serde_json::to_vec(manifest)?.into(),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// The pointer to the new snapshot.
-    fn pointer(
-        &self,
-        snapshot: &str,
-        seq: u64,
-        has_model: bool,
-        published_at: String,
-    ) -> CurrentPointer {
-        let layout = &self.layout;
-        CurrentPointer {
-            collection: self.collection.to_string(),
-            snapshot: snapshot.to_string(),
-            seq,
-            results: layout.results_prefix(snapshot),
-            results_pca: layout.pca_prefix(snapshot),
-            pca_model: has_model.then(|| layout.pca_model(snapshot)),
-            summary: layout.summary(snapshot),
-            errors: layout.errors(snapshot),
-            published_at,
-            published_at_ms: crate::manifest::unix_now_ms(),
-        }
-    }
 }
 
 /// The changed paths, each with the delta entries that mention it.
@@ -794,4 +694,22 @@ fn group_by_path(deltas: &[Delta]) -> ByPath<'_> {
         }
     }
     by_path
+}
+
+/// The built buckets as the new index's bucket list (in bucket order), with how many were
+/// rewritten; the rows they dropped are removed from `sums`.
+fn collect_buckets(
+    built: Vec<Built>,
+    n: usize,
+    sums: &mut RunningSums,
+) -> Result<(Vec<BucketInfo>, usize)> {
+    let mut buckets = vec![BucketInfo::default(); n];
+    let mut rewritten = 0;
+    for b in built {
+        let gone: Vec<&[f32]> = b.gone.iter().map(|r| r.values.as_slice()).collect();
+        sums.remove(&gone)?;
+        rewritten += usize::from(b.rewritten);
+        buckets[b.bucket] = b.info;
+    }
+    Ok((buckets, rewritten))
 }

@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use super::{charts, ReportData, ReportError, Thumbnail, ThumbnailError};
+use super::{charts, ReportData, Thumbnail, ThumbnailError};
+use crate::batch::report::select::Selection;
 use crate::batch::summary::Summary;
 use crate::cost;
+use crate::error::ReportError;
 use crate::manifest::{rfc3339_to_unix_ms, DoneMarker, ImageError, Manifest};
-use crate::report::select::Selection;
 use engine::pca::{components_for, PcaModel};
 
 type Thumbnails = BTreeMap<String, Result<Thumbnail, ThumbnailError>>;
@@ -58,7 +59,7 @@ pub fn render(data: &ReportData<'_>) -> Result<String, ReportError> {
                 style { (PreEscaped(STYLE)) }
             }
             body {
-                (header(s))
+                (header(s, data.manifest))
                 @if let Some(model) = data.model {
                     (variance(model)?)
                 }
@@ -80,8 +81,25 @@ pub fn render(data: &ReportData<'_>) -> Result<String, ReportError> {
     Ok(page.into_string())
 }
 
-/// The title, the status line, the failure and warnings, and the key figures.
-fn header(s: &Summary) -> Markup {
+/// What the features are: the spec's name (the built-in MobileNetV2 when the run records no
+/// other).
+fn model_name(m: &Manifest) -> String {
+    match &m.options.model_spec {
+        Some(spec) if !spec.builtin => spec
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("model spec {}", short_sha(&spec.sha256))),
+        _ => "MobileNetV2".into(),
+    }
+}
+
+fn short_sha(sha: &str) -> &str {
+    &sha[..12.min(sha.len())]
+}
+
+/// The title, the status line (with the engine that ran the model), the failure and
+/// warnings, and the key figures.
+fn header(s: &Summary, m: &Manifest) -> Markup {
     let kpis = [
         ("images", s.images.to_string()),
         ("rows", s.rows.to_string()),
@@ -100,7 +118,10 @@ fn header(s: &Summary) -> Markup {
         h1 { "Run " code { (s.run_id) } ": " (s.status) }
         p.muted {
             (s.input) " · finished " (s.finished_at)
-            " · MobileNetV2 features (dimension " (s.feature_dim) ") and their PCA"
+            " · " (model_name(m)) " features (dimension " (s.feature_dim) ") and their PCA"
+            @if let Some(engines) = s.engines_line() {
+                " · engine " span #engine { (engines) }
+            }
         }
         @if let Some(reason) = &s.failure {
             p.fail { "Failed: " (reason) }
@@ -459,6 +480,18 @@ fn parameters(m: &Manifest, s: &Summary) -> Markup {
         ("max pixels", o.max_pixels.to_string()),
         ("max error rate", o.max_error_rate.to_string()),
         ("model sha256", m.model_sha256.clone()),
+        (
+            "model spec",
+            o.model_spec
+                .as_ref()
+                .map(|spec| match (&spec.name, spec.builtin) {
+                    (_, true) => format!("keras-mobilenet (built-in), sha256 {}", spec.sha256),
+                    (Some(name), false) => format!("{name}, sha256 {}", spec.sha256),
+                    (None, false) => format!("sha256 {}", spec.sha256),
+                })
+                .unwrap_or_default(),
+        ),
+        ("engine", s.engines_line().unwrap_or_default()),
         ("fingerprint", m.fingerprint.clone()),
     ];
     params.retain(|(_, v)| !v.is_empty());
@@ -475,7 +508,7 @@ fn parameters(m: &Manifest, s: &Summary) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::select::{Collector, Limits};
+    use crate::batch::report::select::{Collector, Limits};
     use engine::preprocess::ImageErrorKind;
 
     const LABEL: &str = "<b class='x'>\"cat\" & co</b>";

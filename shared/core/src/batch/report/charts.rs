@@ -6,7 +6,7 @@ use plotters::prelude::*;
 use plotters::style::HSLColor;
 
 use super::select::Point;
-use super::ReportError;
+use crate::error::ReportError;
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 

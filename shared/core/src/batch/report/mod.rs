@@ -19,7 +19,7 @@ use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::summary::Summary;
-use crate::error::{Error, Result};
+use crate::error::{Error, ReportError, Result};
 use crate::layout::RunLayout;
 use crate::manifest::{DoneMarker, ImageError, Manifest};
 use crate::parquet_io::{self, Dataset};
@@ -40,20 +40,6 @@ pub const THUMBNAIL_CONCURRENCY: usize = 4;
 /// size by its DCT scaling (a 50-megapixel photo at 1/8: 0.8 Mpx), other images whole, so a
 /// PNG above this gets no thumbnail ("too large"). 4 Mpx: 12 MB of RGB.
 pub const THUMBNAIL_MAX_PIXELS: u64 = 4_000_000;
-
-/// Why the report could not be drawn.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    /// plotters failed to draw a chart.
-    #[error("drawing the {chart} chart: {source}")]
-    Chart {
-        /// Which chart.
-        chart: &'static str,
-        /// plotters' error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
 
 /// Why one thumbnail is missing (the report says so in its place).
 #[derive(Debug, thiserror::Error)]
