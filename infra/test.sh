@@ -54,7 +54,8 @@ export RUST_MIN_STACK="${RUST_MIN_STACK:-33554432}"
 # the e2e tests drive `featurize submit`, `status --bucket`, ... against moto.
 cargo test --workspace --features featurize/aws "$@"
 if [ $# -eq 0 ]; then
-  # The CLI's default build (no AWS SDK, the quick start's): its own unit tests, among them the
-  # refusal of every command that talks to AWS.
-  cargo test -p featurize --bin featurize
+  # The CLI without its `aws` feature (the quick start's build): its own unit tests, among them
+  # the refusal of every command that talks to AWS. `--workspace` keeps the dependencies of the
+  # run above (only the CLI's crate is built again).
+  cargo test --workspace --bin featurize
 fi
