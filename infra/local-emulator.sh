@@ -59,11 +59,14 @@ for folder in sorted(p for p in images.iterdir() if p.is_dir())[:3]:
     for image in sorted(folder.iterdir())[:20]:
         s3.upload_file(str(image), "featurize-local", f"images/{folder.name}/{image.name}")
         count += 1
+# SHARD_SIZE=8 makes 8 shards of the 60 images; MIN_SHARD_SIZE=1 lowers the stack's minimum
+# shard size (16, MinShardSize) for it: otherwise the splitter refuses its own defaults at start
+# (checked by tests/e2e/docs.rs).
 Path("infra/emulator.env").write_text(
     f"AWS_ENDPOINT_URL={endpoint}\nAWS_REGION=us-east-1\nAWS_ACCESS_KEY_ID=test\nAWS_SECRET_ACCESS_KEY=test\n"
     f"BUCKET=featurize-local\nSHARD_QUEUE_URL={shards}\nREDUCE_QUEUE_URL={reduce}\n"
     f"MODEL_PATH={Path('models/mobilenet_v2_features.onnx').resolve() if Path('models/mobilenet_v2_features.onnx').exists() else Path('../shared/models/mobilenet_v2_features.onnx').resolve()}\n"
-    f"MODEL_SPEC_PATH={Path('models/model_spec.json').resolve()}\nSHARD_SIZE=8\nPCA_K=10\nLOG_FORMAT=json\n")
+    f"MODEL_SPEC_PATH={Path('models/model_spec.json').resolve()}\nSHARD_SIZE=8\nMIN_SHARD_SIZE=1\nPCA_K=10\nLOG_FORMAT=json\n")
 print(f"moto on {endpoint}: bucket featurize-local with {count} images under images/, queues:\n  {shards}\n  {reduce}")
 PY
 echo "wrote infra/emulator.env; moto pid $(cat infra/emulator.pid)"

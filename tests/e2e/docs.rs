@@ -297,3 +297,46 @@ fn deploy_steps_run_offline_up_to_the_account() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("UnreservedConcurrentExecutions"));
 }
+
+/// The settings `infra/local-emulator.sh` writes to `infra/emulator.env` (the numbers: shard
+/// size, its minimum, k) pass the splitter's checks at start (`aws::config::limits_from`, as
+/// `Config::from_env` calls it): with a shard size below the stack's minimum the function
+/// exited at init, and `cargo lambda invoke` waited for it without end.
+#[test]
+fn the_local_emulators_settings_pass_the_splitters_start_checks() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = std::fs::read_to_string(root.join("infra/local-emulator.sh")).unwrap();
+    let written = script
+        .split("Path(\"infra/emulator.env\").write_text(")
+        .nth(1)
+        .expect("infra/local-emulator.sh writes infra/emulator.env");
+    let written = &written[..written.find("\nprint(").unwrap_or(written.len())];
+    let numbers: std::collections::BTreeMap<String, String> = written
+        .split(|c: char| c == '"' || c == '\n' || c.is_whitespace())
+        .flat_map(|t| t.split("\\n"))
+        .filter_map(|t| t.split_once('='))
+        .filter(|(name, value)| {
+            !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+                && !value.is_empty()
+                && value.bytes().all(|b| b.is_ascii_digit())
+        })
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    for name in ["SHARD_SIZE", "MIN_SHARD_SIZE", "PCA_K"] {
+        assert!(numbers.contains_key(name), "{name} not in {numbers:?}");
+    }
+    let mut defaults = pipeline::manifest::RunOptions {
+        shard_size: numbers["SHARD_SIZE"].parse().unwrap(),
+        ..Default::default()
+    };
+    defaults.pca.k = numbers["PCA_K"].parse().unwrap();
+    let get = |name: &str| numbers.get(name).cloned();
+    let limits = aws::config::limits_from(&get, &defaults)
+        .unwrap_or_else(|e| panic!("the emulator's settings {numbers:?} are refused: {e}"));
+    assert!(limits.min_shard_size <= defaults.shard_size);
+    // Without its MIN_SHARD_SIZE the stack's minimum applies, and the shard size is refused.
+    let without = |name: &str| (name != "MIN_SHARD_SIZE").then(|| get(name)).flatten();
+    let refused = aws::config::limits_from(&without, &defaults).unwrap_err();
+    assert!(refused.to_string().contains("shard_size"), "{refused}");
+}
