@@ -298,7 +298,9 @@ ctx_s3_notification() { # what the stack's S3 notification does: invoke the spli
     cd "$clone" && . "$env_file" && . .venv-deploy/bin/activate || exit 1
     event=$(sed -e 's#runs/requests/demo+run.json#runs/requests/fruits.json#' \
       -e "s#\"featurize-local\"#\"$BUCKET\"#g" tests/events/s3-run-request.json)
-    cargo lambda invoke -A 127.0.0.1 splitter --data-ascii "$event"
+    # Bounded: a function that exits at init leaves `cargo lambda invoke` waiting without end
+    # (the first invoke compiles the functions: minutes).
+    timeout 1800 cargo lambda invoke -A 127.0.0.1 splitter --data-ascii "$event"
   )
 }
 ctx_submitted_run() { # docs/deploy.md "Watch it": RUN_ID, the run id `featurize submit` printed

@@ -39,7 +39,7 @@ sleep 2
 endpoint="http://127.0.0.1:$port"
 images=${IMAGES:-../shared/data/fruits-360/Test}
 .venv/bin/python - "$endpoint" "$images" <<'PY'
-import json, sys
+import hashlib, json, sys
 from pathlib import Path
 import boto3
 endpoint, images = sys.argv[1], Path(sys.argv[2])
@@ -59,13 +59,19 @@ for folder in sorted(p for p in images.iterdir() if p.is_dir())[:3]:
     for image in sorted(folder.iterdir())[:20]:
         s3.upload_file(str(image), "featurize-local", f"images/{folder.name}/{image.name}")
         count += 1
-# SHARD_SIZE=8 makes 8 shards of the 60 images; MIN_SHARD_SIZE=1 lowers the stack's minimum
-# shard size (16, MinShardSize) for it: otherwise the splitter refuses its own defaults at start
-# (checked by tests/e2e/docs.rs).
+# What the stack sets and the functions check at start (tests/e2e/docs.rs checks the names):
+# SHARD_SIZE=8 makes 8 shards of the 60 images, and MIN_SHARD_SIZE=1 lowers the stack's minimum
+# shard size (16, MinShardSize) for it, else the splitter refuses its own defaults; MODEL_SHA256
+# is the model's sha256 (the stack's ModelSha256), which the featurizer's cold start verifies.
+model = Path("models/mobilenet_v2_features.onnx")
+if not model.exists():
+    model = Path("../shared/models/mobilenet_v2_features.onnx")
+model = model.resolve()
+model_sha256 = hashlib.sha256(model.read_bytes()).hexdigest()
 Path("infra/emulator.env").write_text(
     f"AWS_ENDPOINT_URL={endpoint}\nAWS_REGION=us-east-1\nAWS_ACCESS_KEY_ID=test\nAWS_SECRET_ACCESS_KEY=test\n"
     f"BUCKET=featurize-local\nSHARD_QUEUE_URL={shards}\nREDUCE_QUEUE_URL={reduce}\n"
-    f"MODEL_PATH={Path('models/mobilenet_v2_features.onnx').resolve() if Path('models/mobilenet_v2_features.onnx').exists() else Path('../shared/models/mobilenet_v2_features.onnx').resolve()}\n"
+    f"MODEL_PATH={model}\nMODEL_SHA256={model_sha256}\n"
     f"MODEL_SPEC_PATH={Path('models/model_spec.json').resolve()}\nSHARD_SIZE=8\nMIN_SHARD_SIZE=1\nPCA_K=10\nLOG_FORMAT=json\n")
 print(f"moto on {endpoint}: bucket featurize-local with {count} images under images/, queues:\n  {shards}\n  {reduce}")
 PY

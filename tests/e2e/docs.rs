@@ -298,8 +298,9 @@ fn deploy_steps_run_offline_up_to_the_account() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("UnreservedConcurrentExecutions"));
 }
 
-/// The settings `infra/local-emulator.sh` writes to `infra/emulator.env` (the numbers: shard
-/// size, its minimum, k) pass the splitter's checks at start (`aws::config::limits_from`, as
+/// The settings `infra/local-emulator.sh` writes to `infra/emulator.env` name every variable
+/// the functions cannot start without, and its numbers (shard size, its minimum, k) pass the
+/// splitter's checks at start (`aws::config::limits_from`, as
 /// `Config::from_env` calls it): with a shard size below the stack's minimum the function
 /// exited at init, and `cargo lambda invoke` waited for it without end.
 #[test]
@@ -325,6 +326,26 @@ fn the_local_emulators_settings_pass_the_splitters_start_checks() {
         .collect();
     for name in ["SHARD_SIZE", "MIN_SHARD_SIZE", "PCA_K"] {
         assert!(numbers.contains_key(name), "{name} not in {numbers:?}");
+    }
+    // The variables without a usable default: the functions stop at start without them (the
+    // featurizer verifies its model against MODEL_SHA256).
+    let names: BTreeSet<&str> = written
+        .split(|c: char| c == '"' || c.is_whitespace())
+        .flat_map(|t| t.split("\\n"))
+        .filter_map(|t| t.split_once('=').map(|(name, _)| name))
+        .collect();
+    for name in [
+        "BUCKET",
+        "SHARD_QUEUE_URL",
+        "REDUCE_QUEUE_URL",
+        "MODEL_PATH",
+        "MODEL_SPEC_PATH",
+        "MODEL_SHA256",
+    ] {
+        assert!(
+            names.contains(name),
+            "infra/emulator.env has no {name}: {names:?}"
+        );
     }
     let mut defaults = pipeline::manifest::RunOptions {
         shard_size: numbers["SHARD_SIZE"].parse().unwrap(),
