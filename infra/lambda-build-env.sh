@@ -10,8 +10,9 @@
 #
 # cargo lambda --release (1.9) passes `--config build.rustflags=["-C", "target-cpu=neoverse-n1"]`
 # (arm64, Graviton2) or `target-cpu=haswell` (x86_64, where .cargo/config.toml's target section
-# says the same, with thin LTO's import limit, and wins). LAMBDA_CARGO_CONFIG_<arch> repeat that for the builds that do not go
-# through cargo lambda (the featurize CLI in infra/check-arm64.sh), so that all share one cache.
+# says the same, with thin LTO's import limit, and wins). LAMBDA_CARGO_CONFIG_<arch> repeat
+# that for the builds that do not go through cargo lambda (the featurize CLI in
+# infra/check-arm64.sh), so that all share one cache.
 
 _lbe_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 

@@ -9,6 +9,15 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The text of the repository's file `path` after the first `marker` (which it must have).
+fn text_after(path: &str, marker: &str) -> String {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+    match text.split_once(marker) {
+        Some((_, rest)) => rest.to_string(),
+        None => panic!("{path} has no {marker:?}"),
+    }
+}
+
 /// The README and every page under `docs/`.
 fn documents() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -241,12 +250,8 @@ fn deploy_page_defines_every_variable_it_uses() {
 #[test]
 fn deploy_steps_run_offline_up_to_the_account() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("docs/deploy.md")).unwrap();
-    let build = text
-        .split("\n## Build\n")
-        .nth(1)
-        .expect("docs/deploy.md has a Build section");
-    let (_, steps) = shell_blocks(build)
+    let build = text_after("docs/deploy.md", "\n## Build\n");
+    let (_, steps) = shell_blocks(&build)
         .into_iter()
         .next()
         .expect("the Build section has a command block");
@@ -305,23 +310,26 @@ fn deploy_steps_run_offline_up_to_the_account() {
 /// exited at init, and `cargo lambda invoke` waited for it without end.
 #[test]
 fn the_local_emulators_settings_pass_the_splitters_start_checks() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = std::fs::read_to_string(root.join("infra/local-emulator.sh")).unwrap();
-    let written = script
-        .split("Path(\"infra/emulator.env\").write_text(")
-        .nth(1)
-        .expect("infra/local-emulator.sh writes infra/emulator.env");
+    let written = text_after(
+        "infra/local-emulator.sh",
+        "Path(\"infra/emulator.env\").write_text(",
+    );
     let written = &written[..written.find("\nprint(").unwrap_or(written.len())];
-    let numbers: std::collections::BTreeMap<String, String> = written
-        .split(|c: char| c == '"' || c == '\n' || c.is_whitespace())
+    // The `NAME=value` assignments of the f-strings (their lines are joined by `\n`).
+    let assignments: Vec<(&str, &str)> = written
+        .split(|c: char| c == '"' || c.is_whitespace())
         .flat_map(|t| t.split("\\n"))
         .filter_map(|t| t.split_once('='))
-        .filter(|(name, value)| {
+        .filter(|(name, _)| {
             !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
-                && !value.is_empty()
-                && value.bytes().all(|b| b.is_ascii_digit())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
         })
+        .collect();
+    let numbers: std::collections::BTreeMap<String, String> = assignments
+        .iter()
+        .filter(|(_, value)| !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
         .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect();
     for name in ["SHARD_SIZE", "MIN_SHARD_SIZE", "PCA_K"] {
@@ -329,11 +337,7 @@ fn the_local_emulators_settings_pass_the_splitters_start_checks() {
     }
     // The variables without a usable default: the functions stop at start without them (the
     // featurizer verifies its model against MODEL_SHA256).
-    let names: BTreeSet<&str> = written
-        .split(|c: char| c == '"' || c.is_whitespace())
-        .flat_map(|t| t.split("\\n"))
-        .filter_map(|t| t.split_once('=').map(|(name, _)| name))
-        .collect();
+    let names: BTreeSet<&str> = assignments.iter().map(|(name, _)| *name).collect();
     for name in [
         "BUCKET",
         "SHARD_QUEUE_URL",
